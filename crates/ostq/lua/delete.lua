@@ -1,0 +1,19 @@
+-- delete.lua: remove jobs that are scheduled, waiting to retry, dead or completed, with their
+-- envelopes and status records. (Pending jobs are removed with LREM, active ones by ending their
+-- lease; see inspect.rs.)
+--
+-- KEYS[1] scheduled (zset)   KEYS[2] retry (zset)   KEYS[3] dead (zset)   KEYS[4] completed (zset)
+-- KEYS[5] jobs (hash)
+-- ARGV[1] key prefix "ostq:{<queue>}:", then job ids
+-- Returns the number of jobs removed.
+local prefix = ARGV[1]
+local removed = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local found = 0
+  for k = 1, 4 do found = found + redis.call('ZREM', KEYS[k], id) end
+  found = found + redis.call('HDEL', KEYS[5], id)
+  redis.call('DEL', prefix .. 'job:' .. id)
+  if found > 0 then removed = removed + 1 end
+end
+return removed

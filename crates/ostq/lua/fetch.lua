@@ -1,0 +1,181 @@
+-- fetch.lua: lease up to N ready jobs to a worker. On the way it promotes due scheduled and retry
+-- jobs, recovers expired leases (back to pending, or to dead when attempts are spent) and trims the
+-- dead and completed sets, so no separate scheduler or reaper process is needed.
+--
+-- KEYS[1] pending (list)     KEYS[2] prioritized (zset)  KEYS[3] scheduled (zset)  KEYS[4] retry (zset)
+-- KEYS[5] jobs (hash)        KEYS[6] active (zset)       KEYS[7] inflight (hash)   KEYS[8] dead (zset)
+-- KEYS[9] seq (counter)      KEYS[10] stats (hash)       KEYS[11] completed (zset) KEYS[12] paused (string)
+-- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] max jobs to lease (<= 1000)   ARGV[3] lease ms
+-- ARGV[4] default max attempts           ARGV[5] dead set cap (entries)        ARGV[6] dead retention ms
+-- ARGV[7] completed index retention ms
+-- Returns {now ms, next wake ms (0 = nothing timed), lease1, envelope1, lease2, envelope2, ...}
+local PRIO = 4398046511104
+local WAKE = '\144'
+local LIMIT = 1000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = ARGV[1]
+local want = math.min(tonumber(ARGV[2]) or 0, LIMIT)
+local lease_ms = tonumber(ARGV[3])
+local default_max = tonumber(ARGV[4])
+
+local function decode(env)
+  local ok, job = pcall(cmsgpack.unpack, env)
+  if ok and type(job) == 'table' and #job >= 9 then return job end
+  return nil
+end
+
+local function tracked(job) return (tonumber(job[2]) or 0) % 2 == 1 end
+
+-- Puts a ready envelope where fetch will find it; `head` for jobs that already waited their turn.
+local function route(env, priority, head)
+  if priority ~= 0 then
+    local seq = redis.call('INCR', KEYS[9]) % PRIO
+    redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
+  elseif head then
+    redis.call('RPUSH', KEYS[1], env)
+  else
+    redis.call('LPUSH', KEYS[1], env)
+  end
+end
+
+local function promote(zkey)
+  local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, LIMIT)
+  if #ids == 0 then return end
+  local envs = redis.call('HMGET', KEYS[5], unpack(ids))
+  for i, id in ipairs(ids) do
+    local env = envs[i]
+    if env then
+      local job = decode(env)
+      route(env, job and (tonumber(job[7]) or 0) or 0, false)
+      if job and tracked(job) then redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending') end
+    end
+  end
+  redis.call('ZREM', zkey, unpack(ids))
+  redis.call('HDEL', KEYS[5], unpack(ids))
+end
+
+local function recover()
+  local leases = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, LIMIT)
+  for _, lease in ipairs(leases) do
+    local env = redis.call('HGET', KEYS[7], lease)
+    redis.call('ZREM', KEYS[6], lease)
+    redis.call('HDEL', KEYS[7], lease)
+    if env then
+      local job = decode(env)
+      if job then
+        local attempt = (tonumber(job[5]) or 0) + 1
+        local max = tonumber(job[6]) or 0
+        if max <= 0 then max = default_max end
+        local err = 'lease expired: the worker running attempt ' .. attempt .. ' was lost'
+        job[5], job[9] = attempt, err
+        env = cmsgpack.pack(job)
+        local id = job[1]
+        local state = 'pending'
+        if attempt >= max then
+          state = 'dead'
+          redis.call('ZADD', KEYS[8], now, id)
+          redis.call('HSET', KEYS[5], id, env)
+        else
+          route(env, tonumber(job[7]) or 0, true)
+        end
+        if tracked(job) then
+          redis.call('HSET', prefix .. 'job:' .. id, 'state', state, 'attempt', attempt, 'error', err)
+        end
+      else
+        route(env, 0, true) -- undecodable: a worker will dead it with the reason
+      end
+      redis.call('HINCRBY', KEYS[10], 'recovered', 1)
+      redis.call('HINCRBY', KEYS[10], 'processed', 1)
+      redis.call('HINCRBY', KEYS[10], 'failed', 1)
+    end
+  end
+end
+
+local function drop_dead(ids)
+  if #ids == 0 then return end
+  redis.call('ZREM', KEYS[8], unpack(ids))
+  redis.call('HDEL', KEYS[5], unpack(ids))
+  for _, id in ipairs(ids) do redis.call('DEL', prefix .. 'job:' .. id) end
+end
+
+local function trim()
+  drop_dead(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, LIMIT))
+  local excess = redis.call('ZCARD', KEYS[8]) - tonumber(ARGV[5])
+  if excess > 0 then drop_dead(redis.call('ZRANGE', KEYS[8], 0, math.min(excess, LIMIT) - 1)) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - tonumber(ARGV[7]))
+end
+
+local function first_score(zkey)
+  local r = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
+  return tonumber(r[2])
+end
+
+promote(KEYS[3])
+promote(KEYS[4])
+recover()
+trim()
+
+if redis.call('EXISTS', KEYS[12]) == 1 then want = 0 end
+local popped = {}
+local function take_prioritized(min, max, limit)
+  local envs = redis.call('ZRANGEBYSCORE', KEYS[2], min, max, 'LIMIT', 0, limit)
+  if #envs == 0 then return end
+  redis.call('ZREM', KEYS[2], unpack(envs))
+  for _, env in ipairs(envs) do popped[#popped + 1] = env end
+end
+local has_prioritized = want > 0 and redis.call('ZCARD', KEYS[2]) > 0
+if has_prioritized then take_prioritized('-inf', '(0', want) end
+if #popped < want then
+  local envs = redis.call('RPOP', KEYS[1], want - #popped)
+  if envs then for _, env in ipairs(envs) do popped[#popped + 1] = env end end
+end
+if has_prioritized and #popped < want then take_prioritized('0', '+inf', want - #popped) end
+
+local result = {now, 0}
+if #popped > 0 then
+  local deadline = now + lease_ms
+  local lease_no = redis.call('INCRBY', KEYS[9], #popped) - #popped
+  local zargs, hargs = {}, {}
+  for _, env in ipairs(popped) do
+    lease_no = lease_no + 1
+    local b = string.byte(env, 1)
+    if not (b == 0x90 and #env == 1) then
+      local lease = tostring(lease_no)
+      if b == nil or b < 0x90 or b > 0x9f then
+        -- A bare entry (plain LPUSH of a payload, as Ost did): wrap it so it can be retried and tracked.
+        env = cmsgpack.pack({'~' .. lease, 0, env, '', 0, 0, 0, now, ''})
+      else
+        -- Read id and flags without unpacking the payload: fixarray, str id, fixint flags.
+        local lb, id_len, off = string.byte(env, 2), nil, nil
+        if lb and lb >= 0xa0 and lb <= 0xbf then id_len, off = lb - 0xa0, 3
+        elseif lb == 0xd9 then id_len, off = string.byte(env, 3), 4 end
+        if id_len then
+          local flags = string.byte(env, off + id_len)
+          if flags and flags < 0x80 and flags % 2 == 1 then
+            redis.call('HSET', prefix .. 'job:' .. string.sub(env, off, off + id_len - 1),
+              'state', 'active', 'started_at', now)
+          end
+        end
+      end
+      zargs[#zargs + 1] = deadline
+      zargs[#zargs + 1] = lease
+      hargs[#hargs + 1] = lease
+      hargs[#hargs + 1] = env
+      result[#result + 1] = lease
+      result[#result + 1] = env
+    end
+  end
+  if #zargs > 0 then
+    redis.call('ZADD', KEYS[6], unpack(zargs))
+    redis.call('HSET', KEYS[7], unpack(hargs))
+  end
+end
+
+local wake_at = nil
+for _, zkey in ipairs({KEYS[3], KEYS[4], KEYS[6]}) do
+  local s = first_score(zkey)
+  if s and (wake_at == nil or s < wake_at) then wake_at = s end
+end
+result[2] = wake_at or 0
+return result

@@ -1,0 +1,211 @@
+//! The envelope: how a job travels through Redis. A MessagePack array, so that Lua (`cmsgpack`)
+//! and any language can read and write it:
+//!
+//! `[id, flags, payload, name, attempt, max_attempts, priority, enqueued_at_ms, last_error]`
+//!
+//! Strings, the payload included, use MessagePack's str family even for non-UTF-8 bytes, because
+//! Redis's `cmsgpack` cannot decode the bin family. Readers here accept both. Extra trailing fields
+//! are ignored, so later versions can append fields.
+
+use crate::{Error, Result};
+
+/// Bit 0 of `flags`: keep a status record for this job.
+pub const FLAG_TRACKED: u64 = 1;
+
+/// Number of fields this version writes.
+const FIELDS: u32 = 9;
+
+/// A job as stored in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    /// Unique id within its queue.
+    pub id: String,
+    /// Bit flags, see [`FLAG_TRACKED`]; always below 128 so Lua can read it as one byte.
+    pub flags: u64,
+    /// The job's data, opaque to ostq.
+    pub payload: Vec<u8>,
+    /// Task type name for typed dispatch; empty when none.
+    pub name: String,
+    /// Attempts that already ended (failed or lost).
+    pub attempt: u32,
+    /// Attempts allowed in all; 0 means the worker's default.
+    pub max_attempts: u32,
+    /// Higher runs first; 0 is the default.
+    pub priority: i32,
+    /// When it was first enqueued, unix milliseconds (server clock).
+    pub enqueued_at_ms: u64,
+    /// The last attempt's error; empty when none.
+    pub last_error: String,
+}
+
+impl Envelope {
+    /// Whether a status record is kept.
+    pub fn tracked(&self) -> bool {
+        self.flags & FLAG_TRACKED != 0
+    }
+
+    /// Serializes to MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.id.len() + self.payload.len() + self.name.len());
+        // Writes into a Vec cannot fail; the Results below only exist for io::Write in general.
+        let _ = rmp::encode::write_array_len(&mut out, FIELDS);
+        write_str(&mut out, self.id.as_bytes());
+        let _ = rmp::encode::write_uint(&mut out, self.flags);
+        write_str(&mut out, &self.payload);
+        write_str(&mut out, self.name.as_bytes());
+        let _ = rmp::encode::write_uint(&mut out, u64::from(self.attempt));
+        let _ = rmp::encode::write_uint(&mut out, u64::from(self.max_attempts));
+        let _ = rmp::encode::write_sint(&mut out, i64::from(self.priority));
+        let _ = rmp::encode::write_uint(&mut out, self.enqueued_at_ms);
+        write_str(&mut out, self.last_error.as_bytes());
+        out
+    }
+
+    /// Parses MessagePack written by [`Envelope::encode`], by `push.lua` or by another language.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut rd = bytes;
+        let len = rmp::decode::read_array_len(&mut rd)
+            .map_err(|e| bad(format!("not a msgpack array: {e}")))?;
+        if len < FIELDS {
+            return Err(bad(format!("{len} fields, expected at least {FIELDS}")));
+        }
+        let id = read_string(&mut rd, "id")?;
+        if id.is_empty() {
+            return Err(bad("empty id".into()));
+        }
+        let flags = read_int::<u64>(&mut rd, "flags")?;
+        let payload = read_bytes(&mut rd, "payload")?.to_vec();
+        let name = read_string(&mut rd, "name")?;
+        let attempt = read_int::<u32>(&mut rd, "attempt")?;
+        let max_attempts = read_int::<u32>(&mut rd, "max_attempts")?;
+        let priority = read_int::<i32>(&mut rd, "priority")?;
+        let enqueued_at_ms = read_int::<u64>(&mut rd, "enqueued_at")?;
+        let last_error = read_string(&mut rd, "last_error")?;
+        Ok(Self {
+            id,
+            flags,
+            payload,
+            name,
+            attempt,
+            max_attempts,
+            priority,
+            enqueued_at_ms,
+            last_error,
+        })
+    }
+}
+
+fn bad(msg: String) -> Error {
+    Error::Envelope(msg)
+}
+
+fn write_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    // A payload longer than u32::MAX cannot be sent to Redis anyway (512 MB limit).
+    let _ = rmp::encode::write_str_len(out, bytes.len() as u32);
+    out.extend_from_slice(bytes);
+}
+
+fn read_bytes<'a>(rd: &mut &'a [u8], field: &str) -> Result<&'a [u8]> {
+    let marker = rd
+        .first()
+        .copied()
+        .ok_or_else(|| bad(format!("truncated before {field}")))?;
+    let len = match rmp::Marker::from_u8(marker) {
+        rmp::Marker::FixStr(_) | rmp::Marker::Str8 | rmp::Marker::Str16 | rmp::Marker::Str32 => {
+            rmp::decode::read_str_len(rd).map_err(|e| bad(format!("{field}: {e}")))?
+        }
+        rmp::Marker::Bin8 | rmp::Marker::Bin16 | rmp::Marker::Bin32 => {
+            rmp::decode::read_bin_len(rd).map_err(|e| bad(format!("{field}: {e}")))?
+        }
+        other => return Err(bad(format!("{field} is {other:?}, expected a string"))),
+    } as usize;
+    if rd.len() < len {
+        return Err(bad(format!("{field} truncated")));
+    }
+    let (head, tail) = rd.split_at(len);
+    *rd = tail;
+    Ok(head)
+}
+
+fn read_string(rd: &mut &[u8], field: &str) -> Result<String> {
+    let bytes = read_bytes(rd, field)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| bad(format!("{field} is not UTF-8")))
+}
+
+fn read_int<T: num_traits_shim::FromI64>(rd: &mut &[u8], field: &str) -> Result<T> {
+    // cmsgpack writes whole Lua numbers as ints; it writes fractions as floats, which we refuse.
+    let value: i64 = rmp::decode::read_int(rd).map_err(|e| bad(format!("{field}: {e}")))?;
+    T::from_i64(value).ok_or_else(|| bad(format!("{field} out of range: {value}")))
+}
+
+mod num_traits_shim {
+    pub trait FromI64: Sized {
+        fn from_i64(v: i64) -> Option<Self>;
+    }
+    impl FromI64 for u64 {
+        fn from_i64(v: i64) -> Option<Self> {
+            u64::try_from(v).ok()
+        }
+    }
+    impl FromI64 for u32 {
+        fn from_i64(v: i64) -> Option<Self> {
+            u32::try_from(v).ok()
+        }
+    }
+    impl FromI64 for i32 {
+        fn from_i64(v: i64) -> Option<Self> {
+            i32::try_from(v).ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            id: "01HZX".into(),
+            flags: FLAG_TRACKED,
+            payload: vec![0, 159, 255, b'$', b'('],
+            name: "transcode".into(),
+            attempt: 3,
+            max_attempts: 25,
+            priority: -7,
+            enqueued_at_ms: 1_700_000_000_123,
+            last_error: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_binary_payloads() {
+        let env = sample();
+        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn layout_lets_lua_read_id_and_flags() {
+        let bytes = sample().encode();
+        assert_eq!(bytes[0], 0x99, "fixarray of 9");
+        assert_eq!(bytes[1], 0xa0 + 5, "fixstr id");
+        assert_eq!(&bytes[2..7], b"01HZX");
+        assert_eq!(bytes[7], 1, "flags as one fixint byte");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for junk in [
+            &b""[..],
+            b"\x90",
+            b"\x99\xa1",
+            b"\x99\x01\x02",
+            b"hello",
+            b"\x99\xa1x\xc3",
+        ] {
+            assert!(Envelope::decode(junk).is_err(), "{junk:?}");
+        }
+        let mut truncated = sample().encode();
+        truncated.truncate(truncated.len() - 2);
+        assert!(Envelope::decode(&truncated).is_err());
+    }
+}

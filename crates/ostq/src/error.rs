@@ -1,0 +1,32 @@
+//! The library's error type.
+
+/// Everything that can go wrong talking to ostq.
+///
+/// ```
+/// let err = ostq::Error::Config("bad url".into());
+/// assert_eq!(err.to_string(), "invalid configuration: bad url");
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis refused a command, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A URL, option or argument is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A job's bytes in Redis are not a valid ostq envelope.
+    #[error("malformed job envelope: {0}")]
+    Envelope(String),
+    /// A payload could not be encoded or decoded.
+    #[error("payload: {0}")]
+    Payload(String),
+    /// Redis answered something the scripts never return: a bug or a foreign key of the same name.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    /// Waiting for something took longer than allowed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,132 @@
+//! The key layout, written once. Every key of a queue carries the queue's hash tag, so every script
+//! touches a single cluster slot; `docs/design.md` describes each key.
+
+/// Global set of known queue names (written outside the per-queue scripts).
+pub const QUEUES: &str = "ostq:queues";
+
+/// Longest queue name accepted: keys stay small and readable.
+pub const MAX_QUEUE_NAME: usize = 200;
+
+/// The keys of one queue, `ostq:{<queue>}:<part>`.
+///
+/// ```
+/// let keys = ostq::keys::QueueKeys::new("videos").unwrap();
+/// assert_eq!(keys.pending, "ostq:{videos}:pending");
+/// assert_eq!(keys.record("42"), "ostq:{videos}:job:42");
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    /// The queue's name.
+    pub queue: String,
+    /// `ostq:{q}:` — scripts build per-job status record keys from it.
+    pub prefix: String,
+    /// LIST of ready envelopes: producers LPUSH, workers take from the right.
+    pub pending: String,
+    /// ZSET of ready envelopes with a non-zero priority, scored by priority then FIFO order.
+    pub prioritized: String,
+    /// ZSET job id → run-at (unix ms) of delayed jobs.
+    pub scheduled: String,
+    /// ZSET job id → retry-at (unix ms) of failed jobs waiting for another attempt.
+    pub retry: String,
+    /// ZSET job id → died-at (unix ms) of jobs that spent their attempts.
+    pub dead: String,
+    /// HASH job id → envelope, for jobs in `scheduled`, `retry` and `dead`.
+    pub jobs: String,
+    /// ZSET lease → lease deadline (unix ms) of jobs a worker is running.
+    pub active: String,
+    /// HASH lease → envelope of the jobs in `active`.
+    pub inflight: String,
+    /// ZSET job id → finished-at (unix ms) of completed tracked jobs, within their retention.
+    pub completed: String,
+    /// Counter for lease numbers, generated ids and priority order.
+    pub seq: String,
+    /// HASH of totals: processed, failed, recovered.
+    pub stats: String,
+    /// Exists while the queue is paused.
+    pub paused: String,
+}
+
+impl QueueKeys {
+    /// The keys of `queue`; the name must be 1..=200 bytes without `{`, `}` or whitespace.
+    pub fn new(queue: &str) -> crate::Result<Self> {
+        validate_queue_name(queue)?;
+        let prefix = format!("ostq:{{{queue}}}:");
+        let key = |part: &str| format!("{prefix}{part}");
+        Ok(Self {
+            queue: queue.to_string(),
+            pending: key("pending"),
+            prioritized: key("prioritized"),
+            scheduled: key("scheduled"),
+            retry: key("retry"),
+            dead: key("dead"),
+            jobs: key("jobs"),
+            active: key("active"),
+            inflight: key("inflight"),
+            completed: key("completed"),
+            seq: key("seq"),
+            stats: key("stats"),
+            paused: key("paused"),
+            prefix,
+        })
+    }
+
+    /// The status record of a tracked job, a HASH that expires after its retention.
+    pub fn record(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+
+    /// Every fixed key of the queue (status records excluded).
+    pub fn all(&self) -> [&str; 12] {
+        [
+            &self.pending,
+            &self.prioritized,
+            &self.scheduled,
+            &self.retry,
+            &self.dead,
+            &self.jobs,
+            &self.active,
+            &self.inflight,
+            &self.completed,
+            &self.seq,
+            &self.stats,
+            &self.paused,
+        ]
+    }
+}
+
+/// Checks a queue name: 1..=200 bytes, no braces (they would break the hash tag), no whitespace.
+pub fn validate_queue_name(queue: &str) -> crate::Result<()> {
+    let bad = queue.is_empty()
+        || queue.len() > MAX_QUEUE_NAME
+        || queue
+            .chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(crate::Error::Config(format!(
+            "queue name {queue:?} must be 1..={MAX_QUEUE_NAME} bytes without braces, whitespace or control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(QueueKeys::new("videos").is_ok());
+        for bad in ["", "a{b", "a}b", "a b", "x\n"] {
+            assert!(QueueKeys::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(QueueKeys::new(&"q".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn every_key_shares_the_hash_tag() {
+        let keys = QueueKeys::new("q1").unwrap();
+        for key in keys.all() {
+            assert!(key.starts_with("ostq:{q1}:"), "{key}");
+        }
+    }
+}

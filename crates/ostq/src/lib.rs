@@ -1,0 +1,49 @@
+//! # ostq: a Redis-backed task queue for Rust
+//!
+//! Producers push work (a bare id, bytes, or a typed task) onto named queues; workers pull it
+//! with bounded concurrency and run a handler. Delivery is at-least-once: a job a worker took is
+//! leased, and if the worker dies (SIGKILL, network cut) any live worker recovers the job when
+//! the lease expires.
+//!
+//! ```no_run
+//! # async fn demo() -> ostq::Result<()> {
+//! let client = ostq::Client::connect("redis://127.0.0.1:6379").await?;
+//! client.queue("videos").push("42").await?;
+//!
+//! ostq::Worker::builder(client)
+//!     .queue("videos")
+//!     .handler(|job: ostq::Job| async move {
+//!         println!("transcoding video {}", job.payload_str()?);
+//!         Ok::<_, ostq::BoxError>(())
+//!     })
+//!     .build()?
+//!     .run()
+//!     .await
+//! # }
+//! ```
+//!
+//! The modules follow the design (`docs/design.md`): [`connection`] (Redis, single or cluster),
+//! [`keys`] (the key layout), [`envelope`] and [`job`] (the job model), [`scripts`] (one Lua
+//! script per state transition), [`producer`], [`worker`], [`retry`], [`task`] (typed tasks) and
+//! [`inspect`] (the data API under the CLI and dashboard).
+
+pub mod connection;
+pub mod envelope;
+mod error;
+pub mod inspect;
+pub mod job;
+pub mod keys;
+pub mod producer;
+pub mod retry;
+pub mod scripts;
+pub mod task;
+pub mod worker;
+
+pub use connection::Client;
+pub use error::{Error, Result};
+pub use inspect::QueueCounts;
+pub use job::{Job, JobInfo, JobState};
+pub use producer::{PushOptions, Queue};
+pub use retry::RetryPolicy;
+pub use task::Task;
+pub use worker::{BoxError, Failure, IntoOutput, Permanent, Worker, WorkerBuilder};

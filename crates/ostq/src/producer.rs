@@ -1,0 +1,336 @@
+//! Producing jobs: [`Queue`] handles and [`PushOptions`].
+//!
+//! Plain immediate jobs take the fast path: envelopes are encoded here and appended with `LPUSH`,
+//! many per command, pipelined. Jobs with a delay, a priority or a status record go through
+//! `push.lua`, which also builds envelopes for producers written in other languages.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::connection::Client;
+use crate::envelope::{Envelope, FLAG_TRACKED};
+use crate::job::now_ms;
+use crate::keys::QueueKeys;
+use crate::scripts::PUSH_SCRIPT;
+use crate::task::Task;
+use crate::{Error, Result};
+
+/// Jobs per LPUSH command and per `push.lua` call in bulk pushes.
+const BULK_CHUNK: usize = 1000;
+/// Longest id a caller may give (the Lua header parser reads ids up to 255 bytes).
+pub const MAX_ID_LEN: usize = 200;
+/// Priorities accepted (higher runs first).
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Options of a push. The default is an immediate, untracked job with priority 0 and the worker's
+/// default attempt limit.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = ostq::PushOptions::new()
+///     .delay(Duration::from_secs(30))
+///     .priority(5)
+///     .max_attempts(3)
+///     .track();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    id: Option<String>,
+    delay: Option<Duration>,
+    run_at: Option<SystemTime>,
+    priority: i32,
+    max_attempts: u32,
+    track: bool,
+    name: Option<String>,
+}
+
+impl PushOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use this id instead of a generated ULID (1..=200 bytes). Not allowed in bulk pushes.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Run no earlier than `delay` from now (measured on the Redis server's clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Run no earlier than `at`.
+    pub fn run_at(mut self, at: SystemTime) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Higher runs first; FIFO among equals; -1000..=1000, default 0.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Attempts allowed in all (0 = the worker's default).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Keep a status record, so the job's state and result can be read by id until its retention
+    /// ends. Costs a hash per job in Redis and a few commands per transition.
+    pub fn track(mut self) -> Self {
+        self.track = true;
+        self
+    }
+
+    /// Set the task type name (typed tasks set it for you).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    fn is_plain(&self) -> bool {
+        self.delay.is_none() && self.run_at.is_none() && self.priority == 0 && !self.track
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.len() > MAX_ID_LEN {
+                return Err(Error::Config(format!(
+                    "job id must be 1..={MAX_ID_LEN} bytes, got {}",
+                    id.len()
+                )));
+            }
+        }
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            return Err(Error::Config(format!(
+                "priority {} is outside -1000..=1000",
+                self.priority
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A named queue to push jobs onto. Get one with [`Client::queue`].
+///
+/// ```no_run
+/// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+/// let videos = client.queue("videos");
+/// videos.push("42").await?;                                   // the Ost one-liner
+/// videos.push_bulk(["43", "44", "45"]).await?;                 // pipelined
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Queue {
+    client: Client,
+    name: String,
+    keys: std::result::Result<Arc<QueueKeys>, String>,
+}
+
+impl Client {
+    /// A handle on the queue `name` (1..=200 bytes, no braces or whitespace; a bad name is
+    /// reported by the first push).
+    pub fn queue(&self, name: &str) -> Queue {
+        Queue {
+            client: self.clone(),
+            name: name.to_string(),
+            keys: QueueKeys::new(name)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl Queue {
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn client_ref(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn keys(&self) -> Result<&QueueKeys> {
+        self.keys.as_deref().map_err(|e| Error::Config(e.clone()))
+    }
+
+    /// Pushes one job with default options; returns its id.
+    pub async fn push(&self, payload: impl AsRef<[u8]>) -> Result<String> {
+        self.push_with(payload, &PushOptions::default()).await
+    }
+
+    /// Pushes one job with options; returns its id.
+    pub async fn push_with(&self, payload: impl AsRef<[u8]>, opts: &PushOptions) -> Result<String> {
+        let mut ids = self
+            .push_many(std::iter::once(payload.as_ref()), opts, true)
+            .await?;
+        ids.pop()
+            .ok_or_else(|| Error::Protocol("push returned no id".into()))
+    }
+
+    /// Pushes many jobs with default options, pipelined in batches; returns their ids in order.
+    pub async fn push_bulk<I, P>(&self, payloads: I) -> Result<Vec<String>>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        self.push_bulk_with(payloads, &PushOptions::default()).await
+    }
+
+    /// Pushes many jobs sharing `opts` (which must not set an id); returns their ids in order.
+    pub async fn push_bulk_with<I, P>(&self, payloads: I, opts: &PushOptions) -> Result<Vec<String>>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        if opts.id.is_some() {
+            return Err(Error::Config("a bulk push cannot share one job id".into()));
+        }
+        let payloads: Vec<P> = payloads.into_iter().collect();
+        self.push_many(payloads.iter().map(|p| p.as_ref()), opts, false)
+            .await
+    }
+
+    /// Enqueues a typed task (JSON payload, the task's name).
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Transcode { video_id: u64 }
+    /// # impl ostq::Task for Transcode { const NAME: &'static str = "transcode"; }
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// client.queue("videos").enqueue(&Transcode { video_id: 42 }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue<T: Task>(&self, task: &T) -> Result<String> {
+        self.enqueue_with(task, PushOptions::default()).await
+    }
+
+    /// Enqueues a typed task with options.
+    pub async fn enqueue_with<T: Task>(&self, task: &T, opts: PushOptions) -> Result<String> {
+        let payload = serde_json::to_vec(task)
+            .map_err(|e| Error::Payload(format!("cannot encode task {}: {e}", T::NAME)))?;
+        self.push_with(payload, &opts.name(T::NAME)).await
+    }
+
+    async fn push_many<'p>(
+        &self,
+        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
+        opts: &PushOptions,
+        single: bool,
+    ) -> Result<Vec<String>> {
+        opts.check()?;
+        let keys = self.keys()?;
+        self.client.register_queue(&self.name).await?;
+        if payloads.len() == 0 {
+            return Ok(Vec::new());
+        }
+        let given_id = if single { opts.id.clone() } else { None };
+        if opts.is_plain() {
+            self.push_plain(keys, payloads, opts, given_id).await
+        } else {
+            self.push_scripted(keys, payloads, opts, given_id).await
+        }
+    }
+
+    async fn push_plain<'p>(
+        &self,
+        keys: &QueueKeys,
+        payloads: impl Iterator<Item = &'p [u8]>,
+        opts: &PushOptions,
+        given_id: Option<String>,
+    ) -> Result<Vec<String>> {
+        let enqueued_at_ms = now_ms();
+        let mut ids = Vec::new();
+        let mut pipe = redis::pipe();
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(&keys.pending);
+        let mut in_cmd = 0;
+        for payload in payloads {
+            let id = given_id.clone().unwrap_or_else(new_id);
+            let env = Envelope {
+                id: id.clone(),
+                flags: 0,
+                payload: payload.to_vec(),
+                name: opts.name.clone().unwrap_or_default(),
+                attempt: 0,
+                max_attempts: opts.max_attempts,
+                priority: 0,
+                enqueued_at_ms,
+                last_error: String::new(),
+            };
+            cmd.arg(env.encode());
+            ids.push(id);
+            in_cmd += 1;
+            if in_cmd == BULK_CHUNK {
+                pipe.add_command(std::mem::replace(&mut cmd, redis::cmd("LPUSH")))
+                    .ignore();
+                cmd.arg(&keys.pending);
+                in_cmd = 0;
+            }
+        }
+        if in_cmd > 0 {
+            pipe.add_command(cmd).ignore();
+        }
+        let mut conn = self.client.conn();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(ids)
+    }
+
+    async fn push_scripted<'p>(
+        &self,
+        keys: &QueueKeys,
+        payloads: impl Iterator<Item = &'p [u8]>,
+        opts: &PushOptions,
+        given_id: Option<String>,
+    ) -> Result<Vec<String>> {
+        let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
+        let run_at_ms = opts
+            .run_at
+            .map(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(1)
+            })
+            .unwrap_or(0);
+        let flags = if opts.track { FLAG_TRACKED } else { 0 };
+        let name = opts.name.clone().unwrap_or_default();
+        let mut conn = self.client.conn();
+        let mut ids = Vec::new();
+        let mut payloads = payloads.peekable();
+        while payloads.peek().is_some() {
+            let mut invocation = PUSH_SCRIPT.prepare_invoke();
+            invocation
+                .key(&keys.pending)
+                .key(&keys.prioritized)
+                .key(&keys.scheduled)
+                .key(&keys.jobs)
+                .key(&keys.seq)
+                .arg(&keys.prefix);
+            for payload in payloads.by_ref().take(BULK_CHUNK) {
+                let id = given_id.clone().unwrap_or_else(new_id);
+                invocation
+                    .arg(id)
+                    .arg(payload)
+                    .arg(&name)
+                    .arg(opts.max_attempts)
+                    .arg(opts.priority)
+                    .arg(delay_ms)
+                    .arg(run_at_ms)
+                    .arg(flags);
+            }
+            let chunk: Vec<String> = invocation.invoke_async(&mut conn).await?;
+            ids.extend(chunk);
+        }
+        Ok(ids)
+    }
+}
+
+/// A new job id: a ULID, sortable by creation time.
+pub(crate) fn new_id() -> String {
+    ulid::Ulid::new().to_string()
+}

@@ -1,0 +1,37 @@
+//! The Lua scripts, one per state transition, each in its own file under `lua/` with a header
+//! naming its KEYS and ARGV. The sources are public so other languages can load them.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Source of `push.lua`: enqueue jobs given as plain fields (the script other languages use).
+pub const PUSH: &str = include_str!("../lua/push.lua");
+/// Source of `fetch.lua`: lease ready jobs; promote due jobs; recover expired leases; trim.
+pub const FETCH: &str = include_str!("../lua/fetch.lua");
+/// Source of `complete.lua`: end leases of jobs that succeeded.
+pub const COMPLETE: &str = include_str!("../lua/complete.lua");
+/// Source of `fail.lua`: move failed jobs to retry or dead.
+pub const FAIL: &str = include_str!("../lua/fail.lua");
+/// Source of `renew.lua`: extend held leases, report lost ones.
+pub const RENEW: &str = include_str!("../lua/renew.lua");
+/// Source of `requeue.lua`: give unfinished jobs back at shutdown.
+pub const REQUEUE: &str = include_str!("../lua/requeue.lua");
+/// Source of `enqueue_now.lua`: move scheduled, retry or dead jobs to pending now.
+pub const ENQUEUE_NOW: &str = include_str!("../lua/enqueue_now.lua");
+/// Source of `delete.lua`: remove scheduled, retry, dead or completed jobs by id.
+pub const DELETE: &str = include_str!("../lua/delete.lua");
+
+macro_rules! script {
+    ($name:ident, $src:ident) => {
+        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| Script::new($src));
+    };
+}
+script!(PUSH_SCRIPT, PUSH);
+script!(FETCH_SCRIPT, FETCH);
+script!(COMPLETE_SCRIPT, COMPLETE);
+script!(FAIL_SCRIPT, FAIL);
+script!(RENEW_SCRIPT, RENEW);
+script!(REQUEUE_SCRIPT, REQUEUE);
+script!(ENQUEUE_NOW_SCRIPT, ENQUEUE_NOW);
+script!(DELETE_SCRIPT, DELETE);

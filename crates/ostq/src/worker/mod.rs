@@ -1,0 +1,301 @@
+//! Workers: serve queues with bounded concurrency, run handlers, retry failures, renew leases,
+//! recover jobs of lost workers, and shut down without losing anything.
+//!
+//! ```no_run
+//! # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+//! use std::time::Duration;
+//! ostq::Worker::builder(client)
+//!     .queue("videos")
+//!     .concurrency(8)
+//!     .handler(|job: ostq::Job| async move {
+//!         let video_id = job.payload_str()?.to_owned();
+//!         // transcode(video_id).await?;
+//!         Ok::<_, ostq::BoxError>(())
+//!     })
+//!     .on_error(|job, failure| eprintln!("job {} failed: {}", job.id, failure.error))
+//!     .on_monitor(Duration::from_secs(10), |counts| eprintln!("{counts:?}"))
+//!     .build()?
+//!     .run() // until ctrl-c or SIGTERM
+//!     .await
+//! # }
+//! ```
+
+mod handler;
+mod runtime;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use handler::{BoxError, IntoOutput, Permanent};
+
+use crate::connection::Client;
+use crate::inspect::QueueCounts;
+use crate::job::Job;
+use crate::keys::QueueKeys;
+use crate::retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
+use crate::task::Task;
+use crate::{Error, Result};
+use handler::Handlers;
+
+/// Why an attempt failed and what happens next; given to the error hook.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The error text (handler error, panic message, timeout, decoding problem).
+    pub error: String,
+    /// Whether the job went to the dead set (no attempts left, or a permanent error).
+    pub dead: bool,
+    /// When it will be tried again, if it will.
+    pub retry_in: Option<Duration>,
+}
+
+type ErrorHook = Arc<dyn Fn(&Job, &Failure) + Send + Sync>;
+type MonitorHook = Arc<dyn Fn(&[QueueCounts]) + Send + Sync>;
+
+/// Settings of a worker.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) concurrency: usize,
+    pub(crate) lease: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) default_max_attempts: u32,
+    pub(crate) completed_retention: Duration,
+    pub(crate) dead_max: usize,
+    pub(crate) dead_retention: Duration,
+    pub(crate) max_batch: usize,
+    pub(crate) idle_wait: Duration,
+}
+
+/// Builds a [`Worker`]. Only the queue and a handler are required.
+pub struct WorkerBuilder {
+    client: Client,
+    queues: Vec<String>,
+    config: Config,
+    handlers: Handlers,
+    on_error: Option<ErrorHook>,
+    on_monitor: Option<(Duration, MonitorHook)>,
+}
+
+impl Worker {
+    /// Starts building a worker on `client`.
+    pub fn builder(client: Client) -> WorkerBuilder {
+        WorkerBuilder {
+            client,
+            queues: Vec::new(),
+            config: Config {
+                concurrency: 10,
+                lease: Duration::from_secs(30),
+                timeout: Some(Duration::from_secs(30 * 60)),
+                shutdown_timeout: Duration::from_secs(25),
+                retry: RetryPolicy::default(),
+                default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+                completed_retention: Duration::from_secs(24 * 3600),
+                dead_max: 10_000,
+                dead_retention: Duration::from_secs(30 * 24 * 3600),
+                max_batch: 1000,
+                idle_wait: Duration::from_secs(1),
+            },
+            handlers: Handlers::default(),
+            on_error: None,
+            on_monitor: None,
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// Serve this queue too (call once per queue; at least one).
+    pub fn queue(mut self, name: &str) -> Self {
+        self.queues.push(name.to_string());
+        self
+    }
+
+    /// Handlers running at once, across all queues (default 10).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// How long a fetched job stays leased without renewal (default 30 s). The worker renews
+    /// every third of it; if the worker dies, another one recovers the job within lease + 1 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// Longest a handler may run before its attempt fails (default 30 min; `None` for no limit).
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// At shutdown, how long running jobs get to finish before they are given back (default 25 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Retry policy for jobs whose task type has none (default: exponential with jitter).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        if let Some(n) = policy.attempt_limit() {
+            self.config.default_max_attempts = n;
+        }
+        self.config.retry = policy;
+        self
+    }
+
+    /// How long status records of completed tracked jobs are kept (default 24 h).
+    pub fn completed_retention(mut self, retention: Duration) -> Self {
+        self.config.completed_retention = retention;
+        self
+    }
+
+    /// Cap and retention of the dead set (default 10,000 jobs, 30 days); the oldest go first.
+    pub fn dead_set(mut self, max_jobs: usize, retention: Duration) -> Self {
+        self.config.dead_max = max_jobs;
+        self.config.dead_retention = retention;
+        self
+    }
+
+    /// Most jobs leased per fetch (default 1000, at most 1000).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.config.max_batch = n;
+        self
+    }
+
+    /// The handler for jobs without a task name (plain pushes: ids, bytes).
+    pub fn handler<F, Fut, O, E>(mut self, f: F) -> Self
+    where
+        F: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
+        O: IntoOutput,
+        E: Into<BoxError>,
+    {
+        self.handlers.default = Some(handler::boxed(f));
+        self
+    }
+
+    /// The handler for typed tasks of type `T`, dispatched on `T::NAME`. A payload that does not
+    /// decode as `T` sends the job to the dead set with the decoding error.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Transcode { video_id: u64 }
+    /// # impl ostq::Task for Transcode { const NAME: &'static str = "transcode"; }
+    /// # fn demo(client: ostq::Client) -> ostq::Result<ostq::Worker> {
+    /// ostq::Worker::builder(client)
+    ///     .queue("videos")
+    ///     .task(|t: Transcode| async move { println!("video {}", t.video_id); Ok::<_, ostq::BoxError>(()) })
+    ///     .build()
+    /// # }
+    /// ```
+    pub fn task<T, F, Fut, O, E>(mut self, f: F) -> Self
+    where
+        T: Task,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
+        O: IntoOutput,
+        E: Into<BoxError>,
+    {
+        self.handlers.by_name.insert(
+            T::NAME.to_string(),
+            (handler::boxed_task::<T, _, _, _, _>(f), T::retry_policy()),
+        );
+        self
+    }
+
+    /// Called after every failed attempt, with the job and what happens next.
+    pub fn on_error(mut self, hook: impl Fn(&Job, &Failure) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called every `interval` with the counts of each served queue.
+    pub fn on_monitor(
+        mut self,
+        interval: Duration,
+        hook: impl Fn(&[QueueCounts]) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_monitor = Some((interval, Arc::new(hook)));
+        self
+    }
+
+    /// Checks the settings and builds the worker.
+    pub fn build(self) -> Result<Worker> {
+        if self.queues.is_empty() {
+            return Err(Error::Config("a worker needs at least one queue".into()));
+        }
+        if self.handlers.default.is_none() && self.handlers.by_name.is_empty() {
+            return Err(Error::Config(
+                "a worker needs a handler or at least one task handler".into(),
+            ));
+        }
+        if self.config.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        if self.config.lease < Duration::from_millis(300) {
+            return Err(Error::Config("lease must be at least 300 ms".into()));
+        }
+        if self.config.max_batch == 0 || self.config.max_batch > 1000 {
+            return Err(Error::Config("max_batch must be 1..=1000".into()));
+        }
+        let mut queues = Vec::new();
+        for name in &self.queues {
+            let keys = QueueKeys::new(name)?;
+            if !queues
+                .iter()
+                .any(|k: &Arc<QueueKeys>| k.queue == keys.queue)
+            {
+                queues.push(Arc::new(keys));
+            }
+        }
+        Ok(Worker {
+            client: self.client,
+            queues,
+            config: self.config,
+            handlers: self.handlers,
+            on_error: self.on_error,
+            on_monitor: self.on_monitor,
+        })
+    }
+}
+
+/// A configured worker; run it with [`Worker::run`] or [`Worker::run_until`].
+pub struct Worker {
+    client: Client,
+    queues: Vec<Arc<QueueKeys>>,
+    config: Config,
+    handlers: Handlers,
+    on_error: Option<ErrorHook>,
+    on_monitor: Option<(Duration, MonitorHook)>,
+}
+
+impl Worker {
+    /// Runs until ctrl-c or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes (for example a `CancellationToken`'s `cancelled()`), then
+    /// stops fetching, lets running jobs finish within the shutdown timeout, and gives the rest
+    /// back to their queues at once.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        runtime::run(self, shutdown).await
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
