@@ -101,7 +101,10 @@ fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_max_delay(Duration::from_secs(2))
+        .set_max_delay(Duration::from_secs(1))
+        // Fail fast at start (a wrong address or password should say so at once); the worker
+        // loops retry with their own capped backoff after that.
+        .set_number_of_retries(2)
 }
 
 fn parse_url(url: &str) -> Result<redis::ConnectionInfo> {

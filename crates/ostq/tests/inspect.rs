@@ -1,0 +1,167 @@
+//! The inspection API: queues, counts, paging through states, one job by id, retry, delete,
+//! purge, pause and resume.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{setup, spawn, wait_counts};
+use ostq::{BoxError, Job, JobState, PushOptions, Worker};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn listing_paging_and_lookup_by_id() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("inbox");
+    let ids = queue
+        .push_bulk((0..25).map(|i| format!("p{i}")))
+        .await
+        .unwrap();
+    let later = queue
+        .push_with("s", &PushOptions::new().delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let urgent = queue
+        .push_with("u", &PushOptions::new().priority(9))
+        .await
+        .unwrap();
+    client.queue("other").push("x").await.unwrap();
+    assert_eq!(client.queues().await.unwrap(), ["inbox", "other"]);
+
+    let counts = queue.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.scheduled), (26, 1));
+    // Pending in run order: the prioritized job, then FIFO.
+    let page1 = queue.jobs(JobState::Pending, 0, 10).await.unwrap();
+    let page2 = queue.jobs(JobState::Pending, 10, 10).await.unwrap();
+    let page3 = queue.jobs(JobState::Pending, 20, 10).await.unwrap();
+    assert_eq!(page1[0].id, urgent);
+    let listed: Vec<String> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .skip(1)
+        .map(|j| j.id.clone())
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(page3.len(), 6);
+
+    let info = queue.job(&ids[17]).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.payload.as_deref()),
+        (JobState::Pending, Some(&b"p17"[..]))
+    );
+    let info = queue.job(&later).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Scheduled);
+    assert!(info.due_at_ms.unwrap() > info.enqueued_at_ms.unwrap() + 3_000_000);
+    assert!(queue.job("nope").await.unwrap().is_none());
+
+    // Run the scheduled job now instead of in an hour.
+    assert_eq!(queue.retry_now(&[later.as_str()]).await.unwrap(), 1);
+    assert_eq!(queue.counts().await.unwrap().scheduled, 0);
+    assert_eq!(
+        queue.job(&later).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+}
+
+#[tokio::test]
+async fn delete_purge_pause_resume() {
+    let (server, client) = setup().await;
+    let queue = client.queue("ops");
+    let ids = queue.push_bulk(["a", "b", "c"]).await.unwrap();
+    let tracked = queue
+        .push_with("t", &PushOptions::new().track())
+        .await
+        .unwrap();
+    let scheduled = queue
+        .push_with("s", &PushOptions::new().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        queue
+            .delete(&[ids[1].as_str(), scheduled.as_str(), "missing"])
+            .await
+            .unwrap(),
+        2
+    );
+    let counts = queue.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.scheduled), (3, 0));
+
+    // Paused: pushes are accepted, nothing is fetched.
+    queue.pause().await.unwrap();
+    assert!(queue.counts().await.unwrap().paused);
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("ops")
+            .handler(|_job: Job| async { Ok::<_, BoxError>(()) })
+            .build()
+            .unwrap(),
+    );
+    queue.push("d").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let counts = queue.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processed_total), (4, 0));
+    queue.resume().await.unwrap();
+    wait_counts(&queue, WAIT, |c| c.processed_total == 4).await;
+    running.shutdown().await;
+
+    // Purge every state but active: pending (with records of tracked jobs), scheduled, dead.
+    queue.push_bulk(["x", "y"]).await.unwrap();
+    let tracked2 = queue
+        .push_with("t2", &PushOptions::new().track())
+        .await
+        .unwrap();
+    queue
+        .push_with("later", &PushOptions::new().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(queue.purge(Some(JobState::Scheduled)).await.unwrap(), 1);
+    assert_eq!(
+        queue.purge(None).await.unwrap(),
+        3 + 1,
+        "3 pending and the completed tracked job"
+    );
+    let counts = queue.counts().await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.scheduled, counts.completed),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        server
+            .cli(&["EXISTS", &format!("ostq:{{ops}}:job:{tracked2}")])
+            .unwrap(),
+        "0"
+    );
+    assert_eq!(
+        server
+            .cli(&["EXISTS", &format!("ostq:{{ops}}:job:{tracked}")])
+            .unwrap(),
+        "0"
+    );
+    assert!(queue.purge(Some(JobState::Active)).await.is_err());
+}
+
+#[tokio::test]
+async fn bad_names_and_options_are_clear_errors() {
+    let (_server, client) = setup().await;
+    let err = client.queue("has space").push("x").await.unwrap_err();
+    assert!(err.to_string().contains("queue name"), "{err}");
+    let err = client
+        .queue("q")
+        .push_with("x", &PushOptions::new().id(""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("job id"), "{err}");
+    let err = Worker::builder(client.clone())
+        .queue("q")
+        .build()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("handler"), "{err}");
+    let err = ostq::Client::connect("redis://127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ostq::Error::Redis(_)), "{err}");
+}
