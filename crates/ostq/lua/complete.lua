@@ -1,36 +1,55 @@
--- complete.lua: a worker finished jobs successfully; end their leases. A lease that is no longer
--- held (it expired and the job was recovered, or it was requeued) is left alone: that late ack
--- must not touch the job, which belongs to someone else now.
+-- complete.lua: a worker finished jobs successfully. Per lease group it either deletes the whole
+-- group (every job of it is done: one DEL, the common case) or tombstones the finished entries
+-- (""), so a recovery after a crash re-runs only the unfinished ones. A group no longer in
+-- `active` was recovered after its lease expired: those late acks are ignored, the jobs belong
+-- to someone else now. Running it twice changes nothing (tombstones and deleted groups are
+-- recognised).
 --
--- KEYS[1] active (zset)   KEYS[2] inflight (hash)   KEYS[3] completed (zset)   KEYS[4] stats (hash)
+-- KEYS[1] active (zset)   KEYS[2] completed (zset)   KEYS[3] stats (hash)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] status record retention seconds
--- then 3 fields per job: lease, id if the job is tracked else "", result ("" = none)
--- Returns the number of stale leases (acks that were ignored).
+-- then per group: group, all ("1" when every job of the group is now done), k, and k triples:
+--   index in the group, id if the job is tracked else "", result ("" = none)
+-- Returns the number of stale acks (ignored).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
-local leases = {}
-for i = 3, #ARGV, 3 do leases[#leases + 1] = ARGV[i] end
-if #leases == 0 then return 0 end
-local held = redis.call('ZMSCORE', KEYS[1], unpack(leases))
-local live = {}
-for k, lease in ipairs(leases) do
-  if held[k] then
-    live[#live + 1] = lease
-    local id = ARGV[3 * k + 1]
-    if id ~= '' then
-      local rec = prefix .. 'job:' .. id
-      local result = ARGV[3 * k + 2]
-      redis.call('HSET', rec, 'state', 'completed', 'finished_at', now)
-      if result ~= '' then redis.call('HSET', rec, 'result', result) end
-      redis.call('EXPIRE', rec, ttl)
-      redis.call('ZADD', KEYS[3], now, id)
+local stale, done = 0, 0
+local i = 3
+while i <= #ARGV do
+  local group, all, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
+  local first = i + 3
+  i = first + 3 * k
+  local key = prefix .. 'lease:' .. group
+  if not redis.call('ZSCORE', KEYS[1], group) then
+    stale = stale + k
+  else
+    for j = first, first + 3 * (k - 1), 3 do
+      local live = true
+      if not all then
+        local index = tonumber(ARGV[j])
+        live = redis.call('LINDEX', key, index) ~= ''
+        if live then redis.call('LSET', key, index, '') end
+      end
+      if live then
+        done = done + 1
+        local id = ARGV[j + 1]
+        if id ~= '' then
+          local rec = prefix .. 'job:' .. id
+          redis.call('HSET', rec, 'state', 'completed', 'finished_at', now)
+          if ARGV[j + 2] ~= '' then redis.call('HSET', rec, 'result', ARGV[j + 2]) end
+          redis.call('EXPIRE', rec, ttl)
+          redis.call('ZADD', KEYS[2], now, id)
+        end
+      end
+    end
+    if all then
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[1], group)
     end
   end
 end
-if #live > 0 then
-  redis.call('ZREM', KEYS[1], unpack(live))
-  redis.call('HDEL', KEYS[2], unpack(live))
-  redis.call('HINCRBY', KEYS[4], 'processed', #live)
+if done > 0 then
+  redis.call('HINCRBY', KEYS[3], 'processed', done)
+  redis.call('HINCRBY', KEYS[3], 'active', -done)
 end
-return #leases - #live
+return stale

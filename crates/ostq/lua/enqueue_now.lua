@@ -28,7 +28,7 @@ for i = 2, #ARGV do
       end
       if (tonumber(job[2]) or 0) % 2 == 1 then
         local rec = prefix .. 'job:' .. id
-        redis.call('HSET', rec, 'state', 'pending')
+        redis.call('HSET', rec, 'state', 'pending', 'attempt', job[5])
         redis.call('HDEL', rec, 'finished_at')
       end
     end

@@ -1,16 +1,21 @@
--- fetch.lua: lease up to N ready jobs to a worker. On the way it promotes due scheduled and retry
--- jobs, recovers expired leases (back to pending, or to dead when attempts are spent) and trims the
--- dead and completed sets, so no separate scheduler or reaper process is needed.
+-- fetch.lua: lease up to N ready jobs to a worker as one lease group. On the way it promotes due
+-- scheduled and retry jobs, recovers expired lease groups (their jobs go back to pending, or to
+-- dead when attempts are spent) and trims the dead and completed sets, so no separate scheduler
+-- or reaper process is needed.
+--
+-- A lease group is a LIST <prefix>lease:<g> holding the envelopes of one fetch, in order; job i of
+-- the group is entry i. `active` scores each group by its deadline. Finished entries become ""
+-- (a tombstone) and a finished group is deleted whole (complete.lua).
 --
 -- KEYS[1] pending (list)     KEYS[2] prioritized (zset)  KEYS[3] scheduled (zset)  KEYS[4] retry (zset)
--- KEYS[5] jobs (hash)        KEYS[6] active (zset)       KEYS[7] inflight (hash)   KEYS[8] dead (zset)
--- KEYS[9] seq (counter)      KEYS[10] stats (hash)       KEYS[11] completed (zset) KEYS[12] paused (string)
+-- KEYS[5] jobs (hash)        KEYS[6] active (zset)       KEYS[7] dead (zset)       KEYS[8] seq (counter)
+-- KEYS[9] stats (hash)       KEYS[10] completed (zset)   KEYS[11] paused (string)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] max jobs to lease (<= 1000)   ARGV[3] lease ms
 -- ARGV[4] default max attempts           ARGV[5] dead set cap (entries)        ARGV[6] dead retention ms
 -- ARGV[7] completed index retention ms
--- Returns {now ms, next wake ms (0 = nothing timed), lease1, envelope1, lease2, envelope2, ...}
+-- Returns {now ms, next wake ms (0 = nothing timed, -1 = paused), group, envelope1, envelope2, ...}
+-- (group is 0 when nothing was leased).
 local PRIO = 4398046511104
-local WAKE = '\144'
 local LIMIT = 1000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,7 +35,7 @@ local function tracked(job) return (tonumber(job[2]) or 0) % 2 == 1 end
 -- Puts a ready envelope where fetch will find it; `head` for jobs that already waited their turn.
 local function route(env, priority, head)
   if priority ~= 0 then
-    local seq = redis.call('INCR', KEYS[9]) % PRIO
+    local seq = redis.call('INCR', KEYS[8]) % PRIO
     redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
   elseif head then
     redis.call('RPUSH', KEYS[1], env)
@@ -56,54 +61,64 @@ local function promote(zkey)
 end
 
 local function recover()
-  local leases = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, LIMIT)
-  for _, lease in ipairs(leases) do
-    local env = redis.call('HGET', KEYS[7], lease)
-    redis.call('ZREM', KEYS[6], lease)
-    redis.call('HDEL', KEYS[7], lease)
-    if env then
-      local job = decode(env)
-      if job then
-        local attempt = (tonumber(job[5]) or 0) + 1
-        local max = tonumber(job[6]) or 0
-        if max <= 0 then max = default_max end
-        local err = 'lease expired: the worker running attempt ' .. attempt .. ' was lost'
-        job[5], job[9] = attempt, err
-        env = cmsgpack.pack(job)
-        local id = job[1]
-        local state = 'pending'
-        if attempt >= max then
-          state = 'dead'
-          redis.call('ZADD', KEYS[8], now, id)
-          redis.call('HSET', KEYS[5], id, env)
+  local groups = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 100)
+  for _, group in ipairs(groups) do
+    local key = prefix .. 'lease:' .. group
+    local lost = 0
+    local entries = redis.call('LRANGE', key, 0, -1)
+    -- Backwards, so that the group's first job ends up first in line again.
+    for e = #entries, 1, -1 do
+      local env = entries[e]
+      if env ~= '' then
+        lost = lost + 1
+        local job = decode(env)
+        if job then
+          local attempt = (tonumber(job[5]) or 0) + 1
+          local max = tonumber(job[6]) or 0
+          if max <= 0 then max = default_max end
+          local err = 'lease expired: the worker running attempt ' .. attempt .. ' was lost'
+          job[5], job[9] = attempt, err
+          env = cmsgpack.pack(job)
+          local id = job[1]
+          local rec = prefix .. 'job:' .. id
+          if attempt >= max then
+            redis.call('ZADD', KEYS[7], now, id)
+            redis.call('HSET', KEYS[5], id, env)
+            if tracked(job) then
+              redis.call('HSET', rec, 'state', 'dead', 'attempt', attempt, 'error', err, 'finished_at', now)
+            end
+          else
+            route(env, tonumber(job[7]) or 0, true)
+            if tracked(job) then redis.call('HSET', rec, 'state', 'pending', 'attempt', attempt, 'error', err) end
+          end
         else
-          route(env, tonumber(job[7]) or 0, true)
+          route(env, 0, true) -- undecodable: a worker will dead it with the reason
         end
-        if tracked(job) then
-          redis.call('HSET', prefix .. 'job:' .. id, 'state', state, 'attempt', attempt, 'error', err)
-        end
-      else
-        route(env, 0, true) -- undecodable: a worker will dead it with the reason
       end
-      redis.call('HINCRBY', KEYS[10], 'recovered', 1)
-      redis.call('HINCRBY', KEYS[10], 'processed', 1)
-      redis.call('HINCRBY', KEYS[10], 'failed', 1)
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[6], group)
+    if lost > 0 then
+      redis.call('HINCRBY', KEYS[9], 'active', -lost)
+      redis.call('HINCRBY', KEYS[9], 'recovered', lost)
+      redis.call('HINCRBY', KEYS[9], 'processed', lost)
+      redis.call('HINCRBY', KEYS[9], 'failed', lost)
     end
   end
 end
 
 local function drop_dead(ids)
   if #ids == 0 then return end
-  redis.call('ZREM', KEYS[8], unpack(ids))
+  redis.call('ZREM', KEYS[7], unpack(ids))
   redis.call('HDEL', KEYS[5], unpack(ids))
   for _, id in ipairs(ids) do redis.call('DEL', prefix .. 'job:' .. id) end
 end
 
 local function trim()
-  drop_dead(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, LIMIT))
-  local excess = redis.call('ZCARD', KEYS[8]) - tonumber(ARGV[5])
-  if excess > 0 then drop_dead(redis.call('ZRANGE', KEYS[8], 0, math.min(excess, LIMIT) - 1)) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - tonumber(ARGV[7]))
+  drop_dead(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, LIMIT))
+  local excess = redis.call('ZCARD', KEYS[7]) - tonumber(ARGV[5])
+  if excess > 0 then drop_dead(redis.call('ZRANGE', KEYS[7], 0, math.min(excess, LIMIT) - 1)) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - tonumber(ARGV[7]))
 end
 
 local function first_score(zkey)
@@ -116,7 +131,8 @@ promote(KEYS[4])
 recover()
 trim()
 
-if redis.call('EXISTS', KEYS[12]) == 1 then want = 0 end
+local paused = redis.call('EXISTS', KEYS[11]) == 1
+if paused then want = 0 end
 local popped = {}
 local function take_prioritized(min, max, limit)
   local envs = redis.call('ZRANGEBYSCORE', KEYS[2], min, max, 'LIMIT', 0, limit)
@@ -132,21 +148,18 @@ if #popped < want then
 end
 if has_prioritized and #popped < want then take_prioritized('0', '+inf', want - #popped) end
 
-local result = {now, 0}
+local result = {now, 0, 0}
 if #popped > 0 then
-  local deadline = now + lease_ms
-  local lease_no = redis.call('INCRBY', KEYS[9], #popped) - #popped
-  local zargs, hargs = {}, {}
+  local group = redis.call('INCR', KEYS[8])
+  local leased = {}
   for _, env in ipairs(popped) do
-    lease_no = lease_no + 1
     local b = string.byte(env, 1)
-    if not (b == 0x90 and #env == 1) then
-      local lease = tostring(lease_no)
+    if not (b == 0x90 and #env == 1) then -- the wake marker is dropped
       if b == nil or b < 0x90 or b > 0x9f then
         -- A bare entry (plain LPUSH of a payload, as Ost did): wrap it so it can be retried and tracked.
-        env = cmsgpack.pack({'~' .. lease, 0, env, '', 0, 0, 0, now, ''})
+        env = cmsgpack.pack({'~' .. group .. '.' .. #leased, 0, env, '', 0, 0, 0, now, ''})
       else
-        -- Read id and flags without unpacking the payload: fixarray, str id, fixint flags.
+        -- Read id and flags without unpacking the payload: fixarray, str8/fixstr id, fixint flags.
         local lb, id_len, off = string.byte(env, 2), nil, nil
         if lb and lb >= 0xa0 and lb <= 0xbf then id_len, off = lb - 0xa0, 3
         elseif lb == 0xd9 then id_len, off = string.byte(env, 3), 4 end
@@ -158,17 +171,15 @@ if #popped > 0 then
           end
         end
       end
-      zargs[#zargs + 1] = deadline
-      zargs[#zargs + 1] = lease
-      hargs[#hargs + 1] = lease
-      hargs[#hargs + 1] = env
-      result[#result + 1] = lease
+      leased[#leased + 1] = env
       result[#result + 1] = env
     end
   end
-  if #zargs > 0 then
-    redis.call('ZADD', KEYS[6], unpack(zargs))
-    redis.call('HSET', KEYS[7], unpack(hargs))
+  if #leased > 0 then
+    redis.call('RPUSH', prefix .. 'lease:' .. group, unpack(leased))
+    redis.call('ZADD', KEYS[6], now + lease_ms, group)
+    redis.call('HINCRBY', KEYS[9], 'active', #leased)
+    result[3] = group
   end
 end
 
@@ -178,4 +189,5 @@ for _, zkey in ipairs({KEYS[3], KEYS[4], KEYS[6]}) do
   if s and (wake_at == nil or s < wake_at) then wake_at = s end
 end
 result[2] = wake_at or 0
+if paused then result[2] = -1 end
 return result

@@ -17,10 +17,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
 
 -- Workers idle in BLMOVE on the pending list; an entry there wakes them. Only an empty list needs
--- one (a worker never blocks while the list has entries), so at most one marker ever exists and it
--- is always the rightmost entry.
+-- one (a worker never blocks while the list has entries), so at most one marker exists at a time;
+-- fetch.lua drops it when it comes up.
 local function wake()
   if redis.call('LLEN', KEYS[1]) == 0 then redis.call('LPUSH', KEYS[1], WAKE) end
+end
+
+-- Check every job before writing any, so a bad batch writes nothing.
+for i = 2, #ARGV, 8 do
+  local priority = tonumber(ARGV[i + 4]) or 0
+  if priority > 1000 or priority < -1000 then
+    return redis.error_reply('ERR ostq: priority ' .. ARGV[i + 4] .. ' is outside -1000..1000')
+  end
+  if #ARGV[i] > 200 then
+    return redis.error_reply('ERR ostq: job id longer than 200 bytes')
+  end
 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -32,9 +43,6 @@ for i = 2, #ARGV, 8 do
   local priority = tonumber(ARGV[i + 4]) or 0
   local delay, run_at = tonumber(ARGV[i + 5]) or 0, tonumber(ARGV[i + 6]) or 0
   local flags = tonumber(ARGV[i + 7]) or 0
-  if priority > 1000 or priority < -1000 then
-    return redis.error_reply('ERR ostq: priority ' .. priority .. ' is outside -1000..1000')
-  end
   if id == '' then id = '~' .. redis.call('INCR', KEYS[5]) end
   local env = cmsgpack.pack({id, flags, payload, name, 0, max_attempts, priority, now, ''})
   local due = 0

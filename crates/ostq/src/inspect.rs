@@ -49,36 +49,41 @@ pub struct QueueCounts {
 pub(crate) async fn counts_of(client: &Client, keys: &QueueKeys) -> Result<QueueCounts> {
     let mut conn = client.conn();
     #[allow(clippy::type_complexity)]
-    let (pending, last, prioritized, active, scheduled, retry, dead, completed, totals, paused): (
+    let (pending, marker, prioritized, scheduled, retry, dead, completed, totals, paused): (
         u64,
-        Option<Vec<u8>>,
-        u64,
-        u64,
+        Option<u64>,
         u64,
         u64,
         u64,
         u64,
-        Vec<Option<u64>>,
+        u64,
+        Vec<Option<i64>>,
         bool,
     ) = redis::pipe()
         .llen(&keys.pending)
-        .lindex(&keys.pending, -1)
+        // The wake marker is not a job. It is only ever added to an empty list, so few entries
+        // (recovered or given-back jobs pushed to the right) can stand to its right.
+        .cmd("LPOS")
+        .arg(&keys.pending)
+        .arg(WAKE)
+        .arg("RANK")
+        .arg(-1)
+        .arg("MAXLEN")
+        .arg(1000)
         .zcard(&keys.prioritized)
-        .zcard(&keys.active)
         .zcard(&keys.scheduled)
         .zcard(&keys.retry)
         .zcard(&keys.dead)
         .zcard(&keys.completed)
-        .hmget(&keys.stats, &["processed", "failed", "recovered"])
+        .hmget(&keys.stats, &["processed", "failed", "recovered", "active"])
         .exists(&keys.paused)
         .query_async(&mut conn)
         .await?;
-    let marker = u64::from(last.as_deref() == Some(WAKE));
-    let total = |i: usize| totals.get(i).copied().flatten().unwrap_or(0);
+    let total = |i: usize| totals.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
     Ok(QueueCounts {
         queue: keys.queue.clone(),
-        pending: pending.saturating_sub(marker) + prioritized,
-        active,
+        pending: pending.saturating_sub(u64::from(marker.is_some())) + prioritized,
+        active: total(3),
         scheduled,
         retry,
         dead,
@@ -144,22 +149,12 @@ impl Queue {
                 }
                 out
             }
-            JobState::Active => {
-                let inflight: HashMap<String, Vec<u8>> = conn.hgetall(&keys.inflight).await?;
-                let deadlines: Vec<(String, u64)> =
-                    conn.zrange_withscores(&keys.active, 0, -1).await?;
-                deadlines
-                    .into_iter()
-                    .skip(offset)
-                    .take(limit)
-                    .filter_map(|(lease, deadline)| {
-                        let bytes = inflight.get(&lease)?;
-                        let mut info = info_from_bytes(queue, JobState::Active, bytes);
-                        info.due_at_ms = Some(deadline);
-                        Some(info)
-                    })
-                    .collect()
-            }
+            JobState::Active => active_jobs(&mut conn, keys)
+                .await?
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .collect(),
             JobState::Scheduled | JobState::Retry | JobState::Dead => {
                 let zkey = match state {
                     JobState::Scheduled => &keys.scheduled,
@@ -304,8 +299,8 @@ impl Queue {
         }
     }
 
-    /// Deletes jobs by id, in whatever state (an active job's worker finds its lease gone and its
-    /// outcome is ignored). Returns how many were found and deleted.
+    /// Deletes jobs by id in any state but active (a running job belongs to its worker until it
+    /// finishes; delete it afterwards). Returns how many were found and deleted.
     pub async fn delete(&self, ids: &[&str]) -> Result<u64> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
@@ -338,16 +333,7 @@ impl Queue {
                 removed += u64::from(n > 0);
                 continue;
             }
-            if let Some(lease) = find_active_lease(&mut conn, keys, id).await? {
-                let (n, _, _): (u64, u64, u64) = redis::pipe()
-                    .atomic()
-                    .zrem(&keys.active, &lease)
-                    .hdel(&keys.inflight, &lease)
-                    .del(keys.record(id))
-                    .query_async(&mut conn)
-                    .await?;
-                removed += n;
-            }
+            // An active job is left to its worker, which owns it until it finishes.
         }
         Ok(removed)
     }
@@ -502,16 +488,27 @@ fn envelope_id(bytes: &[u8]) -> Option<&[u8]> {
     }
 }
 
-async fn find_active_lease(
-    conn: &mut crate::connection::Conn,
-    keys: &QueueKeys,
-    id: &str,
-) -> Result<Option<String>> {
-    let inflight: HashMap<String, Vec<u8>> = conn.hgetall(&keys.inflight).await?;
-    Ok(inflight
-        .into_iter()
-        .find(|(_, bytes)| envelope_id(bytes) == Some(id.as_bytes()))
-        .map(|(lease, _)| lease))
+/// Every job workers hold now: the entries of each lease group that are not finished (""), with
+/// the group's deadline. O(active jobs), for inspection only.
+async fn active_jobs(conn: &mut crate::connection::Conn, keys: &QueueKeys) -> Result<Vec<JobInfo>> {
+    let groups: Vec<(u64, u64)> = conn.zrange_withscores(&keys.active, 0, -1).await?;
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (group, _) in &groups {
+        pipe.lrange(keys.lease_group(*group), 0, -1);
+    }
+    let entries: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+    let mut out = Vec::new();
+    for ((_, deadline), entries) in groups.into_iter().zip(entries) {
+        for bytes in entries.iter().filter(|b| !b.is_empty()) {
+            let mut info = info_from_bytes(&keys.queue, JobState::Active, bytes);
+            info.due_at_ms = Some(deadline);
+            out.push(info);
+        }
+    }
+    Ok(out)
 }
 
 async fn find_active(
@@ -519,19 +516,10 @@ async fn find_active(
     keys: &QueueKeys,
     id: &str,
 ) -> Result<Option<JobInfo>> {
-    let Some(lease) = find_active_lease(conn, keys, id).await? else {
-        return Ok(None);
-    };
-    let (bytes, deadline): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
-        .hget(&keys.inflight, &lease)
-        .zscore(&keys.active, &lease)
-        .query_async(conn)
-        .await?;
-    Ok(bytes.map(|b| {
-        let mut info = info_from_bytes(&keys.queue, JobState::Active, &b);
-        info.due_at_ms = deadline;
-        info
-    }))
+    Ok(active_jobs(conn, keys)
+        .await?
+        .into_iter()
+        .find(|info| info.id == id))
 }
 
 /// Scans the pending list and zset for an id: O(pending), for inspection only.

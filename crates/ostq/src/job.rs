@@ -37,34 +37,28 @@ pub struct Job {
     pub enqueued_at: SystemTime,
     /// The previous attempt's error, if any.
     pub last_error: Option<String>,
-    pub(crate) envelope: Envelope,
-    pub(crate) lease: String,
+    /// Whether a status record is kept for it.
+    pub tracked: bool,
 }
 
 impl Job {
-    pub(crate) fn from_envelope(
-        queue: &str,
-        lease: String,
-        env: Envelope,
-        default_max_attempts: u32,
-    ) -> Self {
+    pub(crate) fn from_envelope(queue: &str, env: Envelope, default_max_attempts: u32) -> Self {
         let max_attempts = if env.max_attempts == 0 {
             default_max_attempts
         } else {
             env.max_attempts
         };
         Self {
-            id: env.id.clone(),
+            tracked: env.tracked(),
+            id: env.id,
             queue: queue.to_string(),
-            name: (!env.name.is_empty()).then(|| env.name.clone()),
-            payload: env.payload.clone(),
+            name: (!env.name.is_empty()).then_some(env.name),
+            payload: env.payload,
             attempt: env.attempt + 1,
             max_attempts,
             priority: env.priority,
             enqueued_at: from_ms(env.enqueued_at_ms),
-            last_error: (!env.last_error.is_empty()).then(|| env.last_error.clone()),
-            envelope: env,
-            lease,
+            last_error: (!env.last_error.is_empty()).then_some(env.last_error),
         }
     }
 

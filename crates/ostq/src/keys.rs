@@ -32,15 +32,13 @@ pub struct QueueKeys {
     pub dead: String,
     /// HASH job id → envelope, for jobs in `scheduled`, `retry` and `dead`.
     pub jobs: String,
-    /// ZSET lease → lease deadline (unix ms) of jobs a worker is running.
+    /// ZSET lease group → deadline (unix ms): the groups of jobs workers hold.
     pub active: String,
-    /// HASH lease → envelope of the jobs in `active`.
-    pub inflight: String,
     /// ZSET job id → finished-at (unix ms) of completed tracked jobs, within their retention.
     pub completed: String,
     /// Counter for lease numbers, generated ids and priority order.
     pub seq: String,
-    /// HASH of totals: processed, failed, recovered.
+    /// HASH of counters: processed, failed, recovered totals and jobs active now.
     pub stats: String,
     /// Exists while the queue is paused.
     pub paused: String,
@@ -61,7 +59,6 @@ impl QueueKeys {
             dead: key("dead"),
             jobs: key("jobs"),
             active: key("active"),
-            inflight: key("inflight"),
             completed: key("completed"),
             seq: key("seq"),
             stats: key("stats"),
@@ -75,8 +72,13 @@ impl QueueKeys {
         format!("{}job:{id}", self.prefix)
     }
 
-    /// Every fixed key of the queue (status records excluded).
-    pub fn all(&self) -> [&str; 12] {
+    /// The LIST of envelopes leased together by one fetch (lease group `group`).
+    pub fn lease_group(&self, group: u64) -> String {
+        format!("{}lease:{group}", self.prefix)
+    }
+
+    /// Every fixed key of the queue (status records and lease groups excluded).
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.pending,
             &self.prioritized,
@@ -85,7 +87,6 @@ impl QueueKeys {
             &self.dead,
             &self.jobs,
             &self.active,
-            &self.inflight,
             &self.completed,
             &self.seq,
             &self.stats,

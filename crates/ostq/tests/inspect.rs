@@ -169,7 +169,9 @@ async fn bad_names_and_options_are_clear_errors() {
 #[tokio::test]
 async fn passwords_in_the_url_work_and_wrong_ones_fail_fast() {
     let server = common::RedisServer::start().unwrap();
-    server.cli(&["CONFIG", "SET", "requirepass", "s3cret"]).unwrap();
+    server
+        .cli(&["CONFIG", "SET", "requirepass", "s3cret"])
+        .unwrap();
     let url = format!("redis://:s3cret@127.0.0.1:{}", server.port());
     let client = ostq::Client::connect(&url).await.unwrap();
     client.queue("q").push("x").await.unwrap();
@@ -177,10 +179,17 @@ async fn passwords_in_the_url_work_and_wrong_ones_fail_fast() {
     let err = ostq::Client::connect(&format!("redis://:wrong@127.0.0.1:{}", server.port()))
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     let text = err.to_string();
     assert!(text.contains("authentication failed"), "{text}");
-    assert!(!text.contains("wrong@"), "the password is not echoed: {text}");
+    assert!(
+        !text.contains("wrong@"),
+        "the password is not echoed: {text}"
+    );
 }
 
 #[tokio::test]
@@ -188,7 +197,10 @@ async fn the_dead_set_is_capped_oldest_first() {
     let (_server, client) = setup().await;
     let queue = client.queue("capped");
     let ids = queue
-        .push_bulk_with((0..5).map(|i| i.to_string()), &PushOptions::new().max_attempts(1))
+        .push_bulk_with(
+            (0..5).map(|i| i.to_string()),
+            &PushOptions::new().max_attempts(1),
+        )
         .await
         .unwrap();
     let running = spawn(
@@ -209,7 +221,13 @@ async fn the_dead_set_is_capped_oldest_first() {
     let counts = wait_counts(&queue, WAIT, |c| c.dead == 3).await;
     running.shutdown().await;
     assert_eq!(counts.dead, 3);
-    let mut kept: Vec<String> = queue.jobs(JobState::Dead, 0, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+    let mut kept: Vec<String> = queue
+        .jobs(JobState::Dead, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
     kept.sort();
     let mut newest = ids[2..].to_vec();
     newest.sort();

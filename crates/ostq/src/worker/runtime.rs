@@ -1,15 +1,19 @@
 //! The running worker: one fetch loop per queue sharing a concurrency semaphore, one task per
-//! job, one acker that batches outcomes into `complete.lua` / `fail.lua` calls, one lease renewer,
-//! and the monitor hook.
+//! job, and one lease keeper that owns every lease group this worker holds. The keeper batches
+//! outcomes into `fail.lua` / `requeue.lua` / `complete.lua` calls (whatever piled up while the
+//! previous call was in flight) and renews the groups still held. Nothing on the per-job path
+//! takes a lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use redis::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -24,13 +28,25 @@ use crate::{Error, Result};
 
 /// Longest error text kept with a job.
 const MAX_ERROR_LEN: usize = 4096;
-/// Leases per renew or requeue call.
-const LEASE_CHUNK: usize = 1000;
+/// Groups per renew call, outcomes per flush.
+const CHUNK: usize = 1000;
 
-/// What became of one attempt, on its way to Redis.
+/// What the lease keeper hears about.
+enum Event {
+    /// A fetch leased `count` jobs as group `group` (sent before any of its jobs start).
+    Leased {
+        queue: usize,
+        group: u64,
+        count: u32,
+    },
+    /// An attempt ended.
+    Done(Outcome),
+}
+
 struct Outcome {
     queue: usize,
-    lease: String,
+    group: u64,
+    index: u32,
     id: String,
     tracked: bool,
     kind: OutcomeKind,
@@ -47,6 +63,8 @@ enum OutcomeKind {
         attempt: u32,
         error: String,
     },
+    /// Shutdown stopped the handler: the job goes back to the queue.
+    GivenBack,
 }
 
 struct Shared {
@@ -56,11 +74,9 @@ struct Shared {
     handlers: Handlers,
     on_error: Option<ErrorHook>,
     semaphore: Arc<Semaphore>,
-    /// Leases this worker holds, per queue: renewed until their outcome is in Redis.
-    held: Vec<Mutex<HashSet<String>>>,
-    /// Handler tasks still running, per (queue, lease): aborted at the end of a shutdown.
-    running: Mutex<HashMap<(usize, String), AbortHandle>>,
-    outcomes: mpsc::UnboundedSender<Outcome>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Cancelled when the shutdown grace time is over: running handlers stop, jobs go back.
+    abort_jobs: CancellationToken,
 }
 
 pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -77,15 +93,14 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        held: queues.iter().map(|_| Mutex::new(HashSet::new())).collect(),
         semaphore: Arc::new(Semaphore::new(config.concurrency)),
-        running: Mutex::new(HashMap::new()),
         client,
         queues,
         config,
         handlers,
         on_error,
-        outcomes: tx,
+        events: tx,
+        abort_jobs: CancellationToken::new(),
     });
 
     let stop_fetching = CancellationToken::new();
@@ -93,8 +108,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     let fetchers: Vec<JoinHandle<()>> = (0..shared.queues.len())
         .map(|q| tokio::spawn(fetch_loop(shared.clone(), q, stop_fetching.clone())))
         .collect();
-    let acker = tokio::spawn(ack_loop(shared.clone(), rx, stop_background.clone()));
-    let renewer = tokio::spawn(renew_loop(shared.clone(), stop_background.clone()));
+    let keeper = tokio::spawn(lease_keeper(shared.clone(), rx, stop_background.clone()));
     let monitor = on_monitor.map(|(every, hook)| {
         tokio::spawn(monitor_loop(
             shared.clone(),
@@ -103,7 +117,11 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
             stop_background.clone(),
         ))
     });
-    info!(queues = ?shared.queues.iter().map(|k| k.queue.as_str()).collect::<Vec<_>>(), concurrency = shared.config.concurrency, "worker started");
+    info!(
+        queues = ?shared.queues.iter().map(|k| k.queue.as_str()).collect::<Vec<_>>(),
+        concurrency = shared.config.concurrency,
+        "worker started"
+    );
 
     shutdown.await;
     info!("worker shutting down: no more fetches");
@@ -112,17 +130,19 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         let _ = fetcher.await;
     }
     let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(
-        shared.config.shutdown_timeout,
-        shared.semaphore.acquire_many(all),
-    )
-    .await;
-    if drained.is_err() {
-        give_back_running(&shared).await;
+    let grace = shared.config.shutdown_timeout;
+    if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
+        .await
+        .is_err()
+    {
+        info!("shutdown grace time over: giving unfinished jobs back to their queues");
+        shared.abort_jobs.cancel();
+        // Handlers stop at their next await; their jobs are reported as given back.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), shared.semaphore.acquire_many(all)).await;
     }
     stop_background.cancel();
-    let _ = acker.await;
-    let _ = renewer.await;
+    let _ = keeper.await;
     if let Some(monitor) = monitor {
         let _ = monitor.await;
     }
@@ -130,55 +150,13 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     Ok(())
 }
 
-/// Aborts the handlers still running after the shutdown timeout and returns their jobs to the
-/// head of their queues at once, without counting an attempt.
-async fn give_back_running(shared: &Shared) {
-    let running: Vec<((usize, String), AbortHandle)> = match shared.running.lock() {
-        Ok(mut map) => map.drain().collect(),
-        Err(_) => return,
-    };
-    let mut by_queue: HashMap<usize, Vec<String>> = HashMap::new();
-    for ((queue, lease), abort) in running {
-        abort.abort();
-        by_queue.entry(queue).or_default().push(lease);
-    }
-    let mut conn = shared.client.conn();
-    for (queue, leases) in by_queue {
-        let keys = &shared.queues[queue];
-        for chunk in leases.chunks(LEASE_CHUNK) {
-            let mut invocation = REQUEUE_SCRIPT.prepare_invoke();
-            invocation
-                .key(&keys.pending)
-                .key(&keys.prioritized)
-                .key(&keys.active)
-                .key(&keys.inflight)
-                .key(&keys.seq)
-                .arg(&keys.prefix);
-            for lease in chunk {
-                invocation.arg(lease);
-            }
-            match invocation.invoke_async::<u64>(&mut conn).await {
-                Ok(n) => {
-                    info!(queue = %keys.queue, jobs = n, "gave unfinished jobs back to the queue")
-                }
-                Err(e) => {
-                    warn!(queue = %keys.queue, error = %e, "could not give jobs back; their leases will expire and they will be recovered")
-                }
-            }
-        }
-        if let Ok(mut held) = shared.held[queue].lock() {
-            for lease in &leases {
-                held.remove(lease);
-            }
-        }
-    }
-}
-
-/// A fetched batch: server time, when something timed is next due, and (lease, envelope) pairs.
+/// A fetched batch: server time, when something timed is next due (-1: queue paused), the lease
+/// group and its envelopes in order.
 struct Fetched {
     now_ms: i64,
     wake_at_ms: i64,
-    jobs: Vec<(String, Vec<u8>)>,
+    group: u64,
+    envelopes: Vec<Vec<u8>>,
 }
 
 fn parse_fetched(value: Value) -> Result<Fetched> {
@@ -186,33 +164,28 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
         return Err(Error::Protocol(format!("fetch returned {value:?}")));
     };
     let mut items = items.into_iter();
-    let int = |v: Option<Value>| -> Result<i64> {
-        match v {
+    let mut int = || -> Result<i64> {
+        match items.next() {
             Some(Value::Int(n)) => Ok(n),
             other => Err(Error::Protocol(format!(
                 "fetch returned {other:?} where a number belongs"
             ))),
         }
     };
-    let now_ms = int(items.next())?;
-    let wake_at_ms = int(items.next())?;
-    let mut jobs = Vec::with_capacity(items.len() / 2);
-    while let (Some(lease), Some(env)) = (items.next(), items.next()) {
-        match (lease, env) {
-            (Value::BulkString(lease), Value::BulkString(env)) => {
-                jobs.push((String::from_utf8_lossy(&lease).into_owned(), env));
-            }
-            other => {
-                return Err(Error::Protocol(format!(
-                    "fetch returned {other:?} where a job belongs"
-                )))
-            }
-        }
-    }
+    let (now_ms, wake_at_ms, group) = (int()?, int()?, int()?);
+    let envelopes = items
+        .map(|item| match item {
+            Value::BulkString(bytes) => Ok(bytes),
+            other => Err(Error::Protocol(format!(
+                "fetch returned {other:?} where a job belongs"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Fetched {
         now_ms,
         wake_at_ms,
-        jobs,
+        group: u64::try_from(group).unwrap_or(0),
+        envelopes,
     })
 }
 
@@ -227,7 +200,6 @@ async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
         .key(&keys.retry)
         .key(&keys.jobs)
         .key(&keys.active)
-        .key(&keys.inflight)
         .key(&keys.dead)
         .key(&keys.seq)
         .key(&keys.stats)
@@ -281,10 +253,17 @@ async fn fetch_loop(shared: Arc<Shared>, queue: usize, stop: CancellationToken) 
                     failing = false;
                     backoff = Duration::from_millis(100);
                 }
-                let got = fetched.jobs.len();
-                for (lease, envelope) in fetched.jobs {
+                let got = fetched.envelopes.len();
+                if got > 0 {
+                    let _ = shared.events.send(Event::Leased {
+                        queue,
+                        group: fetched.group,
+                        count: got as u32,
+                    });
+                }
+                for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
                     let Some(one) = permit.split(1) else { break };
-                    start_job(&shared, queue, lease, envelope, one);
+                    start_job(&shared, queue, fetched.group, index as u32, envelope, one);
                 }
                 drop(permit);
                 if got < want {
@@ -292,7 +271,7 @@ async fn fetch_loop(shared: Arc<Shared>, queue: usize, stop: CancellationToken) 
                         &shared,
                         &keys,
                         &mut blocking,
-                        &fetched.now_ms,
+                        fetched.now_ms,
                         fetched.wake_at_ms,
                         &stop,
                     )
@@ -318,11 +297,12 @@ async fn fetch_loop(shared: Arc<Shared>, queue: usize, stop: CancellationToken) 
 /// Blocks until the queue's list gets an entry, or until the next scheduled, retry or lease
 /// deadline (at most `idle_wait`). `BLMOVE list list RIGHT RIGHT` pops and pushes the same end of
 /// the same list: it waits for an entry without taking it, so an abandoned wait loses nothing.
+/// A paused queue is not watched (its list may be full): the loop just sleeps.
 async fn wait_for_work(
     shared: &Shared,
     keys: &QueueKeys,
     blocking: &mut Option<Conn>,
-    now_ms: &i64,
+    now_ms: i64,
     wake_at_ms: i64,
     stop: &CancellationToken,
 ) {
@@ -335,15 +315,22 @@ async fn wait_for_work(
     if wait_ms == 0 {
         return;
     }
+    let sleep = |ms: i64| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
+            _ = stop.cancelled() => {}
+        }
+    };
+    if wake_at_ms < 0 {
+        sleep(idle).await;
+        return;
+    }
     if blocking.is_none() {
         match shared.client.blocking_conn().await {
             Ok(conn) => *blocking = Some(conn),
             Err(e) => {
                 debug!(error = %e, "no blocking connection; sleeping instead");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
-                    _ = stop.cancelled() => {}
-                }
+                sleep(wait_ms).await;
                 return;
             }
         }
@@ -351,20 +338,19 @@ async fn wait_for_work(
     let Some(conn) = blocking.as_mut() else {
         return;
     };
-    let timeout_s = format!("{:.3}", wait_ms as f64 / 1000.0);
     let mut blmove = redis::cmd("BLMOVE");
     blmove
         .arg(&keys.pending)
         .arg(&keys.pending)
         .arg("RIGHT")
         .arg("RIGHT")
-        .arg(timeout_s);
+        .arg(format!("{:.3}", wait_ms as f64 / 1000.0));
     let wait = blmove.query_async::<Option<Vec<u8>>>(conn);
     tokio::select! {
         result = wait => if let Err(e) = result {
             debug!(error = %e, "blocking wait failed; reconnecting next time");
             *blocking = None;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            sleep(50).await;
         },
         _ = stop.cancelled() => {}
     }
@@ -373,111 +359,96 @@ async fn wait_for_work(
 fn start_job(
     shared: &Arc<Shared>,
     queue: usize,
-    lease: String,
+    group: u64,
+    index: u32,
     envelope: Vec<u8>,
     permit: OwnedSemaphorePermit,
 ) {
-    if let Ok(mut held) = shared.held[queue].lock() {
-        held.insert(lease.clone());
-    }
-    let shared2 = shared.clone();
+    let shared = shared.clone();
     tokio::spawn(async move {
-        run_job(&shared2, queue, lease, envelope).await;
+        let (id, tracked, kind) = run_job(&shared, queue, group, index, envelope).await;
+        let _ = shared.events.send(Event::Done(Outcome {
+            queue,
+            group,
+            index,
+            id,
+            tracked,
+            kind,
+        }));
         drop(permit);
     });
 }
 
-async fn run_job(shared: &Arc<Shared>, queue: usize, lease: String, bytes: Vec<u8>) {
+async fn run_job(
+    shared: &Shared,
+    queue: usize,
+    group: u64,
+    index: u32,
+    bytes: Vec<u8>,
+) -> (String, bool, OutcomeKind) {
     let keys = &shared.queues[queue];
     let envelope = match Envelope::decode(&bytes) {
         Ok(env) => env,
         Err(e) => {
             // Keep the bytes for the operator: wrap them as the payload of a dead job.
             let env = Envelope {
-                id: format!("~{lease}"),
+                id: format!("~{group}.{index}"),
                 payload: bytes,
                 last_error: e.to_string(),
                 ..Envelope::default()
             };
-            let job = Job::from_envelope(&keys.queue, lease, env, 1);
-            fail(shared, queue, job, e.to_string(), true);
-            return;
+            return fail(shared, keys, env, e.to_string(), true);
         }
     };
-    let policy = shared
+    let name = (!envelope.name.is_empty()).then(|| envelope.name.clone());
+    let default_max = shared
         .handlers
-        .policy_for(Some(envelope.name.as_str()).filter(|n| !n.is_empty()));
-    let default_max = policy
+        .policy_for(name.as_deref())
         .and_then(|p| p.attempt_limit())
         .unwrap_or(shared.config.default_max_attempts);
-    let job = Job::from_envelope(&keys.queue, lease.clone(), envelope, default_max);
-    let handler = match shared.handlers.pick(job.name.as_deref()) {
+    let handler = match shared.handlers.pick(name.as_deref()) {
         Ok((handler, _)) => handler,
-        Err(reason) => {
-            fail(shared, queue, job, reason, true);
-            return;
+        Err(reason) => return fail(shared, keys, envelope, reason, true),
+    };
+    let (id, tracked) = (envelope.id.clone(), envelope.tracked());
+    let job = Job::from_envelope(&keys.queue, envelope, default_max);
+    let attempt = AssertUnwindSafe(handler(job)).catch_unwind();
+    let limited = async {
+        match shared.config.timeout {
+            Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
+            None => Some(attempt.await),
         }
     };
-    let task = tokio::spawn(handler(job.clone()));
-    if let Ok(mut running) = shared.running.lock() {
-        running.insert((queue, lease.clone()), task.abort_handle());
-    }
-    let abort = task.abort_handle();
-    let joined = match shared.config.timeout {
-        Some(limit) => match tokio::time::timeout(limit, task).await {
-            Ok(joined) => Some(joined),
-            Err(_) => {
-                abort.abort();
-                None
-            }
-        },
-        None => Some(task.await),
+    let ended = tokio::select! {
+        ended = limited => ended,
+        _ = shared.abort_jobs.cancelled() => return (id, tracked, OutcomeKind::GivenBack),
     };
-    let still_ours = shared
-        .running
-        .lock()
-        .map(|mut running| running.remove(&(queue, lease.clone())).is_some())
-        .unwrap_or(false);
-    match joined {
-        None => {
-            let limit = shared.config.timeout.unwrap_or_default();
-            fail(
-                shared,
-                queue,
-                job,
-                format!("timed out after {limit:?}"),
-                false,
-            );
-        }
-        Some(Ok(Ok(result))) => {
-            let _ = shared.outcomes.send(Outcome {
-                queue,
-                lease,
-                tracked: job.envelope.tracked(),
-                id: job.id,
-                kind: OutcomeKind::Completed { result },
-            });
-        }
-        Some(Ok(Err(error))) => {
-            let permanent = is_permanent(&error);
-            fail(shared, queue, job, error_text(&error), permanent);
-        }
-        Some(Err(join)) if join.is_panic() => {
-            let message = panic_message(join.into_panic());
-            fail(
-                shared,
-                queue,
-                job,
-                format!("handler panicked: {message}"),
-                false,
-            );
-        }
-        Some(Err(_)) => {
-            // Aborted by a shutdown that gives the job back: nothing to report.
-            if still_ours {
-                debug!("handler cancelled");
-            }
-        }
+    let (error, permanent) = match ended {
+        Some(Ok(Ok(result))) => return (id, tracked, OutcomeKind::Completed { result }),
+        Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),
+        Some(Err(panic)) => (format!("handler panicked: {}", panic_message(panic)), false),
+        None => (
+            format!(
+                "timed out after {:?}",
+                shared.config.timeout.unwrap_or_default()
+            ),
+            false,
+        ),
+    };
+    // The failure path rebuilds the envelope from the leased bytes, which the handler never saw.
+    match Envelope::decode(&bytes) {
+        Ok(envelope) => fail(shared, keys, envelope, error, permanent),
+        Err(e) => (
+            id,
+            tracked,
+            OutcomeKind::Failed {
+                envelope: bytes,
+                dead: true,
+                delay_ms: 0,
+                attempt: 1,
+                error: e.to_string(),
+            },
+        ),
     }
 }
 
@@ -525,85 +496,141 @@ fn truncate(mut text: String) -> String {
     text
 }
 
-/// Decides retry or dead for a failed attempt, tells the error hook, and queues the outcome.
-fn fail(shared: &Shared, queue: usize, job: Job, error: String, permanent: bool) {
+/// Decides retry or dead for a failed attempt and tells the error hook.
+fn fail(
+    shared: &Shared,
+    keys: &QueueKeys,
+    mut envelope: Envelope,
+    error: String,
+    permanent: bool,
+) -> (String, bool, OutcomeKind) {
     let error = truncate(error);
+    let name = (!envelope.name.is_empty()).then_some(envelope.name.as_str());
     let policy = shared
         .handlers
-        .policy_for(job.name.as_deref())
+        .policy_for(name)
         .unwrap_or(&shared.config.retry);
-    let failures = job.attempt;
-    let dead = permanent || failures >= job.max_attempts;
-    let delay = (!dead).then(|| policy.delay(failures));
-    let failure = Failure {
-        error: error.clone(),
-        dead,
-        retry_in: delay,
+    let default_max = policy
+        .attempt_limit()
+        .unwrap_or(shared.config.default_max_attempts);
+    let failures = envelope.attempt + 1;
+    let max_attempts = if envelope.max_attempts == 0 {
+        default_max
+    } else {
+        envelope.max_attempts
     };
+    let dead = permanent || failures >= max_attempts;
+    let delay = (!dead).then(|| policy.delay(failures));
     if let Some(hook) = &shared.on_error {
-        hook(&job, &failure);
+        let job = Job::from_envelope(&keys.queue, envelope.clone(), default_max);
+        hook(
+            &job,
+            &Failure {
+                error: error.clone(),
+                dead,
+                retry_in: delay,
+            },
+        );
     }
     if dead {
-        warn!(queue = %job.queue, id = %job.id, attempt = failures, error = %error, "job dead");
+        warn!(queue = %keys.queue, id = %envelope.id, attempt = failures, error = %error, "job dead");
     } else {
-        debug!(queue = %job.queue, id = %job.id, attempt = failures, error = %error, "job failed, will retry");
+        debug!(queue = %keys.queue, id = %envelope.id, attempt = failures, error = %error, "job failed, will retry");
     }
-    let mut envelope = job.envelope;
     envelope.attempt = failures;
     envelope.last_error = error.clone();
-    let _ = shared.outcomes.send(Outcome {
-        queue,
-        lease: job.lease,
-        tracked: envelope.tracked(),
-        id: envelope.id.clone(),
-        kind: OutcomeKind::Failed {
+    (
+        envelope.id.clone(),
+        envelope.tracked(),
+        OutcomeKind::Failed {
             envelope: envelope.encode(),
             dead,
             delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
             attempt: failures,
             error,
         },
-    });
+    )
 }
 
-/// Writes outcomes to Redis in batches: whatever piled up while the previous call was in flight
-/// goes in the next one. Keeps trying through Redis outages; a lease that expires meanwhile is
-/// recovered by someone and its late ack is ignored by the scripts.
-async fn ack_loop(
+/// A lease group this worker holds: how many jobs it has and how many are settled in Redis.
+struct Group {
+    total: u32,
+    settled: u32,
+}
+
+/// Owns the lease groups: writes outcomes in batches and renews what is still held. Keeps trying
+/// through Redis outages for up to a lease length; after that it stops renewing the group, whose
+/// lease then expires and whose unfinished jobs are recovered (at-least-once, never lost).
+async fn lease_keeper(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
     stop: CancellationToken,
 ) {
+    let mut groups: HashMap<(usize, u64), Group> = HashMap::new();
+    let mut renew = tokio::time::interval(shared.config.lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
     let mut failing = false;
     loop {
         let first = tokio::select! {
             biased;
-            outcome = rx.recv() => outcome,
+            event = rx.recv() => event,
+            _ = renew.tick() => {
+                renew_groups(&shared, &mut groups).await;
+                continue;
+            }
             _ = stop.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else { return };
-        let mut batch = vec![first];
-        while batch.len() < LEASE_CHUNK {
-            match rx.try_recv() {
-                Ok(outcome) => batch.push(outcome),
-                Err(_) => break,
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut event = Some(first);
+        while let Some(e) = event.take() {
+            match e {
+                Event::Leased {
+                    queue,
+                    group,
+                    count,
+                } => {
+                    groups.insert(
+                        (queue, group),
+                        Group {
+                            total: count,
+                            settled: 0,
+                        },
+                    );
+                }
+                Event::Done(outcome) => outcomes.push(outcome),
+            }
+            if outcomes.len() < CHUNK {
+                event = rx.try_recv().ok();
             }
         }
         let mut by_queue: HashMap<usize, Vec<Outcome>> = HashMap::new();
-        for outcome in batch {
+        for outcome in outcomes {
             by_queue.entry(outcome.queue).or_default().push(outcome);
         }
         for (queue, outcomes) in by_queue {
+            // Which groups this batch finishes: those get deleted whole.
+            let mut finishing: HashMap<u64, bool> = HashMap::new();
+            let mut counts: HashMap<u64, u32> = HashMap::new();
+            for outcome in &outcomes {
+                *counts.entry(outcome.group).or_default() += 1;
+            }
+            for (group, n) in &counts {
+                if let Some(state) = groups.get(&(queue, *group)) {
+                    finishing.insert(*group, state.settled + n >= state.total);
+                }
+            }
             let mut delay = Duration::from_millis(50);
             let give_up = tokio::time::Instant::now() + shared.config.lease;
-            loop {
-                match write_outcomes(&shared, queue, &outcomes).await {
+            let written = loop {
+                match write_outcomes(&shared, queue, &outcomes, &finishing).await {
                     Ok(()) => {
                         if failing {
-                            info!("redis reachable again, acks flowing");
+                            info!("redis reachable again, outcomes flowing");
                             failing = false;
                         }
-                        break;
+                        break true;
                     }
                     Err(e) => {
                         if !failing {
@@ -611,36 +638,36 @@ async fn ack_loop(
                             failing = true;
                         }
                         if tokio::time::Instant::now() >= give_up {
-                            warn!(jobs = outcomes.len(), "gave up recording outcomes; their leases will expire and the jobs run again");
-                            break;
+                            warn!(jobs = outcomes.len(), "gave up recording outcomes; their leases will expire and the unfinished jobs run again");
+                            break false;
                         }
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
                     }
                 }
-            }
-            if let Ok(mut held) = shared.held[queue].lock() {
-                for outcome in &outcomes {
-                    held.remove(&outcome.lease);
+            };
+            for (group, n) in counts {
+                if !written {
+                    groups.remove(&(queue, group)); // stop renewing: let recovery take it
+                } else if finishing.get(&group) == Some(&true) {
+                    groups.remove(&(queue, group));
+                } else if let Some(state) = groups.get_mut(&(queue, group)) {
+                    state.settled += n;
                 }
             }
         }
     }
 }
 
-async fn write_outcomes(shared: &Shared, queue: usize, outcomes: &[Outcome]) -> Result<()> {
+async fn write_outcomes(
+    shared: &Shared,
+    queue: usize,
+    outcomes: &[Outcome],
+    finishing: &HashMap<u64, bool>,
+) -> Result<()> {
     let keys = &shared.queues[queue];
-    let mut complete = COMPLETE_SCRIPT.prepare_invoke();
-    complete
-        .key(&keys.active)
-        .key(&keys.inflight)
-        .key(&keys.completed)
-        .key(&keys.stats)
-        .arg(&keys.prefix)
-        .arg(shared.config.completed_retention.as_secs().max(1));
     let mut fail = FAIL_SCRIPT.prepare_invoke();
     fail.key(&keys.active)
-        .key(&keys.inflight)
         .key(&keys.retry)
         .key(&keys.dead)
         .key(&keys.jobs)
@@ -648,25 +675,18 @@ async fn write_outcomes(shared: &Shared, queue: usize, outcomes: &[Outcome]) -> 
         .key(&keys.pending)
         .key(&keys.scheduled)
         .arg(&keys.prefix);
-    let (mut completes, mut fails) = (0, 0);
+    let mut completed: HashMap<u64, Vec<&Outcome>> = HashMap::new();
+    let mut given_back: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut fails = 0;
     for outcome in outcomes {
         match &outcome.kind {
-            OutcomeKind::Completed { result } => {
-                completes += 1;
-                complete
-                    .arg(&outcome.lease)
-                    .arg(if outcome.tracked {
-                        outcome.id.as_str()
-                    } else {
-                        ""
-                    })
-                    .arg(
-                        result
-                            .as_deref()
-                            .filter(|_| outcome.tracked)
-                            .unwrap_or_default(),
-                    );
+            OutcomeKind::Completed { .. } => {
+                completed.entry(outcome.group).or_default().push(outcome)
             }
+            OutcomeKind::GivenBack => given_back
+                .entry(outcome.group)
+                .or_default()
+                .push(outcome.index),
             OutcomeKind::Failed {
                 envelope,
                 dead,
@@ -675,7 +695,8 @@ async fn write_outcomes(shared: &Shared, queue: usize, outcomes: &[Outcome]) -> 
                 error,
             } => {
                 fails += 1;
-                fail.arg(&outcome.lease)
+                fail.arg(outcome.group)
+                    .arg(outcome.index)
                     .arg(&outcome.id)
                     .arg(envelope.as_slice())
                     .arg(if *dead { "dead" } else { "retry" })
@@ -687,70 +708,102 @@ async fn write_outcomes(shared: &Shared, queue: usize, outcomes: &[Outcome]) -> 
         }
     }
     let mut conn = shared.client.conn();
-    let mut conn2 = conn.clone();
-    let (stale_completes, stale_fails) = tokio::try_join!(
-        async {
-            if completes > 0 {
-                complete.invoke_async::<u64>(&mut conn).await
-            } else {
-                Ok(0)
-            }
-        },
-        async {
-            if fails > 0 {
-                fail.invoke_async::<u64>(&mut conn2).await
-            } else {
-                Ok(0)
+    // Order matters: tombstones first (fail, requeue), then complete deletes finished groups.
+    if fails > 0 {
+        let stale: u64 = fail.invoke_async(&mut conn).await?;
+        if stale > 0 {
+            warn!(queue = %keys.queue, stale, "failures reported after their leases expired; ignored (the jobs were recovered)");
+        }
+    }
+    if !given_back.is_empty() {
+        let mut requeue = REQUEUE_SCRIPT.prepare_invoke();
+        requeue
+            .key(&keys.pending)
+            .key(&keys.prioritized)
+            .key(&keys.active)
+            .key(&keys.seq)
+            .key(&keys.stats)
+            .arg(&keys.prefix);
+        for (group, indexes) in &given_back {
+            requeue.arg(*group).arg("0").arg(indexes.len());
+            for index in indexes {
+                requeue.arg(*index);
             }
         }
-    )?;
-    if stale_completes + stale_fails > 0 {
-        warn!(
-            queue = %keys.queue,
-            stale = stale_completes + stale_fails,
-            "outcomes arrived after their leases expired; ignored (the jobs were recovered and run again)"
-        );
+        let n: u64 = requeue.invoke_async(&mut conn).await?;
+        info!(queue = %keys.queue, jobs = n, "gave unfinished jobs back to the queue");
+    }
+    let mut complete = COMPLETE_SCRIPT.prepare_invoke();
+    complete
+        .key(&keys.active)
+        .key(&keys.completed)
+        .key(&keys.stats)
+        .arg(&keys.prefix)
+        .arg(shared.config.completed_retention.as_secs().max(1));
+    let mut any = false;
+    for (group, all) in finishing {
+        let done = completed.get(group).map(Vec::as_slice).unwrap_or_default();
+        if done.is_empty() && !*all {
+            continue;
+        }
+        any = true;
+        complete
+            .arg(*group)
+            .arg(if *all { "1" } else { "0" })
+            .arg(done.len());
+        for outcome in done {
+            let result = match &outcome.kind {
+                OutcomeKind::Completed { result } if outcome.tracked => {
+                    result.as_deref().unwrap_or_default()
+                }
+                _ => &[],
+            };
+            complete
+                .arg(outcome.index)
+                .arg(if outcome.tracked {
+                    outcome.id.as_str()
+                } else {
+                    ""
+                })
+                .arg(result);
+        }
+    }
+    if any {
+        let stale: u64 = complete.invoke_async(&mut conn).await?;
+        if stale > 0 {
+            warn!(queue = %keys.queue, stale, "completions reported after their leases expired; ignored (the jobs were recovered and run again)");
+        }
     }
     Ok(())
 }
 
-/// Renews the leases this worker holds every third of the lease length.
-async fn renew_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = shared.config.lease / 3;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
-        }
-        for (queue, keys) in shared.queues.iter().enumerate() {
-            let leases: Vec<String> = match shared.held[queue].lock() {
-                Ok(held) => held.iter().cloned().collect(),
-                Err(_) => continue,
-            };
-            for chunk in leases.chunks(LEASE_CHUNK) {
-                let mut invocation = RENEW_SCRIPT.prepare_invoke();
-                invocation
-                    .key(&keys.active)
-                    .arg(shared.config.lease.as_millis() as u64);
-                for lease in chunk {
-                    invocation.arg(lease);
-                }
-                let mut conn = shared.client.conn();
-                match invocation.invoke_async::<Vec<String>>(&mut conn).await {
-                    Ok(lost) if !lost.is_empty() => {
-                        // Outcomes already written also show up here (they left `held` after we
-                        // copied it); only leases still held were really lost.
-                        if let Ok(mut held) = shared.held[queue].lock() {
-                            let really_lost: Vec<&String> =
-                                lost.iter().filter(|l| held.remove(*l)).collect();
-                            if !really_lost.is_empty() {
-                                warn!(queue = %keys.queue, leases = ?really_lost, "lost leases: those jobs may run again elsewhere");
-                            }
-                        }
+/// Extends every group still held; forgets the ones Redis says are gone.
+async fn renew_groups(shared: &Shared, groups: &mut HashMap<(usize, u64), Group>) {
+    for (queue, keys) in shared.queues.iter().enumerate() {
+        let held: Vec<u64> = groups
+            .keys()
+            .filter(|(q, _)| *q == queue)
+            .map(|(_, g)| *g)
+            .collect();
+        for chunk in held.chunks(CHUNK) {
+            let mut invocation = RENEW_SCRIPT.prepare_invoke();
+            invocation
+                .key(&keys.active)
+                .arg(shared.config.lease.as_millis() as u64);
+            for group in chunk {
+                invocation.arg(*group);
+            }
+            let mut conn = shared.client.conn();
+            match invocation.invoke_async::<Vec<u64>>(&mut conn).await {
+                Ok(lost) => {
+                    for group in &lost {
+                        groups.remove(&(queue, *group));
                     }
-                    Ok(_) => {}
-                    Err(e) => debug!(error = %e, "lease renewal failed; will retry"),
+                    if !lost.is_empty() {
+                        warn!(queue = %keys.queue, groups = ?lost, "lost leases: their jobs may run again elsewhere");
+                    }
                 }
+                Err(e) => debug!(error = %e, "lease renewal failed; will retry"),
             }
         }
     }
