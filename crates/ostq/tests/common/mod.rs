@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: private servers, workers in the background, waiting.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::time::{Duration, Instant};
