@@ -211,9 +211,16 @@ impl Queue {
     }
 
     /// Enqueues a typed task with options.
-    pub async fn enqueue_with<T: Task>(&self, task: &T, opts: PushOptions) -> Result<String> {
+    pub async fn enqueue_with<T: Task>(&self, task: &T, mut opts: PushOptions) -> Result<String> {
         let payload = serde_json::to_vec(task)
             .map_err(|e| Error::Payload(format!("cannot encode task {}: {e}", T::NAME)))?;
+        // Carry the task's attempt limit in the job, so that whoever recovers it from a lost
+        // worker (in Lua, without the task's policy) applies the same limit.
+        if opts.max_attempts == 0 {
+            if let Some(limit) = T::retry_policy().and_then(|p| p.attempt_limit()) {
+                opts.max_attempts = limit;
+            }
+        }
         self.push_with(payload, &opts.name(T::NAME)).await
     }
 
