@@ -10,11 +10,13 @@
 -- KEYS[1] pending (list)     KEYS[2] prioritized (zset)  KEYS[3] scheduled (zset)  KEYS[4] retry (zset)
 -- KEYS[5] jobs (hash)        KEYS[6] active (zset)       KEYS[7] dead (zset)       KEYS[8] seq (counter)
 -- KEYS[9] stats (hash)       KEYS[10] completed (zset)   KEYS[11] paused (string)
+-- KEYS[12] rate limit (hash: max, period ms, tokens, ts): a token bucket shared by all workers
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] max jobs to lease (<= 1000)   ARGV[3] lease ms
 -- ARGV[4] default max attempts           ARGV[5] dead set cap (entries)        ARGV[6] dead retention ms
 -- ARGV[7] completed index retention ms
--- Returns {now ms, next wake ms (0 = nothing timed, -1 = paused), group, envelope1, envelope2, ...}
--- (group is 0 when nothing was leased).
+-- Returns {now ms, next wake ms (0 = nothing timed), group (0 = nothing leased), hold, envelope1, ...}
+-- where hold = 1 tells the worker not to wait on the list (the queue is paused or out of rate-limit
+-- tokens) but to sleep until the wake time.
 local PRIO = 4398046511104
 local LIMIT = 1000
 local t = redis.call('TIME')
@@ -131,8 +133,20 @@ promote(KEYS[4])
 recover()
 trim()
 
-local paused = redis.call('EXISTS', KEYS[11]) == 1
-if paused then want = 0 end
+local hold = 0
+local hold_until = nil
+if redis.call('EXISTS', KEYS[11]) == 1 then want, hold = 0, 1 end
+local limit = redis.call('HMGET', KEYS[12], 'max', 'period', 'tokens', 'ts')
+local rate_max, rate_period = tonumber(limit[1]), tonumber(limit[2])
+local tokens = nil
+if want > 0 and rate_max and rate_max > 0 and rate_period and rate_period > 0 then
+  tokens = tonumber(limit[3]) or rate_max
+  tokens = math.min(rate_max, tokens + (now - (tonumber(limit[4]) or now)) * rate_max / rate_period)
+  if math.floor(tokens) < want then
+    want = math.floor(tokens)
+    hold = 1
+  end
+end
 local popped = {}
 local function take_prioritized(min, max, limit)
   local envs = redis.call('ZRANGEBYSCORE', KEYS[2], min, max, 'LIMIT', 0, limit)
@@ -148,7 +162,7 @@ if #popped < want then
 end
 if has_prioritized and #popped < want then take_prioritized('0', '+inf', want - #popped) end
 
-local result = {now, 0, 0}
+local result = {now, 0, 0, 0}
 if #popped > 0 then
   local group = redis.call('INCR', KEYS[8])
   local leased = {}
@@ -182,12 +196,18 @@ if #popped > 0 then
     result[3] = group
   end
 end
+if tokens then
+  tokens = tokens - #popped
+  redis.call('HSET', KEYS[12], 'tokens', tostring(tokens), 'ts', now)
+  if hold == 1 then hold_until = now + math.ceil((1 - (tokens - math.floor(tokens))) * rate_period / rate_max) end
+end
 
 local wake_at = nil
 for _, zkey in ipairs({KEYS[3], KEYS[4], KEYS[6]}) do
   local s = first_score(zkey)
   if s and (wake_at == nil or s < wake_at) then wake_at = s end
 end
+if hold_until and (wake_at == nil or hold_until < wake_at) then wake_at = hold_until end
 result[2] = wake_at or 0
-if paused then result[2] = -1 end
+result[4] = hold
 return result

@@ -2,6 +2,7 @@
 //! job listings with paging, one job by id, retry, delete, purge, pause and resume.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::AsyncCommands;
 
@@ -405,6 +406,38 @@ impl Queue {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
         let _: () = conn.set(&keys.paused, 1).await?;
+        Ok(())
+    }
+
+    /// Limits how many jobs of this queue start per `period`, across all workers (a token bucket
+    /// in Redis: up to `max` at once after a quiet spell, then `max` per `period` on average).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// use std::time::Duration;
+    /// client.queue("emails").set_rate_limit(50, Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_rate_limit(&self, max: u32, period: Duration) -> Result<()> {
+        if max == 0 || period.is_zero() {
+            return Err(Error::Config("a rate limit needs max > 0 and a period > 0".into()));
+        }
+        let keys = self.keys()?;
+        let mut conn = self.client_ref().conn();
+        let _: () = redis::pipe()
+            .atomic()
+            .del(&keys.rate_limit)
+            .hset_multiple(&keys.rate_limit, &[("max", u64::from(max)), ("period", period.as_millis() as u64)])
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the queue's rate limit.
+    pub async fn clear_rate_limit(&self) -> Result<()> {
+        let keys = self.keys()?;
+        let mut conn = self.client_ref().conn();
+        let _: () = conn.del(&keys.rate_limit).await?;
         Ok(())
     }
 

@@ -42,6 +42,9 @@ pub struct QueueKeys {
     pub stats: String,
     /// Exists while the queue is paused.
     pub paused: String,
+    /// HASH max, period (ms), tokens, ts: the queue's rate limit, a token bucket shared by all
+    /// workers; absent when the queue has none.
+    pub rate_limit: String,
 }
 
 impl QueueKeys {
@@ -63,6 +66,7 @@ impl QueueKeys {
             seq: key("seq"),
             stats: key("stats"),
             paused: key("paused"),
+            rate_limit: key("ratelimit"),
             prefix,
         })
     }
@@ -78,7 +82,7 @@ impl QueueKeys {
     }
 
     /// Every fixed key of the queue (status records and lease groups excluded).
-    pub fn all(&self) -> [&str; 11] {
+    pub fn all(&self) -> [&str; 12] {
         [
             &self.pending,
             &self.prioritized,
@@ -91,6 +95,7 @@ impl QueueKeys {
             &self.seq,
             &self.stats,
             &self.paused,
+            &self.rate_limit,
         ]
     }
 }

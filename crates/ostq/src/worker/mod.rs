@@ -67,12 +67,13 @@ pub(crate) struct Config {
     pub(crate) dead_retention: Duration,
     pub(crate) max_batch: usize,
     pub(crate) idle_wait: Duration,
+    pub(crate) strict: bool,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
 pub struct WorkerBuilder {
     client: Client,
-    queues: Vec<String>,
+    queues: Vec<(String, u32)>,
     config: Config,
     handlers: Handlers,
     on_error: Option<ErrorHook>,
@@ -97,6 +98,7 @@ impl Worker {
                 dead_retention: Duration::from_secs(30 * 24 * 3600),
                 max_batch: 1000,
                 idle_wait: Duration::from_secs(1),
+                strict: false,
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -106,9 +108,35 @@ impl Worker {
 }
 
 impl WorkerBuilder {
-    /// Serve this queue too (call once per queue; at least one).
-    pub fn queue(mut self, name: &str) -> Self {
-        self.queues.push(name.to_string());
+    /// Serve this queue too, with weight 1 (call once per queue; at least one).
+    pub fn queue(self, name: &str) -> Self {
+        self.weighted_queue(name, 1)
+    }
+
+    /// Serve this queue with a weight. By default each fetch picks the queue to take from first at
+    /// random in proportion to the weights (a 3:1 weight gives the first queue about three
+    /// quarters of the fetches when both are full), then the others in turn if it has fewer jobs
+    /// than free slots, so no queue starves. See [`WorkerBuilder::strict_order`].
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) -> ostq::Result<ostq::Worker> {
+    /// ostq::Worker::builder(client)
+    ///     .weighted_queue("critical", 6)
+    ///     .weighted_queue("default", 3)
+    ///     .weighted_queue("low", 1)
+    ///     .handler(|_job: ostq::Job| async { Ok::<_, ostq::BoxError>(()) })
+    ///     .build()
+    /// # }
+    /// ```
+    pub fn weighted_queue(mut self, name: &str, weight: u32) -> Self {
+        self.queues.push((name.to_string(), weight.max(1)));
+        self
+    }
+
+    /// Take from the queues in the order they were added: a later queue is served only while
+    /// every earlier one is empty (Sidekiq's strict ordering). Weights are then ignored.
+    pub fn strict_order(mut self) -> Self {
+        self.config.strict = true;
         self
     }
 
@@ -240,19 +268,19 @@ impl WorkerBuilder {
         if self.config.max_batch == 0 || self.config.max_batch > 1000 {
             return Err(Error::Config("max_batch must be 1..=1000".into()));
         }
-        let mut queues = Vec::new();
-        for name in &self.queues {
+        let mut queues: Vec<Arc<QueueKeys>> = Vec::new();
+        let mut weights = Vec::new();
+        for (name, weight) in &self.queues {
             let keys = QueueKeys::new(name)?;
-            if !queues
-                .iter()
-                .any(|k: &Arc<QueueKeys>| k.queue == keys.queue)
-            {
+            if !queues.iter().any(|k| k.queue == keys.queue) {
                 queues.push(Arc::new(keys));
+                weights.push(*weight);
             }
         }
         Ok(Worker {
             client: self.client,
             queues,
+            weights,
             config: self.config,
             handlers: self.handlers,
             on_error: self.on_error,
@@ -265,6 +293,7 @@ impl WorkerBuilder {
 pub struct Worker {
     client: Client,
     queues: Vec<Arc<QueueKeys>>,
+    weights: Vec<u32>,
     config: Config,
     handlers: Handlers,
     on_error: Option<ErrorHook>,

@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use redis::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -83,6 +82,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     let Worker {
         client,
         queues,
+        weights,
         config,
         handlers,
         on_error,
@@ -105,9 +105,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
 
     let stop_fetching = CancellationToken::new();
     let stop_background = CancellationToken::new();
-    let fetchers: Vec<JoinHandle<()>> = (0..shared.queues.len())
-        .map(|q| tokio::spawn(fetch_loop(shared.clone(), q, stop_fetching.clone())))
-        .collect();
+    let fetcher = tokio::spawn(fetch_loop(shared.clone(), weights, stop_fetching.clone()));
     let keeper = tokio::spawn(lease_keeper(shared.clone(), rx, stop_background.clone()));
     let monitor = on_monitor.map(|(every, hook)| {
         tokio::spawn(monitor_loop(
@@ -126,9 +124,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     shutdown.await;
     info!("worker shutting down: no more fetches");
     stop_fetching.cancel();
-    for fetcher in fetchers {
-        let _ = fetcher.await;
-    }
+    let _ = fetcher.await;
     let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
     let grace = shared.config.shutdown_timeout;
     if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
@@ -150,12 +146,14 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     Ok(())
 }
 
-/// A fetched batch: server time, when something timed is next due (-1: queue paused), the lease
-/// group and its envelopes in order.
+/// A fetched batch: server time, when something timed is next due, the lease group and its
+/// envelopes in order; `hold` when the queue is paused or out of rate-limit tokens (do not wait
+/// on its list, which may be full: sleep until the wake time).
 struct Fetched {
     now_ms: i64,
     wake_at_ms: i64,
     group: u64,
+    hold: bool,
     envelopes: Vec<Vec<u8>>,
 }
 
@@ -172,7 +170,7 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
             ))),
         }
     };
-    let (now_ms, wake_at_ms, group) = (int()?, int()?, int()?);
+    let (now_ms, wake_at_ms, group, hold) = (int()?, int()?, int()?, int()?);
     let envelopes = items
         .map(|item| match item {
             Value::BulkString(bytes) => Ok(bytes),
@@ -185,6 +183,7 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
         now_ms,
         wake_at_ms,
         group: u64::try_from(group).unwrap_or(0),
+        hold: hold != 0,
         envelopes,
     })
 }
@@ -205,6 +204,7 @@ async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
         .key(&keys.stats)
         .key(&keys.completed)
         .key(&keys.paused)
+        .key(&keys.rate_limit)
         .arg(&keys.prefix)
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
@@ -217,11 +217,44 @@ async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
     parse_fetched(value)
 }
 
-/// Leases jobs while there is capacity; when the queue is empty, blocks (no polling) on its own
-/// connection until something is pushed or the next timed job is due.
-async fn fetch_loop(shared: Arc<Shared>, queue: usize, stop: CancellationToken) {
-    let keys = shared.queues[queue].clone();
-    let mut blocking: Option<Conn> = None;
+/// The order in which to ask the queues this round: as added (strict), or a weighted random
+/// permutation, so a queue with weight 3 beside one with weight 1 comes first three times in four.
+fn queue_order(weights: &[u32], strict: bool) -> Vec<usize> {
+    let mut left: Vec<usize> = (0..weights.len()).collect();
+    if strict || left.len() < 2 {
+        return left;
+    }
+    let mut rng = rand::rng();
+    let mut order = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let total: u64 = left.iter().map(|&q| u64::from(weights[q])).sum();
+        let mut pick = rand::Rng::random_range(&mut rng, 0..total);
+        let mut chosen = 0;
+        for (i, &q) in left.iter().enumerate() {
+            let w = u64::from(weights[q]);
+            if pick < w {
+                chosen = i;
+                break;
+            }
+            pick -= w;
+        }
+        order.push(left.remove(chosen));
+    }
+    order
+}
+
+/// What a fetch said about a queue, for planning the wait.
+struct QueueWait {
+    queue: usize,
+    now_ms: i64,
+    wake_at_ms: i64,
+    hold: bool,
+}
+
+/// Leases jobs while there is capacity, asking the queues in weighted or strict order; when they
+/// are all empty, blocks (no polling) until something is pushed or the next timed job is due.
+async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
+    let mut blocking: Vec<Option<Conn>> = shared.queues.iter().map(|_| None).collect();
     let mut failing = false;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -232,86 +265,86 @@ async fn fetch_loop(shared: Arc<Shared>, queue: usize, stop: CancellationToken) 
             },
             _ = stop.cancelled() => return,
         };
-        let extra = shared
-            .semaphore
-            .available_permits()
-            .min(shared.config.max_batch - 1);
+        let extra = shared.semaphore.available_permits().min(shared.config.max_batch - 1);
         if extra > 0 {
-            if let Ok(more) = shared
-                .semaphore
-                .clone()
-                .try_acquire_many_owned(extra as u32)
-            {
+            if let Ok(more) = shared.semaphore.clone().try_acquire_many_owned(extra as u32) {
                 permit.merge(more);
             }
         }
-        let want = permit.num_permits();
-        match fetch(&shared, queue, want).await {
-            Ok(fetched) => {
-                if failing {
-                    info!(queue = %keys.queue, "redis reachable again, fetching");
-                    failing = false;
-                    backoff = Duration::from_millis(100);
-                }
-                let got = fetched.envelopes.len();
-                if got > 0 {
-                    let _ = shared.events.send(Event::Leased {
+        let mut waits = Vec::new();
+        let mut errors = 0;
+        for queue in queue_order(&weights, shared.config.strict) {
+            let want = permit.num_permits();
+            if want == 0 {
+                break;
+            }
+            match fetch(&shared, queue, want).await {
+                Ok(fetched) => {
+                    let got = fetched.envelopes.len();
+                    if got > 0 {
+                        let _ = shared.events.send(Event::Leased {
+                            queue,
+                            group: fetched.group,
+                            count: got as u32,
+                        });
+                    }
+                    for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
+                        let Some(one) = permit.split(1) else { break };
+                        start_job(&shared, queue, fetched.group, index as u32, envelope, one);
+                    }
+                    waits.push(QueueWait {
                         queue,
-                        group: fetched.group,
-                        count: got as u32,
+                        now_ms: fetched.now_ms,
+                        wake_at_ms: fetched.wake_at_ms,
+                        hold: fetched.hold,
                     });
                 }
-                for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
-                    let Some(one) = permit.split(1) else { break };
-                    start_job(&shared, queue, fetched.group, index as u32, envelope, one);
-                }
-                drop(permit);
-                if got < want {
-                    wait_for_work(
-                        &shared,
-                        &keys,
-                        &mut blocking,
-                        fetched.now_ms,
-                        fetched.wake_at_ms,
-                        &stop,
-                    )
-                    .await;
+                Err(e) => {
+                    errors += 1;
+                    if !failing {
+                        warn!(queue = %shared.queues[queue].queue, error = %e, "fetch failed; retrying with backoff");
+                    }
                 }
             }
-            Err(e) => {
-                drop(permit);
-                if !failing {
-                    warn!(queue = %keys.queue, error = %e, "fetch failed; retrying with backoff");
-                    failing = true;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        let idle = permit.num_permits() > 0;
+        drop(permit);
+        if errors > 0 && waits.is_empty() {
+            failing = true;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
             }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        if failing && errors == 0 {
+            info!("redis reachable again, fetching");
+            failing = false;
+            backoff = Duration::from_millis(100);
+        }
+        if idle {
+            wait_for_work(&shared, &waits, &mut blocking, &stop).await;
         }
     }
 }
 
-/// Blocks until the queue's list gets an entry, or until the next scheduled, retry or lease
-/// deadline (at most `idle_wait`). `BLMOVE list list RIGHT RIGHT` pops and pushes the same end of
-/// the same list: it waits for an entry without taking it, so an abandoned wait loses nothing.
-/// A paused queue is not watched (its list may be full): the loop just sleeps.
+/// Blocks until a watched queue's list gets an entry, or until the next scheduled, retry, lease or
+/// rate-limit deadline (at most `idle_wait`). `BLMOVE list list RIGHT RIGHT` pops and pushes the
+/// same end of the same list: it waits for an entry without taking it, so an abandoned wait loses
+/// nothing. Queues on hold (paused, rate-limited) are not watched: their lists may be full.
 async fn wait_for_work(
     shared: &Shared,
-    keys: &QueueKeys,
-    blocking: &mut Option<Conn>,
-    now_ms: i64,
-    wake_at_ms: i64,
+    waits: &[QueueWait],
+    blocking: &mut [Option<Conn>],
     stop: &CancellationToken,
 ) {
     let idle = shared.config.idle_wait.as_millis() as i64;
-    let wait_ms = if wake_at_ms > 0 {
-        (wake_at_ms - now_ms).clamp(0, idle)
-    } else {
-        idle
-    };
+    let wait_ms = waits
+        .iter()
+        .map(|w| if w.wake_at_ms > 0 { (w.wake_at_ms - w.now_ms).clamp(0, idle) } else { idle })
+        .min()
+        .unwrap_or(idle);
     if wait_ms == 0 {
         return;
     }
@@ -321,38 +354,54 @@ async fn wait_for_work(
             _ = stop.cancelled() => {}
         }
     };
-    if wake_at_ms < 0 {
-        sleep(idle).await;
+    let watched: Vec<usize> = waits.iter().filter(|w| !w.hold).map(|w| w.queue).collect();
+    if watched.is_empty() {
+        sleep(wait_ms).await;
         return;
     }
-    if blocking.is_none() {
-        match shared.client.blocking_conn().await {
-            Ok(conn) => *blocking = Some(conn),
-            Err(e) => {
-                debug!(error = %e, "no blocking connection; sleeping instead");
-                sleep(wait_ms).await;
-                return;
+    for &queue in &watched {
+        if blocking[queue].is_none() {
+            match shared.client.blocking_conn().await {
+                Ok(conn) => blocking[queue] = Some(conn),
+                Err(e) => {
+                    debug!(error = %e, "no blocking connection; sleeping instead");
+                    sleep(wait_ms.min(100)).await;
+                    return;
+                }
             }
         }
     }
-    let Some(conn) = blocking.as_mut() else {
-        return;
+    let timeout = format!("{:.3}", wait_ms as f64 / 1000.0);
+    let mut futures = Vec::with_capacity(watched.len());
+    for (queue, conn) in blocking.iter_mut().enumerate() {
+        let Some(conn) = conn.as_mut().filter(|_| watched.contains(&queue)) else {
+            continue;
+        };
+        let pending = shared.queues[queue].pending.clone();
+        let timeout = timeout.clone();
+        futures.push(Box::pin(async move {
+            let mut blmove = redis::cmd("BLMOVE");
+            blmove.arg(&pending).arg(&pending).arg("RIGHT").arg("RIGHT").arg(timeout);
+            (queue, blmove.query_async::<Option<Vec<u8>>>(conn).await)
+        }));
+    }
+    let (done, failed) = tokio::select! {
+        ((queue, result), _, rest) = futures::future::select_all(futures) => {
+            drop(rest);
+            (Some(queue), result.is_err())
+        }
+        _ = stop.cancelled() => (None, false),
     };
-    let mut blmove = redis::cmd("BLMOVE");
-    blmove
-        .arg(&keys.pending)
-        .arg(&keys.pending)
-        .arg("RIGHT")
-        .arg("RIGHT")
-        .arg(format!("{:.3}", wait_ms as f64 / 1000.0));
-    let wait = blmove.query_async::<Option<Vec<u8>>>(conn);
-    tokio::select! {
-        result = wait => if let Err(e) = result {
-            debug!(error = %e, "blocking wait failed; reconnecting next time");
-            *blocking = None;
-            sleep(50).await;
-        },
-        _ = stop.cancelled() => {}
+    if watched.len() > 1 || failed {
+        // The waits still blocked were abandoned on their connections: start afresh next time.
+        for &queue in &watched {
+            if Some(queue) != done || failed {
+                blocking[queue] = None;
+            }
+        }
+    }
+    if failed {
+        sleep(50).await;
     }
 }
 
