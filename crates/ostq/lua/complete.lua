@@ -7,8 +7,10 @@
 --
 -- KEYS[1] active (zset)   KEYS[2] completed (zset)   KEYS[3] stats (hash)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] status record retention seconds
--- then per group: group, all ("1" when every job of the group is now done), k, and k triples:
---   index in the group, id if the job is tracked else "", result ("" = none)
+-- then per group: group, all ("1" when every job of the group is now done), k, and k times
+--   5 fields: index in the group, job id, tracked ("1" or "0"), result ("" = none),
+--   unique key the job holds ("" = none; released if it still names this job)
+-- Tracked jobs also get a token on <prefix>done:<id> (kept 60 s) that wakes `wait_for` callers.
 -- Returns the number of stale acks (ignored).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -18,12 +20,12 @@ local i = 3
 while i <= #ARGV do
   local group, all, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
   local first = i + 3
-  i = first + 3 * k
+  i = first + 5 * k
   local key = prefix .. 'lease:' .. group
   if not redis.call('ZSCORE', KEYS[1], group) then
     stale = stale + k
   else
-    for j = first, first + 3 * (k - 1), 3 do
+    for j = first, first + 5 * (k - 1), 5 do
       local live = true
       if not all then
         local index = tonumber(ARGV[j])
@@ -32,13 +34,22 @@ while i <= #ARGV do
       end
       if live then
         done = done + 1
-        local id = ARGV[j + 1]
-        if id ~= '' then
+        local id, unique = ARGV[j + 1], ARGV[j + 4]
+        if unique ~= '' then
+          local ukey = prefix .. 'unique:' .. unique
+          if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+        end
+        if ARGV[j + 2] == '1' then
           local rec = prefix .. 'job:' .. id
-          redis.call('HSET', rec, 'state', 'completed', 'finished_at', now)
-          if ARGV[j + 2] ~= '' then redis.call('HSET', rec, 'result', ARGV[j + 2]) end
-          redis.call('EXPIRE', rec, ttl)
-          redis.call('ZADD', KEYS[2], now, id)
+          if redis.call('EXISTS', rec) == 1 then
+            redis.call('HSET', rec, 'state', 'completed', 'finished_at', now)
+            if ARGV[j + 3] ~= '' then redis.call('HSET', rec, 'result', ARGV[j + 3]) end
+            redis.call('EXPIRE', rec, ttl)
+            redis.call('ZADD', KEYS[2], now, id)
+            local done = prefix .. 'done:' .. id
+            redis.call('RPUSH', done, 1)
+            redis.call('EXPIRE', done, 60)
+          end
         end
       end
     end

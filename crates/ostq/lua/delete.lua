@@ -1,5 +1,5 @@
 -- delete.lua: remove jobs that are scheduled, waiting to retry, dead or completed, with their
--- envelopes and status records. (Pending jobs are removed with LREM, active ones by ending their
+-- envelopes and status records, releasing a unique key a job still holds. (Pending jobs are removed with LREM, active ones by ending their
 -- lease; see inspect.rs.)
 --
 -- KEYS[1] scheduled (zset)   KEYS[2] retry (zset)   KEYS[3] dead (zset)   KEYS[4] completed (zset)
@@ -11,6 +11,14 @@ local removed = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local found = 0
+  local env = redis.call('HGET', KEYS[5], id)
+  if env then
+    local ok, job = pcall(cmsgpack.unpack, env)
+    if ok and type(job) == 'table' and type(job[10]) == 'string' and job[10] ~= '' then
+      local ukey = prefix .. 'unique:' .. job[10]
+      if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+    end
+  end
   for k = 1, 4 do found = found + redis.call('ZREM', KEYS[k], id) end
   found = found + redis.call('HDEL', KEYS[5], id)
   redis.call('DEL', prefix .. 'job:' .. id)

@@ -7,8 +7,10 @@
 -- KEYS[1] active (zset)   KEYS[2] retry (zset)   KEYS[3] dead (zset)       KEYS[4] jobs (hash)
 -- KEYS[5] stats (hash)    KEYS[6] pending (list) KEYS[7] scheduled (zset)
 -- ARGV[1] key prefix "ostq:{<queue>}:"
--- then 9 fields per job: group, index, id, new envelope, "retry" or "dead", retry delay ms,
---   tracked ("1" or "0"), attempt number that failed, error text
+-- then 10 fields per job: group, index, id, new envelope, "retry" or "dead", retry delay ms,
+--   tracked ("1" or "0"), attempt number that failed, error text, unique key the job holds
+--   ("" = none; released when the job dies, if it still names this job)
+-- A tracked job that dies gets a token on <prefix>done:<id> (kept 60 s) for `wait_for` callers.
 -- Returns the number of stale failures (ignored).
 local WAKE = '\144'
 local t = redis.call('TIME')
@@ -24,7 +26,7 @@ local s = first_score(KEYS[7])
 if s and (earliest == nil or s < earliest) then earliest = s end
 
 local stale, failed, wake = 0, 0, false
-for i = 2, #ARGV, 9 do
+for i = 2, #ARGV, 10 do
   local group, index, id, env, target = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local key = prefix .. 'lease:' .. group
   if redis.call('ZSCORE', KEYS[1], group) and redis.call('LINDEX', key, index) ~= '' then
@@ -39,13 +41,23 @@ for i = 2, #ARGV, 9 do
     else
       state = 'dead'
       redis.call('ZADD', KEYS[3], now, id)
+      local unique = ARGV[i + 9]
+      if unique ~= '' then
+        local ukey = prefix .. 'unique:' .. unique
+        if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+      end
     end
     redis.call('HSET', KEYS[4], id, env)
     if ARGV[i + 6] == '1' then
       local rec = prefix .. 'job:' .. id
       redis.call('HSET', rec, 'state', state, 'attempt', ARGV[i + 7], 'error', ARGV[i + 8])
-      if state == 'dead' then redis.call('HSET', rec, 'finished_at', now) end
       redis.call('PERSIST', rec)
+      if state == 'dead' then
+        redis.call('HSET', rec, 'finished_at', now)
+        local done = prefix .. 'done:' .. id
+        redis.call('RPUSH', done, 1)
+        redis.call('EXPIRE', done, 60)
+      end
     end
   else
     stale = stale + 1

@@ -34,6 +34,15 @@ end
 
 local function tracked(job) return (tonumber(job[2]) or 0) % 2 == 1 end
 
+-- A job that held a unique key until it finished gives it up when it dies.
+local function release_unique(job)
+  local unique = job[10]
+  if type(unique) == 'string' and unique ~= '' then
+    local ukey = prefix .. 'unique:' .. unique
+    if redis.call('GET', ukey) == job[1] then redis.call('DEL', ukey) end
+  end
+end
+
 -- Puts a ready envelope where fetch will find it; `head` for jobs that already waited their turn.
 local function route(env, priority, head)
   if priority ~= 0 then
@@ -86,8 +95,12 @@ local function recover()
           if attempt >= max then
             redis.call('ZADD', KEYS[7], now, id)
             redis.call('HSET', KEYS[5], id, env)
+            release_unique(job)
             if tracked(job) then
               redis.call('HSET', rec, 'state', 'dead', 'attempt', attempt, 'error', err, 'finished_at', now)
+              local done = prefix .. 'done:' .. id
+              redis.call('RPUSH', done, 1)
+              redis.call('EXPIRE', done, 60)
             end
           else
             route(env, tonumber(job[7]) or 0, true)
@@ -111,6 +124,7 @@ end
 
 local function drop_dead(ids)
   if #ids == 0 then return end
+  -- (A dead job already released its unique key when it died.)
   redis.call('ZREM', KEYS[7], unpack(ids))
   redis.call('HDEL', KEYS[5], unpack(ids))
   for _, id in ipairs(ids) do redis.call('DEL', prefix .. 'job:' .. id) end

@@ -1,15 +1,20 @@
 -- push.lua: enqueue jobs given as plain fields; the envelope is built here, so any language (or
 -- redis-cli) can enqueue with one EVAL. Immediate jobs go to `pending` (or `prioritized` when their
 -- priority is not 0), delayed ones to `scheduled`. Tracked jobs (flags bit 0) get a status record.
+-- A job with a unique key is not enqueued while another job holding that key is pending,
+-- scheduled, waiting to retry or running: the caller gets the holder's id back instead.
 --
 -- KEYS[1] pending (list)   KEYS[2] prioritized (zset)   KEYS[3] scheduled (zset)
 -- KEYS[4] jobs (hash)      KEYS[5] seq (counter)
--- ARGV[1] key prefix of the queue, "ostq:{<queue>}:" (status records are <prefix>job:<id>)
--- then 8 fields per job:
+-- ARGV[1] key prefix of the queue, "ostq:{<queue>}:" (status records are <prefix>job:<id>,
+--         unique keys <prefix>unique:<key>)
+-- then 10 fields per job:
 --   id ("" = generate "~<n>"), payload, task name ("" = none), max attempts (0 = worker default),
 --   priority (-1000..1000, higher runs first), delay ms (0 = none), run-at unix ms (0 = none),
---   flags (1 = keep a status record)
--- Returns the ids, in order.
+--   flags (1 = keep a status record), unique key ("" = none),
+--   unique ttl ms (0 = the key is held until the job completes or dies; > 0 = it expires then)
+-- Returns one {id, created} pair per job, in order: created is 1, or 0 when a job holding the
+-- unique key already exists and id is that job's.
 local PRIO = 4398046511104 -- 2^42: priority is scaled above a 42-bit FIFO sequence
 local WAKE = '\144'        -- 0x90, an empty msgpack array: wakes blocked workers, never runs
 local t = redis.call('TIME')
@@ -24,7 +29,7 @@ local function wake()
 end
 
 -- Check every job before writing any, so a bad batch writes nothing.
-for i = 2, #ARGV, 8 do
+for i = 2, #ARGV, 10 do
   local priority = tonumber(ARGV[i + 4]) or 0
   if priority > 1000 or priority < -1000 then
     return redis.error_reply('ERR ostq: priority ' .. ARGV[i + 4] .. ' is outside -1000..1000')
@@ -36,37 +41,56 @@ end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local earliest = tonumber(first[2])
-local ids = {}
-for i = 2, #ARGV, 8 do
+local out = {}
+for i = 2, #ARGV, 10 do
   local id, payload, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local max_attempts = tonumber(ARGV[i + 3]) or 0
   local priority = tonumber(ARGV[i + 4]) or 0
   local delay, run_at = tonumber(ARGV[i + 5]) or 0, tonumber(ARGV[i + 6]) or 0
   local flags = tonumber(ARGV[i + 7]) or 0
+  local unique, unique_ttl = ARGV[i + 8], tonumber(ARGV[i + 9]) or 0
   if id == '' then id = '~' .. redis.call('INCR', KEYS[5]) end
-  local env = cmsgpack.pack({id, flags, payload, name, 0, max_attempts, priority, now, ''})
-  local due = 0
-  if run_at > 0 then due = run_at elseif delay > 0 then due = now + delay end
-  local state
-  if due > now then
-    state = 'scheduled'
-    redis.call('ZADD', KEYS[3], due, id)
-    redis.call('HSET', KEYS[4], id, env)
-    if earliest == nil or due < earliest then earliest = due; wake() end
-  elseif priority ~= 0 then
-    state = 'pending'
-    local seq = redis.call('INCR', KEYS[5]) % PRIO
-    redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-    wake()
+  local holder = nil
+  if unique ~= '' then
+    local ukey = prefix .. 'unique:' .. unique
+    local won
+    if unique_ttl > 0 then
+      won = redis.call('SET', ukey, id, 'NX', 'PX', unique_ttl)
+    else
+      won = redis.call('SET', ukey, id, 'NX')
+    end
+    if not won then holder = redis.call('GET', ukey) end
+  end
+  if holder then
+    out[#out + 1] = {holder, 0}
   else
-    state = 'pending'
-    redis.call('LPUSH', KEYS[1], env)
+    local job = {id, flags, payload, name, 0, max_attempts, priority, now, ''}
+    -- The key travels with the job only when the job must release it when it finishes.
+    if unique ~= '' and unique_ttl <= 0 then job[10] = unique end
+    local env = cmsgpack.pack(job)
+    local due = 0
+    if run_at > 0 then due = run_at elseif delay > 0 then due = now + delay end
+    local state
+    if due > now then
+      state = 'scheduled'
+      redis.call('ZADD', KEYS[3], due, id)
+      redis.call('HSET', KEYS[4], id, env)
+      if earliest == nil or due < earliest then earliest = due; wake() end
+    elseif priority ~= 0 then
+      state = 'pending'
+      local seq = redis.call('INCR', KEYS[5]) % PRIO
+      redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
+      wake()
+    else
+      state = 'pending'
+      redis.call('LPUSH', KEYS[1], env)
+    end
+    if flags % 2 == 1 then
+      local rec = prefix .. 'job:' .. id
+      redis.call('DEL', rec, prefix .. 'done:' .. id)
+      redis.call('HSET', rec, 'state', state, 'attempt', 0, 'enqueued_at', now, 'run_at', math.max(due, now))
+    end
+    out[#out + 1] = {id, 1}
   end
-  if flags % 2 == 1 then
-    local rec = prefix .. 'job:' .. id
-    redis.call('DEL', rec)
-    redis.call('HSET', rec, 'state', state, 'attempt', 0, 'enqueued_at', now, 'run_at', math.max(due, now))
-  end
-  ids[#ids + 1] = id
 end
-return ids
+return out

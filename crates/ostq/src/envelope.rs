@@ -2,6 +2,7 @@
 //! and any language can read and write it:
 //!
 //! `[id, flags, payload, name, attempt, max_attempts, priority, enqueued_at_ms, last_error]`
+//! and, only for jobs that hold a unique key until they finish, a tenth field: that key.
 //!
 //! Strings, the payload included, use MessagePack's str family even for non-UTF-8 bytes, because
 //! Redis's `cmsgpack` cannot decode the bin family. Readers here accept both. Extra trailing fields
@@ -36,6 +37,8 @@ pub struct Envelope {
     pub enqueued_at_ms: u64,
     /// The last attempt's error; empty when none.
     pub last_error: String,
+    /// The unique key this job holds until it completes or dies; empty when none.
+    pub unique: String,
 }
 
 impl Envelope {
@@ -48,7 +51,12 @@ impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.id.len() + self.payload.len() + self.name.len());
         // Writes into a Vec cannot fail; the Results below only exist for io::Write in general.
-        let _ = rmp::encode::write_array_len(&mut out, FIELDS);
+        let fields = if self.unique.is_empty() {
+            FIELDS
+        } else {
+            FIELDS + 1
+        };
+        let _ = rmp::encode::write_array_len(&mut out, fields);
         write_str(&mut out, self.id.as_bytes());
         let _ = rmp::encode::write_uint(&mut out, self.flags);
         write_str(&mut out, &self.payload);
@@ -58,6 +66,9 @@ impl Envelope {
         let _ = rmp::encode::write_sint(&mut out, i64::from(self.priority));
         let _ = rmp::encode::write_uint(&mut out, self.enqueued_at_ms);
         write_str(&mut out, self.last_error.as_bytes());
+        if !self.unique.is_empty() {
+            write_str(&mut out, self.unique.as_bytes());
+        }
         out
     }
 
@@ -81,6 +92,12 @@ impl Envelope {
         let priority = read_int::<i32>(&mut rd, "priority")?;
         let enqueued_at_ms = read_int::<u64>(&mut rd, "enqueued_at")?;
         let last_error = read_string(&mut rd, "last_error")?;
+        // Later versions may append fields of other types: only a string here is a unique key.
+        let unique = if len > FIELDS {
+            read_string(&mut rd, "unique").unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Self {
             id,
             flags,
@@ -91,6 +108,7 @@ impl Envelope {
             priority,
             enqueued_at_ms,
             last_error,
+            unique,
         })
     }
 }
@@ -174,6 +192,7 @@ mod tests {
             priority: -7,
             enqueued_at_ms: 1_700_000_000_123,
             last_error: "boom".into(),
+            unique: String::new(),
         }
     }
 
@@ -181,6 +200,17 @@ mod tests {
     fn round_trips_binary_payloads() {
         let env = sample();
         assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn a_unique_key_is_a_tenth_field() {
+        let env = Envelope {
+            unique: "video-42".into(),
+            ..sample()
+        };
+        let bytes = env.encode();
+        assert_eq!(bytes[0], 0x9a);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
     }
 
     #[test]

@@ -26,6 +26,22 @@ pub enum Error {
     /// Waiting for something took longer than allowed.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A job with the same unique key is already pending, scheduled, waiting to retry or running.
+    #[error("a job with unique key {key:?} already exists: {existing_id}")]
+    Duplicate {
+        /// The unique key.
+        key: String,
+        /// The id of the job that holds it.
+        existing_id: String,
+    },
+    /// The job spent its attempts (or failed permanently); `wait_for` reports it.
+    #[error("job {id} failed: {error}")]
+    JobFailed {
+        /// The job.
+        id: String,
+        /// Its last error.
+        error: String,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -420,14 +420,22 @@ impl Queue {
     /// ```
     pub async fn set_rate_limit(&self, max: u32, period: Duration) -> Result<()> {
         if max == 0 || period.is_zero() {
-            return Err(Error::Config("a rate limit needs max > 0 and a period > 0".into()));
+            return Err(Error::Config(
+                "a rate limit needs max > 0 and a period > 0".into(),
+            ));
         }
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
         let _: () = redis::pipe()
             .atomic()
             .del(&keys.rate_limit)
-            .hset_multiple(&keys.rate_limit, &[("max", u64::from(max)), ("period", period.as_millis() as u64)])
+            .hset_multiple(
+                &keys.rate_limit,
+                &[
+                    ("max", u64::from(max)),
+                    ("period", period.as_millis() as u64),
+                ],
+            )
             .query_async(&mut conn)
             .await?;
         Ok(())

@@ -76,6 +76,11 @@ impl QueueKeys {
         format!("{}job:{id}", self.prefix)
     }
 
+    /// A LIST that gets a token when tracked job `id` completes or dies, for `wait_for`.
+    pub fn done(&self, id: &str) -> String {
+        format!("{}done:{id}", self.prefix)
+    }
+
     /// The LIST of envelopes leased together by one fetch (lease group `group`).
     pub fn lease_group(&self, group: u64) -> String {
         format!("{}lease:{group}", self.prefix)

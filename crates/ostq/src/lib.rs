@@ -34,6 +34,7 @@ pub mod inspect;
 pub mod job;
 pub mod keys;
 pub mod producer;
+pub mod results;
 pub mod retry;
 pub mod scripts;
 pub mod task;

@@ -21,6 +21,9 @@ const BULK_CHUNK: usize = 1000;
 pub const MAX_ID_LEN: usize = 200;
 /// Priorities accepted (higher runs first).
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+/// Largest payload accepted by default, on push and by workers (8 MiB): Redis keeps every waiting
+/// job in memory, and one huge payload stalls the server for everyone while it is copied.
+pub const DEFAULT_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 
 /// Options of a push. The default is an immediate, untracked job with priority 0 and the worker's
 /// default attempt limit.
@@ -42,6 +45,7 @@ pub struct PushOptions {
     max_attempts: u32,
     track: bool,
     name: Option<String>,
+    unique: Option<(String, Option<Duration>)>,
 }
 
 impl PushOptions {
@@ -87,6 +91,32 @@ impl PushOptions {
         self
     }
 
+    /// Don't enqueue this job while another job with the same key is pending, scheduled, waiting
+    /// to retry or running: the push fails with [`Error::Duplicate`] naming that job. The key is
+    /// released when the job completes or dies.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// let opts = ostq::PushOptions::new().unique("transcode:42");
+    /// match client.queue("videos").push_with("42", &opts).await {
+    ///     Ok(id) => println!("enqueued {id}"),
+    ///     Err(ostq::Error::Duplicate { existing_id, .. }) => println!("already queued as {existing_id}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique = Some((key.into(), None));
+        self
+    }
+
+    /// Like [`PushOptions::unique`], but the key is held for `ttl` from the push, whatever becomes
+    /// of the job (for "at most once per hour" style deduplication).
+    pub fn unique_for(mut self, key: impl Into<String>, ttl: Duration) -> Self {
+        self.unique = Some((key.into(), Some(ttl.max(Duration::from_millis(1)))));
+        self
+    }
+
     /// Set the task type name (typed tasks set it for you).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -94,7 +124,11 @@ impl PushOptions {
     }
 
     fn is_plain(&self) -> bool {
-        self.delay.is_none() && self.run_at.is_none() && self.priority == 0 && !self.track
+        self.delay.is_none()
+            && self.run_at.is_none()
+            && self.priority == 0
+            && !self.track
+            && self.unique.is_none()
     }
 
     fn check(&self) -> Result<()> {
@@ -103,6 +137,13 @@ impl PushOptions {
                 return Err(Error::Config(format!(
                     "job id must be 1..={MAX_ID_LEN} bytes, got {}",
                     id.len()
+                )));
+            }
+        }
+        if let Some((key, _)) = &self.unique {
+            if key.is_empty() || key.len() > MAX_ID_LEN {
+                return Err(Error::Config(format!(
+                    "unique key must be 1..={MAX_ID_LEN} bytes"
                 )));
             }
         }
@@ -130,6 +171,7 @@ pub struct Queue {
     client: Client,
     name: String,
     keys: std::result::Result<Arc<QueueKeys>, String>,
+    max_payload: usize,
 }
 
 impl Client {
@@ -142,6 +184,7 @@ impl Client {
             keys: QueueKeys::new(name)
                 .map(Arc::new)
                 .map_err(|e| e.to_string()),
+            max_payload: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -150,6 +193,13 @@ impl Queue {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same queue with another payload size limit for pushes (default
+    /// [`DEFAULT_MAX_PAYLOAD`]); a larger payload is refused before anything is written.
+    pub fn with_max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
     }
 
     pub(crate) fn client_ref(&self) -> &Client {
@@ -189,8 +239,10 @@ impl Queue {
         I: IntoIterator<Item = P>,
         P: AsRef<[u8]>,
     {
-        if opts.id.is_some() {
-            return Err(Error::Config("a bulk push cannot share one job id".into()));
+        if opts.id.is_some() || opts.unique.is_some() {
+            return Err(Error::Config(
+                "a bulk push cannot share one job id or unique key".into(),
+            ));
         }
         let payloads: Vec<P> = payloads.into_iter().collect();
         self.push_many(payloads.iter().map(|p| p.as_ref()), opts, false)
@@ -232,15 +284,26 @@ impl Queue {
     ) -> Result<Vec<String>> {
         opts.check()?;
         let keys = self.keys()?;
+        let payloads: Vec<&[u8]> = payloads.collect();
+        if let Some(big) = payloads.iter().find(|p| p.len() > self.max_payload) {
+            return Err(Error::Payload(format!(
+                "payload of {} bytes is over the limit of {} bytes for queue {}",
+                big.len(),
+                self.max_payload,
+                self.name
+            )));
+        }
         self.client.register_queue(&self.name).await?;
-        if payloads.len() == 0 {
+        if payloads.is_empty() {
             return Ok(Vec::new());
         }
         let given_id = if single { opts.id.clone() } else { None };
         if opts.is_plain() {
-            self.push_plain(keys, payloads, opts, given_id).await
+            self.push_plain(keys, payloads.into_iter(), opts, given_id)
+                .await
         } else {
-            self.push_scripted(keys, payloads, opts, given_id).await
+            self.push_scripted(keys, payloads.into_iter(), opts, given_id)
+                .await
         }
     }
 
@@ -269,6 +332,7 @@ impl Queue {
                 priority: 0,
                 enqueued_at_ms,
                 last_error: String::new(),
+                unique: String::new(),
             };
             cmd.arg(env.encode());
             ids.push(id);
@@ -306,6 +370,10 @@ impl Queue {
             .unwrap_or(0);
         let flags = if opts.track { FLAG_TRACKED } else { 0 };
         let name = opts.name.clone().unwrap_or_default();
+        let (unique, unique_ttl_ms) = match &opts.unique {
+            Some((key, ttl)) => (key.as_str(), ttl.map(|t| t.as_millis() as u64).unwrap_or(0)),
+            None => ("", 0),
+        };
         let mut conn = self.client.conn();
         let mut ids = Vec::new();
         let mut payloads = payloads.peekable();
@@ -328,10 +396,20 @@ impl Queue {
                     .arg(opts.priority)
                     .arg(delay_ms)
                     .arg(run_at_ms)
-                    .arg(flags);
+                    .arg(flags)
+                    .arg(unique)
+                    .arg(unique_ttl_ms);
             }
-            let chunk: Vec<String> = invocation.invoke_async(&mut conn).await?;
-            ids.extend(chunk);
+            let chunk: Vec<(String, i64)> = invocation.invoke_async(&mut conn).await?;
+            for (id, created) in chunk {
+                if created == 0 {
+                    return Err(Error::Duplicate {
+                        key: unique.to_string(),
+                        existing_id: id,
+                    });
+                }
+                ids.push(id);
+            }
         }
         Ok(ids)
     }

@@ -13,7 +13,9 @@ use ostq::{BoxError, Job, Worker};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn recorder(log: &Arc<Mutex<Vec<String>>>) -> impl Fn(Job) -> std::future::Ready<Result<(), BoxError>> + Clone {
+fn recorder(
+    log: &Arc<Mutex<Vec<String>>>,
+) -> impl Fn(Job) -> std::future::Ready<Result<(), BoxError>> + Clone {
     let log = log.clone();
     move |job: Job| {
         log.lock().unwrap().push(job.queue.clone());
@@ -25,7 +27,11 @@ fn recorder(log: &Arc<Mutex<Vec<String>>>) -> impl Fn(Job) -> std::future::Ready
 async fn weights_3_to_1_give_three_quarters_of_the_fetches() {
     let (_server, client) = setup().await;
     for name in ["high", "low"] {
-        client.queue(name).push_bulk((0..5000).map(|i| i.to_string())).await.unwrap();
+        client
+            .queue(name)
+            .push_bulk((0..5000).map(|i| i.to_string()))
+            .await
+            .unwrap();
     }
     let log = Arc::new(Mutex::new(Vec::new()));
     let running = spawn(
@@ -42,14 +48,25 @@ async fn weights_3_to_1_give_three_quarters_of_the_fetches() {
     let log = log.lock().unwrap();
     let high = log[..4000].iter().filter(|q| *q == "high").count();
     let share = high as f64 / 4000.0;
-    assert!((0.70..=0.80).contains(&share), "high got {share:.3} of 4000 fetches");
+    assert!(
+        (0.70..=0.80).contains(&share),
+        "high got {share:.3} of 4000 fetches"
+    );
 }
 
 #[tokio::test]
 async fn strict_order_serves_later_queues_only_when_earlier_ones_are_empty() {
     let (_server, client) = setup().await;
-    client.queue("first").push_bulk((0..200).map(|i| i.to_string())).await.unwrap();
-    client.queue("second").push_bulk((0..200).map(|i| i.to_string())).await.unwrap();
+    client
+        .queue("first")
+        .push_bulk((0..200).map(|i| i.to_string()))
+        .await
+        .unwrap();
+    client
+        .queue("second")
+        .push_bulk((0..200).map(|i| i.to_string()))
+        .await
+        .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let running = spawn(
         Worker::builder(client.clone())
@@ -64,7 +81,10 @@ async fn strict_order_serves_later_queues_only_when_earlier_ones_are_empty() {
     assert!(common::wait_until(WAIT, || async { log.lock().unwrap().len() == 400 }).await);
     running.shutdown().await;
     let log = log.lock().unwrap();
-    assert!(log[..200].iter().all(|q| q == "first"), "first queue drained first");
+    assert!(
+        log[..200].iter().all(|q| q == "first"),
+        "first queue drained first"
+    );
     assert!(log[200..].iter().all(|q| q == "second"));
 }
 
@@ -81,11 +101,17 @@ async fn a_paused_queue_grows_while_the_worker_idles_then_drains_on_resume() {
             .unwrap(),
     );
     for i in 0..5 {
-        queue.push_bulk((0..20).map(|j| format!("{i}-{j}"))).await.unwrap();
+        queue
+            .push_bulk((0..20).map(|j| format!("{i}-{j}")))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let counts = queue.counts().await.unwrap();
-    assert_eq!((counts.pending, counts.processed_total, counts.paused), (100, 0, true));
+    assert_eq!(
+        (counts.pending, counts.processed_total, counts.paused),
+        (100, 0, true)
+    );
     queue.resume().await.unwrap();
     wait_counts(&queue, WAIT, |c| c.processed_total == 100 && c.pending == 0).await;
     running.shutdown().await;
@@ -95,8 +121,14 @@ async fn a_paused_queue_grows_while_the_worker_idles_then_drains_on_resume() {
 async fn a_rate_limit_holds_across_two_workers() {
     let (_server, client) = setup().await;
     let queue = client.queue("limited");
-    queue.set_rate_limit(50, Duration::from_secs(1)).await.unwrap();
-    queue.push_bulk((0..2000).map(|i| i.to_string())).await.unwrap();
+    queue
+        .set_rate_limit(50, Duration::from_secs(1))
+        .await
+        .unwrap();
+    queue
+        .push_bulk((0..2000).map(|i| i.to_string()))
+        .await
+        .unwrap();
     let started = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -122,6 +154,9 @@ async fn a_rate_limit_holds_across_two_workers() {
     for worker in workers {
         worker.shutdown().await;
     }
-    assert!((45.0..=55.0).contains(&rate), "{rate:.1} jobs/s for a limit of 50/s");
+    assert!(
+        (45.0..=55.0).contains(&rate),
+        "{rate:.1} jobs/s for a limit of 50/s"
+    );
     queue.clear_rate_limit().await.unwrap();
 }

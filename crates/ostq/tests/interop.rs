@@ -36,6 +36,8 @@ async fn redis_cli_pushes_run_like_rust_pushes() {
     ];
     let mut args: Vec<&str> = vec!["EVAL", &script, "5"];
     args.extend(keys);
+    // prefix, then 10 fields per job: id, payload, name, max attempts, priority, delay ms,
+    // run-at ms, flags, unique key, unique ttl ms.
     args.extend([
         "ostq:{videos}:",
         "cli-1",
@@ -46,12 +48,15 @@ async fn redis_cli_pushes_run_like_rust_pushes() {
         "200",
         "0",
         "1",
+        "",
+        "0",
     ]);
-    args.extend(["", "44", "transcode", "0", "5", "0", "0", "0"]);
-    let ids = server.cli(&args).unwrap();
-    let ids: Vec<&str> = ids.lines().collect();
-    assert_eq!(ids[0], "cli-1");
-    assert!(ids[1].starts_with('~'), "a generated id: {}", ids[1]);
+    args.extend(["", "44", "transcode", "0", "5", "0", "0", "0", "", "0"]);
+    // redis-cli prints the {id, created} pairs flat: id, 1, id, 1.
+    let out = server.cli(&args).unwrap();
+    let out: Vec<&str> = out.lines().collect();
+    assert_eq!((out[0], out[1]), ("cli-1", "1"));
+    assert!(out[2].starts_with('~'), "a generated id: {}", out[2]);
     assert_eq!(
         queue.job("cli-1").await.unwrap().unwrap().state,
         JobState::Scheduled
@@ -119,7 +124,7 @@ async fn lua_and_rust_build_the_same_envelope() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: Vec<String> = redis::cmd("EVAL")
+    let _: Vec<(String, i64)> = redis::cmd("EVAL")
         .arg(&script)
         .arg(5)
         .arg(
@@ -134,7 +139,7 @@ async fn lua_and_rust_build_the_same_envelope() {
         .arg("ostq:{q}:")
         .arg("the-id")
         .arg(payload)
-        .arg(&["name", "7", "0", "0", "0", "0"][..])
+        .arg(&["name", "7", "0", "0", "0", "0", "", "0"][..])
         .query_async(&mut conn)
         .await
         .unwrap();

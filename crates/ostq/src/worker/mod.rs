@@ -68,6 +68,7 @@ pub(crate) struct Config {
     pub(crate) max_batch: usize,
     pub(crate) idle_wait: Duration,
     pub(crate) strict: bool,
+    pub(crate) max_payload: usize,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
@@ -99,6 +100,7 @@ impl Worker {
                 max_batch: 1000,
                 idle_wait: Duration::from_secs(1),
                 strict: false,
+                max_payload: crate::producer::DEFAULT_MAX_PAYLOAD,
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -184,6 +186,13 @@ impl WorkerBuilder {
     pub fn dead_set(mut self, max_jobs: usize, retention: Duration) -> Self {
         self.config.dead_max = max_jobs;
         self.config.dead_retention = retention;
+        self
+    }
+
+    /// Largest payload a handler is given (default 8 MiB, as on push); a larger one, pushed by
+    /// some other producer, goes to the dead set with the reason instead.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.config.max_payload = bytes;
         self
     }
 

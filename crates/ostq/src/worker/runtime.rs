@@ -46,8 +46,15 @@ struct Outcome {
     queue: usize,
     group: u64,
     index: u32,
+    settled: Settled,
+}
+
+/// How an attempt ended, with what the scripts need to know of the job.
+struct Settled {
     id: String,
     tracked: bool,
+    /// The unique key the job holds until it completes or dies ("" for none).
+    unique: String,
     kind: OutcomeKind,
 }
 
@@ -265,9 +272,16 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
             },
             _ = stop.cancelled() => return,
         };
-        let extra = shared.semaphore.available_permits().min(shared.config.max_batch - 1);
+        let extra = shared
+            .semaphore
+            .available_permits()
+            .min(shared.config.max_batch - 1);
         if extra > 0 {
-            if let Ok(more) = shared.semaphore.clone().try_acquire_many_owned(extra as u32) {
+            if let Ok(more) = shared
+                .semaphore
+                .clone()
+                .try_acquire_many_owned(extra as u32)
+            {
                 permit.merge(more);
             }
         }
@@ -342,7 +356,13 @@ async fn wait_for_work(
     let idle = shared.config.idle_wait.as_millis() as i64;
     let wait_ms = waits
         .iter()
-        .map(|w| if w.wake_at_ms > 0 { (w.wake_at_ms - w.now_ms).clamp(0, idle) } else { idle })
+        .map(|w| {
+            if w.wake_at_ms > 0 {
+                (w.wake_at_ms - w.now_ms).clamp(0, idle)
+            } else {
+                idle
+            }
+        })
         .min()
         .unwrap_or(idle);
     if wait_ms == 0 {
@@ -381,7 +401,12 @@ async fn wait_for_work(
         let timeout = timeout.clone();
         futures.push(Box::pin(async move {
             let mut blmove = redis::cmd("BLMOVE");
-            blmove.arg(&pending).arg(&pending).arg("RIGHT").arg("RIGHT").arg(timeout);
+            blmove
+                .arg(&pending)
+                .arg(&pending)
+                .arg("RIGHT")
+                .arg("RIGHT")
+                .arg(timeout);
             (queue, blmove.query_async::<Option<Vec<u8>>>(conn).await)
         }));
     }
@@ -415,26 +440,18 @@ fn start_job(
 ) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let (id, tracked, kind) = run_job(&shared, queue, group, index, envelope).await;
+        let settled = run_job(&shared, queue, group, index, envelope).await;
         let _ = shared.events.send(Event::Done(Outcome {
             queue,
             group,
             index,
-            id,
-            tracked,
-            kind,
+            settled,
         }));
         drop(permit);
     });
 }
 
-async fn run_job(
-    shared: &Shared,
-    queue: usize,
-    group: u64,
-    index: u32,
-    bytes: Vec<u8>,
-) -> (String, bool, OutcomeKind) {
+async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: Vec<u8>) -> Settled {
     let keys = &shared.queues[queue];
     let envelope = match Envelope::decode(&bytes) {
         Ok(env) => env,
@@ -459,7 +476,25 @@ async fn run_job(
         Ok((handler, _)) => handler,
         Err(reason) => return fail(shared, keys, envelope, reason, true),
     };
-    let (id, tracked) = (envelope.id.clone(), envelope.tracked());
+    if envelope.payload.len() > shared.config.max_payload {
+        let reason = format!(
+            "payload of {} bytes is over the limit of {} bytes",
+            envelope.payload.len(),
+            shared.config.max_payload
+        );
+        return fail(shared, keys, envelope, reason, true);
+    }
+    let (id, tracked, unique) = (
+        envelope.id.clone(),
+        envelope.tracked(),
+        envelope.unique.clone(),
+    );
+    let settled = |kind| Settled {
+        id,
+        tracked,
+        unique,
+        kind,
+    };
     let job = Job::from_envelope(&keys.queue, envelope, default_max);
     let attempt = AssertUnwindSafe(handler(job)).catch_unwind();
     let limited = async {
@@ -470,10 +505,10 @@ async fn run_job(
     };
     let ended = tokio::select! {
         ended = limited => ended,
-        _ = shared.abort_jobs.cancelled() => return (id, tracked, OutcomeKind::GivenBack),
+        _ = shared.abort_jobs.cancelled() => return settled(OutcomeKind::GivenBack),
     };
     let (error, permanent) = match ended {
-        Some(Ok(Ok(result))) => return (id, tracked, OutcomeKind::Completed { result }),
+        Some(Ok(Ok(result))) => return settled(OutcomeKind::Completed { result }),
         Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),
         Some(Err(panic)) => (format!("handler panicked: {}", panic_message(panic)), false),
         None => (
@@ -487,17 +522,13 @@ async fn run_job(
     // The failure path rebuilds the envelope from the leased bytes, which the handler never saw.
     match Envelope::decode(&bytes) {
         Ok(envelope) => fail(shared, keys, envelope, error, permanent),
-        Err(e) => (
-            id,
-            tracked,
-            OutcomeKind::Failed {
-                envelope: bytes,
-                dead: true,
-                delay_ms: 0,
-                attempt: 1,
-                error: e.to_string(),
-            },
-        ),
+        Err(e) => settled(OutcomeKind::Failed {
+            envelope: bytes,
+            dead: true,
+            delay_ms: 0,
+            attempt: 1,
+            error: e.to_string(),
+        }),
     }
 }
 
@@ -552,7 +583,7 @@ fn fail(
     mut envelope: Envelope,
     error: String,
     permanent: bool,
-) -> (String, bool, OutcomeKind) {
+) -> Settled {
     let error = truncate(error);
     let name = (!envelope.name.is_empty()).then_some(envelope.name.as_str());
     let policy = shared
@@ -588,17 +619,18 @@ fn fail(
     }
     envelope.attempt = failures;
     envelope.last_error = error.clone();
-    (
-        envelope.id.clone(),
-        envelope.tracked(),
-        OutcomeKind::Failed {
+    Settled {
+        id: envelope.id.clone(),
+        tracked: envelope.tracked(),
+        unique: envelope.unique.clone(),
+        kind: OutcomeKind::Failed {
             envelope: envelope.encode(),
             dead,
             delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
             attempt: failures,
             error,
         },
-    )
+    }
 }
 
 /// A lease group this worker holds: how many jobs it has and how many are settled in Redis.
@@ -728,7 +760,8 @@ async fn write_outcomes(
     let mut given_back: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut fails = 0;
     for outcome in outcomes {
-        match &outcome.kind {
+        let job = &outcome.settled;
+        match &job.kind {
             OutcomeKind::Completed { .. } => {
                 completed.entry(outcome.group).or_default().push(outcome)
             }
@@ -746,13 +779,14 @@ async fn write_outcomes(
                 fails += 1;
                 fail.arg(outcome.group)
                     .arg(outcome.index)
-                    .arg(&outcome.id)
+                    .arg(&job.id)
                     .arg(envelope.as_slice())
                     .arg(if *dead { "dead" } else { "retry" })
                     .arg(*delay_ms)
-                    .arg(if outcome.tracked { "1" } else { "0" })
+                    .arg(if job.tracked { "1" } else { "0" })
                     .arg(*attempt)
-                    .arg(error);
+                    .arg(error)
+                    .arg(&job.unique);
             }
         }
     }
@@ -801,20 +835,19 @@ async fn write_outcomes(
             .arg(if *all { "1" } else { "0" })
             .arg(done.len());
         for outcome in done {
-            let result = match &outcome.kind {
-                OutcomeKind::Completed { result } if outcome.tracked => {
+            let job = &outcome.settled;
+            let result = match &job.kind {
+                OutcomeKind::Completed { result } if job.tracked => {
                     result.as_deref().unwrap_or_default()
                 }
                 _ => &[],
             };
             complete
                 .arg(outcome.index)
-                .arg(if outcome.tracked {
-                    outcome.id.as_str()
-                } else {
-                    ""
-                })
-                .arg(result);
+                .arg(&job.id)
+                .arg(if job.tracked { "1" } else { "0" })
+                .arg(result)
+                .arg(&job.unique);
         }
     }
     if any {
