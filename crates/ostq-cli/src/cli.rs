@@ -1,0 +1,372 @@
+//! The command line: every command, option and the help texts that teach them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::util::{parse_duration, parse_rate, parse_rfc3339, parse_state, Rate};
+
+const ABOUT: &str = "ostq: a Redis-backed task queue, from the shell";
+
+const LONG_ABOUT: &str = "\
+ostq: a Redis-backed task queue, from the shell.
+
+Producers push jobs (a payload: an id, a line of text, any bytes) onto named queues; workers take
+them, run them, and retry the ones that fail. A job a worker took is leased: if the worker dies,
+another one picks the job up when the lease runs out, so nothing is lost.";
+
+const AFTER_HELP: &str = "\
+A five-minute tour:
+  ostq demo                                   # the whole story on a private redis-server
+  ostq push videos 42 43 44                   # three jobs on the queue 'videos'
+  ostq worker --queue videos -- ./transcode {}  # run ./transcode 42, ./transcode 43, ...
+  ostq stats                                  # counts per state, throughput, latency
+  ostq jobs videos --state dead               # what failed for good, and why
+  ostq retry videos --all-dead                # give them another go
+
+Redis is found at --url, else $OSTQ_URL, else $REDIS_URL, else redis://127.0.0.1:6379.
+Exit codes: 0 ok, 1 error, 2 bad command line, 3 an alert threshold of `ostq stats` exceeded.";
+
+/// The `ostq` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ostq",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Redis to use: redis://[user:password@]host[:port][/db]
+    /// [default: $REDIS_URL, else redis://127.0.0.1:6379]
+    #[arg(long, global = true, env = "OSTQ_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Print data as JSON (one document on stdout) instead of text for people
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Global {
+    /// The Redis URL in force: --url, $OSTQ_URL, $REDIS_URL, or the local default.
+    pub fn redis_url(&self) -> String {
+        self.url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".to_string())
+    }
+
+    /// Whether a Redis URL was chosen explicitly (flag or environment).
+    pub fn url_given(&self) -> bool {
+        self.url.as_deref().is_some_and(|u| !u.is_empty())
+            || std::env::var("REDIS_URL").is_ok_and(|u| !u.is_empty())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Push jobs onto a queue (from arguments, a file, or stdin)
+    #[command(after_help = PUSH_AFTER)]
+    Push(PushArgs),
+    /// Run a program for every job: any program becomes a worker
+    #[command(after_help = WORKER_AFTER)]
+    Worker(WorkerArgs),
+    /// Counts, throughput, failure rate and latency per queue; alert thresholds for cron
+    #[command(after_help = STATS_AFTER)]
+    Stats(StatsArgs),
+    /// List the jobs of a queue in one state
+    #[command(after_help = JOBS_AFTER)]
+    Jobs(JobsArgs),
+    /// Show one job: state, attempts, last error, payload, result
+    #[command(after_help = JOB_AFTER)]
+    Job(JobArgs),
+    /// Run scheduled, retry or dead jobs again, now
+    #[command(after_help = RETRY_AFTER)]
+    Retry(RetryArgs),
+    /// Delete jobs by id, in whatever state they are
+    Delete(DeleteArgs),
+    /// Delete every job of a queue, or every job in one state
+    #[command(after_help = PURGE_AFTER)]
+    Purge(PurgeArgs),
+    /// Stop workers from taking jobs from a queue (pushes are still accepted)
+    Pause(QueueArg),
+    /// Let workers take jobs from a paused queue again
+    Resume(QueueArg),
+    /// List the queues ever pushed to or served
+    Queues(QueuesArgs),
+    /// Play the whole story on a private redis-server: push, work, retry, dead set, delays
+    #[command(after_help = DEMO_AFTER)]
+    Demo(DemoArgs),
+}
+
+const PUSH_AFTER: &str = "\
+Examples:
+  ostq push videos 42                          # one job, payload \"42\"
+  ostq push videos 42 43 44 --priority 5       # three jobs that jump the line
+  ostq push reports monthly --delay 10m        # run in ten minutes
+  ostq push mail 'to=ana' --at 2030-01-01T09:00:00+01:00
+  seq 1 100000 | ostq push numbers --file -    # one job per line, pipelined in batches
+  ostq push videos 42 --json                   # prints [\"<job id>\"]
+  ostq push numbers -- -5 --not-a-flag         # after --, everything is a payload";
+
+const WORKER_AFTER: &str = "\
+How the program gets the payload:
+  ostq worker -q videos -- ./transcode {}        # argument: ./transcode <payload>
+  ostq worker -q videos -- ./transcode --id={}   # inside an argument, like find -exec
+  ostq worker -q lines -- ./consume              # no {}: the payload is written to stdin
+
+The program is started directly, never through a shell: a payload such as `$(rm -rf ~)` arrives as
+those bytes and nothing runs it. Each run sees OSTQ_JOB_ID, OSTQ_QUEUE and OSTQ_ATTEMPT (from 1).
+
+Exit status 0 completes the job; its stdout (the first 64 KiB) becomes the job's result, readable
+with `ostq job` for jobs pushed with --track. Any other status fails the attempt with the exit
+code and the end of stderr as the error; failed jobs are retried with backoff, then land in the
+dead set. A program still running after --timeout is killed (with its children) and the attempt
+fails. Processes a program leaves behind are killed when it exits. Ctrl-c or SIGTERM stop
+taking jobs and let running ones finish (--shutdown-timeout).
+
+  ostq worker -q videos --burst -- ./transcode {}   # drain the queue, then exit 0";
+
+const STATS_AFTER: &str = "\
+Columns: jobs per state; processed/failed attempts since the queue began; failure rate
+(failed/processed); throughput in jobs/s; the age of the job that runs next (latency).
+
+Throughput is measured, not guessed: a one-shot `ostq stats` samples the processed counter over
+--sample (1s), `--watch` over the last minute.
+
+For cron and monitoring, exit code 3 and one line on stderr when a threshold is exceeded:
+  ostq stats --max-pending 10000 --max-failure-rate 0.05 --max-latency 5m";
+
+const JOBS_AFTER: &str = "\
+States: pending (ready), active (running now), scheduled (delayed), retry (failed, waiting for
+the next attempt), dead (out of attempts), completed (tracked jobs only, within retention).
+  ostq jobs videos --state dead --limit 50
+  ostq jobs videos --state retry --json";
+
+const JOB_AFTER: &str = "\
+  ostq job 01J9ZK3M4Q...                 # searches every queue
+  ostq job videos 01J9ZK3M4Q...          # or name the queue (same as --queue videos)
+Completed jobs are found only when they were pushed with --track.";
+
+const RETRY_AFTER: &str = "\
+  ostq retry videos --all-dead             # every dead job back to pending, attempts reset
+  ostq retry videos 01J9ZK... 01J9ZM...    # these jobs (scheduled, retry or dead) now";
+
+const PURGE_AFTER: &str = "\
+Asks for confirmation when run on a terminal; --yes skips the question (scripts).
+Active jobs are never purged: their workers own them (delete them by id).
+  ostq purge videos --state dead --yes";
+
+const DEMO_AFTER: &str = "\
+Uses the Redis at --url / $OSTQ_URL / $REDIS_URL when one answers (on a queue of its own that is
+purged afterwards); otherwise, or with --private, starts a throw-away redis-server on a free port
+and stops it at the end. Needs redis-server installed (apt-get install redis-server).";
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Queue to push onto
+    pub queue: String,
+
+    /// Payloads, one job each
+    pub payloads: Vec<OsString>,
+
+    /// Read payloads from a file, one per line (empty lines are skipped); `-` reads stdin
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Run no earlier than this from now: 250ms, 30s, 5m, 1h, 2days
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "at")]
+    pub delay: Option<Duration>,
+
+    /// Run no earlier than this time (RFC 3339): 2030-01-01T09:00:00Z
+    #[arg(long, value_parser = parse_rfc3339, value_name = "TIME")]
+    pub at: Option<std::time::SystemTime>,
+
+    /// Higher runs first, -1000..=1000 (default 0: first in, first out)
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub priority: Option<i32>,
+
+    /// Attempts allowed in all before the job goes to the dead set (default: the worker's, 25)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+
+    /// Keep a status record so `ostq job ID` shows the state and result even after completion
+    #[arg(long)]
+    pub track: bool,
+
+    /// Use this job id instead of a generated one (one payload only)
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Queue to serve (repeat for several)
+    #[arg(long = "queue", short = 'q', required = true, value_name = "QUEUE")]
+    pub queues: Vec<String>,
+
+    /// Programs running at once
+    #[arg(long, short = 'c', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub concurrency: u32,
+
+    /// How long a job stays leased without renewal; renewed while the program runs. A dead
+    /// worker's jobs are taken over by another worker after this long
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lease: Duration,
+
+    /// Kill the program (and its children) when it runs longer than this; 0 = no limit
+    #[arg(long, default_value = "30m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// At ctrl-c/SIGTERM, how long running programs get to finish before their jobs are given back
+    #[arg(long, default_value = "25s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
+    /// Attempts for jobs that did not set their own (--max-attempts of push)
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Exit 0 once the queues are drained: nothing pending or active (expired leases of dead
+    /// workers are recovered first) and no scheduled or retry job due within --burst-wait
+    #[arg(long)]
+    pub burst: bool,
+
+    /// With --burst, also wait for scheduled and retry jobs due within this long
+    #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION", requires = "burst")]
+    pub burst_wait: Duration,
+
+    /// Print a line for every completed job too (failures are always printed)
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+
+    /// The program and its arguments; `{}` in an argument is replaced by the payload, without
+    /// `{}` the payload goes to the program's stdin
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only these queues (default: all)
+    pub queues: Vec<String>,
+
+    /// Refresh until ctrl-c
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+
+    /// With --watch, time between refreshes
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// Without --watch, how long to sample the processed counter for jobs/s; 0 skips it
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub sample: Duration,
+
+    /// Alert (exit 3) when a queue has more pending jobs than this
+    #[arg(long, value_name = "N")]
+    pub max_pending: Option<u64>,
+
+    /// Alert (exit 3) when failed/processed exceeds this: 0.05 or 5%
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
+    pub max_failure_rate: Option<Rate>,
+
+    /// Alert (exit 3) when the next pending job has waited longer than this
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_latency: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The queue
+    pub queue: String,
+
+    /// Which jobs: pending, active, scheduled, retry, dead, completed
+    #[arg(long, short = 's', default_value = "pending", value_parser = parse_state)]
+    pub state: ostq::JobState,
+
+    /// At most this many
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+
+    /// Skip this many first (paging)
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// [QUEUE] ID: the job's id, optionally preceded by its queue
+    #[arg(required = true, num_args = 1..=2, value_name = "ID")]
+    pub args: Vec<String>,
+
+    /// The job's queue (default: search every queue)
+    #[arg(long, short = 'q')]
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The queue
+    pub queue: String,
+
+    /// Jobs to run now
+    #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+    pub ids: Vec<String>,
+
+    /// Every dead job of the queue
+    #[arg(long)]
+    pub all_dead: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The queue
+    pub queue: String,
+
+    /// Jobs to delete
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// The queue
+    pub queue: String,
+
+    /// Only jobs in this state: pending, scheduled, retry, dead, completed (default: all of them)
+    #[arg(long, short = 's', value_parser = parse_state)]
+    pub state: Option<ostq::JobState>,
+
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArg {
+    /// The queue
+    pub queue: String,
+}
+
+#[derive(Debug, Args)]
+pub struct QueuesArgs {}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Always start a private redis-server, even when one answers at the URL
+    #[arg(long)]
+    pub private: bool,
+}

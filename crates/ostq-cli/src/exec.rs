@@ -1,0 +1,494 @@
+//! `ostq worker`: runs a program for every job, directly (never through a shell).
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::{Global, WorkerArgs};
+use crate::util::{check_queue, connect, lib_err, now_ms, one_line, short_duration};
+
+/// Bytes of a program's stdout kept as the job's result.
+pub const MAX_RESULT: usize = 64 * 1024;
+/// Bytes of the end of a program's stderr kept for the error message.
+const STDERR_TAIL: usize = 2000;
+/// How long the output pipes may stay open after the program exited (a child it left behind).
+const IO_GRACE: Duration = Duration::from_millis(500);
+/// How often `--burst` looks at the queues.
+const BURST_POLL: Duration = Duration::from_millis(200);
+
+/// What to run for a job.
+struct ExecSpec {
+    program: OsString,
+    args: Vec<OsString>,
+    /// Some argument contains `{}`: the payload goes into the arguments, not stdin.
+    placeholder: bool,
+    timeout: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Counters {
+    completed: AtomicU64,
+    failed: AtomicU64,
+}
+
+pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
+    for q in &args.queues {
+        check_queue(q)?;
+    }
+    let mut command = args.command.into_iter();
+    let program = command
+        .next()
+        .ok_or_else(|| anyhow!("no program given: ostq worker --queue Q -- PROGRAM [ARG...]"))?;
+    let program = resolve_program(&program)?;
+    let rest: Vec<OsString> = command.collect();
+    let placeholder = rest.iter().any(|a| contains_placeholder(a));
+    let timeout = (!args.timeout.is_zero()).then_some(args.timeout);
+    let spec = Arc::new(ExecSpec {
+        program: program.into_os_string(),
+        args: rest,
+        placeholder,
+        timeout,
+    });
+
+    let url = global.redis_url();
+    let client = connect(&url).await?;
+    let counters = Arc::new(Counters::default());
+    // The library's own limit is a backstop: our handler kills the program at --timeout itself.
+    let library_timeout = timeout.map(|t| t + Duration::from_secs(10));
+
+    let mut builder = ostq::Worker::builder(client.clone())
+        .concurrency(args.concurrency as usize)
+        .lease(args.lease)
+        .timeout(library_timeout)
+        .shutdown_timeout(args.shutdown_timeout)
+        .retry(ostq::RetryPolicy::default().max_attempts(args.max_attempts));
+    for q in &args.queues {
+        builder = builder.queue(q);
+    }
+    let verbose = args.verbose;
+    let handler_spec = spec.clone();
+    let handler_counters = counters.clone();
+    let error_counters = counters.clone();
+    let worker = builder
+        .handler(move |job: ostq::Job| {
+            let spec = handler_spec.clone();
+            let counters = handler_counters.clone();
+            async move {
+                let started = Instant::now();
+                let out = run_job(&spec, &job).await?;
+                counters.completed.fetch_add(1, Ordering::Relaxed);
+                if verbose {
+                    eprintln!(
+                        "job {} on {} done in {} (attempt {})",
+                        job.id,
+                        job.queue,
+                        short_duration(started.elapsed()),
+                        job.attempt
+                    );
+                }
+                Ok::<_, ostq::BoxError>(out)
+            }
+        })
+        .on_error(move |job, failure| {
+            error_counters.failed.fetch_add(1, Ordering::Relaxed);
+            let next = if failure.dead {
+                "moved to the dead set".to_string()
+            } else if let Some(wait) = failure.retry_in {
+                format!("retry in {}", short_duration(wait))
+            } else {
+                "will be retried".to_string()
+            };
+            eprintln!(
+                "job {} on {} failed (attempt {}/{}): {}; {next}",
+                job.id,
+                job.queue,
+                job.attempt,
+                job.max_attempts,
+                one_line(&failure.error)
+            );
+        })
+        .build()
+        .map_err(lib_err("cannot start the worker"))?;
+
+    let queues: Vec<ostq::Queue> = args.queues.iter().map(|q| client.queue(q)).collect();
+    for q in &queues {
+        if let Ok(c) = q.counts().await {
+            if c.paused {
+                eprintln!(
+                    "note: queue '{}' is paused: no job is taken from it until `ostq resume {}`",
+                    q.name(),
+                    q.name()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "ostq worker: serving {} with up to {} at once: {}{}",
+        args.queues.join(", "),
+        args.concurrency,
+        describe_command(&spec),
+        if args.burst {
+            " (--burst: exits when drained)"
+        } else {
+            " (ctrl-c to stop)"
+        }
+    );
+
+    let burst = args.burst;
+    let burst_wait = args.burst_wait;
+    let shutdown = async move {
+        if burst {
+            tokio::select! {
+                _ = shutdown_signal() => eprintln!("ostq worker: stopping (signal)"),
+                _ = drained(&queues, burst_wait) => eprintln!("ostq worker: queues drained"),
+            }
+        } else {
+            shutdown_signal().await;
+            eprintln!(
+                "ostq worker: stopping; running jobs get up to the shutdown timeout to finish"
+            );
+        }
+    };
+    worker
+        .run_until(shutdown)
+        .await
+        .map_err(lib_err("worker failed"))?;
+    eprintln!(
+        "ostq worker: stopped after {} completed and {} failed attempts",
+        counters.completed.load(Ordering::Relaxed),
+        counters.failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn describe_command(spec: &ExecSpec) -> String {
+    let mut words = vec![spec.program.to_string_lossy().into_owned()];
+    words.extend(spec.args.iter().map(|a| a.to_string_lossy().into_owned()));
+    let mode = if spec.placeholder {
+        "payload as argument"
+    } else {
+        "payload on stdin"
+    };
+    format!("{} ({mode})", words.join(" "))
+}
+
+/// Completes when ctrl-c or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Completes once no queue has pending or active jobs, nor scheduled or retry jobs due within
+/// `wait`. Jobs leased by a dead worker count as active until a worker recovers them.
+async fn drained(queues: &[ostq::Queue], wait: Duration) {
+    let mut warned = false;
+    loop {
+        match is_drained(queues, wait).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) if !warned => {
+                eprintln!("ostq worker: cannot read queue counts ({e:#}); retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(BURST_POLL).await;
+    }
+}
+
+async fn is_drained(queues: &[ostq::Queue], wait: Duration) -> anyhow::Result<bool> {
+    let horizon = now_ms().saturating_add(wait.as_millis() as u64);
+    for q in queues {
+        let c = q.counts().await?;
+        if c.pending > 0 || c.active > 0 {
+            return Ok(false);
+        }
+        for (n, state) in [
+            (c.scheduled, ostq::JobState::Scheduled),
+            (c.retry, ostq::JobState::Retry),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let next = q.jobs(state, 0, 1).await?;
+            let due = next.first().and_then(|j| j.due_at_ms).unwrap_or(0);
+            if due <= horizon {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Finds the program now, so that a typo fails at start rather than on every job.
+fn resolve_program(program: &OsStr) -> anyhow::Result<PathBuf> {
+    let path = Path::new(program);
+    if program.is_empty() {
+        bail!("the program name is empty");
+    }
+    if path.components().count() > 1 || program.to_string_lossy().contains('/') {
+        if path.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        bail!("program {} not found", path.display());
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&search) {
+        let candidate = dir.join(path);
+        if candidate.is_file() {
+            return Ok(path.to_path_buf());
+        }
+    }
+    bail!(
+        "program {} not found on PATH (give a path like ./{} for a program in this directory)",
+        path.display(),
+        path.display()
+    )
+}
+
+#[cfg(unix)]
+fn os_bytes(s: &OsStr) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    s.as_bytes()
+}
+
+#[cfg(not(unix))]
+fn os_bytes(s: &OsStr) -> &[u8] {
+    s.to_str().map(str::as_bytes).unwrap_or_default()
+}
+
+fn contains_placeholder(arg: &OsStr) -> bool {
+    os_bytes(arg).windows(2).any(|w| w == b"{}")
+}
+
+/// `arg` with every `{}` replaced by `payload`, byte for byte.
+#[cfg(unix)]
+fn substitute(arg: &OsStr, payload: &[u8]) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = os_bytes(arg);
+    let mut out = Vec::with_capacity(bytes.len() + payload.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"{}") {
+            out.extend_from_slice(payload);
+            i += 2;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+#[cfg(not(unix))]
+fn substitute(arg: &OsStr, payload: &[u8]) -> OsString {
+    let text = arg.to_string_lossy();
+    OsString::from(text.replace("{}", &String::from_utf8_lossy(payload)))
+}
+
+/// Kills the program's whole process group when dropped: after a timeout, when the library
+/// aborts the attempt (its own timeout, a shutdown), and after a normal exit (leftover children).
+struct GroupKiller(Option<u32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs the program for one job; Ok(stdout) when it exits 0.
+async fn run_job(spec: &ExecSpec, job: &ostq::Job) -> Result<Option<Vec<u8>>, ostq::BoxError> {
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    if spec.placeholder {
+        if job.payload.contains(&0) {
+            return Err(ostq::Permanent::new(
+                "the payload contains a NUL byte, which a program argument cannot hold: \
+                 run the worker without {} to get payloads on stdin",
+            )
+            .into());
+        }
+        for arg in &spec.args {
+            if contains_placeholder(arg) {
+                cmd.arg(substitute(arg, &job.payload));
+            } else {
+                cmd.arg(arg);
+            }
+        }
+        cmd.stdin(Stdio::null());
+    } else {
+        cmd.args(&spec.args);
+        cmd.stdin(Stdio::piped());
+    }
+    cmd.env("OSTQ_JOB_ID", &job.id)
+        .env("OSTQ_QUEUE", &job.queue)
+        .env("OSTQ_ATTEMPT", job.attempt.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", Path::new(&spec.program).display()))?;
+    let _killer = GroupKiller(child.id());
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let run = async {
+        let io = async {
+            tokio::join!(
+                feed(stdin, &job.payload),
+                drain(stdout, &mut out, MAX_RESULT, Keep::Head),
+                drain(stderr, &mut err, STDERR_TAIL, Keep::Tail),
+            )
+        };
+        tokio::pin!(io);
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = &mut io => None,
+        };
+        match exited {
+            Some(status) => {
+                // Output a leftover child keeps open must not hold up the job.
+                let _ = tokio::time::timeout(IO_GRACE, &mut io).await;
+                status
+            }
+            None => child.wait().await,
+        }
+    };
+    let finished = match spec.timeout {
+        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+        None => Some(run.await),
+    };
+    let Some(status) = finished else {
+        // Dropping `_killer` on return kills the program and everything it started.
+        let tail = stderr_tail(&err);
+        let limit = spec.timeout.unwrap_or_default();
+        let mut msg = format!("timed out after {}: killed", short_duration(limit));
+        if !tail.is_empty() {
+            msg.push_str(&format!(" (stderr: {tail})"));
+        }
+        return Err(msg.into());
+    };
+    let status = status.map_err(|e| format!("waiting for the program failed: {e}"))?;
+    if status.success() {
+        Ok((!out.is_empty()).then_some(out))
+    } else {
+        Err(describe_exit(status, &stderr_tail(&err)).into())
+    }
+}
+
+fn describe_exit(status: ExitStatus, tail: &str) -> String {
+    let what = match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt;
+                match status.signal() {
+                    Some(sig) => format!("killed by signal {sig}"),
+                    None => "failed".to_string(),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                "failed".to_string()
+            }
+        }
+    };
+    if tail.is_empty() {
+        what
+    } else {
+        format!("{what}: {tail}")
+    }
+}
+
+fn stderr_tail(err: &[u8]) -> String {
+    let start = err.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&err[start..]).trim().to_string()
+}
+
+async fn feed(stdin: Option<tokio::process::ChildStdin>, payload: &[u8]) {
+    if let Some(mut stdin) = stdin {
+        // A program that does not read its stdin closes the pipe: not an error.
+        let _ = stdin.write_all(payload).await;
+        let _ = stdin.shutdown().await;
+    }
+}
+
+/// Which bytes of a stream to keep once it is longer than the limit.
+#[derive(Clone, Copy)]
+enum Keep {
+    Head,
+    Tail,
+}
+
+/// Reads `r` to its end, keeping at most about `limit` bytes: the first ones or the last ones.
+async fn drain(r: Option<impl AsyncRead + Unpin>, out: &mut Vec<u8>, limit: usize, keep: Keep) {
+    let Some(mut r) = r else { return };
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => match keep {
+                Keep::Head => {
+                    let room = limit.saturating_sub(out.len());
+                    out.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Keep::Tail => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() > 2 * limit {
+                        out.drain(..out.len() - limit);
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_replaced_byte_for_byte() {
+        let arg = OsString::from("--id={}-{}");
+        assert!(contains_placeholder(&arg));
+        assert!(!contains_placeholder(OsStr::new("{ }")));
+        let out = substitute(&arg, b"$(x);`y`");
+        assert_eq!(os_bytes(&out), b"--id=$(x);`y`-$(x);`y`");
+    }
+
+    #[test]
+    fn missing_programs_are_reported() {
+        assert!(resolve_program(OsStr::new("sh")).is_ok());
+        assert!(resolve_program(OsStr::new("no-such-program-ostq")).is_err());
+        assert!(resolve_program(OsStr::new("./no/such")).is_err());
+    }
+}

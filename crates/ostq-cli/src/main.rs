@@ -1,0 +1,72 @@
+//! `ostq`: the command line of the ostq task queue. Push jobs, turn any program into a worker,
+//! watch the queues, and operate on jobs (retry, delete, purge, pause, resume).
+
+mod cli;
+mod demo;
+mod exec;
+mod ops;
+mod output;
+mod private_redis;
+mod push;
+mod stats;
+mod util;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::util::Exit;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return util::report_clap_error(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for stray blocking tasks (a stdin reader, say) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = std::io::stdout().flush();
+            if let Some(exit) = err.downcast_ref::<Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("{}", exit.message);
+                }
+                return ExitCode::from(exit.code);
+            }
+            eprintln!("error: {}", util::one_line(&format!("{err:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Push(args) => push::run(&global, args).await,
+        Command::Worker(args) => exec::run(&global, args).await,
+        Command::Stats(args) => stats::run(&global, args).await,
+        Command::Jobs(args) => ops::jobs(&global, args).await,
+        Command::Job(args) => ops::job(&global, args).await,
+        Command::Retry(args) => ops::retry(&global, args).await,
+        Command::Delete(args) => ops::delete(&global, args).await,
+        Command::Purge(args) => ops::purge(&global, args).await,
+        Command::Pause(args) => ops::pause(&global, args, true).await,
+        Command::Resume(args) => ops::pause(&global, args, false).await,
+        Command::Queues(args) => ops::queues(&global, args).await,
+        Command::Demo(args) => demo::run(&global, args).await,
+    }
+}

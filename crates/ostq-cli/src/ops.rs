@@ -1,0 +1,227 @@
+//! Inspecting and operating: jobs, job, retry, delete, purge, pause, resume, queues.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::cli::{
+    DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RetryArgs,
+};
+use crate::output::{job_detail, job_json, job_table};
+use crate::util::{check_queue, connect, lib_err};
+
+/// Most jobs one `ostq jobs` call lists.
+const MAX_LIMIT: usize = 100_000;
+
+async fn queue_handle(global: &Global, name: &str) -> anyhow::Result<ostq::Queue> {
+    check_queue(name)?;
+    let client = connect(&global.redis_url()).await?;
+    Ok(client.queue(name))
+}
+
+pub async fn jobs(global: &Global, args: JobsArgs) -> anyhow::Result<()> {
+    if args.limit > MAX_LIMIT {
+        bail!(
+            "--limit {} is above {MAX_LIMIT}: page with --offset",
+            args.limit
+        );
+    }
+    let queue = queue_handle(global, &args.queue).await?;
+    let list = queue
+        .jobs(args.state, args.offset, args.limit)
+        .await
+        .map_err(lib_err("cannot list jobs"))?;
+    if global.json {
+        let out: Vec<_> = list.iter().map(job_json).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if list.is_empty() {
+        eprintln!("no {} jobs in '{}'", args.state, args.queue);
+    } else {
+        print!("{}", job_table(&list));
+    }
+    Ok(())
+}
+
+pub async fn job(global: &Global, args: JobArgs) -> anyhow::Result<()> {
+    let (queue, id) = match (args.args.as_slice(), args.queue) {
+        ([id], q) => (q, id.clone()),
+        ([q, id], None) => (Some(q.clone()), id.clone()),
+        ([_, _], Some(_)) => {
+            bail!("give the queue either as an argument or with --queue, not both")
+        }
+        _ => bail!("usage: ostq job [QUEUE] ID"),
+    };
+    let client = connect(&global.redis_url()).await?;
+    let queues = match queue {
+        Some(q) => {
+            check_queue(&q)?;
+            vec![q]
+        }
+        None => client
+            .queues()
+            .await
+            .map_err(lib_err("cannot list the queues"))?,
+    };
+    let mut found = None;
+    for q in &queues {
+        if let Some(info) = client
+            .queue(q)
+            .job(&id)
+            .await
+            .map_err(lib_err("cannot read the job"))?
+        {
+            found = Some(info);
+            break;
+        }
+    }
+    let Some(info) = found else {
+        let place = if queues.len() == 1 {
+            format!("queue '{}'", queues[0])
+        } else {
+            format!("any of the {} queues", queues.len())
+        };
+        bail!("no job {id:?} in {place} (completed jobs are kept only when pushed with --track)");
+    };
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&job_json(&info))?);
+    } else {
+        println!("{}", job_detail(&info));
+    }
+    Ok(())
+}
+
+pub async fn retry(global: &Global, args: RetryArgs) -> anyhow::Result<()> {
+    let queue = queue_handle(global, &args.queue).await?;
+    let moved = if args.all_dead {
+        queue
+            .retry_all_dead()
+            .await
+            .map_err(lib_err("cannot retry the dead jobs"))?
+    } else {
+        let ids: Vec<&str> = args.ids.iter().map(String::as_str).collect();
+        queue
+            .retry_now(&ids)
+            .await
+            .map_err(lib_err("cannot retry the jobs"))?
+    };
+    if global.json {
+        println!("{}", json!({ "moved": moved }));
+    } else {
+        let asked = if args.all_dead {
+            String::new()
+        } else {
+            format!(" of {}", args.ids.len())
+        };
+        println!("moved {moved}{asked} jobs of '{}' to pending", args.queue);
+    }
+    if !args.all_dead && moved < args.ids.len() as u64 {
+        eprintln!("note: only scheduled, retry and dead jobs can be retried; the others were not found in those states");
+    }
+    Ok(())
+}
+
+pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
+    let queue = queue_handle(global, &args.queue).await?;
+    let ids: Vec<&str> = args.ids.iter().map(String::as_str).collect();
+    let removed = queue
+        .delete(&ids)
+        .await
+        .map_err(lib_err("cannot delete the jobs"))?;
+    if global.json {
+        println!("{}", json!({ "deleted": removed }));
+    } else {
+        println!(
+            "deleted {removed} of {} jobs from '{}'",
+            ids.len(),
+            args.queue
+        );
+    }
+    Ok(())
+}
+
+pub async fn purge(global: &Global, args: PurgeArgs) -> anyhow::Result<()> {
+    if args.state == Some(ostq::JobState::Active) {
+        bail!("active jobs cannot be purged while workers own them; delete them by id");
+    }
+    let queue = queue_handle(global, &args.queue).await?;
+    let what = match args.state {
+        Some(s) => format!("every {s} job of '{}'", args.queue),
+        None => format!(
+            "every job of '{}' (pending, scheduled, retry, dead, completed)",
+            args.queue
+        ),
+    };
+    if !args.yes && std::io::stdin().is_terminal() {
+        let counts = queue
+            .counts()
+            .await
+            .map_err(lib_err("cannot read the queue"))?;
+        let n = match args.state {
+            Some(ostq::JobState::Pending) => counts.pending,
+            Some(ostq::JobState::Scheduled) => counts.scheduled,
+            Some(ostq::JobState::Retry) => counts.retry,
+            Some(ostq::JobState::Dead) => counts.dead,
+            Some(ostq::JobState::Completed) => counts.completed,
+            _ => counts.pending + counts.scheduled + counts.retry + counts.dead + counts.completed,
+        };
+        eprint!("delete {what}: {n} jobs? [y/N] ");
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("cannot read the answer")?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            bail!("purge cancelled: nothing was deleted");
+        }
+    }
+    let removed = queue
+        .purge(args.state)
+        .await
+        .map_err(lib_err("cannot purge the queue"))?;
+    if global.json {
+        println!("{}", json!({ "purged": removed }));
+    } else {
+        println!("purged {removed} jobs from '{}'", args.queue);
+    }
+    Ok(())
+}
+
+pub async fn pause(global: &Global, args: QueueArg, pause: bool) -> anyhow::Result<()> {
+    let queue = queue_handle(global, &args.queue).await?;
+    if pause {
+        queue.pause().await.map_err(lib_err("cannot pause"))?;
+    } else {
+        queue.resume().await.map_err(lib_err("cannot resume"))?;
+    }
+    if global.json {
+        println!("{}", json!({ "queue": args.queue, "paused": pause }));
+    } else if pause {
+        println!(
+            "paused '{}': workers take no jobs from it until `ostq resume {}`",
+            args.queue, args.queue
+        );
+    } else {
+        println!("resumed '{}'", args.queue);
+    }
+    Ok(())
+}
+
+pub async fn queues(global: &Global, _args: QueuesArgs) -> anyhow::Result<()> {
+    let client = connect(&global.redis_url()).await?;
+    let names = client
+        .queues()
+        .await
+        .map_err(lib_err("cannot list the queues"))?;
+    if global.json {
+        println!("{}", serde_json::to_string(&names)?);
+    } else if names.is_empty() {
+        eprintln!("no queues yet: `ostq push QUEUE PAYLOAD` creates one");
+    } else {
+        for n in names {
+            println!("{n}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Shared pieces: argument parsers, connecting with clear errors, exit codes.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::anyhow;
+
+/// How long connecting to Redis may take before we say it is unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An exit with a specific code and message (printed as is), e.g. an alert threshold.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Prints a command-line error as one line (help and version as they are) and picks the code.
+pub fn report_clap_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            // The first paragraph names the problem (and, after a colon, the arguments).
+            let text = err.render().to_string();
+            let paragraph: Vec<&str> = text
+                .lines()
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = if paragraph.is_empty() {
+                "error: invalid command line".to_string()
+            } else {
+                paragraph.join(" ")
+            };
+            let first = if first.starts_with("error:") {
+                first
+            } else {
+                format!("error: {first}")
+            };
+            eprintln!("{first} (see `ostq --help`)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Joins a multi-line message into one line.
+pub fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`, `2days`, `1h 30m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration: expected e.g. 30s, 5m, 1h, 250ms".into());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("bad duration {t:?}: {e}"));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("bad duration {t:?} ({e}): expected e.g. 30s, 5m, 1h, 250ms"))
+}
+
+/// Parses an RFC 3339 time such as `2030-01-01T09:00:00Z` or `2030-01-01T10:00:00+01:00`.
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+        format!("bad time {text:?} ({e}): expected RFC 3339, e.g. 2030-01-01T09:00:00Z")
+    })?;
+    let ms = t.timestamp_millis();
+    let ms = u64::try_from(ms).map_err(|_| format!("time {text:?} is before 1970"))?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// A failure rate between 0 and 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(pub f64);
+
+/// Parses `0.05` or `5%`.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let t = text.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (t, 1.0),
+    };
+    let value: f64 = num.parse().map_err(|_| {
+        format!("bad rate {t:?}: expected a fraction like 0.05 or a percentage like 5%")
+    })?;
+    let value = value / scale;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("rate {t:?} is outside 0..1 (0%..100%)"));
+    }
+    Ok(Rate(value))
+}
+
+/// Parses a job state name.
+pub fn parse_state(text: &str) -> Result<ostq::JobState, String> {
+    text.trim()
+        .to_ascii_lowercase()
+        .parse::<ostq::JobState>()
+        .map_err(|_| {
+            format!(
+                "unknown state {text:?}: expected pending, active, scheduled, retry, dead or completed"
+            )
+        })
+}
+
+/// Hides a password in a URL before it is shown.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Explains a Redis error in words an operator can act on.
+pub fn explain_redis_error(url: &str, err: &dyn std::fmt::Display) -> anyhow::Error {
+    let text = one_line(&err.to_string());
+    let lower = text.to_ascii_lowercase();
+    let shown = redact(url);
+    if lower.contains("wrongpass")
+        || lower.contains("authenticationfailed")
+        || lower.contains("password authentication failed")
+        || lower.contains("invalid username-password")
+    {
+        anyhow!("Redis at {shown} refused the password: check the user and password in the URL")
+    } else if lower.contains("noauth") || lower.contains("authentication required") {
+        anyhow!(
+            "Redis at {shown} requires a password: put it in the URL, redis://:PASSWORD@host:port"
+        )
+    } else if lower.contains("connection refused") {
+        anyhow!("cannot connect to Redis at {shown}: connection refused (is redis-server running there?)")
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        anyhow!("cannot connect to Redis at {shown}: timed out")
+    } else {
+        anyhow!("cannot use Redis at {shown}: {text}")
+    }
+}
+
+fn no_answer(url: &str) -> anyhow::Error {
+    anyhow!(
+        "cannot connect to Redis at {}: no answer within {} s",
+        redact(url),
+        CONNECT_TIMEOUT.as_secs()
+    )
+}
+
+/// Connects the ostq client, with a time limit and errors that say what went wrong.
+pub async fn connect(url: &str) -> anyhow::Result<ostq::Client> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, ostq::Client::connect(url)).await {
+        Err(_) => Err(no_answer(url)),
+        Ok(Err(ostq::Error::Config(msg))) if msg.contains("URL") => Err(anyhow!(
+            "{msg} (expected redis://[user:password@]host[:port][/db])"
+        )),
+        Ok(Err(ostq::Error::Config(msg))) => Err(anyhow!("{msg}")),
+        Ok(Err(e)) => Err(explain_redis_error(url, &e)),
+        Ok(Ok(client)) => {
+            // Connecting sends nothing without a password: one read shows whether Redis wants one.
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.queues()).await {
+                Err(_) => Err(no_answer(url)),
+                Ok(Err(e)) => Err(explain_redis_error(url, &e)),
+                Ok(Ok(_)) => Ok(client),
+            }
+        }
+    }
+}
+
+/// A plain redis-rs connection to the same server, for INFO.
+pub async fn raw_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client =
+        redis::Client::open(url).map_err(|e| anyhow!("bad Redis URL {:?}: {e}", redact(url)))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await {
+        Err(_) => Err(no_answer(url)),
+        Ok(Err(e)) => Err(explain_redis_error(url, &e)),
+        Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+/// Maps a library error from a Redis operation into a one-line message with context.
+pub fn lib_err(what: &str) -> impl FnOnce(ostq::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::Error::new(e).context(what.to_string())
+}
+
+/// Checks a queue name before using it, with the library's own rules.
+pub fn check_queue(name: &str) -> anyhow::Result<()> {
+    match ostq::keys::validate_queue_name(name) {
+        Ok(()) => Ok(()),
+        Err(ostq::Error::Config(msg)) => Err(anyhow!("{msg}")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A short human form of a duration: 850ms, 12s, 3m 20s, 2h 5m, 3d 4h.
+pub fn short_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s < 60 {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    if s < 3600 {
+        return format!("{}m {}s", s / 60, s % 60);
+    }
+    if s < 86400 {
+        return format!("{}h {}m", s / 3600, (s % 3600) / 60);
+    }
+    format!("{}d {}h", s / 86400, (s % 86400) / 3600)
+}
+
+/// An RFC 3339 UTC time for unix milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-3s").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert!((parse_rate("5%").unwrap().0 - 0.05).abs() < 1e-9);
+        assert!((parse_rate("0.1").unwrap().0 - 0.1).abs() < 1e-9);
+        assert!(parse_rate("2").is_err());
+        assert!(parse_rate("abc").is_err());
+    }
+
+    #[test]
+    fn times() {
+        let t = parse_rfc3339("1970-01-01T01:00:01+01:00").unwrap();
+        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        assert!(parse_rfc3339("tomorrow").is_err());
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

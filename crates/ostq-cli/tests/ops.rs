@@ -1,0 +1,247 @@
+//! Inspecting and operating: jobs, job, retry, delete, purge, pause, resume, queues.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+/// Pushes `n` jobs that fail for good and runs a worker over them: `n` dead jobs.
+fn make_dead(url: &str, queue: &str, n: usize) -> Vec<String> {
+    let mut args = vec!["--json", "push", queue, "--max-attempts", "1"];
+    let payloads: Vec<String> = (0..n).map(|i| format!("bad-{i}")).collect();
+    args.extend(payloads.iter().map(String::as_str));
+    let out = run(url, &args);
+    assert_success(&out, &["push"]);
+    let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    ok(
+        url,
+        &[
+            "worker",
+            "-q",
+            queue,
+            "--burst",
+            "--",
+            "sh",
+            "-c",
+            "echo corrupt >&2; exit 1",
+        ],
+    );
+    ids
+}
+
+#[test]
+fn jobs_and_job_show_every_state() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let dead = make_dead(&url, "q", 2);
+    // One in retry: it fails with attempts left, and the worker leaves before it is due.
+    ok(&url, &["push", "q", "again", "--max-attempts", "5"]);
+    ok(
+        &url,
+        &[
+            "worker",
+            "-q",
+            "q",
+            "--burst",
+            "--burst-wait",
+            "0s",
+            "--",
+            "false",
+        ],
+    );
+    ok(&url, &["push", "q", "plain"]);
+    ok(&url, &["push", "q", "ready", "--priority", "3"]);
+    ok(&url, &["push", "q", "later", "--delay", "1h"]);
+    ok(&url, &["push", "q2", "other"]);
+
+    let list = json(&url, &["jobs", "q", "--state", "dead"]);
+    let got: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert!(dead.iter().all(|id| got.contains(&id.as_str())));
+    assert_eq!(list[0]["last_error"], "exit code 1: corrupt");
+    assert_eq!(list[0]["state"], "dead");
+
+    let text = ok(&url, &["jobs", "q", "--state", "dead"]);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(text.contains("exit code 1: corrupt"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    let scheduled = json(&url, &["jobs", "q", "--state", "scheduled"]);
+    assert_eq!(scheduled[0]["payload"], "later");
+    assert!(scheduled[0]["due_at_ms"].as_u64().is_some());
+    let retry = json(&url, &["jobs", "q", "--state", "retry"]);
+    assert_eq!(retry[0]["payload"], "again");
+    assert_eq!(retry[0]["attempts"], 1);
+    assert_eq!(retry[0]["last_error"], "exit code 1");
+    let pending = json(&url, &["jobs", "q", "-s", "pending", "--limit", "1"]);
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    assert_eq!(pending[0]["payload"], "ready");
+    let empty = ok(&url, &["jobs", "q", "--state", "completed"]);
+    assert!(empty.is_empty());
+
+    // `ostq job`: with the queue as an argument, with --queue, and searching every queue.
+    let id = &dead[0];
+    let text = ok(&url, &["job", "q", id]);
+    assert!(text.contains("state:        dead"), "{text}");
+    assert!(
+        text.contains("last error:   exit code 1: corrupt"),
+        "{text}"
+    );
+    assert!(text.contains("payload:      bad-"), "{text}");
+    assert_eq!(json(&url, &["job", id, "--queue", "q"])["id"], id.as_str());
+    assert_eq!(json(&url, &["job", id])["queue"], "q");
+    let missing = run(&url, &["job", "q2", id]);
+    assert_one_line_error(&missing, "no job");
+
+    let queues = json(&url, &["queues"]);
+    assert_eq!(queues, serde_json::json!(["q", "q2"]));
+}
+
+#[test]
+fn binary_payloads_are_shown_escaped_and_as_base64() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let out = run_stdin(&url, &["push", "bin", "--file", "-"], b"\xff\xfeok\n");
+    assert_success(&out, &["push binary"]);
+    let text = ok(&url, &["jobs", "bin"]);
+    assert!(text.contains("\\xff\\xfeok"), "{text}");
+    let list = json(&url, &["jobs", "bin"]);
+    assert_eq!(list[0]["payload"], serde_json::Value::Null);
+    assert_eq!(list[0]["payload_base64"], "//5vaw==");
+}
+
+#[test]
+fn retry_by_id_and_all_dead() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let dead = make_dead(&url, "r", 3);
+    let out = json(&url, &["retry", "r", &dead[0]]);
+    assert_eq!(out["moved"], 1);
+    let c = counts(&url, "r");
+    assert_eq!(
+        (c["dead"].as_u64(), c["pending"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let text = ok(&url, &["retry", "r", "--all-dead"]);
+    assert_eq!(text.trim(), "moved 2 jobs of 'r' to pending");
+    let c = counts(&url, "r");
+    assert_eq!(
+        (c["dead"].as_u64(), c["pending"].as_u64()),
+        (Some(0), Some(3))
+    );
+    // A scheduled job can be run now too.
+    let id = ok(&url, &["push", "r", "later", "--delay", "1h"]);
+    assert_eq!(json(&url, &["retry", "r", id.trim()])["moved"], 1);
+    assert_eq!(counts(&url, "r")["pending"], 4);
+    let none = run(&url, &["retry", "r"]);
+    assert_eq!(none.status.code(), Some(2));
+}
+
+#[test]
+fn delete_and_purge() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let dead = make_dead(&url, "p", 2);
+    let ids = ok(&url, &["push", "p", "a", "b", "c"]);
+    let ids: Vec<&str> = ids.lines().collect();
+    ok(&url, &["push", "p", "later", "--delay", "1h"]);
+
+    let text = ok(&url, &["delete", "p", ids[0], &dead[0], "no-such-id"]);
+    assert_eq!(text.trim(), "deleted 2 of 3 jobs from 'p'");
+    let c = counts(&url, "p");
+    assert_eq!(
+        (c["pending"].as_u64(), c["dead"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    assert_eq!(
+        json(&url, &["purge", "p", "--state", "dead", "--yes"])["purged"],
+        1
+    );
+    let c = counts(&url, "p");
+    assert_eq!(
+        (
+            c["pending"].as_u64(),
+            c["scheduled"].as_u64(),
+            c["dead"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0))
+    );
+    // Not on a terminal: no question asked.
+    let text = ok(&url, &["purge", "p"]);
+    assert_eq!(text.trim(), "purged 3 jobs from 'p'");
+    let c = counts(&url, "p");
+    assert_eq!(
+        (c["pending"].as_u64(), c["scheduled"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn purge_asks_on_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "t", "a", "b"]);
+    let line = format!("{} --url {url} purge t", bin());
+    // `script` gives the command a terminal; the answer comes from our stdin.
+    let no = run_script(&line, b"n\n");
+    assert!(no.contains("2 jobs? [y/N]"), "{no}");
+    assert!(no.contains("purge cancelled"), "{no}");
+    assert_eq!(counts(&url, "t")["pending"], 2);
+    let yes = run_script(&line, b"y\n");
+    assert!(yes.contains("purged 2 jobs"), "{yes}");
+    assert_eq!(counts(&url, "t")["pending"], 0);
+}
+
+fn run_script(line: &str, input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn pause_and_resume() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "pq", "1"]);
+    let text = ok(&url, &["pause", "pq"]);
+    assert!(text.starts_with("paused 'pq'"), "{text}");
+    assert_eq!(counts(&url, "pq")["paused"], true);
+    let stats = ok(&url, &["stats", "--sample", "0"]);
+    assert!(stats.contains("pq (paused)"), "{stats}");
+    // A paused queue is not served.
+    let mut worker = cmd(&url, &["worker", "-q", "pq", "--", "true"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(counts(&url, "pq")["pending"], 1);
+    assert_eq!(json(&url, &["resume", "pq"])["paused"], false);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the job to run after resume",
+        || counts(&url, "pq")["processed_total"] == 1,
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

@@ -1,0 +1,201 @@
+//! `ostq push` (arguments, files, stdin, options) and `ostq stats` (JSON, thresholds, watch).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn push_arguments_prints_ids_and_stats_counts_them() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let text = ok(&url, &["push", "videos", "42", "43"]);
+    let ids: Vec<&str> = text.lines().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| id.len() == 26), "{ids:?}");
+    let ids = json(&url, &["push", "videos", "44"]);
+    assert_eq!(ids.as_array().unwrap().len(), 1);
+    ok(&url, &["push", "videos", "later", "--delay", "1h"]);
+    ok(
+        &url,
+        &[
+            "push",
+            "videos",
+            "new-year",
+            "--at",
+            "2999-01-01T00:00:00+01:00",
+        ],
+    );
+    ok(&url, &["push", "videos", "vip", "--priority", "5"]);
+    ok(&url, &["push", "videos", "low", "--priority", "-5"]);
+
+    let stats = json(&url, &["stats", "--sample", "200ms"]);
+    let q = &stats["queues"]["videos"];
+    assert_eq!(q["pending"], 5);
+    assert_eq!(q["scheduled"], 2);
+    for key in [
+        "active",
+        "retry",
+        "dead",
+        "completed",
+        "processed_total",
+        "failed_total",
+    ] {
+        assert_eq!(q[key], 0, "{key}");
+    }
+    assert_eq!(q["jobs_per_sec"], 0.0);
+    assert!(q["oldest_pending_age_ms"].as_u64().is_some());
+    assert!(stats["redis"]["used_memory"].as_u64().unwrap() > 0);
+    assert!(stats["redis"]["connected_clients"].as_u64().unwrap() >= 1);
+
+    // Priority first, then first in, first out.
+    let pending = json(&url, &["jobs", "videos"]);
+    let payloads: Vec<&str> = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads.first(), Some(&"vip"));
+    assert!(payloads.contains(&"low"));
+    let text = ok(&url, &["stats", "--sample", "0"]);
+    assert!(text.contains("videos"), "{text}");
+    assert!(text.contains("redis:"), "{text}");
+}
+
+#[test]
+fn push_file_in_batches_and_from_stdin() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.txt");
+    let mut f = std::fs::File::create(&file).unwrap();
+    for i in 0..25_000 {
+        writeln!(f, "{i}").unwrap();
+    }
+    write!(f, "\r\n\nlast-without-newline").unwrap();
+    drop(f);
+    let out = run(&url, &["push", "bulk", "--file", file.to_str().unwrap()]);
+    assert_success(&out, &["push --file"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pushed 25001 jobs to 'bulk'"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(counts(&url, "bulk")["pending"], 25_001);
+    let first = json(&url, &["jobs", "bulk", "--limit", "1"]);
+    assert_eq!(first[0]["payload"], "0");
+    let last = json(&url, &["jobs", "bulk", "--offset", "25000", "--limit", "5"]);
+    assert_eq!(last[0]["payload"], "last-without-newline");
+
+    let out = run_stdin(
+        &url,
+        &["--json", "push", "piped", "--file", "-", "--delay", "1h"],
+        b"a\nb\nc\n",
+    );
+    assert_success(&out, &["push stdin"]);
+    let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(counts(&url, "piped")["scheduled"], 3);
+}
+
+#[test]
+fn push_with_an_id_and_max_attempts() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let out = ok(
+        &url,
+        &[
+            "push",
+            "q",
+            "payload",
+            "--id",
+            "order-7",
+            "--max-attempts",
+            "3",
+        ],
+    );
+    assert_eq!(out.trim(), "order-7");
+    let job = json(&url, &["job", "order-7"]);
+    assert_eq!(job["queue"], "q");
+    assert_eq!(job["max_attempts"], 3);
+    assert_eq!(job["state"], "pending");
+}
+
+#[test]
+fn stats_thresholds_exit_3_with_one_line() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    for i in 0..11 {
+        ok(&url, &["push", "busy", &i.to_string()]);
+    }
+    let out = run(&url, &["stats", "--sample", "0", "--max-pending", "10"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "alert: queue 'busy' has 11 pending jobs (max 10)"
+    );
+    let out = run(&url, &["stats", "--sample", "0", "--max-pending", "11"]);
+    assert_eq!(out.status.code(), Some(0));
+
+    std::thread::sleep(Duration::from_millis(50));
+    let out = run(
+        &url,
+        &["--json", "stats", "--sample", "0", "--max-latency", "10ms"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["alerts"][0].as_str().unwrap().contains("latency"));
+
+    // A failure rate: one job that fails for good.
+    ok(&url, &["push", "bad", "x", "--max-attempts", "1"]);
+    ok(&url, &["worker", "-q", "bad", "--burst", "--", "false"]);
+    let out = run(
+        &url,
+        &["stats", "bad", "--sample", "0", "--max-failure-rate", "50%"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failure rate is 100.0%"));
+    let out = run(
+        &url,
+        &[
+            "stats",
+            "busy",
+            "--sample",
+            "0",
+            "--max-failure-rate",
+            "0.5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn stats_watch_refreshes_and_measures_throughput() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "w", "1"]);
+    let mut child = cmd(&url, &["--json", "stats", "--watch", "--interval", "200ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["queues"]["w"]["pending"], 1);
+    ok(&url, &["worker", "-q", "w", "--burst", "--", "true"]);
+    let mut measured = false;
+    for _ in 0..20 {
+        let doc: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if doc["queues"]["w"]["processed_total"] == 1 {
+            assert!(doc["queues"]["w"]["jobs_per_sec"].as_f64().unwrap() > 0.0);
+            measured = true;
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(measured);
+}
