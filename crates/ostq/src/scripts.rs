@@ -21,6 +21,12 @@ pub const REQUEUE: &str = include_str!("../lua/requeue.lua");
 pub const ENQUEUE_NOW: &str = include_str!("../lua/enqueue_now.lua");
 /// Source of `delete.lua`: remove scheduled, retry, dead or completed jobs by id.
 pub const DELETE: &str = include_str!("../lua/delete.lua");
+/// Source of `cron_register.lua`: record a schedule in its queue's registry.
+pub const CRON_REGISTER: &str = include_str!("../lua/cron_register.lua");
+/// Source of `cron_fire.lua`: enqueue a schedule tick's job, exactly once across processes.
+pub const CRON_FIRE: &str = include_str!("../lua/cron_fire.lua");
+/// Source of `cron_remove.lua`: remove a schedule and its state.
+pub const CRON_REMOVE: &str = include_str!("../lua/cron_remove.lua");
 
 macro_rules! script {
     ($name:ident, $src:ident) => {
@@ -35,3 +41,6 @@ script!(RENEW_SCRIPT, RENEW);
 script!(REQUEUE_SCRIPT, REQUEUE);
 script!(ENQUEUE_NOW_SCRIPT, ENQUEUE_NOW);
 script!(DELETE_SCRIPT, DELETE);
+script!(CRON_REGISTER_SCRIPT, CRON_REGISTER);
+script!(CRON_FIRE_SCRIPT, CRON_FIRE);
+script!(CRON_REMOVE_SCRIPT, CRON_REMOVE);
