@@ -167,7 +167,7 @@ const RETRY_AFTER: &str = "\
 
 const PURGE_AFTER: &str = "\
 Asks for confirmation when run on a terminal; --yes skips the question (scripts).
-Active jobs are never purged: their workers own them (delete them by id).
+Active jobs are never purged: their workers own them (purge or delete them once they finish).
   ostq purge videos --state dead --yes";
 
 const DEMO_AFTER: &str = "\

@@ -142,7 +142,7 @@ pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
 
 pub async fn purge(global: &Global, args: PurgeArgs) -> anyhow::Result<()> {
     if args.state == Some(ostq::JobState::Active) {
-        bail!("active jobs cannot be purged while workers own them; delete them by id");
+        bail!("active jobs cannot be purged while workers own them; purge or delete them once they finish");
     }
     let queue = queue_handle(global, &args.queue).await?;
     let what = match args.state {

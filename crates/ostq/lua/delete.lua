@@ -21,7 +21,10 @@ for i = 2, #ARGV do
   end
   for k = 1, 4 do found = found + redis.call('ZREM', KEYS[k], id) end
   found = found + redis.call('HDEL', KEYS[5], id)
-  redis.call('DEL', prefix .. 'job:' .. id)
-  if found > 0 then removed = removed + 1 end
+  if found > 0 then
+    -- Only a job found here: an active job's record belongs to its worker until it finishes.
+    redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
+    removed = removed + 1
+  end
 end
 return removed

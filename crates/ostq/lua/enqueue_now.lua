@@ -30,6 +30,8 @@ for i = 2, #ARGV do
         local rec = prefix .. 'job:' .. id
         redis.call('HSET', rec, 'state', 'pending', 'attempt', job[5])
         redis.call('HDEL', rec, 'finished_at')
+        -- A dead job's "finished" token would wake waiters for the run that is starting now.
+        redis.call('DEL', prefix .. 'done:' .. id)
       end
     end
     if priority ~= 0 then

@@ -153,12 +153,13 @@ if redis.call('EXISTS', KEYS[11]) == 1 then want, hold = 0, 1 end
 local limit = redis.call('HMGET', KEYS[12], 'max', 'period', 'tokens', 'ts')
 local rate_max, rate_period = tonumber(limit[1]), tonumber(limit[2])
 local tokens = nil
+local rate_limited = false
 if want > 0 and rate_max and rate_max > 0 and rate_period and rate_period > 0 then
   tokens = tonumber(limit[3]) or rate_max
   tokens = math.min(rate_max, tokens + (now - (tonumber(limit[4]) or now)) * rate_max / rate_period)
   if math.floor(tokens) < want then
     want = math.floor(tokens)
-    hold = 1
+    rate_limited = true
   end
 end
 local popped = {}
@@ -213,7 +214,12 @@ end
 if tokens then
   tokens = tokens - #popped
   redis.call('HSET', KEYS[12], 'tokens', tostring(tokens), 'ts', now)
-  if hold == 1 then hold_until = now + math.ceil((1 - (tokens - math.floor(tokens))) * rate_period / rate_max) end
+  -- Out of tokens with jobs still waiting: sleep until the next token instead of waiting on a
+  -- list that is not empty. (With the queue drained, wait on the list as usual.)
+  if rate_limited and #popped >= want then
+    hold = 1
+    hold_until = now + math.ceil((1 - (tokens - math.floor(tokens))) * rate_period / rate_max)
+  end
 end
 
 local wake_at = nil

@@ -11,7 +11,7 @@ use crate::envelope::Envelope;
 use crate::job::{JobInfo, JobState};
 use crate::keys::{QueueKeys, QUEUES};
 use crate::producer::Queue;
-use crate::scripts::{DELETE_SCRIPT, ENQUEUE_NOW_SCRIPT};
+use crate::scripts::{DELETE_PENDING_SCRIPT, DELETE_SCRIPT, ENQUEUE_NOW_SCRIPT};
 use crate::{Error, Result};
 
 /// The wake marker `push.lua` and `fail.lua` leave on an empty pending list; never a job.
@@ -321,17 +321,14 @@ impl Queue {
                 continue;
             }
             if let Some((bytes, _)) = find_pending(&mut conn, keys, id).await? {
-                let n: u64 = if bytes.first().is_some_and(|b| (0x90..=0x9f).contains(b))
-                    && bytes.len() > 1
-                {
-                    let from_list: u64 = conn.lrem(&keys.pending, 1, &bytes).await?;
-                    let from_zset: u64 = conn.zrem(&keys.prioritized, &bytes).await?;
-                    from_list + from_zset
-                } else {
-                    0
-                };
-                let _: () = conn.del(keys.record(id)).await?;
-                removed += u64::from(n > 0);
+                let mut invocation = DELETE_PENDING_SCRIPT.prepare_invoke();
+                invocation
+                    .key(&keys.pending)
+                    .key(&keys.prioritized)
+                    .arg(&keys.prefix)
+                    .arg(*id)
+                    .arg(bytes);
+                removed += invocation.invoke_async::<u64>(&mut conn).await?;
                 continue;
             }
             // An active job is left to its worker, which owns it until it finishes.
@@ -340,12 +337,13 @@ impl Queue {
     }
 
     /// Removes every job in `state` (or in every state but active, for `None`). Active jobs
-    /// cannot be purged: their workers own them; delete them by id. Returns jobs removed.
+    /// cannot be purged: their workers own them until they finish. Returns jobs removed.
     pub async fn purge(&self, state: Option<JobState>) -> Result<u64> {
         let states: Vec<JobState> = match state {
             Some(JobState::Active) => {
                 return Err(Error::Config(
-                    "active jobs cannot be purged while workers own them; delete them by id".into(),
+                    "active jobs cannot be purged while workers own them; purge or delete them once they finish"
+                        .into(),
                 ))
             }
             Some(state) => vec![state],
@@ -459,7 +457,7 @@ impl Queue {
 }
 
 /// Moves a pending list or zset aside atomically (so pushes that race with the purge are kept),
-/// then deletes it and the status records of its tracked jobs.
+/// then deletes it, the status records of its tracked jobs and the unique keys its jobs held.
 async fn purge_pending(
     conn: &mut crate::connection::Conn,
     keys: &QueueKeys,
@@ -492,6 +490,15 @@ async fn purge_pending(
             if let Ok(env) = Envelope::decode(bytes) {
                 if env.tracked() {
                     let _: () = conn.del(keys.record(&env.id)).await?;
+                }
+                if !env.unique.is_empty() {
+                    // The job is gone, so its key is free. (Not atomic: a key that changed hands
+                    // between these two commands would be freed early; purges are rare.)
+                    let unique = format!("{}unique:{}", keys.prefix, env.unique);
+                    let holder: Option<String> = conn.get(&unique).await?;
+                    if holder.as_deref() == Some(env.id.as_str()) {
+                        let _: () = conn.del(&unique).await?;
+                    }
                 }
             }
         }

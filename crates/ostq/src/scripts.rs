@@ -21,6 +21,8 @@ pub const REQUEUE: &str = include_str!("../lua/requeue.lua");
 pub const ENQUEUE_NOW: &str = include_str!("../lua/enqueue_now.lua");
 /// Source of `delete.lua`: remove scheduled, retry, dead or completed jobs by id.
 pub const DELETE: &str = include_str!("../lua/delete.lua");
+/// Source of `delete_pending.lua`: remove one pending job by its envelope.
+pub const DELETE_PENDING: &str = include_str!("../lua/delete_pending.lua");
 /// Source of `cron_register.lua`: record a schedule in its queue's registry.
 pub const CRON_REGISTER: &str = include_str!("../lua/cron_register.lua");
 /// Source of `cron_fire.lua`: enqueue a schedule tick's job, exactly once across processes.
@@ -41,6 +43,7 @@ script!(RENEW_SCRIPT, RENEW);
 script!(REQUEUE_SCRIPT, REQUEUE);
 script!(ENQUEUE_NOW_SCRIPT, ENQUEUE_NOW);
 script!(DELETE_SCRIPT, DELETE);
+script!(DELETE_PENDING_SCRIPT, DELETE_PENDING);
 script!(CRON_REGISTER_SCRIPT, CRON_REGISTER);
 script!(CRON_FIRE_SCRIPT, CRON_FIRE);
 script!(CRON_REMOVE_SCRIPT, CRON_REMOVE);

@@ -192,12 +192,22 @@ async fn graceful_shutdown_returns_unfinished_jobs_at_once() {
         ),
         (0, 5, 1, 0)
     );
-    for job in queue.jobs(JobState::Pending, 0, 10).await.unwrap() {
+    let pending = queue.jobs(JobState::Pending, 0, 10).await.unwrap();
+    for job in &pending {
         assert_eq!(
             job.attempts, 0,
             "giving a job back does not count an attempt"
         );
     }
+    let order: Vec<&[u8]> = pending
+        .iter()
+        .map(|j| j.payload.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [b"1", b"2", b"3", b"4", b"5"],
+        "given back at the head, in their order"
+    );
 }
 
 #[tokio::test]

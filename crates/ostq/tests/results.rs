@@ -181,3 +181,43 @@ async fn oversize_payloads_are_refused_on_push_and_dead_on_fetch() {
         Some("payload of 5000 bytes is over the limit of 1024 bytes")
     );
 }
+
+#[tokio::test]
+async fn deleting_or_purging_a_pending_unique_job_frees_its_key() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("free");
+    let opts = PushOptions::new().unique("k1").track();
+    let id = queue.push_with("a", &opts).await.unwrap();
+    assert_eq!(queue.delete(&[id.as_str()]).await.unwrap(), 1);
+    let id = queue.push_with("b", &opts).await.unwrap();
+    assert_eq!(queue.purge(Some(ostq::JobState::Pending)).await.unwrap(), 1);
+    queue.push_with("c", &opts).await.unwrap();
+    assert!(
+        queue.job(&id).await.unwrap().is_none(),
+        "its record went with it"
+    );
+}
+
+#[tokio::test]
+async fn waiting_on_a_dead_job_retried_by_hand_waits_for_the_new_run() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("again");
+    let id = queue
+        .push_with("fail once", &PushOptions::new().track().max_attempts(1))
+        .await
+        .unwrap();
+    let running = spawn(worker(&client, "again"));
+    assert!(matches!(
+        queue.wait_for(&id, WAIT).await,
+        Err(Error::JobFailed { .. })
+    ));
+    running.shutdown().await;
+    assert_eq!(queue.retry_now(&[id.as_str()]).await.unwrap(), 1);
+    // No worker now: the wait must block until its timeout, not return the old outcome.
+    let started = Instant::now();
+    assert!(matches!(
+        queue.wait_for(&id, Duration::from_millis(300)).await,
+        Err(Error::Timeout(_))
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

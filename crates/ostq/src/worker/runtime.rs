@@ -807,7 +807,9 @@ async fn write_outcomes(
             .key(&keys.seq)
             .key(&keys.stats)
             .arg(&keys.prefix);
-        for (group, indexes) in &given_back {
+        for (group, indexes) in &mut given_back {
+            // In lease order, so the jobs go back in the order they were fetched.
+            indexes.sort_unstable();
             requeue.arg(*group).arg("0").arg(indexes.len());
             for index in indexes {
                 requeue.arg(*index);
