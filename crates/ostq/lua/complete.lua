@@ -6,6 +6,7 @@
 -- recognised).
 --
 -- KEYS[1] active (zset)   KEYS[2] completed (zset)   KEYS[3] stats (hash)
+-- KEYS[4] config (hash)   KEYS[5] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] status record retention seconds
 -- then per group: group, all ("1" when every job of the group is now done), k, and k times
 --   5 fields: index in the group, job id, tracked ("1" or "0"), result ("" = none),
@@ -15,6 +16,16 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+-- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
+local EVENTS = redis.call('HGET', KEYS[4], 'events') or ''
+local function emit(kind, id, extra)
+  if EVENTS == '' then return end
+  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
+  if extra then for k, v in pairs(extra) do event[k] = v end end
+  local json = cjson.encode(event)
+  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[5], json) end
+  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'e', json) end
+end
 local stale, done = 0, 0
 local i = 3
 while i <= #ARGV do
@@ -35,6 +46,7 @@ while i <= #ARGV do
       if live then
         done = done + 1
         local id, unique = ARGV[j + 1], ARGV[j + 4]
+        emit('completed', id)
         if unique ~= '' then
           local ukey = prefix .. 'unique:' .. unique
           if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end

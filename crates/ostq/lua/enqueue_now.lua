@@ -4,10 +4,23 @@
 --
 -- KEYS[1] pending (list)   KEYS[2] prioritized (zset)   KEYS[3] scheduled (zset)   KEYS[4] retry (zset)
 -- KEYS[5] dead (zset)      KEYS[6] jobs (hash)          KEYS[7] seq (counter)
+-- KEYS[8] config (hash)    KEYS[9] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:", then job ids
 -- Returns the number of jobs moved.
 local PRIO = 4398046511104
 local prefix = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
+local EVENTS = redis.call('HGET', KEYS[8], 'events') or ''
+local function emit(kind, id, extra)
+  if EVENTS == '' then return end
+  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
+  if extra then for k, v in pairs(extra) do event[k] = v end end
+  local json = cjson.encode(event)
+  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[9], json) end
+  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
+end
 local moved = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -40,6 +53,7 @@ for i = 2, #ARGV do
     else
       redis.call('RPUSH', KEYS[1], env)
     end
+    emit('retried', id, {from = (from == KEYS[5]) and 'dead' or ((from == KEYS[4]) and 'retry' or 'scheduled')})
     moved = moved + 1
   end
 end

@@ -5,7 +5,8 @@
 -- calls are ignored, as in complete.lua.
 --
 -- KEYS[1] active (zset)   KEYS[2] retry (zset)   KEYS[3] dead (zset)       KEYS[4] jobs (hash)
--- KEYS[5] stats (hash)    KEYS[6] pending (list) KEYS[7] scheduled (zset)
+-- KEYS[5] stats (hash)    KEYS[6] pending (list) KEYS[7] scheduled (zset)  KEYS[8] config (hash)
+-- KEYS[9] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:"
 -- then 10 fields per job: group, index, id, new envelope, "retry" or "dead", retry delay ms,
 --   tracked ("1" or "0"), attempt number that failed, error text, unique key the job holds
@@ -16,6 +17,16 @@ local WAKE = '\144'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
+-- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
+local EVENTS = redis.call('HGET', KEYS[8], 'events') or ''
+local function emit(kind, id, extra)
+  if EVENTS == '' then return end
+  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
+  if extra then for k, v in pairs(extra) do event[k] = v end end
+  local json = cjson.encode(event)
+  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[9], json) end
+  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
+end
 
 local function first_score(zkey)
   local r = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
@@ -48,6 +59,11 @@ for i = 2, #ARGV, 10 do
       end
     end
     redis.call('HSET', KEYS[4], id, env)
+    if state == 'retry' then
+      emit('failed', id, {attempt = tonumber(ARGV[i + 7]), error = ARGV[i + 8], retry_in_ms = tonumber(ARGV[i + 5])})
+    else
+      emit('dead', id, {attempt = tonumber(ARGV[i + 7]), error = ARGV[i + 8]})
+    end
     if ARGV[i + 6] == '1' then
       local rec = prefix .. 'job:' .. id
       redis.call('HSET', rec, 'state', state, 'attempt', ARGV[i + 7], 'error', ARGV[i + 8])

@@ -11,6 +11,7 @@
 -- KEYS[5] jobs (hash)        KEYS[6] active (zset)       KEYS[7] dead (zset)       KEYS[8] seq (counter)
 -- KEYS[9] stats (hash)       KEYS[10] completed (zset)   KEYS[11] paused (string)
 -- KEYS[12] rate limit (hash: max, period ms, tokens, ts): a token bucket shared by all workers
+-- KEYS[13] config (hash)     KEYS[14] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] max jobs to lease (<= 1000)   ARGV[3] lease ms
 -- ARGV[4] default max attempts           ARGV[5] dead set cap (entries)        ARGV[6] dead retention ms
 -- ARGV[7] completed index retention ms
@@ -25,6 +26,16 @@ local prefix = ARGV[1]
 local want = math.min(tonumber(ARGV[2]) or 0, LIMIT)
 local lease_ms = tonumber(ARGV[3])
 local default_max = tonumber(ARGV[4])
+-- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
+local EVENTS = redis.call('HGET', KEYS[13], 'events') or ''
+local function emit(kind, id, extra)
+  if EVENTS == '' then return end
+  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
+  if extra then for k, v in pairs(extra) do event[k] = v end end
+  local json = cjson.encode(event)
+  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[14], json) end
+  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[14], 'MAXLEN', '~', 10000, '*', 'e', json) end
+end
 
 local function decode(env)
   local ok, job = pcall(cmsgpack.unpack, env)
@@ -55,7 +66,7 @@ local function route(env, priority, head)
   end
 end
 
-local function promote(zkey)
+local function promote(zkey, kind)
   local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, LIMIT)
   if #ids == 0 then return end
   local envs = redis.call('HMGET', KEYS[5], unpack(ids))
@@ -65,6 +76,7 @@ local function promote(zkey)
       local job = decode(env)
       route(env, job and (tonumber(job[7]) or 0) or 0, false)
       if job and tracked(job) then redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending') end
+      if kind then emit(kind, id) end
     end
   end
   redis.call('ZREM', zkey, unpack(ids))
@@ -96,6 +108,7 @@ local function recover()
             redis.call('ZADD', KEYS[7], now, id)
             redis.call('HSET', KEYS[5], id, env)
             release_unique(job)
+            emit('dead', id, {attempt = attempt, error = err})
             if tracked(job) then
               redis.call('HSET', rec, 'state', 'dead', 'attempt', attempt, 'error', err, 'finished_at', now)
               local done = prefix .. 'done:' .. id
@@ -104,6 +117,7 @@ local function recover()
             end
           else
             route(env, tonumber(job[7]) or 0, true)
+            emit('recovered', id, {attempt = attempt, error = err})
             if tracked(job) then redis.call('HSET', rec, 'state', 'pending', 'attempt', attempt, 'error', err) end
           end
         else
@@ -142,8 +156,8 @@ local function first_score(zkey)
   return tonumber(r[2])
 end
 
-promote(KEYS[3])
-promote(KEYS[4])
+promote(KEYS[3], nil)
+promote(KEYS[4], 'retried')
 recover()
 trim()
 
@@ -198,6 +212,7 @@ if #popped > 0 then
             redis.call('HSET', prefix .. 'job:' .. string.sub(env, off, off + id_len - 1),
               'state', 'active', 'started_at', now)
           end
+          if EVENTS ~= '' then emit('started', string.sub(env, off, off + id_len - 1)) end
         end
       end
       leased[#leased + 1] = env

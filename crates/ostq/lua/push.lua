@@ -6,6 +6,7 @@
 --
 -- KEYS[1] pending (list)   KEYS[2] prioritized (zset)   KEYS[3] scheduled (zset)
 -- KEYS[4] jobs (hash)      KEYS[5] seq (counter)
+-- KEYS[6] config (hash)    KEYS[7] events (stream; also the pub/sub channel name): optional
 -- ARGV[1] key prefix of the queue, "ostq:{<queue>}:" (status records are <prefix>job:<id>,
 --         unique keys <prefix>unique:<key>)
 -- then 10 fields per job:
@@ -20,6 +21,17 @@ local WAKE = '\144'        -- 0x90, an empty msgpack array: wakes blocked worker
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
+-- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
+-- (Callers that pass only the first five keys push without events.)
+local EVENTS = KEYS[7] and (redis.call('HGET', KEYS[6], 'events') or '') or ''
+local function emit(kind, id, extra)
+  if EVENTS == '' then return end
+  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
+  if extra then for k, v in pairs(extra) do event[k] = v end end
+  local json = cjson.encode(event)
+  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[7], json) end
+  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'e', json) end
+end
 
 -- Workers idle in BLMOVE on the pending list; an entry there wakes them. Only an empty list needs
 -- one (a worker never blocks while the list has entries), so at most one marker exists at a time;
@@ -90,6 +102,7 @@ for i = 2, #ARGV, 10 do
       redis.call('DEL', rec, prefix .. 'done:' .. id)
       redis.call('HSET', rec, 'state', state, 'attempt', 0, 'enqueued_at', now, 'run_at', math.max(due, now))
     end
+    emit('pushed', id, {state = state})
     out[#out + 1] = {id, 1}
   end
 end

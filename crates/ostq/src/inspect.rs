@@ -272,6 +272,8 @@ impl Queue {
                 .key(&keys.dead)
                 .key(&keys.jobs)
                 .key(&keys.seq)
+                .key(&keys.config)
+                .key(&keys.events)
                 .arg(&keys.prefix);
             for id in chunk {
                 invocation.arg(*id);

@@ -45,6 +45,10 @@ pub struct QueueKeys {
     /// HASH max, period (ms), tokens, ts: the queue's rate limit, a token bucket shared by all
     /// workers; absent when the queue has none.
     pub rate_limit: String,
+    /// HASH of settings shared by every producer and worker of the queue (`events`).
+    pub config: String,
+    /// STREAM of job events (capped at about 10,000), and the name of their pub/sub channel.
+    pub events: String,
 }
 
 impl QueueKeys {
@@ -67,6 +71,8 @@ impl QueueKeys {
             stats: key("stats"),
             paused: key("paused"),
             rate_limit: key("ratelimit"),
+            config: key("config"),
+            events: key("events"),
             prefix,
         })
     }
@@ -87,7 +93,7 @@ impl QueueKeys {
     }
 
     /// Every fixed key of the queue (status records and lease groups excluded).
-    pub fn all(&self) -> [&str; 12] {
+    pub fn all(&self) -> [&str; 14] {
         [
             &self.pending,
             &self.prioritized,
@@ -101,6 +107,8 @@ impl QueueKeys {
             &self.stats,
             &self.paused,
             &self.rate_limit,
+            &self.config,
+            &self.events,
         ]
     }
 }

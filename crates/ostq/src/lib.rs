@@ -30,6 +30,7 @@
 pub mod connection;
 pub mod envelope;
 mod error;
+pub mod events;
 pub mod inspect;
 pub mod job;
 pub mod keys;

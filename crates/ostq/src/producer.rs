@@ -172,6 +172,8 @@ pub struct Queue {
     name: String,
     keys: std::result::Result<Arc<QueueKeys>, String>,
     max_payload: usize,
+    /// When the queue's event setting was last read, and whether events were on.
+    pub(crate) events_cache: Arc<std::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
 
 impl Client {
@@ -185,6 +187,7 @@ impl Client {
                 .map(Arc::new)
                 .map_err(|e| e.to_string()),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            events_cache: Arc::default(),
         }
     }
 }
@@ -298,7 +301,8 @@ impl Queue {
             return Ok(Vec::new());
         }
         let given_id = if single { opts.id.clone() } else { None };
-        if opts.is_plain() {
+        // Plain LPUSH emits no `pushed` event: with events on, every push goes through push.lua.
+        if opts.is_plain() && !self.events_on().await? {
             self.push_plain(keys, payloads.into_iter(), opts, given_id)
                 .await
         } else {
@@ -385,6 +389,8 @@ impl Queue {
                 .key(&keys.scheduled)
                 .key(&keys.jobs)
                 .key(&keys.seq)
+                .key(&keys.config)
+                .key(&keys.events)
                 .arg(&keys.prefix);
             for payload in payloads.by_ref().take(BULK_CHUNK) {
                 let id = given_id.clone().unwrap_or_else(new_id);

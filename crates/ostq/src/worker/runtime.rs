@@ -212,6 +212,8 @@ async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
         .key(&keys.completed)
         .key(&keys.paused)
         .key(&keys.rate_limit)
+        .key(&keys.config)
+        .key(&keys.events)
         .arg(&keys.prefix)
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
@@ -755,6 +757,8 @@ async fn write_outcomes(
         .key(&keys.stats)
         .key(&keys.pending)
         .key(&keys.scheduled)
+        .key(&keys.config)
+        .key(&keys.events)
         .arg(&keys.prefix);
     let mut completed: HashMap<u64, Vec<&Outcome>> = HashMap::new();
     let mut given_back: HashMap<u64, Vec<u32>> = HashMap::new();
@@ -823,6 +827,8 @@ async fn write_outcomes(
         .key(&keys.active)
         .key(&keys.completed)
         .key(&keys.stats)
+        .key(&keys.config)
+        .key(&keys.events)
         .arg(&keys.prefix)
         .arg(shared.config.completed_retention.as_secs().max(1));
     let mut any = false;

@@ -1,0 +1,246 @@
+//! Events: each job transition (pushed, started, completed, failed, retried, dead, recovered) is
+//! published on the queue's pub/sub channel `ostq:{q}:events` for live listeners and appended to
+//! the capped stream of the same name for listeners that come back later. Both are off unless
+//! turned on per queue, because they cost Redis work on every job (see docs/design.md).
+
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use redis::AsyncCommands;
+use serde::Deserialize;
+
+use crate::connection::Client;
+use crate::producer::Queue;
+use crate::{Error, Result};
+
+/// Where a queue's events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSink {
+    /// Nowhere (the default): no cost.
+    Off,
+    /// The pub/sub channel only: live listeners, nothing kept.
+    PubSub,
+    /// The capped stream only (about the last 10,000 events): listeners can catch up.
+    Stream,
+    /// Both.
+    Both,
+}
+
+impl EventSink {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventSink::Off => "",
+            EventSink::PubSub => "pubsub",
+            EventSink::Stream => "stream",
+            EventSink::Both => "both",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "pubsub" => EventSink::PubSub,
+            "stream" => EventSink::Stream,
+            "both" => EventSink::Both,
+            _ => EventSink::Off,
+        }
+    }
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Enqueued (now or for later: see `state`).
+    Pushed,
+    /// A worker took it.
+    Started,
+    /// It succeeded.
+    Completed,
+    /// An attempt failed; it will be retried.
+    Failed,
+    /// It went back to pending from the retry set (or by hand from scheduled, retry or dead).
+    Retried,
+    /// It spent its attempts.
+    Dead,
+    /// Its worker was lost; it went back to pending.
+    Recovered,
+}
+
+/// One job event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// What happened.
+    pub event: EventKind,
+    /// The queue.
+    pub queue: String,
+    /// The job.
+    pub id: String,
+    /// When, unix ms (Redis server clock).
+    pub ts: u64,
+    /// The attempt it concerns (failed, dead, recovered).
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    /// The error (failed, dead, recovered).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// For `pushed`: "pending" or "scheduled".
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The stream entry id, to resume after it with [`EventsFrom::After`].
+    #[serde(skip)]
+    pub stream_id: String,
+}
+
+/// Where a listener starts reading the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsFrom {
+    /// Only events after now.
+    Now,
+    /// Everything the stream still holds.
+    Beginning,
+    /// Events after this stream id (the last one a listener saw before it went away).
+    After(String),
+}
+
+/// What XREAD answers: per stream, its entries as (id, field/value pairs).
+type XreadReply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
+
+/// How long a `Queue` trusts its cached view of the queue's event setting.
+pub(crate) const CONFIG_CACHE: Duration = Duration::from_secs(1);
+
+impl Queue {
+    /// Turns the queue's events on or off, for every producer and worker (they notice within a
+    /// second).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// client.queue("videos").set_events(ostq::events::EventSink::Both).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_events(&self, sink: EventSink) -> Result<()> {
+        let keys = self.keys()?;
+        let mut conn = self.client_ref().conn();
+        let _: () = conn.hset(&keys.config, "events", sink.as_str()).await?;
+        Ok(())
+    }
+
+    /// Where the queue's events go now.
+    pub async fn events_sink(&self) -> Result<EventSink> {
+        let keys = self.keys()?;
+        let mut conn = self.client_ref().conn();
+        let value: Option<String> = conn.hget(&keys.config, "events").await?;
+        Ok(EventSink::parse(value.as_deref().unwrap_or("")))
+    }
+
+    /// Whether pushes must go through `push.lua` so that they emit `pushed` events; cached.
+    pub(crate) async fn events_on(&self) -> Result<bool> {
+        if let Ok(cache) = self.events_cache.lock() {
+            if let Some((at, on)) = *cache {
+                if at.elapsed() < CONFIG_CACHE {
+                    return Ok(on);
+                }
+            }
+        }
+        let on = self.events_sink().await? != EventSink::Off;
+        if let Ok(mut cache) = self.events_cache.lock() {
+            *cache = Some((Instant::now(), on));
+        }
+        Ok(on)
+    }
+}
+
+impl Client {
+    /// The queue's events as a `Stream`, read from its capped stream (so a listener that
+    /// reconnects with [`EventsFrom::After`] misses nothing still kept). Needs the queue's sink to
+    /// be `Stream` or `Both`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// use futures::StreamExt;
+    /// let mut events = Box::pin(client.events("videos", ostq::events::EventsFrom::Now).await?);
+    /// while let Some(event) = events.next().await {
+    ///     let event = event?;
+    ///     println!("{:?} {}", event.event, event.id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn events(
+        &self,
+        queue: &str,
+        from: EventsFrom,
+    ) -> Result<impl Stream<Item = Result<Event>> + use<>> {
+        let queue = self.queue(queue);
+        let key = queue.keys()?.events.clone();
+        let mut conn = self.blocking_conn().await?;
+        let start = match from {
+            EventsFrom::Beginning => "0-0".to_string(),
+            EventsFrom::After(id) => id,
+            EventsFrom::Now => {
+                let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                last.into_iter()
+                    .next()
+                    .map(|(id, _)| id)
+                    .unwrap_or_else(|| "0-0".to_string())
+            }
+        };
+        let state = (conn, key, start, std::collections::VecDeque::<Event>::new());
+        Ok(futures::stream::unfold(
+            state,
+            |(mut conn, key, mut last, mut buffered)| async move {
+                loop {
+                    if let Some(event) = buffered.pop_front() {
+                        return Some((Ok(event), (conn, key, last, buffered)));
+                    }
+                    let read: redis::RedisResult<XreadReply> = redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("BLOCK")
+                        .arg(1000)
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(&last)
+                        .query_async(&mut conn)
+                        .await;
+                    match read {
+                        Err(e) => return Some((Err(Error::from(e)), (conn, key, last, buffered))),
+                        Ok(None) => continue,
+                        Ok(Some(streams)) => {
+                            for (_, entries) in streams {
+                                for (id, fields) in entries {
+                                    last = id.clone();
+                                    let Some((_, json)) =
+                                        fields.into_iter().find(|(f, _)| f == "e")
+                                    else {
+                                        continue;
+                                    };
+                                    match serde_json::from_str::<Event>(&json) {
+                                        Ok(mut event) => {
+                                            event.stream_id = id;
+                                            buffered.push_back(event);
+                                        }
+                                        Err(e) => {
+                                            return Some((
+                                                Err(Error::Protocol(format!(
+                                                    "event {id} is not ostq's: {e}"
+                                                ))),
+                                                (conn, key, last, buffered),
+                                            ))
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ))
+    }
+}
