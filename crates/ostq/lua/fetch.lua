@@ -15,6 +15,8 @@
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] max jobs to lease (<= 1000)   ARGV[3] lease ms
 -- ARGV[4] default max attempts           ARGV[5] dead set cap (entries)        ARGV[6] dead retention ms
 -- ARGV[7] completed index retention ms
+-- ARGV[8] lease group id for this fetch, drawn at random by the worker (not from a Redis counter:
+--         after Redis loses its last writes, a counter would hand out ids still held by workers)
 -- Returns {now ms, next wake ms (0 = nothing timed), group (0 = nothing leased), hold, envelope1, ...}
 -- where hold = 1 tells the worker not to wait on the list (the queue is paused or out of rate-limit
 -- tokens) but to sleep until the wake time.
@@ -193,7 +195,7 @@ if has_prioritized and #popped < want then take_prioritized('0', '+inf', want - 
 
 local result = {now, 0, 0, 0}
 if #popped > 0 then
-  local group = redis.call('INCR', KEYS[8])
+  local group = ARGV[8]
   local leased = {}
   for _, env in ipairs(popped) do
     local b = string.byte(env, 1)
@@ -209,8 +211,11 @@ if #popped > 0 then
         if id_len then
           local flags = string.byte(env, off + id_len)
           if flags and flags < 0x80 and flags % 2 == 1 then
-            redis.call('HSET', prefix .. 'job:' .. string.sub(env, off, off + id_len - 1),
-              'state', 'active', 'started_at', now)
+            -- Only an existing record: garbage that looks like a tracked header must not leave one.
+            local rec = prefix .. 'job:' .. string.sub(env, off, off + id_len - 1)
+            if redis.call('EXISTS', rec) == 1 then
+              redis.call('HSET', rec, 'state', 'active', 'started_at', now)
+            end
           end
           if EVENTS ~= '' then emit('started', string.sub(env, off, off + id_len - 1)) end
         end

@@ -64,6 +64,8 @@ pub enum EventKind {
     Dead,
     /// Its worker was lost; it went back to pending.
     Recovered,
+    /// Its handler reported progress (see `progress`).
+    Progress,
 }
 
 /// One job event.
@@ -87,6 +89,9 @@ pub struct Event {
     /// For `pushed`: "pending" or "scheduled".
     #[serde(default)]
     pub state: Option<String>,
+    /// For `progress`: what the handler reported.
+    #[serde(default)]
+    pub progress: Option<serde_json::Value>,
     /// The stream entry id, to resume after it with [`EventsFrom::After`].
     #[serde(skip)]
     pub stream_id: String,

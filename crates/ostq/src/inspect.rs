@@ -19,6 +19,17 @@ const WAKE: &[u8] = &[0x90];
 /// Entries read per round trip when scanning.
 const SCAN_CHUNK: isize = 500;
 
+/// What [`Queue::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The job had not started: it is gone.
+    Removed,
+    /// The job is running: its worker will tell the handler to stop.
+    Signalled,
+    /// No such job waiting or running (it may have finished).
+    NotFound,
+}
+
 /// How many jobs a queue holds in each state, and its totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -254,6 +265,46 @@ impl Queue {
                 .map(|(_, info)| info);
         }
         record_info(&mut conn, keys, id, found).await
+    }
+
+    /// Cancels a job: one that has not started (pending, scheduled, waiting to retry) is removed;
+    /// a running one's handler is told to stop ([`crate::Job::cancelled`]) and, if it then fails,
+    /// the job goes to the dead set without retries.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// use ostq::inspect::Cancel;
+    /// match client.queue("videos").cancel("01HZX").await? {
+    ///     Cancel::Removed => println!("it never ran"),
+    ///     Cancel::Signalled => println!("its worker was told to stop"),
+    ///     Cancel::NotFound => println!("no such job, or it already finished"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel(&self, id: &str) -> Result<Cancel> {
+        let keys = self.keys()?;
+        let Some(info) = self.job(id).await? else {
+            return Ok(Cancel::NotFound);
+        };
+        match info.state {
+            JobState::Pending | JobState::Scheduled | JobState::Retry => {
+                Ok(if self.delete(&[id]).await? > 0 {
+                    Cancel::Removed
+                } else {
+                    Cancel::NotFound
+                })
+            }
+            JobState::Active => {
+                let mut conn = self.client_ref().conn();
+                let _: () = redis::pipe()
+                    .sadd(&keys.cancel, id)
+                    .pexpire(&keys.cancel, 24 * 3600 * 1000)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(Cancel::Signalled)
+            }
+            JobState::Completed | JobState::Dead => Ok(Cancel::NotFound),
+        }
     }
 
     /// Moves scheduled, retry or dead jobs to pending now (dead ones get a fresh attempt count).
@@ -635,6 +686,7 @@ async fn record_info(
         due_at_ms: None,
         last_error: None,
         result: None,
+        progress: None,
         tracked: true,
     });
     info.tracked = true;
@@ -649,6 +701,7 @@ async fn record_info(
     info.finished_at_ms = number("finished_at").or(info.finished_at_ms);
     info.last_error = text("error").filter(|e| !e.is_empty()).or(info.last_error);
     info.result = record.get("result").cloned();
+    info.progress = text("progress");
     Ok(Some(info))
 }
 

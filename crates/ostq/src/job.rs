@@ -1,11 +1,18 @@
 //! The job model: what a handler receives ([`Job`]), the states a job moves through
 //! ([`JobState`]) and what inspection reports ([`JobInfo`]).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 
+use tokio::sync::watch;
+
+use crate::connection::Client;
 use crate::envelope::Envelope;
+use crate::keys::QueueKeys;
+use crate::scripts::PROGRESS_SCRIPT;
 use crate::{Error, Result};
 
 /// A job as a handler sees it.
@@ -39,6 +46,23 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Whether a status record is kept for it.
     pub tracked: bool,
+    pub(crate) context: Option<Arc<JobContext>>,
+}
+
+/// What a running job can reach: its queue, to report progress, and the worker's view of the
+/// cancellations asked for. One per queue per worker, shared by its jobs.
+pub(crate) struct JobContext {
+    pub(crate) client: Client,
+    pub(crate) keys: Arc<QueueKeys>,
+    pub(crate) cancelled: watch::Receiver<Arc<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("queue", &self.keys.queue)
+            .finish()
+    }
 }
 
 impl Job {
@@ -59,6 +83,71 @@ impl Job {
             priority: env.priority,
             enqueued_at: from_ms(env.enqueued_at_ms),
             last_error: (!env.last_error.is_empty()).then_some(env.last_error),
+            context: None,
+        }
+    }
+
+    /// Reports progress: a number or a small JSON value. Tracked jobs keep the latest in their
+    /// status record (see [`JobInfo::progress`]); with events on, a `progress` event is emitted.
+    ///
+    /// ```no_run
+    /// # async fn handle(job: ostq::Job) -> Result<(), ostq::BoxError> {
+    /// for (done, _frame) in [1, 2, 3].iter().enumerate() {
+    ///     job.progress(serde_json::json!({"frames": done + 1, "of": 3})).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn progress(&self, value: impl serde::Serialize) -> Result<()> {
+        let Some(context) = &self.context else {
+            return Ok(()); // a Job built outside a worker (in a test, say) has nowhere to report
+        };
+        let json = serde_json::to_string(&value)
+            .map_err(|e| Error::Payload(format!("progress of job {} is not JSON: {e}", self.id)))?;
+        let keys = &context.keys;
+        let mut invocation = PROGRESS_SCRIPT.prepare_invoke();
+        invocation
+            .key(&keys.config)
+            .key(&keys.events)
+            .arg(&keys.prefix)
+            .arg(&self.id)
+            .arg(json);
+        let mut conn = context.client.conn();
+        let _: u64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Whether someone asked for this job to be cancelled ([`crate::Queue::cancel`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.context
+            .as_ref()
+            .is_some_and(|c| c.cancelled.borrow().contains(&self.id))
+    }
+
+    /// Resolves when someone asks for this job to be cancelled; a handler selects on it to stop
+    /// early. The worker notices a request within about half a second. A job whose handler then
+    /// fails goes to the dead set as cancelled, without retries.
+    ///
+    /// ```no_run
+    /// # async fn transcode(_: &[u8]) {}
+    /// # async fn handle(job: ostq::Job) -> Result<(), ostq::BoxError> {
+    /// tokio::select! {
+    ///     _ = transcode(&job.payload) => Ok(()),
+    ///     _ = job.cancelled() => Err("stopped on request".into()),
+    /// }
+    /// # }
+    /// ```
+    pub async fn cancelled(&self) {
+        let Some(context) = &self.context else {
+            return std::future::pending().await;
+        };
+        let mut watch = context.cancelled.clone();
+        loop {
+            if watch.borrow_and_update().contains(&self.id) {
+                return;
+            }
+            if watch.changed().await.is_err() {
+                return std::future::pending().await; // the worker is gone; nobody will cancel
+            }
         }
     }
 
@@ -187,6 +276,8 @@ pub struct JobInfo {
     pub last_error: Option<String>,
     /// The handler's result (tracked jobs only).
     pub result: Option<Vec<u8>>,
+    /// The latest progress its handler reported, as JSON text (tracked jobs only).
+    pub progress: Option<String>,
     /// Whether a status record is kept.
     pub tracked: bool,
 }
@@ -209,6 +300,7 @@ impl JobInfo {
             due_at_ms: None,
             last_error: (!env.last_error.is_empty()).then_some(env.last_error),
             result: None,
+            progress: None,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct QueueKeys {
     pub config: String,
     /// STREAM of job events (capped at about 10,000), and the name of their pub/sub channel.
     pub events: String,
+    /// SET of ids of running jobs whose cancellation was asked for (expires a day after the last).
+    pub cancel: String,
 }
 
 impl QueueKeys {
@@ -73,6 +75,7 @@ impl QueueKeys {
             rate_limit: key("ratelimit"),
             config: key("config"),
             events: key("events"),
+            cancel: key("cancel"),
             prefix,
         })
     }
@@ -93,7 +96,7 @@ impl QueueKeys {
     }
 
     /// Every fixed key of the queue (status records and lease groups excluded).
-    pub fn all(&self) -> [&str; 14] {
+    pub fn all(&self) -> [&str; 15] {
         [
             &self.pending,
             &self.prioritized,
@@ -109,6 +112,7 @@ impl QueueKeys {
             &self.rate_limit,
             &self.config,
             &self.events,
+            &self.cancel,
         ]
     }
 }

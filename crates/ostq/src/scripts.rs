@@ -21,6 +21,8 @@ pub const REQUEUE: &str = include_str!("../lua/requeue.lua");
 pub const ENQUEUE_NOW: &str = include_str!("../lua/enqueue_now.lua");
 /// Source of `delete.lua`: remove scheduled, retry, dead or completed jobs by id.
 pub const DELETE: &str = include_str!("../lua/delete.lua");
+/// Source of `progress.lua`: record a running job's progress and emit it.
+pub const PROGRESS: &str = include_str!("../lua/progress.lua");
 /// Source of `delete_pending.lua`: remove one pending job by its envelope.
 pub const DELETE_PENDING: &str = include_str!("../lua/delete_pending.lua");
 /// Source of `cron_register.lua`: record a schedule in its queue's registry.
@@ -44,6 +46,7 @@ script!(REQUEUE_SCRIPT, REQUEUE);
 script!(ENQUEUE_NOW_SCRIPT, ENQUEUE_NOW);
 script!(DELETE_SCRIPT, DELETE);
 script!(DELETE_PENDING_SCRIPT, DELETE_PENDING);
+script!(PROGRESS_SCRIPT, PROGRESS);
 script!(CRON_REGISTER_SCRIPT, CRON_REGISTER);
 script!(CRON_FIRE_SCRIPT, CRON_FIRE);
 script!(CRON_REMOVE_SCRIPT, CRON_REMOVE);

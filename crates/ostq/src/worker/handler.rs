@@ -110,7 +110,7 @@ where
 pub(crate) fn boxed_task<T, F, Fut, O, E>(f: F) -> DynHandler
 where
     T: Task,
-    F: Fn(T) -> Fut + Send + Sync + 'static,
+    F: Fn(T, Job) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<O, E>> + Send + 'static,
     O: IntoOutput,
     E: Into<BoxError>,
@@ -125,7 +125,7 @@ where
                     T::NAME
                 )))
             })?;
-            f(task).await.map_err(Into::into)
+            f(task, job).await.map_err(Into::into)
         }
     })
 }

@@ -227,10 +227,37 @@ impl WorkerBuilder {
     ///     .build()
     /// # }
     /// ```
-    pub fn task<T, F, Fut, O, E>(mut self, f: F) -> Self
+    pub fn task<T, F, Fut, O, E>(self, f: F) -> Self
     where
         T: Task,
         F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
+        O: IntoOutput,
+        E: Into<BoxError>,
+    {
+        self.task_with_job(move |task: T, _job: Job| f(task))
+    }
+
+    /// Like [`WorkerBuilder::task`], with the job too (its id, attempt, progress, cancellation).
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Transcode { video_id: u64 }
+    /// # impl ostq::Task for Transcode { const NAME: &'static str = "transcode"; }
+    /// # fn demo(client: ostq::Client) -> ostq::Result<ostq::Worker> {
+    /// ostq::Worker::builder(client)
+    ///     .queue("videos")
+    ///     .task_with_job(|t: Transcode, job: ostq::Job| async move {
+    ///         println!("video {} (attempt {})", t.video_id, job.attempt);
+    ///         job.progress(50).await?;
+    ///         Ok::<_, ostq::BoxError>(())
+    ///     })
+    ///     .build()
+    /// # }
+    /// ```
+    pub fn task_with_job<T, F, Fut, O, E>(mut self, f: F) -> Self
+    where
+        T: Task,
+        F: Fn(T, Job) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
         O: IntoOutput,
         E: Into<BoxError>,

@@ -4,7 +4,7 @@
 //! previous call was in flight) and renews the groups still held. Nothing on the per-job path
 //! takes a lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use redis::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,7 +20,7 @@ use super::handler::{BoxError, Handlers, Permanent};
 use super::{Config, ErrorHook, Failure, MonitorHook, Worker};
 use crate::connection::{Client, Conn};
 use crate::envelope::Envelope;
-use crate::job::Job;
+use crate::job::{Job, JobContext};
 use crate::keys::QueueKeys;
 use crate::scripts::{COMPLETE_SCRIPT, FAIL_SCRIPT, FETCH_SCRIPT, RENEW_SCRIPT, REQUEUE_SCRIPT};
 use crate::{Error, Result};
@@ -76,6 +76,8 @@ enum OutcomeKind {
 struct Shared {
     client: Client,
     queues: Vec<Arc<QueueKeys>>,
+    /// Per queue, what its jobs can reach (progress, cancellation).
+    contexts: Vec<Arc<JobContext>>,
     config: Config,
     handlers: Handlers,
     on_error: Option<ErrorHook>,
@@ -99,7 +101,19 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         client.register_queue(&keys.queue).await?;
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = watch::channel(Arc::new(HashSet::new()));
+    let contexts = queues
+        .iter()
+        .map(|keys| {
+            Arc::new(JobContext {
+                client: client.clone(),
+                keys: keys.clone(),
+                cancelled: cancel_rx.clone(),
+            })
+        })
+        .collect();
     let shared = Arc::new(Shared {
+        contexts,
         semaphore: Arc::new(Semaphore::new(config.concurrency)),
         client,
         queues,
@@ -114,6 +128,11 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     let stop_background = CancellationToken::new();
     let fetcher = tokio::spawn(fetch_loop(shared.clone(), weights, stop_fetching.clone()));
     let keeper = tokio::spawn(lease_keeper(shared.clone(), rx, stop_background.clone()));
+    let canceller = tokio::spawn(watch_cancellations(
+        shared.clone(),
+        cancel_tx,
+        stop_background.clone(),
+    ));
     let monitor = on_monitor.map(|(every, hook)| {
         tokio::spawn(monitor_loop(
             shared.clone(),
@@ -146,6 +165,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     }
     stop_background.cancel();
     let _ = keeper.await;
+    let _ = canceller.await;
     if let Some(monitor) = monitor {
         let _ = monitor.await;
     }
@@ -177,7 +197,30 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
             ))),
         }
     };
-    let (now_ms, wake_at_ms, group, hold) = (int()?, int()?, int()?, int()?);
+    let (now_ms, wake_at_ms) = (int()?, int()?);
+    // The group comes back as the decimal id the worker sent, or 0 when nothing was leased.
+    let group = match items.next() {
+        Some(Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+        Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                Error::Protocol("fetch returned a lease group that is not a number".into())
+            })?,
+        other => {
+            return Err(Error::Protocol(format!(
+                "fetch returned {other:?} where a lease group belongs"
+            )))
+        }
+    };
+    let hold = match items.next() {
+        Some(Value::Int(n)) => n,
+        other => {
+            return Err(Error::Protocol(format!(
+                "fetch returned {other:?} where a number belongs"
+            )))
+        }
+    };
     let envelopes = items
         .map(|item| match item {
             Value::BulkString(bytes) => Ok(bytes),
@@ -189,7 +232,7 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
     Ok(Fetched {
         now_ms,
         wake_at_ms,
-        group: u64::try_from(group).unwrap_or(0),
+        group,
         hold: hold != 0,
         envelopes,
     })
@@ -220,7 +263,9 @@ async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
         .arg(cfg.default_max_attempts)
         .arg(cfg.dead_max)
         .arg(cfg.dead_retention.as_millis() as u64)
-        .arg(cfg.completed_retention.as_millis() as u64);
+        .arg(cfg.completed_retention.as_millis() as u64)
+        // Random, never 0 (0 means "nothing leased"): unique without asking Redis for a counter.
+        .arg(rand::random::<u64>() >> 1 | 1);
     let mut conn = shared.client.conn();
     let value: Value = invocation.invoke_async(&mut conn).await?;
     parse_fetched(value)
@@ -497,7 +542,10 @@ async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: V
         unique,
         kind,
     };
-    let job = Job::from_envelope(&keys.queue, envelope, default_max);
+    let job_id = envelope.id.clone();
+    let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
+    job.context = Some(shared.contexts[queue].clone());
+    let context = shared.contexts[queue].clone();
     let attempt = AssertUnwindSafe(handler(job)).catch_unwind();
     let limited = async {
         match shared.config.timeout {
@@ -511,6 +559,9 @@ async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: V
     };
     let (error, permanent) = match ended {
         Some(Ok(Ok(result))) => return settled(OutcomeKind::Completed { result }),
+        Some(Ok(Err(error))) if context.cancelled.borrow().contains(&job_id) => {
+            (format!("cancelled: {}", error_text(&error)), true)
+        }
         Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),
         Some(Err(panic)) => (format!("handler panicked: {}", panic_message(panic)), false),
         None => (
@@ -895,6 +946,40 @@ async fn renew_groups(shared: &Shared, groups: &mut HashMap<(usize, u64), Group>
                 }
                 Err(e) => debug!(error = %e, "lease renewal failed; will retry"),
             }
+        }
+    }
+}
+
+/// Keeps the worker's view of cancellation requests fresh: while jobs run, reads each queue's
+/// cancel set every half second (one SMEMBERS per queue; nothing while idle) and tells the jobs
+/// when it changes.
+async fn watch_cancellations(
+    shared: Arc<Shared>,
+    tx: watch::Sender<Arc<HashSet<String>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if shared.semaphore.available_permits() == shared.config.concurrency {
+            continue; // nothing running: nothing to cancel
+        }
+        let mut wanted = HashSet::new();
+        let mut conn = shared.client.conn();
+        for keys in &shared.queues {
+            match redis::cmd("SMEMBERS")
+                .arg(&keys.cancel)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+            {
+                Ok(ids) => wanted.extend(ids),
+                Err(e) => debug!(error = %e, "could not read cancellations"),
+            }
+        }
+        if **tx.borrow() != wanted {
+            let _ = tx.send(Arc::new(wanted));
         }
     }
 }
