@@ -1172,3 +1172,339 @@ mod tests {
         }
     }
 }
+
+/// Throw-away TLS material made with the `openssl` command: a CA, a server
+/// certificate for `127.0.0.1` and `localhost`, and a client certificate,
+/// all signed by that CA (ECDSA P-256, valid for a day). The files live in a
+/// temporary directory removed on drop.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// let certs = ostq_testkit::TestCerts::generate()?;
+/// let tls_port = ostq_testkit::free_port().to_string();
+/// let mut args = vec!["--tls-port", tls_port.as_str()];
+/// args.extend(certs.server_args());
+/// let redis = ostq_testkit::RedisServer::start_with(&args)?;
+/// // connect to rediss://127.0.0.1:{tls_port} trusting certs.ca()
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+    /// The paths as strings, for [`TestCerts::server_args`].
+    paths: Vec<String>,
+}
+
+impl TestCerts {
+    /// Generates the CA and the two certificates; fails if `openssl` is
+    /// missing or refuses.
+    pub fn generate() -> anyhow::Result<TestCerts> {
+        let dir = tempfile::Builder::new()
+            .prefix("ostq-certs-")
+            .tempdir()
+            .context("creating a temporary directory for certificates")?;
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .context("running openssl (is it installed?)")?;
+            if !output.status.success() {
+                bail!(
+                    "openssl {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        let mut ca = vec!["req", "-x509", "-nodes", "-days", "1"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=ostq test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&ca)?;
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(
+                dir.path().join(&ext),
+                format!(
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                     keyUsage=digitalSignature\nextendedKeyUsage={usage}\n"
+                ),
+            )
+            .context("writing an openssl extension file")?;
+            let mut req = vec!["req", "-nodes"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+            run(&req)?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        let paths = ["ca.crt", "server.crt", "server.key"]
+            .iter()
+            .map(|file| dir.path().join(file).display().to_string())
+            .collect();
+        Ok(TestCerts { dir, paths })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The server certificate (PEM), for `127.0.0.1` and `localhost`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+
+    /// A client certificate (PEM) signed by the same CA.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.crt")
+    }
+
+    /// The client certificate's private key (PEM).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    /// `redis-server` arguments that use these files: `--tls-cert-file`,
+    /// `--tls-key-file`, `--tls-ca-cert-file`. Add `--tls-port` (and
+    /// `--tls-auth-clients no` unless clients should present a certificate).
+    pub fn server_args(&self) -> Vec<&str> {
+        let [ca, cert, key] = [0, 1, 2].map(|i| self.paths[i].as_str());
+        vec![
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+        ]
+    }
+}
+
+/// A private Redis Sentinel (`redis-server <conf> --sentinel`) watching one
+/// primary, for failover tests. It runs in its own temporary directory on a
+/// free port; dropping it kills the process and removes the directory.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use ostq_testkit::{RedisSentinel, RedisServer};
+/// let primary = RedisServer::start()?;
+/// let port = primary.port().to_string();
+/// let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])?;
+/// let sentinel = RedisSentinel::start(&primary, "jobs")?;
+/// sentinel.wait_for_replicas("jobs", 1, std::time::Duration::from_secs(10))?;
+/// sentinel.cli(&["SENTINEL", "FAILOVER", "jobs"])?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RedisSentinel {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts a sentinel that monitors `primary` as service `name` (quorum
+    /// 1, down after 1 s, failover timeout 5 s) and waits until it answers
+    /// `PING` and knows the primary.
+    pub fn start(primary: &RedisServer, name: &str) -> anyhow::Result<RedisSentinel> {
+        let mut last_error = anyhow!("redis sentinel was not started");
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("ostq-sentinel-")
+                .tempdir()
+                .context("creating a temporary directory for redis sentinel")?;
+            let port = free_port();
+            let config = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                 dir {dir}\nlogfile {dir}/{LOG_FILE}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = dir.path().display(),
+                primary = primary.port(),
+            );
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(&conf, config).context("writing sentinel.conf")?;
+            let output = std::fs::File::create(dir.path().join(STDERR_FILE))
+                .context("creating the stderr file of redis sentinel")?;
+            let output_too = output.try_clone().context("cloning a file handle")?;
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(output)
+                .stderr(output_too)
+                .spawn()
+                .map_err(|error| match error.kind() {
+                    std::io::ErrorKind::NotFound => anyhow!(REDIS_SERVER_MISSING),
+                    _ => anyhow::Error::new(error).context("spawning redis sentinel"),
+                })?;
+            let mut sentinel = RedisSentinel {
+                child: Some(child),
+                port,
+                dir,
+            };
+            match sentinel.wait_ready(name) {
+                Ok(()) => return Ok(sentinel),
+                Err(error) => {
+                    let log = sentinel.log_tail();
+                    sentinel.kill();
+                    if !log.contains("Address already in use") {
+                        return Err(error.context(log));
+                    }
+                    last_error = error;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    fn wait_ready(&mut self, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                bail!("redis sentinel exited early ({status})");
+            }
+            let known = send_command(
+                self.port,
+                &[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name.as_bytes()],
+            );
+            // The reply is an array, which `send_command` reports as a line
+            // starting with `*2`.
+            if matches!(known, Ok(Reply::Line(line)) if line.starts_with("*2")) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("redis sentinel on port {} not ready", self.port);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the sentinel lists at least `n` replicas of `name` that
+    /// it can promote (not down, link up), so that `SENTINEL FAILOVER` can
+    /// pick one.
+    pub fn wait_for_replicas(&self, name: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let replicas = self.cli(&["SENTINEL", "REPLICAS", name])?;
+            let good = replicas
+                .split("\nname\n")
+                .filter(|replica| {
+                    replica.contains("master-link-status\nok") && replica.contains("flags\nslave\n")
+                })
+                .count();
+            if good >= n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("sentinel knows {good} good replicas of {name}, wanted {n}:\n{replicas}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The sentinel's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port` of the sentinel, for a `redis+sentinel://` URL.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against the sentinel (see [`RedisServer::cli`]).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => anyhow!(REDIS_CLI_MISSING),
+                _ => anyhow::Error::new(error).context("running redis-cli"),
+            })?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli -p {} {:?} failed ({}): {}",
+                self.port,
+                args,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// The last lines of the sentinel's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        [STDERR_FILE, LOG_FILE]
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(self.dir.path().join(file)).ok())
+            .map(|text| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
