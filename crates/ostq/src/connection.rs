@@ -61,7 +61,8 @@ const SENTINEL_DEFAULT_PORT: u16 = 26379;
 
 /// What Redis's `OOM` error becomes: the raw one ("command not allowed when used memory >
 /// 'maxmemory'") does not say what happened to the write or what to do.
-const OOM_TEXT: &str = "Redis is out of memory (used memory is above `maxmemory` and the \
+pub(crate) const OOM_TEXT: &str =
+    "Redis is out of memory (used memory is above `maxmemory` and the \
      eviction policy is `noeviction`): the command was refused and wrote nothing; free memory \
      (let workers drain the queues, trim dead or completed jobs) or raise `maxmemory`";
 

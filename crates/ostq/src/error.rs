@@ -26,6 +26,9 @@ pub enum Error {
     /// Waiting for something took longer than allowed.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Redis is out of memory (`maxmemory` with `noeviction`): the command wrote nothing.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// A job with the same unique key is already pending, scheduled, waiting to retry or running.
     #[error("a job with unique key {key:?} already exists: {existing_id}")]
     Duplicate {
@@ -42,6 +45,19 @@ pub enum Error {
         /// Its last error.
         error: String,
     },
+}
+
+impl Error {
+    /// Maps a Redis error, naming out-of-memory refusals plainly even when Redis reports them
+    /// inside an aborted transaction.
+    pub(crate) fn from_redis(e: redis::RedisError) -> Self {
+        let oom = e.code() == Some("OOM") || e.to_string().contains("\"OOM\"");
+        if oom {
+            Error::OutOfMemory(crate::connection::OOM_TEXT.to_string())
+        } else {
+            Error::Redis(e)
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

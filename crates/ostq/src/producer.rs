@@ -351,8 +351,15 @@ impl Queue {
         if in_cmd > 0 {
             pipe.add_command(cmd).ignore();
         }
+        // More than one LPUSH: in MULTI/EXEC, so that a bulk push lands whole or not at all
+        // (under OOM, say, Redis refuses the transaction rather than its later commands).
+        if pipe.len() > 1 {
+            pipe.atomic();
+        }
         let mut conn = self.client.conn();
-        pipe.query_async::<()>(&mut conn).await?;
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(Error::from_redis)?;
         Ok(ids)
     }
 
@@ -378,24 +385,26 @@ impl Queue {
             Some((key, ttl)) => (key.as_str(), ttl.map(|t| t.as_millis() as u64).unwrap_or(0)),
             None => ("", 0),
         };
-        let mut conn = self.client.conn();
-        let mut ids = Vec::new();
+        let mut chunks = Vec::new();
         let mut payloads = payloads.peekable();
         while payloads.peek().is_some() {
-            let mut invocation = PUSH_SCRIPT.prepare_invoke();
-            invocation
-                .key(&keys.pending)
-                .key(&keys.prioritized)
-                .key(&keys.scheduled)
-                .key(&keys.jobs)
-                .key(&keys.seq)
-                .key(&keys.config)
-                .key(&keys.events)
-                .arg(&keys.prefix);
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(PUSH_SCRIPT.get_hash()).arg(7);
+            for key in [
+                &keys.pending,
+                &keys.prioritized,
+                &keys.scheduled,
+                &keys.jobs,
+                &keys.seq,
+                &keys.config,
+                &keys.events,
+            ] {
+                cmd.arg(key);
+            }
+            cmd.arg(&keys.prefix);
             for payload in payloads.by_ref().take(BULK_CHUNK) {
                 let id = given_id.clone().unwrap_or_else(new_id);
-                invocation
-                    .arg(id)
+                cmd.arg(id)
                     .arg(payload)
                     .arg(&name)
                     .arg(opts.max_attempts)
@@ -406,16 +415,44 @@ impl Queue {
                     .arg(unique)
                     .arg(unique_ttl_ms);
             }
-            let chunk: Vec<(String, i64)> = invocation.invoke_async(&mut conn).await?;
-            for (id, created) in chunk {
-                if created == 0 {
-                    return Err(Error::Duplicate {
-                        key: unique.to_string(),
-                        existing_id: id,
-                    });
+            chunks.push(cmd);
+        }
+        let mut conn = self.client.conn();
+        let replies: Vec<Vec<(String, i64)>> = if chunks.len() == 1 {
+            match chunks[0].query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    PUSH_SCRIPT.load_async(&mut conn).await?;
+                    vec![chunks[0]
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(Error::from_redis)?]
                 }
-                ids.push(id);
+                reply => vec![reply.map_err(Error::from_redis)?],
             }
+        } else {
+            // Loaded first: a NOSCRIPT inside MULTI/EXEC would not be retried.
+            PUSH_SCRIPT.load_async(&mut conn).await?;
+            // Several calls in one MULTI/EXEC: all or nothing (under OOM, say).
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for cmd in chunks {
+                pipe.add_command(cmd);
+            }
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(Error::from_redis)?
+        };
+        let mut ids = Vec::new();
+        for (id, created) in replies.into_iter().flatten() {
+            if created == 0 {
+                return Err(Error::Duplicate {
+                    key: unique.to_string(),
+                    existing_id: id,
+                });
+            }
+            ids.push(id);
         }
         Ok(ids)
     }

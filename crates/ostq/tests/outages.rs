@@ -187,7 +187,6 @@ async fn out_of_memory_refuses_pushes_whole_and_workers_resume_when_memory_frees
 /// transaction when one queued command is refused for memory (checked with redis-cli:
 /// `EXECABORT`, nothing written). The same holds for `push.lua` calls over 1,000 jobs.
 #[tokio::test]
-#[ignore = "needs producer.rs to send multi-chunk bulk pushes as one MULTI/EXEC transaction"]
 async fn a_bulk_push_over_several_chunks_is_refused_whole_under_oom() {
     let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]).unwrap();
     let client = ostq::Client::connect(&server.url()).await.unwrap();
