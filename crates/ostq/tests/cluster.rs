@@ -82,3 +82,66 @@ async fn push_work_complete_retry_dead_on_a_cluster() {
     queues.sort();
     assert_eq!(queues, ["billing", "thumbs", "videos"]);
 }
+
+/// Issue 3's coordination features on the cluster: unique keys, results on demand, events,
+/// rate limits, pause and cron all stay inside their queue's slot.
+#[tokio::test]
+async fn coordination_features_work_on_a_cluster() {
+    use futures::StreamExt;
+    use ostq::events::{EventSink, EventsFrom};
+
+    let cluster = RedisCluster::start(3).unwrap();
+    let client = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+    let queue = client.queue("billing"); // slot 12682: the third node
+    queue.set_events(EventSink::Stream).await.unwrap();
+    queue
+        .set_rate_limit(1000, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut events = Box::pin(client.events("billing", EventsFrom::Now).await.unwrap());
+    let unique = PushOptions::new().unique("invoice-7");
+    let first = queue.push_with("invoice 7", &unique).await.unwrap();
+    assert!(matches!(
+        queue.push_with("invoice 7", &unique).await,
+        Err(ostq::Error::Duplicate { .. })
+    ));
+    queue.pause().await.unwrap();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("billing")
+            .handler(
+                |job: Job| async move { Ok::<_, BoxError>(format!("paid {}", job.payload_str()?)) },
+            )
+            .build()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(queue.counts().await.unwrap().processed_total, 0, "paused");
+    queue.resume().await.unwrap();
+    let result = queue
+        .push_and_wait("invoice 8", PushOptions::new(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(result.as_deref(), Some(&b"paid invoice 8"[..]));
+    wait_counts(&queue, Duration::from_secs(10), |c| c.processed_total == 2).await;
+    queue.push_with("invoice 7 again", &unique).await.unwrap(); // released on completion
+    let scheduler = ostq::Scheduler::builder(client.clone())
+        .every("sweep", "billing", Duration::from_millis(200), "sweep")
+        .build()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ticking = tokio::spawn(scheduler.run_until(stop.clone().cancelled_owned()));
+    wait_counts(&queue, Duration::from_secs(10), |c| c.processed_total >= 5).await;
+    stop.cancel();
+    ticking.await.unwrap().unwrap();
+    running.shutdown().await;
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (event.id.as_str(), event.queue.as_str()),
+        (first.as_str(), "billing")
+    );
+}
