@@ -179,20 +179,7 @@ fn describe_command(spec: &ExecSpec) -> String {
 }
 
 /// Completes when ctrl-c or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
+pub use ostq::worker::shutdown_signal;
 
 /// Completes once no queue has pending or active jobs, nor scheduled or retry jobs due within
 /// `wait`. Jobs leased by a dead worker count as active until a worker recovers them.

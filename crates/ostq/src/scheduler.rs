@@ -795,7 +795,7 @@ impl Scheduler {
 
     /// Runs until ctrl-c or SIGTERM.
     pub async fn run(self) -> Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(crate::worker::shutdown_signal()).await
     }
 
     /// Registers the schedules, then fires their ticks until `shutdown` completes. Sleeps until
@@ -1086,21 +1086,6 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

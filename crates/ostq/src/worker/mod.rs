@@ -350,7 +350,15 @@ impl Worker {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes when ctrl-c or SIGTERM arrives: what [`Worker::run`] and `Scheduler::run` wait for.
+///
+/// ```no_run
+/// # async fn demo() {
+/// ostq::worker::shutdown_signal().await;
+/// println!("shutting down");
+/// # }
+/// ```
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
