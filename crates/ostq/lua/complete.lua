@@ -8,9 +8,13 @@
 -- KEYS[1] active (zset)   KEYS[2] completed (zset)   KEYS[3] stats (hash)
 -- KEYS[4] config (hash)   KEYS[5] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] status record retention seconds
--- then per group: group, all ("1" when every job of the group is now done), k, and k times
---   5 fields: index in the group, job id, tracked ("1" or "0"), result ("" = none),
---   unique key the job holds ("" = none; released if it still names this job)
+-- then per group: group, all ("1" when every job of the group is now done), k (jobs completed in
+--   this call), d, and d times 5 fields for the jobs that need more than counting:
+--   index in the group, job id, tracked ("1" or "0"), result ("" = none),
+--   unique key the job holds ("" = none; released if it still names this job).
+--   When `all` is "0" every completed job is detailed (d = k: its entry is tombstoned); when it
+--   is "1" only tracked jobs and unique-key holders are (d <= k): the common case of plain jobs
+--   finishing a group costs one DEL and no per-job argument at all.
 -- Tracked jobs also get a token on <prefix>done:<id> (kept 60 s) that wakes `wait_for` callers.
 -- Returns the number of stale acks (ignored).
 local t = redis.call('TIME')
@@ -26,17 +30,33 @@ local function emit(kind, id, extra)
   if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[5], json) end
   if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'e', json) end
 end
+local function parse_id(env)
+  local lb = string.byte(env, 2)
+  if lb and lb >= 0xa0 and lb <= 0xbf then return string.sub(env, 3, 2 + lb - 0xa0) end
+  if lb == 0xd9 then return string.sub(env, 4, 3 + string.byte(env, 3)) end
+  return nil
+end
+
 local stale, done = 0, 0
 local i = 3
 while i <= #ARGV do
-  local group, all, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
-  local first = i + 3
-  i = first + 5 * k
+  local group, all, k, d = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local first = i + 4
+  i = first + 5 * d
   local key = prefix .. 'lease:' .. group
   if not redis.call('ZSCORE', KEYS[1], group) then
     stale = stale + k
   else
-    for j = first, first + 5 * (k - 1), 5 do
+    if all then
+      done = done + k
+      if EVENTS ~= '' then
+        -- Everything of the group is settled: the entries left are the jobs completed now.
+        for _, env in ipairs(redis.call('LRANGE', key, 0, -1)) do
+          if env ~= '' then emit('completed', parse_id(env) or '?') end
+        end
+      end
+    end
+    for j = first, first + 5 * (d - 1), 5 do
       local live = true
       if not all then
         local index = tonumber(ARGV[j])
@@ -44,9 +64,11 @@ while i <= #ARGV do
         if live then redis.call('LSET', key, index, '') end
       end
       if live then
-        done = done + 1
         local id, unique = ARGV[j + 1], ARGV[j + 4]
-        emit('completed', id)
+        if not all then
+          done = done + 1
+          emit('completed', id)
+        end
         if unique ~= '' then
           local ukey = prefix .. 'unique:' .. unique
           if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
@@ -58,9 +80,9 @@ while i <= #ARGV do
             if ARGV[j + 3] ~= '' then redis.call('HSET', rec, 'result', ARGV[j + 3]) end
             redis.call('EXPIRE', rec, ttl)
             redis.call('ZADD', KEYS[2], now, id)
-            local done = prefix .. 'done:' .. id
-            redis.call('RPUSH', done, 1)
-            redis.call('EXPIRE', done, 60)
+            local done_key = prefix .. 'done:' .. id
+            redis.call('RPUSH', done_key, 1)
+            redis.call('EXPIRE', done_key, 60)
           end
         end
       end

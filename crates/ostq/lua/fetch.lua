@@ -194,40 +194,41 @@ end
 if has_prioritized and #popped < want then take_prioritized('0', '+inf', want - #popped) end
 
 local result = {now, 0, 0, 0}
+local n = 4 -- entries in result; the leased envelopes follow the 4-field header
 if #popped > 0 then
   local group = ARGV[8]
-  local leased = {}
+  local byte, sub = string.byte, string.sub
   for _, env in ipairs(popped) do
-    local b = string.byte(env, 1)
+    local b, lb, b3 = byte(env, 1, 3)
     if not (b == 0x90 and #env == 1) then -- the wake marker is dropped
       if b == nil or b < 0x90 or b > 0x9f then
         -- A bare entry (plain LPUSH of a payload, as Ost did): wrap it so it can be retried and tracked.
-        env = cmsgpack.pack({'~' .. group .. '.' .. #leased, 0, env, '', 0, 0, 0, now, ''})
+        env = cmsgpack.pack({'~' .. group .. '.' .. (n - 4), 0, env, '', 0, 0, 0, now, ''})
       else
         -- Read id and flags without unpacking the payload: fixarray, str8/fixstr id, fixint flags.
-        local lb, id_len, off = string.byte(env, 2), nil, nil
+        local id_len, off = nil, nil
         if lb and lb >= 0xa0 and lb <= 0xbf then id_len, off = lb - 0xa0, 3
-        elseif lb == 0xd9 then id_len, off = string.byte(env, 3), 4 end
+        elseif lb == 0xd9 then id_len, off = b3, 4 end
         if id_len then
-          local flags = string.byte(env, off + id_len)
+          local flags = byte(env, off + id_len)
           if flags and flags < 0x80 and flags % 2 == 1 then
             -- Only an existing record: garbage that looks like a tracked header must not leave one.
-            local rec = prefix .. 'job:' .. string.sub(env, off, off + id_len - 1)
+            local rec = prefix .. 'job:' .. sub(env, off, off + id_len - 1)
             if redis.call('EXISTS', rec) == 1 then
               redis.call('HSET', rec, 'state', 'active', 'started_at', now)
             end
           end
-          if EVENTS ~= '' then emit('started', string.sub(env, off, off + id_len - 1)) end
+          if EVENTS ~= '' then emit('started', sub(env, off, off + id_len - 1)) end
         end
       end
-      leased[#leased + 1] = env
-      result[#result + 1] = env
+      n = n + 1
+      result[n] = env
     end
   end
-  if #leased > 0 then
-    redis.call('RPUSH', prefix .. 'lease:' .. group, unpack(leased))
+  if n > 4 then
+    redis.call('RPUSH', prefix .. 'lease:' .. group, unpack(result, 5, n))
     redis.call('ZADD', KEYS[6], now + lease_ms, group)
-    redis.call('HINCRBY', KEYS[9], 'active', #leased)
+    redis.call('HINCRBY', KEYS[9], 'active', n - 4)
     result[3] = group
   end
 end

@@ -889,11 +889,17 @@ async fn write_outcomes(
             continue;
         }
         any = true;
+        // A group finishing whole only needs the jobs that carry more than a count.
+        let detailed: Vec<&&Outcome> = done
+            .iter()
+            .filter(|o| !*all || o.settled.tracked || !o.settled.unique.is_empty())
+            .collect();
         complete
             .arg(*group)
             .arg(if *all { "1" } else { "0" })
-            .arg(done.len());
-        for outcome in done {
+            .arg(done.len())
+            .arg(detailed.len());
+        for outcome in detailed {
             let job = &outcome.settled;
             let result = match &job.kind {
                 OutcomeKind::Completed { result } if job.tracked => {
