@@ -89,6 +89,12 @@ pub struct Event {
     /// For `pushed`: "pending" or "scheduled".
     #[serde(default)]
     pub state: Option<String>,
+    /// For `failed`: how long until the next attempt, in ms.
+    #[serde(default)]
+    pub retry_in_ms: Option<u64>,
+    /// For `retried` by hand: where the job came from (scheduled, retry or dead).
+    #[serde(default)]
+    pub from: Option<String>,
     /// For `progress`: what the handler reported.
     #[serde(default)]
     pub progress: Option<serde_json::Value>,

@@ -36,7 +36,7 @@ pub struct QueueKeys {
     pub active: String,
     /// ZSET job id → finished-at (unix ms) of completed tracked jobs, within their retention.
     pub completed: String,
-    /// Counter for lease numbers, generated ids and priority order.
+    /// Counter for ids generated in Redis and for FIFO order among equal priorities.
     pub seq: String,
     /// HASH of counters: processed, failed, recovered totals and jobs active now.
     pub stats: String,

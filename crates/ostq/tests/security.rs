@@ -20,7 +20,7 @@ const ACL_RULE: &str = "~ostq:* resetchannels &ostq:* -@all \
      +time +exists +del +rename +expire +persist +get +set +incr \
      +lpush +rpush +rpop +llen +lindex +lset +lrange +lrem +lpos +blmove \
      +hset +hsetnx +hmset +hget +hmget +hgetall +hdel +hexists +hincrby \
-     +sadd +smembers +publish +xadd +xread +xrevrange \
+     +sadd +smembers +srem +pexpire +publish +xadd +xread +xrevrange \
      +zadd +zrem +zcard +zscore +zmscore +zrange +zrevrange +zrangebyscore +zremrangebyscore";
 
 /// redis-rs names itself with `CLIENT SETINFO` on every new connection (Redis 7.2+; older
@@ -111,13 +111,14 @@ async fn an_acl_user_limited_to_ostq_keys_and_commands_works_end_to_end() {
         .await
         .unwrap();
     ids.insert(flaky.clone());
+    let cancelled = queue.push("cancel-me").await.unwrap();
     // Inspection before the worker runs.
     assert!(client.queues().await.unwrap().contains(&"acl".to_string()));
     let before = queue.counts().await.unwrap();
-    assert_eq!((before.pending, before.scheduled), (25, 1), "{before:?}");
+    assert_eq!((before.pending, before.scheduled), (26, 1), "{before:?}");
     assert_eq!(
         queue.jobs(JobState::Pending, 0, 100).await.unwrap().len(),
-        25
+        26
     );
     assert_eq!(
         queue.jobs(JobState::Scheduled, 0, 10).await.unwrap().len(),
@@ -149,6 +150,12 @@ async fn an_acl_user_limited_to_ostq_keys_and_commands_works_end_to_end() {
                     if payload == "doomed" {
                         return Err(Box::new(Permanent::new("never works")) as BoxError);
                     }
+                    if payload == "cancel-me" {
+                        tokio::select! {
+                            _ = job.cancelled() => return Err("stopped on request".into()),
+                            _ = tokio::time::sleep(Duration::from_secs(20)) => {}
+                        }
+                    }
                     if payload == "flaky" && seen.lock().unwrap().insert(job.id.clone()) {
                         return Err("first attempt fails".into());
                     }
@@ -163,8 +170,24 @@ async fn an_acl_user_limited_to_ostq_keys_and_commands_works_end_to_end() {
             .build()
             .unwrap(),
     );
+    // Cancel a running job (SADD + PEXPIRE on the cancel set, read back by the worker).
+    assert!(
+        common::wait_until(Duration::from_secs(10), || async {
+            queue
+                .jobs(JobState::Active, 0, 10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|j| j.id == cancelled)
+        })
+        .await
+    );
+    assert_eq!(
+        queue.cancel(&cancelled).await.unwrap(),
+        ostq::inspect::Cancel::Signalled
+    );
     let counts = wait_counts(&queue, Duration::from_secs(10), |c| {
-        c.pending + c.scheduled + c.retry + c.active == 0 && c.dead == 1
+        c.pending + c.scheduled + c.retry + c.active == 0 && c.dead == 2
     })
     .await;
     assert_eq!(*ran.lock().unwrap(), ids, "{counts:?}");
@@ -173,20 +196,24 @@ async fn an_acl_user_limited_to_ostq_keys_and_commands_works_end_to_end() {
     let tracked = queue.jobs(JobState::Completed, 0, 10).await.unwrap();
     assert_eq!(tracked.len(), 1, "{tracked:?}");
     let dead = queue.jobs(JobState::Dead, 0, 10).await.unwrap();
-    assert_eq!(dead[0].id, doomed);
+    let mut dead_ids: Vec<&str> = dead.iter().map(|j| j.id.as_str()).collect();
+    dead_ids.sort_unstable();
+    let mut expected = vec![doomed.as_str(), cancelled.as_str()];
+    expected.sort_unstable();
+    assert_eq!(dead_ids, expected);
     assert_eq!(
         queue.job(&doomed).await.unwrap().map(|j| j.state),
         Some(JobState::Dead)
     );
     running.shutdown().await;
     queue.clear_rate_limit().await.unwrap();
-    assert_eq!(queue.retry_all_dead().await.unwrap(), 1);
-    assert_eq!(queue.counts().await.unwrap().pending, 1);
+    assert_eq!(queue.retry_all_dead().await.unwrap(), 2);
+    assert_eq!(queue.counts().await.unwrap().pending, 2);
     queue
         .push_with("again", &PushOptions::new().delay(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(queue.purge(None).await.unwrap(), 3);
+    assert_eq!(queue.purge(None).await.unwrap(), 4);
     let id = queue
         .push_with("gone", &PushOptions::new().delay(Duration::from_secs(60)))
         .await

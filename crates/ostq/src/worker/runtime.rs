@@ -1,5 +1,5 @@
-//! The running worker: one fetch loop per queue sharing a concurrency semaphore, one task per
-//! job, and one lease keeper that owns every lease group this worker holds. The keeper batches
+//! The running worker: one fetch loop for all its queues sharing a concurrency semaphore, one
+//! task per job, and one lease keeper that owns every lease group this worker holds. The keeper batches
 //! outcomes into `fail.lua` / `requeue.lua` / `complete.lua` calls (whatever piled up while the
 //! previous call was in flight) and renews the groups still held. Nothing on the per-job path
 //! takes a lock.
@@ -560,6 +560,13 @@ async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: V
     let (error, permanent) = match ended {
         Some(Ok(Ok(result))) => return settled(OutcomeKind::Completed { result }),
         Some(Ok(Err(error))) if context.cancelled.borrow().contains(&job_id) => {
+            // Honoured: forget the request, so a later run of the same id is not cancelled too.
+            let mut conn = shared.client.conn();
+            let _: redis::RedisResult<()> = redis::cmd("SREM")
+                .arg(&keys.cancel)
+                .arg(&job_id)
+                .query_async(&mut conn)
+                .await;
             (format!("cancelled: {}", error_text(&error)), true)
         }
         Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),
