@@ -110,6 +110,9 @@ pub enum Command {
     /// Play the whole story on a private redis-server: push, work, retry, dead set, delays
     #[command(after_help = DEMO_AFTER)]
     Demo(DemoArgs),
+    /// Measure enqueue and processing rates, idle latency and memory per job on this Redis
+    #[command(after_help = BENCH_AFTER)]
+    Bench(BenchArgs),
 }
 
 const PUSH_AFTER: &str = "\
@@ -174,6 +177,18 @@ const DEMO_AFTER: &str = "\
 Uses the Redis at --url / $OSTQ_URL / $REDIS_URL when one answers (on a queue of its own that is
 purged afterwards); otherwise, or with --private, starts a throw-away redis-server on a free port
 and stops it at the end. Needs redis-server installed (apt-get install redis-server).";
+
+const BENCH_AFTER: &str = "\
+Phases, each on a queue of its own (deleted at the end): bulk enqueue of N jobs (push_bulk), one
+in-process worker draining them with a no-op handler (timed until Redis counts all N processed),
+Redis memory per waiting job, the same with status records kept (--track), idle push→start
+latency (one job at a time), and the ceiling of the Redis itself (pipelined LPUSH/RPOP).
+
+Without --url (or $OSTQ_URL) it starts a private redis-server (no persistence) and stops it at
+the end; $REDIS_URL is not used, so a bench never loads a Redis by accident.
+  ostq bench                                   # 100,000 jobs on a private redis-server
+  ostq bench --url redis://127.0.0.1:6379 --jobs 20000 --json
+  scripts/bench-vs-peers                       # beside BullMQ and bee-queue, on one server";
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -369,4 +384,24 @@ pub struct DemoArgs {
     /// Always start a private redis-server, even when one answers at the URL
     #[arg(long)]
     pub private: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Jobs per phase
+    #[arg(long, short = 'n', default_value_t = 100_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub jobs: usize,
+
+    /// Handlers running at once while the queue is drained
+    #[arg(long, short = 'c', default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub concurrency: u32,
+
+    /// Payload size in bytes [default: the job's number as an id, e.g. 42, as the peers push]
+    #[arg(long, value_name = "BYTES", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_048_576))]
+    pub payload_bytes: Option<usize>,
+
+    /// Prefix of the queue names used (<prefix>-warmup, -enqueue, -tracked, -latency, -ceiling)
+    /// [default: bench-<ulid>]
+    #[arg(long, short = 'q', value_name = "PREFIX")]
+    pub queue: Option<String>,
 }

@@ -1,6 +1,7 @@
 //! `ostq`: the command line of the ostq task queue. Push jobs, turn any program into a worker,
 //! watch the queues, and operate on jobs (retry, delete, purge, pause, resume).
 
+mod bench;
 mod cli;
 mod demo;
 mod exec;
@@ -68,5 +69,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => ops::pause(&global, args, false).await,
         Command::Queues(args) => ops::queues(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
+        Command::Bench(args) => bench::run(&global, args).await,
     }
 }
