@@ -238,26 +238,31 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
     })
 }
 
-async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
+/// The `EVALSHA fetch.lua` command for `want` jobs of `queue`.
+fn fetch_cmd(shared: &Shared, queue: usize, want: usize) -> redis::Cmd {
     let keys = &shared.queues[queue];
     let cfg = &shared.config;
-    let mut invocation = FETCH_SCRIPT.prepare_invoke();
-    invocation
-        .key(&keys.pending)
-        .key(&keys.prioritized)
-        .key(&keys.scheduled)
-        .key(&keys.retry)
-        .key(&keys.jobs)
-        .key(&keys.active)
-        .key(&keys.dead)
-        .key(&keys.seq)
-        .key(&keys.stats)
-        .key(&keys.completed)
-        .key(&keys.paused)
-        .key(&keys.rate_limit)
-        .key(&keys.config)
-        .key(&keys.events)
-        .arg(&keys.prefix)
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(FETCH_SCRIPT.get_hash()).arg(14);
+    for key in [
+        &keys.pending,
+        &keys.prioritized,
+        &keys.scheduled,
+        &keys.retry,
+        &keys.jobs,
+        &keys.active,
+        &keys.dead,
+        &keys.seq,
+        &keys.stats,
+        &keys.completed,
+        &keys.paused,
+        &keys.rate_limit,
+        &keys.config,
+        &keys.events,
+    ] {
+        cmd.arg(key);
+    }
+    cmd.arg(&keys.prefix)
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
         .arg(cfg.default_max_attempts)
@@ -266,8 +271,57 @@ async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
         .arg(cfg.completed_retention.as_millis() as u64)
         // Random, never 0 (0 means "nothing leased"): unique without asking Redis for a counter.
         .arg(rand::random::<u64>() >> 1 | 1);
+    cmd
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
     let mut conn = shared.client.conn();
-    let value: Value = invocation.invoke_async(&mut conn).await?;
+    let cmd = fetch_cmd(shared, queue, want);
+    let value: Value = match cmd.query_async(&mut conn).await {
+        Err(e) if is_noscript(&e) => {
+            FETCH_SCRIPT.load_async(&mut conn).await?;
+            cmd.query_async(&mut conn).await?
+        }
+        reply => reply?,
+    };
+    parse_fetched(value)
+}
+
+/// The idle wait of a worker that serves one queue: `BLMOVE` (which waits for an entry without
+/// taking it) and `fetch.lua` pipelined on the blocking connection, so Redis runs the fetch the
+/// moment the wait ends and the job arrives with the wake-up: one round trip, not two.
+async fn wait_then_fetch(
+    shared: &Shared,
+    queue: usize,
+    want: usize,
+    wait_ms: i64,
+    conn: &mut Conn,
+) -> Result<Fetched> {
+    let pending = &shared.queues[queue].pending;
+    let mut blmove = redis::cmd("BLMOVE");
+    blmove
+        .arg(pending)
+        .arg(pending)
+        .arg("RIGHT")
+        .arg("RIGHT")
+        .arg(format!("{:.3}", wait_ms as f64 / 1000.0));
+    let mut pipe = redis::pipe();
+    pipe.add_command(blmove)
+        .ignore()
+        .add_command(fetch_cmd(shared, queue, want));
+    let value: Value = match pipe.query_async::<(Value,)>(conn).await {
+        Ok((value,)) => value,
+        Err(e) if is_noscript(&e) => {
+            // The fetch did not run (no jobs were leased): load the script, fetch plainly.
+            FETCH_SCRIPT.load_async(conn).await?;
+            return fetch(shared, queue, want).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     parse_fetched(value)
 }
 
@@ -311,27 +365,35 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
     let mut blocking: Vec<Option<Conn>> = shared.queues.iter().map(|_| None).collect();
     let mut failing = false;
     let mut backoff = Duration::from_millis(100);
+    // A fetch that ran at the end of an idle wait, with the slots it was made for.
+    let mut carried: Option<(OwnedSemaphorePermit, Result<Fetched>)> = None;
     loop {
-        let mut permit = tokio::select! {
-            permit = shared.semaphore.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
-        };
-        let extra = shared
-            .semaphore
-            .available_permits()
-            .min(shared.config.max_batch - 1);
-        if extra > 0 {
-            if let Ok(more) = shared
-                .semaphore
-                .clone()
-                .try_acquire_many_owned(extra as u32)
-            {
-                permit.merge(more);
+        let (mut permit, mut first) = match carried.take() {
+            Some((permit, fetched)) => (permit, Some(fetched)),
+            None => {
+                let mut permit = tokio::select! {
+                    permit = shared.semaphore.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                let extra = shared
+                    .semaphore
+                    .available_permits()
+                    .min(shared.config.max_batch - 1);
+                if extra > 0 {
+                    if let Ok(more) = shared
+                        .semaphore
+                        .clone()
+                        .try_acquire_many_owned(extra as u32)
+                    {
+                        permit.merge(more);
+                    }
+                }
+                (permit, None)
             }
-        }
+        };
         let mut waits = Vec::new();
         let mut errors = 0;
         for queue in queue_order(&weights, shared.config.strict) {
@@ -339,7 +401,11 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
             if want == 0 {
                 break;
             }
-            match fetch(&shared, queue, want).await {
+            let result = match first.take() {
+                Some(result) => result,
+                None => fetch(&shared, queue, want).await,
+            };
+            match result {
                 Ok(fetched) => {
                     let got = fetched.envelopes.len();
                     if got > 0 {
@@ -369,8 +435,8 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
             }
         }
         let idle = permit.num_permits() > 0;
-        drop(permit);
         if errors > 0 && waits.is_empty() {
+            drop(permit);
             failing = true;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -384,10 +450,86 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
             failing = false;
             backoff = Duration::from_millis(100);
         }
-        if idle {
-            wait_for_work(&shared, &waits, &mut blocking, &stop).await;
+        if !idle {
+            continue;
         }
+        // One queue, not on hold: wait and fetch in one round trip, keeping the free slots.
+        if let [wait] = waits.as_slice() {
+            if shared.queues.len() == 1 && !wait.hold && !stop.is_cancelled() {
+                let wait_ms = wait_ms(&shared, &waits);
+                if wait_ms == 0 {
+                    continue;
+                }
+                if blocking[0].is_none() {
+                    match shared.client.blocking_conn().await {
+                        Ok(conn) => blocking[0] = Some(conn),
+                        Err(e) => debug!(error = %e, "no blocking connection"),
+                    }
+                }
+                if let Some(conn) = blocking[0].as_mut() {
+                    let want = permit.num_permits();
+                    let result = wait_then_fetch(&shared, wait.queue, want, wait_ms, conn).await;
+                    match result {
+                        Err(_) => blocking[0] = None,
+                        Ok(fetched) if stop.is_cancelled() => {
+                            // Asked to stop while waiting: what the fetch leased goes back at once.
+                            give_back(&shared, wait.queue, fetched);
+                            continue;
+                        }
+                        Ok(_) => {}
+                    }
+                    carried = Some((permit, result));
+                    continue;
+                }
+            }
+        }
+        drop(permit);
+        wait_for_work(&shared, &waits, &mut blocking, &stop).await;
     }
+}
+
+/// Hands jobs leased by a fetch that came back after shutdown began straight back to the queue
+/// (through the lease keeper, like jobs whose handlers were stopped); no attempt is counted.
+fn give_back(shared: &Shared, queue: usize, fetched: Fetched) {
+    if fetched.envelopes.is_empty() {
+        return;
+    }
+    let _ = shared.events.send(Event::Leased {
+        queue,
+        group: fetched.group,
+        count: fetched.envelopes.len() as u32,
+    });
+    for (index, bytes) in fetched.envelopes.iter().enumerate() {
+        let envelope = Envelope::decode(bytes).unwrap_or_default();
+        let _ = shared.events.send(Event::Done(Outcome {
+            queue,
+            group: fetched.group,
+            index: index as u32,
+            settled: Settled {
+                tracked: envelope.tracked(),
+                unique: envelope.unique,
+                id: envelope.id,
+                kind: OutcomeKind::GivenBack,
+            },
+        }));
+    }
+}
+
+/// How long an idle worker may wait: until the earliest scheduled, retry, lease or rate-limit
+/// deadline of the queues it asked, at most `idle_wait`.
+fn wait_ms(shared: &Shared, waits: &[QueueWait]) -> i64 {
+    let idle = shared.config.idle_wait.as_millis() as i64;
+    waits
+        .iter()
+        .map(|w| {
+            if w.wake_at_ms > 0 {
+                (w.wake_at_ms - w.now_ms).clamp(0, idle)
+            } else {
+                idle
+            }
+        })
+        .min()
+        .unwrap_or(idle)
 }
 
 /// Blocks until a watched queue's list gets an entry, or until the next scheduled, retry, lease or
@@ -400,18 +542,7 @@ async fn wait_for_work(
     blocking: &mut [Option<Conn>],
     stop: &CancellationToken,
 ) {
-    let idle = shared.config.idle_wait.as_millis() as i64;
-    let wait_ms = waits
-        .iter()
-        .map(|w| {
-            if w.wake_at_ms > 0 {
-                (w.wake_at_ms - w.now_ms).clamp(0, idle)
-            } else {
-                idle
-            }
-        })
-        .min()
-        .unwrap_or(idle);
+    let wait_ms = wait_ms(shared, waits);
     if wait_ms == 0 {
         return;
     }
