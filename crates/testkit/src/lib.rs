@@ -99,6 +99,31 @@ fn pseudo_random() -> u64 {
     hasher.finish()
 }
 
+/// Runs `redis-cli -h 127.0.0.1 -p PORT ARGS` and returns its stdout; an error when it fails.
+fn run_redis_cli(port: u16, args: &[&OsStr]) -> anyhow::Result<Vec<u8>> {
+    let port = port.to_string();
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => anyhow!(REDIS_CLI_MISSING),
+            _ => anyhow::Error::new(error).context("running redis-cli"),
+        })?;
+    if !output.status.success() {
+        bail!(
+            "redis-cli -p {} {:?} failed ({}): {}{}",
+            port,
+            args,
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim(),
+        );
+    }
+    Ok(output.stdout)
+}
+
 /// Returns a free TCP port on 127.0.0.1 (never 6379).
 ///
 /// The port is found by binding port 0 and reading the port the kernel chose;
@@ -390,27 +415,7 @@ impl RedisServer {
     }
 
     fn run_cli(&self, args: &[&OsStr]) -> anyhow::Result<Vec<u8>> {
-        let port = self.port.to_string();
-        let output = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => anyhow!(REDIS_CLI_MISSING),
-                _ => anyhow::Error::new(error).context("running redis-cli"),
-            })?;
-        if !output.status.success() {
-            bail!(
-                "redis-cli -p {} {:?} failed ({}): {}{}",
-                self.port,
-                args,
-                output.status,
-                String::from_utf8_lossy(&output.stdout).trim(),
-                String::from_utf8_lossy(&output.stderr).trim(),
-            );
-        }
-        Ok(output.stdout)
+        run_redis_cli(self.port, args)
     }
 
     /// Kills the server process with SIGKILL and waits for it to exit, like a
@@ -1460,26 +1465,9 @@ impl RedisSentinel {
 
     /// Runs `redis-cli` against the sentinel (see [`RedisServer::cli`]).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let port = self.port.to_string();
-        let output = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => anyhow!(REDIS_CLI_MISSING),
-                _ => anyhow::Error::new(error).context("running redis-cli"),
-            })?;
-        if !output.status.success() {
-            bail!(
-                "redis-cli -p {} {:?} failed ({}): {}",
-                self.port,
-                args,
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim(),
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let stdout = run_redis_cli(self.port, &args)?;
+        Ok(String::from_utf8_lossy(&stdout).trim().to_owned())
     }
 
     /// The last lines of the sentinel's log, for failure messages.
