@@ -113,7 +113,19 @@ pub enum Command {
     /// Measure enqueue and processing rates, idle latency and memory per job on this Redis
     #[command(after_help = BENCH_AFTER)]
     Bench(BenchArgs),
+    /// Print a Lua script as Redis runs it (for EVAL from redis-cli or another language)
+    #[command(after_help = SCRIPT_AFTER)]
+    Script(ScriptArgs),
 }
+
+const SCRIPT_AFTER: &str = "\
+Examples:
+  ostq script push > push.lua                  # enqueue with every option from any language
+  redis-cli EVAL \"$(ostq script push)\" 5 'ostq:{videos}:pending' 'ostq:{videos}:prioritized' \\
+    'ostq:{videos}:scheduled' 'ostq:{videos}:jobs' 'ostq:{videos}:seq' 'ostq:{videos}:' '' 43 '' 0 0 0 0 0 '' 0
+  ostq script --list                           # the names
+
+Each script's header names its KEYS and ARGV; docs/design.md describes them.";
 
 const PUSH_AFTER: &str = "\
 Examples:
@@ -378,6 +390,16 @@ pub struct QueueArg {
 
 #[derive(Debug, Args)]
 pub struct QueuesArgs {}
+
+#[derive(Debug, Args)]
+pub struct ScriptArgs {
+    /// The script's name: push, fetch, complete, fail, ... (see --list)
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List the script names
+    #[arg(long)]
+    pub list: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

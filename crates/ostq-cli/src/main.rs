@@ -70,5 +70,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queues(args) => ops::queues(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
+        Command::Script(args) => script(args),
+    }
+}
+
+/// `ostq script NAME`: the assembled text of one Lua script (shared helpers pasted in), as
+/// `EVAL` needs it; the files under crates/ostq/lua/ are the sources it is built from.
+fn script(args: cli::ScriptArgs) -> anyhow::Result<()> {
+    let names = || {
+        ostq::scripts::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if args.list {
+        for (name, _) in ostq::scripts::ALL {
+            println!("{name}");
+        }
+        return Ok(());
+    }
+    let wanted = args.name.unwrap_or_default();
+    let wanted = wanted.trim_end_matches(".lua");
+    match ostq::scripts::ALL.iter().find(|(n, _)| *n == wanted) {
+        Some((_, text)) => {
+            print!("{text}");
+            Ok(())
+        }
+        None => anyhow::bail!("no script named {wanted:?}; the scripts are: {}", names()),
     }
 }

@@ -199,3 +199,44 @@ fn stats_watch_refreshes_and_measures_throughput() {
     child.wait().unwrap();
     assert!(measured);
 }
+
+/// `ostq script push` prints the script as Redis runs it (shared Lua helpers pasted in), so one
+/// `redis-cli EVAL` of it enqueues a job any worker runs; an unknown name is a clear error.
+#[test]
+fn script_prints_an_evalable_push() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let source = ok(&url, &["script", "push"]);
+    assert!(!source.contains("-- @include"), "includes are resolved");
+    let reply = redis
+        .cli(&[
+            "EVAL",
+            &source,
+            "5",
+            "ostq:{cli}:pending",
+            "ostq:{cli}:prioritized",
+            "ostq:{cli}:scheduled",
+            "ostq:{cli}:jobs",
+            "ostq:{cli}:seq",
+            "ostq:{cli}:",
+            "order-1",
+            "43",
+            "",
+            "0",
+            "0",
+            "0",
+            "0",
+            "1",
+            "",
+            "0",
+        ])
+        .unwrap();
+    assert_eq!(reply.lines().next(), Some("order-1"), "{reply}");
+    let job = json(&url, &["job", "cli", "order-1"]);
+    assert_eq!(job["state"], "pending", "{job}");
+    let names = ok(&url, &["script", "--list"]);
+    assert!(names.lines().any(|n| n == "fetch"), "{names}");
+    let out = run(&url, &["script", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("push, fetch"));
+}

@@ -37,8 +37,27 @@ local function parse_id(env)
   return nil
 end
 
-local stale, done = 0, 0
+local function is_int(v, lo)
+  return v and v == v and v >= lo and v <= 1e15 and math.floor(v) == v
+end
+-- Check the whole call before writing anything: a malformed call must not stop half-way.
+if not is_int(ttl, 1) then return redis.error_reply('ERR ostq: complete.lua ARGV[2] must be a positive integer') end
 local i = 3
+while i <= #ARGV do
+  local k, d = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not is_int(k, 0) or not is_int(d, 0) then
+    return redis.error_reply('ERR ostq: complete.lua: malformed group at ARGV[' .. i .. ']')
+  end
+  for j = i + 4, i + 4 + 5 * (d - 1), 5 do
+    if not is_int(tonumber(ARGV[j]), 0) or ARGV[j + 4] == nil then
+      return redis.error_reply('ERR ostq: complete.lua: malformed job at ARGV[' .. j .. ']')
+    end
+  end
+  i = i + 4 + 5 * d
+end
+
+local stale, done = 0, 0
+i = 3
 while i <= #ARGV do
   local group, all, k, d = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local first = i + 4
@@ -60,7 +79,9 @@ while i <= #ARGV do
       local live = true
       if not all then
         local index = tonumber(ARGV[j])
-        live = redis.call('LINDEX', key, index) ~= ''
+        -- (nil: the entry was taken by a recovery already under way; see fetch.lua)
+        local entry = redis.call('LINDEX', key, index)
+        live = entry and entry ~= ''
         if live then redis.call('LSET', key, index, '') end
       end
       if live then

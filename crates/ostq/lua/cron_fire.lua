@@ -22,7 +22,20 @@ local WAKE = '\144'        -- as in push.lua: wakes workers blocked on the pendi
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local tick = tonumber(ARGV[3])
+-- Checked before any write (the same limits as push.lua).
+local function int_arg(i, lo, hi)
+  local v = tonumber(ARGV[i])
+  if not (v and v == v and v >= lo and v <= hi and math.floor(v) == v) then
+    error('ostq: cron_fire.lua ARGV[' .. i .. '] must be an integer in ' .. lo .. '..' .. hi)
+  end
+  return v
+end
+local tick = int_arg(3, 0, 1e13)
+int_arg(4, 0, 1e13)
+local max_attempts = int_arg(8, 0, 4294967295)
+local priority = int_arg(9, -1000, 1000)
+local flags = int_arg(10, 0, 127)
+if ARGV[5] == '' or #ARGV[5] > 255 then error('ostq: cron_fire.lua: the job id must be 1..255 bytes') end
 local spec = redis.call('HGET', KEYS[3], ARGV[1])
 if not spec then
   if redis.call('HEXISTS', KEYS[7], ARGV[1]) == 1 then return {'removed', now} end
@@ -41,9 +54,6 @@ if tick <= last then return {'taken', now} end
 if tick < created then return {'early', now} end
 
 local id, payload, name = ARGV[5], ARGV[6], ARGV[7]
-local max_attempts = tonumber(ARGV[8]) or 0
-local priority = tonumber(ARGV[9]) or 0
-local flags = tonumber(ARGV[10]) or 0
 redis.call('HSET', KEYS[4], 'last_tick', tick, 'next_tick', ARGV[4], 'last_job', id)
 redis.call('HINCRBY', KEYS[4], 'fired', 1)
 

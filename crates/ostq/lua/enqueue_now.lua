@@ -21,40 +21,55 @@ local function emit(kind, id, extra)
   if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[9], json) end
   if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
 end
+-- @include lib/envelope.lua
+
 local moved = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local env = redis.call('HGET', KEYS[6], id)
-  local from = nil
+  local from = {}
   for _, zkey in ipairs({KEYS[3], KEYS[4], KEYS[5]}) do
-    if redis.call('ZREM', zkey, id) == 1 then from = zkey end
+    if redis.call('ZSCORE', zkey, id) then from[#from + 1] = zkey end
   end
-  if env and from then
-    redis.call('HDEL', KEYS[6], id)
-    local priority = 0
-    local ok, job = pcall(cmsgpack.unpack, env)
-    if ok and type(job) == 'table' and #job >= 9 then
-      priority = tonumber(job[7]) or 0
-      if from == KEYS[5] then
+  if not env then
+    -- A member without an envelope cannot run: drop it (nothing else refers to it).
+    for _, zkey in ipairs(from) do redis.call('ZREM', zkey, id) end
+  elseif #from > 0 then
+    local src = from[#from]
+    -- Decoded and checked before anything moves: a job that cannot run is not taken out of
+    -- where it is, except to the dead set with the reason.
+    local job, why = decode_job(env)
+    if not job then
+      if src ~= KEYS[5] then
+        for _, zkey in ipairs(from) do redis.call('ZREM', zkey, id) end
+        redis.call('ZADD', KEYS[5], now, id)
+        redis.call('HSET', KEYS[6], id, wrap_invalid(id, env, why, now))
+        emit('dead', id, {error = 'invalid job envelope: ' .. why})
+      end
+    else
+      for _, zkey in ipairs(from) do redis.call('ZREM', zkey, id) end
+      redis.call('HDEL', KEYS[6], id)
+      local priority = job[7]
+      if src == KEYS[5] then
         job[5] = 0
         env = cmsgpack.pack(job)
       end
-      if (tonumber(job[2]) or 0) % 2 == 1 then
+      if job[2] % 2 == 1 then
         local rec = prefix .. 'job:' .. id
         redis.call('HSET', rec, 'state', 'pending', 'attempt', job[5])
         redis.call('HDEL', rec, 'finished_at')
         -- A dead job's "finished" token would wake waiters for the run that is starting now.
         redis.call('DEL', prefix .. 'done:' .. id)
       end
+      if priority ~= 0 then
+        local seq = redis.call('INCR', KEYS[7]) % PRIO
+        redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
+      else
+        redis.call('RPUSH', KEYS[1], env)
+      end
+      emit('retried', id, {from = (src == KEYS[5]) and 'dead' or ((src == KEYS[4]) and 'retry' or 'scheduled')})
+      moved = moved + 1
     end
-    if priority ~= 0 then
-      local seq = redis.call('INCR', KEYS[7]) % PRIO
-      redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-    else
-      redis.call('RPUSH', KEYS[1], env)
-    end
-    emit('retried', id, {from = (from == KEYS[5]) and 'dead' or ((from == KEYS[4]) and 'retry' or 'scheduled')})
-    moved = moved + 1
   end
 end
 return moved

@@ -28,6 +28,23 @@ local function emit(kind, id, extra)
   if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
 end
 
+-- @include lib/envelope.lua
+-- @include lib/file.lua
+local FILE_KEYS = {jobs = KEYS[4], scheduled = KEYS[7], retry = KEYS[2], dead = KEYS[3]}
+
+-- Check the whole call before writing anything: a malformed call must not stop half-way.
+local function is_int(v, lo)
+  return v and v == v and v >= lo and v <= 1e15 and math.floor(v) == v
+end
+if (#ARGV - 1) % 10 ~= 0 then return redis.error_reply('ERR ostq: fail.lua takes 10 fields per job') end
+for i = 2, #ARGV, 10 do
+  if ARGV[i] == '' or not is_int(tonumber(ARGV[i + 1]), 0) or ARGV[i + 2] == ''
+    or not (ARGV[i + 4] == 'retry' or ARGV[i + 4] == 'dead') or not is_int(tonumber(ARGV[i + 5]), 0)
+    or not (ARGV[i + 6] == '0' or ARGV[i + 6] == '1') or not is_int(tonumber(ARGV[i + 7]), 0) then
+    return redis.error_reply('ERR ostq: fail.lua: malformed job at ARGV[' .. i .. ']')
+  end
+end
+
 local function first_score(zkey)
   local r = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
   return tonumber(r[2])
@@ -39,34 +56,41 @@ if s and (earliest == nil or s < earliest) then earliest = s end
 local stale, failed, wake = 0, 0, false
 for i = 2, #ARGV, 10 do
   local group, index, id, env, target = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local err = ARGV[i + 8]
   local key = prefix .. 'lease:' .. group
-  if redis.call('ZSCORE', KEYS[1], group) and redis.call('LINDEX', key, index) ~= '' then
+  -- (No entry at all: a recovery already under way took it; see fetch.lua.)
+  local entry = redis.call('ZSCORE', KEYS[1], group) and redis.call('LINDEX', key, index)
+  if entry and entry ~= '' then
     redis.call('LSET', key, index, '')
     failed = failed + 1
+    local job, why = decode_job(env)
+    if not job then
+      err = 'invalid job envelope: ' .. why
+      env, target = wrap_invalid(id, env, why, now), 'dead'
+    end
     local state
     if target == 'retry' then
       state = 'retry'
-      local due = now + (tonumber(ARGV[i + 5]) or 0)
-      redis.call('ZADD', KEYS[2], due, id)
+      local due = now + tonumber(ARGV[i + 5])
+      id = file_job(FILE_KEYS, KEYS[2], due, id, env, now)
       if earliest == nil or due < earliest then earliest = due; wake = true end
     else
       state = 'dead'
-      redis.call('ZADD', KEYS[3], now, id)
       local unique = ARGV[i + 9]
       if unique ~= '' then
         local ukey = prefix .. 'unique:' .. unique
         if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
       end
+      id = file_job(FILE_KEYS, KEYS[3], now, id, env, now)
     end
-    redis.call('HSET', KEYS[4], id, env)
     if state == 'retry' then
-      emit('failed', id, {attempt = tonumber(ARGV[i + 7]), error = ARGV[i + 8], retry_in_ms = tonumber(ARGV[i + 5])})
+      emit('failed', id, {attempt = tonumber(ARGV[i + 7]), error = err, retry_in_ms = tonumber(ARGV[i + 5])})
     else
-      emit('dead', id, {attempt = tonumber(ARGV[i + 7]), error = ARGV[i + 8]})
+      emit('dead', id, {attempt = tonumber(ARGV[i + 7]), error = err})
     end
     if ARGV[i + 6] == '1' then
       local rec = prefix .. 'job:' .. id
-      redis.call('HSET', rec, 'state', state, 'attempt', ARGV[i + 7], 'error', ARGV[i + 8])
+      redis.call('HSET', rec, 'state', state, 'attempt', ARGV[i + 7], 'error', err)
       redis.call('PERSIST', rec)
       if state == 'dead' then
         redis.call('HSET', rec, 'finished_at', now)

@@ -22,12 +22,26 @@
 -- tokens) but to sleep until the wake time.
 local PRIO = 4398046511104
 local LIMIT = 1000
+-- Work one call may do besides leasing (promotion and recovery share it), so that no call runs
+-- long at any queue size: entries, and bytes of envelopes copied (at least one entry always moves).
+local budget_entries, budget_bytes = 1000, 4194304
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
-local want = math.min(tonumber(ARGV[2]) or 0, LIMIT)
-local lease_ms = tonumber(ARGV[3])
-local default_max = tonumber(ARGV[4])
+local function arg_int(i, lo, hi)
+  local v = tonumber(ARGV[i])
+  if not (v and v == v and v >= lo and v <= hi and math.floor(v) == v) then
+    error('ostq: fetch.lua ARGV[' .. i .. '] must be an integer in ' .. lo .. '..' .. hi)
+  end
+  return v
+end
+local want = math.min(arg_int(2, 0, 1e15), LIMIT)
+local lease_ms = arg_int(3, 1, 1e12)
+local default_max = arg_int(4, 1, 4294967295)
+local dead_max = arg_int(5, 0, 1e15)
+local dead_retention = arg_int(6, 0, 1e15)
+local completed_retention = arg_int(7, 0, 1e15)
+if not string.find(ARGV[8] or '', '^[1-9]%d*$') then error('ostq: fetch.lua ARGV[8] must be a lease group id') end
 -- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
 local EVENTS = redis.call('HGET', KEYS[13], 'events') or ''
 local function emit(kind, id, extra)
@@ -39,13 +53,11 @@ local function emit(kind, id, extra)
   if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[14], 'MAXLEN', '~', 10000, '*', 'e', json) end
 end
 
-local function decode(env)
-  local ok, job = pcall(cmsgpack.unpack, env)
-  if ok and type(job) == 'table' and #job >= 9 then return job end
-  return nil
-end
+-- @include lib/envelope.lua
+-- @include lib/file.lua
+local FILE_KEYS = {jobs = KEYS[5], scheduled = KEYS[3], retry = KEYS[4], dead = KEYS[7]}
 
-local function tracked(job) return (tonumber(job[2]) or 0) % 2 == 1 end
+local function tracked(job) return job[2] % 2 == 1 end
 
 -- A job that held a unique key until it finished gives it up when it dies.
 local function release_unique(job)
@@ -57,6 +69,7 @@ local function release_unique(job)
 end
 
 -- Puts a ready envelope where fetch will find it; `head` for jobs that already waited their turn.
+-- `priority` has been checked (an integer in -1000..1000).
 local function route(env, priority, head)
   if priority ~= 0 then
     local seq = redis.call('INCR', KEYS[8]) % PRIO
@@ -68,38 +81,75 @@ local function route(env, priority, head)
   end
 end
 
-local function promote(zkey, kind)
-  local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, LIMIT)
-  if #ids == 0 then return end
-  local envs = redis.call('HMGET', KEYS[5], unpack(ids))
-  for i, id in ipairs(ids) do
-    local env = envs[i]
-    if env then
-      local job = decode(env)
-      route(env, job and (tonumber(job[7]) or 0) or 0, false)
-      if job and tracked(job) then redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending') end
-      if kind then emit(kind, id) end
-    end
+-- Files an entry that is not a valid job in the dead set, with the reason.
+local function bury_invalid(id, env, why)
+  local reason = 'invalid job envelope: ' .. why
+  id = file_job(FILE_KEYS, KEYS[7], now, id, wrap_invalid(id, env, why, now), now)
+  local rec = prefix .. 'job:' .. id
+  if redis.call('EXISTS', rec) == 1 then
+    redis.call('HSET', rec, 'state', 'dead', 'error', reason, 'finished_at', now)
   end
-  redis.call('ZREM', zkey, unpack(ids))
-  redis.call('HDEL', KEYS[5], unpack(ids))
+  emit('dead', id, {error = reason})
 end
 
+local function promote(zkey, kind)
+  if budget_entries <= 0 or budget_bytes <= 0 then return end
+  local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, budget_entries)
+  if #ids == 0 then return end
+  -- Sizes first (O(1) each), so a few huge envelopes are not all copied by one call.
+  local take = {}
+  for _, id in ipairs(ids) do
+    if #take > 0 and budget_bytes <= 0 then break end
+    take[#take + 1] = id
+    budget_entries = budget_entries - 1
+    budget_bytes = budget_bytes - redis.call('HSTRLEN', KEYS[5], id)
+  end
+  local envs = redis.call('HMGET', KEYS[5], unpack(take))
+  redis.call('ZREM', zkey, unpack(take))
+  local routed = {}
+  for i, id in ipairs(take) do
+    local env = envs[i]
+    if env then
+      local job, why = decode_job(env)
+      if job then
+        route(env, job[7], false)
+        routed[#routed + 1] = id
+        if tracked(job) then redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending') end
+        if kind then emit(kind, id) end
+      else
+        bury_invalid(id, env, why)
+      end
+    end
+  end
+  if #routed > 0 then redis.call('HDEL', KEYS[5], unpack(routed)) end
+end
+
+-- Expired lease groups: their unfinished jobs go back to the queue, attempt counted, or to the
+-- dead set when that was their last attempt. Entries are taken from the group's tail (RPOP), a
+-- budget's worth per call: a group too big for one call is marked with score 0 (renew.lua then
+-- tells its worker the lease is lost) and finished by the next calls.
 local function recover()
   local groups = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 100)
   for _, group in ipairs(groups) do
+    if budget_entries <= 0 or budget_bytes <= 0 then return end
     local key = prefix .. 'lease:' .. group
+    local index = redis.call('LLEN', key)
     local lost = 0
-    local entries = redis.call('LRANGE', key, 0, -1)
-    -- Backwards, so that the group's first job ends up first in line again.
-    for e = #entries, 1, -1 do
-      local env = entries[e]
+    local finished = false
+    redis.call('ZADD', KEYS[6], 'XX', 0, group)
+    while true do
+      if budget_entries <= 0 or budget_bytes <= 0 then break end
+      local env = redis.call('RPOP', key)
+      if not env then finished = true; break end
+      index = index - 1
+      budget_entries = budget_entries - 1
+      budget_bytes = budget_bytes - #env
       if env ~= '' then
         lost = lost + 1
-        local job = decode(env)
+        local job, why = decode_job(env)
         if job then
-          local attempt = (tonumber(job[5]) or 0) + 1
-          local max = tonumber(job[6]) or 0
+          local attempt = math.min(job[5] + 1, 4294967295)
+          local max = job[6]
           if max <= 0 then max = default_max end
           local err = 'lease expired: the worker running attempt ' .. attempt .. ' was lost'
           job[5], job[9] = attempt, err
@@ -107,28 +157,30 @@ local function recover()
           local id = job[1]
           local rec = prefix .. 'job:' .. id
           if attempt >= max then
-            redis.call('ZADD', KEYS[7], now, id)
-            redis.call('HSET', KEYS[5], id, env)
             release_unique(job)
+            id = file_job(FILE_KEYS, KEYS[7], now, id, env, now)
             emit('dead', id, {attempt = attempt, error = err})
             if tracked(job) then
+              rec = prefix .. 'job:' .. id
               redis.call('HSET', rec, 'state', 'dead', 'attempt', attempt, 'error', err, 'finished_at', now)
               local done = prefix .. 'done:' .. id
               redis.call('RPUSH', done, 1)
               redis.call('EXPIRE', done, 60)
             end
           else
-            route(env, tonumber(job[7]) or 0, true)
+            route(env, job[7], true)
             emit('recovered', id, {attempt = attempt, error = err})
             if tracked(job) then redis.call('HSET', rec, 'state', 'pending', 'attempt', attempt, 'error', err) end
           end
         else
-          route(env, 0, true) -- undecodable: a worker will dead it with the reason
+          -- Its attempts cannot be counted, and it may be what crashed its worker: it ends here.
+          local off, id_len = header(env)
+          local id = off and string.sub(env, off, off + id_len - 1) or ('~' .. group .. '.' .. index)
+          bury_invalid(id, env, why .. ' (found in an expired lease)')
         end
       end
     end
-    redis.call('DEL', key)
-    redis.call('ZREM', KEYS[6], group)
+    if finished then redis.call('ZREM', KEYS[6], group) end
     if lost > 0 then
       redis.call('HINCRBY', KEYS[9], 'active', -lost)
       redis.call('HINCRBY', KEYS[9], 'recovered', lost)
@@ -147,10 +199,10 @@ local function drop_dead(ids)
 end
 
 local function trim()
-  drop_dead(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, LIMIT))
-  local excess = redis.call('ZCARD', KEYS[7]) - tonumber(ARGV[5])
+  drop_dead(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - dead_retention, 'LIMIT', 0, LIMIT))
+  local excess = redis.call('ZCARD', KEYS[7]) - dead_max
   if excess > 0 then drop_dead(redis.call('ZRANGE', KEYS[7], 0, math.min(excess, LIMIT) - 1)) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - tonumber(ARGV[7]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - completed_retention)
 end
 
 local function first_score(zkey)
@@ -158,9 +210,9 @@ local function first_score(zkey)
   return tonumber(r[2])
 end
 
+recover()
 promote(KEYS[3], nil)
 promote(KEYS[4], 'retried')
-recover()
 trim()
 
 local hold = 0
@@ -199,19 +251,18 @@ if #popped > 0 then
   local group = ARGV[8]
   local byte, sub = string.byte, string.sub
   for _, env in ipairs(popped) do
-    local b, lb, b3 = byte(env, 1, 3)
+    local b = byte(env, 1)
     if not (b == 0x90 and #env == 1) then -- the wake marker is dropped
       if b == nil or b < 0x90 or b > 0x9f then
         -- A bare entry (plain LPUSH of a payload, as Ost did): wrap it so it can be retried and tracked.
         env = cmsgpack.pack({'~' .. group .. '.' .. (n - 4), 0, env, '', 0, 0, 0, now, ''})
       else
-        -- Read id and flags without unpacking the payload: fixarray, str8/fixstr id, fixint flags.
-        local id_len, off = nil, nil
-        if lb and lb >= 0xa0 and lb <= 0xbf then id_len, off = lb - 0xa0, 3
-        elseif lb == 0xd9 then id_len, off = b3, 4 end
-        if id_len then
-          local flags = byte(env, off + id_len)
-          if flags and flags < 0x80 and flags % 2 == 1 then
+        -- Read id and flags without unpacking the payload (lib/envelope.lua's header).
+        local off, id_len, flags = header(env)
+        if off then
+          local m = byte(env, off + id_len + 1)
+          if m and m >= 0xc4 and m <= 0xc6 then env = str_payload(env) end -- bin payload: as str
+          if flags % 2 == 1 then
             -- Only an existing record: garbage that looks like a tracked header must not leave one.
             local rec = prefix .. 'job:' .. sub(env, off, off + id_len - 1)
             if redis.call('EXISTS', rec) == 1 then
@@ -246,6 +297,8 @@ end
 local wake_at = nil
 for _, zkey in ipairs({KEYS[3], KEYS[4], KEYS[6]}) do
   local s = first_score(zkey)
+  -- (A group being recovered has score 0; 0 in the reply means "nothing timed".)
+  if s and s < 1 then s = 1 end
   if s and (wake_at == nil or s < wake_at) then wake_at = s end
 end
 if hold_until and (wake_at == nil or hold_until < wake_at) then wake_at = hold_until end

@@ -14,8 +14,17 @@
 --   priority (-1000..1000, higher runs first), delay ms (0 = none), run-at unix ms (0 = none),
 --   flags (1 = keep a status record), unique key ("" = none),
 --   unique ttl ms (0 = the key is held until the job completes or dies; > 0 = it expires then)
--- Returns one {id, created} pair per job, in order: created is 1, or 0 when a job holding the
--- unique key already exists and id is that job's.
+-- Numbers are decimal integers ("" counts as 0); anything else (NaN, inf, 1.5, 0x10, out of
+-- range) is an error reply, and so is a bad id, name or field count: nothing of the call is
+-- written then. Limits: id and unique key at most 200 bytes; priority -1000..1000; max attempts
+-- 0..4294967295; flags 0..127; delay, run-at and unique ttl 0..10^13 ms; id, name and unique key
+-- UTF-8 (the worker reads them as text).
+-- An id names one job at a time. A given id that names a job still waiting (scheduled, waiting
+-- to retry, or pending or running while tracked) is refused for that job; an id whose job is
+-- dead takes that dead entry's place.
+-- Returns one {id, created, why} triple per job, in order: created is 1 (why ""), or 0 when the
+-- job was not enqueued: why is "unique" (id is the job holding the unique key) or the state of
+-- the job that already has this id ("scheduled", "retry", "pending" or "active").
 local PRIO = 4398046511104 -- 2^42: priority is scaled above a 42-bit FIFO sequence
 local WAKE = '\144'        -- 0x90, an empty msgpack array: wakes blocked workers, never runs
 local t = redis.call('TIME')
@@ -41,14 +50,59 @@ local function wake()
 end
 
 -- Check every job before writing any, so a bad batch writes nothing.
-for i = 2, #ARGV, 10 do
-  local priority = tonumber(ARGV[i + 4]) or 0
-  if priority > 1000 or priority < -1000 then
-    return redis.error_reply('ERR ostq: priority ' .. ARGV[i + 4] .. ' is outside -1000..1000')
+-- @include lib/envelope.lua
+local function int_arg(i, what, lo, hi)
+  local v = ARGV[i]
+  if v == '' then return 0 end
+  local n = #v <= 20 and string.find(v, '^%-?%d+$') and tonumber(v)
+  if not n or n < lo or n > hi then
+    error({err = 'ERR ostq: job ' .. math.floor((i - 2) / 10 + 1) .. ': ' .. what .. ' "' ..
+      string.sub(v, 1, 40) .. '" is not an integer in ' .. lo .. '..' .. hi})
   end
-  if #ARGV[i] > 200 then
-    return redis.error_reply('ERR ostq: job id longer than 200 bytes')
+  return n
+end
+local MAX_MS = 1e13
+local function check_all()
+  if (#ARGV - 1) % 10 ~= 0 or #ARGV < 2 then
+    error({err = 'ERR ostq: push.lua takes the prefix and then 10 fields per job'})
   end
+  for i = 2, #ARGV, 10 do
+    local job = math.floor((i - 2) / 10 + 1)
+    if #ARGV[i] > 200 then error({err = 'ERR ostq: job ' .. job .. ': job id longer than 200 bytes'}) end
+    if not is_utf8(ARGV[i]) then error({err = 'ERR ostq: job ' .. job .. ': job id is not UTF-8'}) end
+    if not is_utf8(ARGV[i + 2]) then error({err = 'ERR ostq: job ' .. job .. ': task name is not UTF-8'}) end
+    int_arg(i + 3, 'max attempts', 0, 4294967295)
+    int_arg(i + 4, 'priority', -1000, 1000)
+    int_arg(i + 5, 'delay ms', 0, MAX_MS)
+    int_arg(i + 6, 'run-at ms', 0, MAX_MS)
+    int_arg(i + 7, 'flags', 0, 127)
+    if #ARGV[i + 8] > 200 then error({err = 'ERR ostq: job ' .. job .. ': unique key longer than 200 bytes'}) end
+    if not is_utf8(ARGV[i + 8]) then error({err = 'ERR ostq: job ' .. job .. ': unique key is not UTF-8'}) end
+    int_arg(i + 9, 'unique ttl ms', 0, MAX_MS)
+  end
+end
+local ok, bad = pcall(check_all)
+if not ok then
+  if type(bad) == 'table' then return redis.error_reply(bad.err) end
+  return redis.error_reply('ERR ostq: ' .. tostring(bad))
+end
+
+-- Which waiting job already has this id, if any ("" when the id is free for a new job). A dead
+-- job's entry is given up to the new job.
+local RETRY, DEAD = prefix .. 'retry', prefix .. 'dead'
+local function id_taken(id)
+  if redis.call('HEXISTS', KEYS[4], id) == 1 then
+    if redis.call('ZSCORE', KEYS[3], id) then return 'scheduled' end
+    if redis.call('ZSCORE', RETRY, id) then return 'retry' end
+    if redis.call('ZREM', DEAD, id) == 1 then
+      redis.call('HDEL', KEYS[4], id)
+      redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
+    end
+    return ''
+  end
+  local state = redis.call('HGET', prefix .. 'job:' .. id, 'state')
+  if state == 'pending' or state == 'active' then return state end
+  return ''
 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -56,14 +110,15 @@ local earliest = tonumber(first[2])
 local out = {}
 for i = 2, #ARGV, 10 do
   local id, payload, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local max_attempts = tonumber(ARGV[i + 3]) or 0
-  local priority = tonumber(ARGV[i + 4]) or 0
-  local delay, run_at = tonumber(ARGV[i + 5]) or 0, tonumber(ARGV[i + 6]) or 0
-  local flags = tonumber(ARGV[i + 7]) or 0
-  local unique, unique_ttl = ARGV[i + 8], tonumber(ARGV[i + 9]) or 0
-  if id == '' then id = '~' .. redis.call('INCR', KEYS[5]) end
+  local max_attempts = int_arg(i + 3, 'max attempts', 0, 4294967295)
+  local priority = int_arg(i + 4, 'priority', -1000, 1000)
+  local delay, run_at = int_arg(i + 5, 'delay ms', 0, MAX_MS), int_arg(i + 6, 'run-at ms', 0, MAX_MS)
+  local flags = int_arg(i + 7, 'flags', 0, 127)
+  local unique, unique_ttl = ARGV[i + 8], int_arg(i + 9, 'unique ttl ms', 0, MAX_MS)
+  local taken = ''
+  if id == '' then id = '~' .. redis.call('INCR', KEYS[5]) else taken = id_taken(id) end
   local holder = nil
-  if unique ~= '' then
+  if taken == '' and unique ~= '' then
     local ukey = prefix .. 'unique:' .. unique
     local won
     if unique_ttl > 0 then
@@ -73,8 +128,10 @@ for i = 2, #ARGV, 10 do
     end
     if not won then holder = redis.call('GET', ukey) end
   end
-  if holder then
-    out[#out + 1] = {holder, 0}
+  if taken ~= '' then
+    out[#out + 1] = {id, 0, taken}
+  elseif holder then
+    out[#out + 1] = {holder, 0, 'unique'}
   else
     local job = {id, flags, payload, name, 0, max_attempts, priority, now, ''}
     -- The key travels with the job only when the job must release it when it finishes.
@@ -103,7 +160,7 @@ for i = 2, #ARGV, 10 do
       redis.call('HSET', rec, 'state', state, 'attempt', 0, 'enqueued_at', now, 'run_at', math.max(due, now))
     end
     emit('pushed', id, {state = state})
-    out[#out + 1] = {id, 1}
+    out[#out + 1] = {id, 1, ''}
   end
 end
 return out

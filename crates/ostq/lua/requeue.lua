@@ -10,8 +10,28 @@
 -- Returns the number of jobs given back.
 local PRIO = 4398046511104
 local prefix = ARGV[1]
-local returned = 0
+-- @include lib/envelope.lua
+
+-- Check the whole call before writing anything: a malformed call must not stop half-way.
+local function is_int(v, lo)
+  return v and v == v and v >= lo and v <= 1e15 and math.floor(v) == v
+end
 local i = 2
+while i <= #ARGV do
+  local k = tonumber(ARGV[i + 2])
+  if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not is_int(k, 0) then
+    return redis.error_reply('ERR ostq: requeue.lua: malformed group at ARGV[' .. i .. ']')
+  end
+  for j = i + 3, i + 2 + k do
+    if not is_int(tonumber(ARGV[j]), 0) then
+      return redis.error_reply('ERR ostq: requeue.lua: malformed index at ARGV[' .. j .. ']')
+    end
+  end
+  i = i + 3 + k
+end
+
+local returned = 0
+i = 2
 while i <= #ARGV do
   local group, all, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
   local first = i + 3
@@ -24,11 +44,13 @@ while i <= #ARGV do
       local env = redis.call('LINDEX', key, index)
       if env and env ~= '' then
         redis.call('LSET', key, index, '')
-        local ok, job = pcall(cmsgpack.unpack, env)
+        -- An invalid entry goes back as it is, to the head of the list: the next worker to
+        -- lease it files it in the dead set with the reason.
+        local job = decode_job(env)
         local priority = 0
-        if ok and type(job) == 'table' and #job >= 9 then
-          priority = tonumber(job[7]) or 0
-          if (tonumber(job[2]) or 0) % 2 == 1 then
+        if job then
+          priority = job[7]
+          if job[2] % 2 == 1 then
             redis.call('HSET', prefix .. 'job:' .. job[1], 'state', 'pending')
           end
         end

@@ -5,8 +5,16 @@
 //! and, only for jobs that hold a unique key until they finish, a tenth field: that key.
 //!
 //! Strings, the payload included, use MessagePack's str family even for non-UTF-8 bytes, because
-//! Redis's `cmsgpack` cannot decode the bin family. Readers here accept both. Extra trailing fields
-//! are ignored, so later versions can append fields.
+//! Redis's `cmsgpack` cannot decode the bin family. A payload written as bin (Python's msgpack
+//! does that for `bytes`) is accepted: `fetch.lua` turns its marker into str's when it leases the
+//! job, so the scripts can read it too. Every other field must be str. Extra trailing fields are
+//! ignored, so later versions can append fields.
+//!
+//! What is valid is defined once, the same here, in `lua/lib/envelope.lua` (which every script
+//! that decodes envelopes uses) and in `push.lua`'s argument checks: the id is 1..=255 bytes,
+//! flags 0..=127, priority -1000..=1000, attempts and the attempt limit fit in a u32, and id,
+//! name, last error and unique key are UTF-8. An envelope outside these limits is refused by
+//! workers and by scripts alike, and filed in the dead set with the reason.
 
 use crate::{Error, Result};
 
@@ -15,6 +23,12 @@ pub const FLAG_TRACKED: u64 = 1;
 
 /// Number of fields this version writes.
 const FIELDS: u32 = 9;
+/// Longest id an envelope may carry (the Lua header reader handles ids of up to 255 bytes).
+pub const MAX_ENVELOPE_ID_LEN: usize = 255;
+/// Flags fit in one MessagePack fixint byte, so Lua can read them without unpacking.
+pub const MAX_FLAGS: u64 = 127;
+/// Lua numbers are doubles: every whole number up to 2^53 is exact.
+const MAX_ENQUEUED_AT_MS: u64 = 1 << 53;
 
 /// A job as stored in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -81,16 +95,30 @@ impl Envelope {
             return Err(bad(format!("{len} fields, expected at least {FIELDS}")));
         }
         let id = read_string(&mut rd, "id")?;
-        if id.is_empty() {
-            return Err(bad("empty id".into()));
+        if id.is_empty() || id.len() > MAX_ENVELOPE_ID_LEN {
+            return Err(bad(format!(
+                "id must be 1..={MAX_ENVELOPE_ID_LEN} bytes, got {}",
+                id.len()
+            )));
         }
         let flags = read_int::<u64>(&mut rd, "flags")?;
-        let payload = read_bytes(&mut rd, "payload")?.to_vec();
+        if flags > MAX_FLAGS {
+            return Err(bad(format!("flags {flags} out of range 0..={MAX_FLAGS}")));
+        }
+        let payload = read_bytes(&mut rd, "payload", true)?.to_vec();
         let name = read_string(&mut rd, "name")?;
         let attempt = read_int::<u32>(&mut rd, "attempt")?;
         let max_attempts = read_int::<u32>(&mut rd, "max_attempts")?;
         let priority = read_int::<i32>(&mut rd, "priority")?;
+        if !crate::producer::PRIORITY_RANGE.contains(&priority) {
+            return Err(bad(format!(
+                "priority {priority} out of range -1000..=1000"
+            )));
+        }
         let enqueued_at_ms = read_int::<u64>(&mut rd, "enqueued_at")?;
+        if enqueued_at_ms > MAX_ENQUEUED_AT_MS {
+            return Err(bad(format!("enqueued_at {enqueued_at_ms} out of range")));
+        }
         let last_error = read_string(&mut rd, "last_error")?;
         // Later versions may append fields of other types: only a string here is a unique key.
         let unique = if len > FIELDS {
@@ -123,7 +151,8 @@ fn write_str(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn read_bytes<'a>(rd: &mut &'a [u8], field: &str) -> Result<&'a [u8]> {
+/// Reads a str (or, where `bin_ok`, a bin) field.
+fn read_bytes<'a>(rd: &mut &'a [u8], field: &str, bin_ok: bool) -> Result<&'a [u8]> {
     let marker = rd
         .first()
         .copied()
@@ -132,7 +161,7 @@ fn read_bytes<'a>(rd: &mut &'a [u8], field: &str) -> Result<&'a [u8]> {
         rmp::Marker::FixStr(_) | rmp::Marker::Str8 | rmp::Marker::Str16 | rmp::Marker::Str32 => {
             rmp::decode::read_str_len(rd).map_err(|e| bad(format!("{field}: {e}")))?
         }
-        rmp::Marker::Bin8 | rmp::Marker::Bin16 | rmp::Marker::Bin32 => {
+        rmp::Marker::Bin8 | rmp::Marker::Bin16 | rmp::Marker::Bin32 if bin_ok => {
             rmp::decode::read_bin_len(rd).map_err(|e| bad(format!("{field}: {e}")))?
         }
         other => return Err(bad(format!("{field} is {other:?}, expected a string"))),
@@ -146,13 +175,30 @@ fn read_bytes<'a>(rd: &mut &'a [u8], field: &str) -> Result<&'a [u8]> {
 }
 
 fn read_string(rd: &mut &[u8], field: &str) -> Result<String> {
-    let bytes = read_bytes(rd, field)?;
+    let bytes = read_bytes(rd, field, false)?;
     String::from_utf8(bytes.to_vec()).map_err(|_| bad(format!("{field} is not UTF-8")))
 }
 
 fn read_int<T: num_traits_shim::FromI64>(rd: &mut &[u8], field: &str) -> Result<T> {
-    // cmsgpack writes whole Lua numbers as ints; it writes fractions as floats, which we refuse.
-    let value: i64 = rmp::decode::read_int(rd).map_err(|e| bad(format!("{field}: {e}")))?;
+    // Lua sees every number as a double, so the scripts cannot tell 2.0 from 2: a float that is a
+    // whole number counts as that integer here too (one definition). Fractions, NaN and the
+    // infinities are refused.
+    let whole = |f: f64| -> Result<i64> {
+        if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
+            Ok(f as i64)
+        } else {
+            Err(bad(format!("{field} is {f}, not an integer")))
+        }
+    };
+    let value: i64 = match rd.first().map(|&m| rmp::Marker::from_u8(m)) {
+        Some(rmp::Marker::F32) => whole(f64::from(
+            rmp::decode::read_f32(rd).map_err(|e| bad(format!("{field}: {e}")))?,
+        ))?,
+        Some(rmp::Marker::F64) => {
+            whole(rmp::decode::read_f64(rd).map_err(|e| bad(format!("{field}: {e}")))?)?
+        }
+        _ => rmp::decode::read_int(rd).map_err(|e| bad(format!("{field}: {e}")))?,
+    };
     T::from_i64(value).ok_or_else(|| bad(format!("{field} out of range: {value}")))
 }
 
@@ -220,6 +266,38 @@ mod tests {
         assert_eq!(bytes[1], 0xa0 + 5, "fixstr id");
         assert_eq!(&bytes[2..7], b"01HZX");
         assert_eq!(bytes[7], 1, "flags as one fixint byte");
+    }
+
+    /// The rules shared with `lua/lib/envelope.lua`; `tests/vectors.rs` feeds the same vectors
+    /// to the scripts.
+    #[test]
+    fn shared_vectors_agree_with_decode() {
+        for (line, valid, bytes, why) in vectors() {
+            assert_eq!(
+                Envelope::decode(&bytes).is_ok(),
+                valid,
+                "line {line} ({why}): {:?}",
+                Envelope::decode(&bytes)
+            );
+        }
+    }
+
+    fn vectors() -> Vec<(usize, bool, Vec<u8>, String)> {
+        include_str!("../tests/vectors/envelopes.txt")
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|(n, l)| {
+                let mut parts = l.splitn(3, ' ');
+                let valid = parts.next() == Some("valid");
+                let hex = parts.next().unwrap_or_default();
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+                (n + 1, valid, bytes, parts.next().unwrap_or_default().into())
+            })
+            .collect()
     }
 
     #[test]

@@ -37,6 +37,16 @@ pub enum Error {
         /// The id of the job that holds it.
         existing_id: String,
     },
+    /// A job with the id given to a push is still waiting (scheduled, waiting to retry, or pending
+    /// or running while tracked): an id names one job at a time. (A dead job's id may be reused:
+    /// the new job takes the dead entry's place.)
+    #[error("job id {id:?} is taken by a job that is {state}")]
+    IdTaken {
+        /// The id.
+        id: String,
+        /// The state of the job that has it: `scheduled`, `retry`, `pending` or `active`.
+        state: String,
+    },
     /// The job spent its attempts (or failed permanently); `wait_for` reports it.
     #[error("job {id} failed: {error}")]
     JobFailed {

@@ -556,7 +556,8 @@ async fn purge_pending(
             }
         }
     }
-    let _: () = conn.del(&aside).await?;
+    // UNLINK: a big list is freed in the background, not while Redis serves everyone else.
+    let _: () = conn.unlink(&aside).await?;
     Ok(removed)
 }
 

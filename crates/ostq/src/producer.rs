@@ -21,6 +21,9 @@ const BULK_CHUNK: usize = 1000;
 pub const MAX_ID_LEN: usize = 200;
 /// Priorities accepted (higher runs first).
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+/// Longest delay, latest run-at (after 1970) and longest unique ttl that `push.lua` accepts: 10^13
+/// ms, about 317 years. (An unbounded one would schedule a job that never runs.)
+pub const MAX_DELAY: Duration = Duration::from_millis(10_000_000_000_000);
 /// Largest payload accepted by default, on push and by workers (8 MiB): Redis keeps every waiting
 /// job in memory, and one huge payload stalls the server for everyone while it is copied.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
@@ -124,7 +127,9 @@ impl PushOptions {
     }
 
     fn is_plain(&self) -> bool {
-        self.delay.is_none()
+        // A given id goes through push.lua, which refuses an id a waiting job already has.
+        self.id.is_none()
+            && self.delay.is_none()
             && self.run_at.is_none()
             && self.priority == 0
             && !self.track
@@ -144,6 +149,25 @@ impl PushOptions {
             if key.is_empty() || key.len() > MAX_ID_LEN {
                 return Err(Error::Config(format!(
                     "unique key must be 1..={MAX_ID_LEN} bytes"
+                )));
+            }
+        }
+        if self.delay.is_some_and(|d| d > MAX_DELAY) {
+            return Err(Error::Config(format!(
+                "delay must be at most {MAX_DELAY:?} (about 300 years)"
+            )));
+        }
+        if let Some(at) = self.run_at {
+            if at.duration_since(UNIX_EPOCH).unwrap_or_default() > MAX_DELAY {
+                return Err(Error::Config(
+                    "run_at must be before the year 2286 (10^13 ms after 1970)".into(),
+                ));
+            }
+        }
+        if let Some((_, Some(ttl))) = &self.unique {
+            if *ttl > MAX_DELAY {
+                return Err(Error::Config(format!(
+                    "unique_for ttl must be at most {MAX_DELAY:?}"
                 )));
             }
         }
@@ -418,7 +442,7 @@ impl Queue {
             chunks.push(cmd);
         }
         let mut conn = self.client.conn();
-        let replies: Vec<Vec<(String, i64)>> = if chunks.len() == 1 {
+        let replies: Vec<Vec<Vec<redis::Value>>> = if chunks.len() == 1 {
             match chunks[0].query_async(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -445,17 +469,45 @@ impl Queue {
                 .map_err(Error::from_redis)?
         };
         let mut ids = Vec::new();
-        for (id, created) in replies.into_iter().flatten() {
+        for reply in replies.into_iter().flatten() {
+            let (id, created, why) = parse_pushed(reply)?;
             if created == 0 {
-                return Err(Error::Duplicate {
-                    key: unique.to_string(),
-                    existing_id: id,
+                return Err(match why.as_str() {
+                    "unique" | "" => Error::Duplicate {
+                        key: unique.to_string(),
+                        existing_id: id,
+                    },
+                    state => Error::IdTaken {
+                        id,
+                        state: state.to_string(),
+                    },
                 });
             }
             ids.push(id);
         }
         Ok(ids)
     }
+}
+
+/// One `{id, created, why}` answer of push.lua (older versions answered `{id, created}`).
+fn parse_pushed(reply: Vec<redis::Value>) -> Result<(String, i64, String)> {
+    use redis::FromRedisValue;
+    let mut fields = reply.into_iter();
+    let (Some(id), Some(created)) = (fields.next(), fields.next()) else {
+        return Err(Error::Protocol(
+            "push.lua answered a job with fewer than 2 fields".into(),
+        ));
+    };
+    let bad = |e: redis::ParsingError| Error::Protocol(format!("push.lua answered: {e}"));
+    let why = match fields.next() {
+        Some(v) => String::from_redis_value(v).map_err(bad)?,
+        None => String::new(),
+    };
+    Ok((
+        String::from_redis_value(id).map_err(bad)?,
+        i64::from_redis_value(created).map_err(bad)?,
+        why,
+    ))
 }
 
 /// A new job id: a ULID, sortable by creation time.

@@ -1,36 +1,56 @@
 //! The Lua scripts, one per state transition, each in its own file under `lua/` with a header
-//! naming its KEYS and ARGV. The sources are public so other languages can load them.
+//! naming its KEYS and ARGV. Helpers shared by several scripts live in `lua/lib/` and are pasted
+//! in at build time where a script says `-- @include lib/NAME.lua` (see `build.rs`), so each
+//! constant here is one self-contained text that `EVAL` or `SCRIPT LOAD` accepts. They are
+//! public so other languages can load them (`ostq script NAME` prints one).
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
 /// Source of `push.lua`: enqueue jobs given as plain fields (the script other languages use).
-pub const PUSH: &str = include_str!("../lua/push.lua");
+pub const PUSH: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/push.lua"));
 /// Source of `fetch.lua`: lease ready jobs; promote due jobs; recover expired leases; trim.
-pub const FETCH: &str = include_str!("../lua/fetch.lua");
+pub const FETCH: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/fetch.lua"));
 /// Source of `complete.lua`: end leases of jobs that succeeded.
-pub const COMPLETE: &str = include_str!("../lua/complete.lua");
+pub const COMPLETE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/complete.lua"));
 /// Source of `fail.lua`: move failed jobs to retry or dead.
-pub const FAIL: &str = include_str!("../lua/fail.lua");
+pub const FAIL: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/fail.lua"));
 /// Source of `renew.lua`: extend held leases, report lost ones.
-pub const RENEW: &str = include_str!("../lua/renew.lua");
+pub const RENEW: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/renew.lua"));
 /// Source of `requeue.lua`: give unfinished jobs back at shutdown.
-pub const REQUEUE: &str = include_str!("../lua/requeue.lua");
+pub const REQUEUE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/requeue.lua"));
 /// Source of `enqueue_now.lua`: move scheduled, retry or dead jobs to pending now.
-pub const ENQUEUE_NOW: &str = include_str!("../lua/enqueue_now.lua");
+pub const ENQUEUE_NOW: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/enqueue_now.lua"));
 /// Source of `delete.lua`: remove scheduled, retry, dead or completed jobs by id.
-pub const DELETE: &str = include_str!("../lua/delete.lua");
+pub const DELETE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/delete.lua"));
 /// Source of `progress.lua`: record a running job's progress and emit it.
-pub const PROGRESS: &str = include_str!("../lua/progress.lua");
+pub const PROGRESS: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/progress.lua"));
 /// Source of `delete_pending.lua`: remove one pending job by its envelope.
-pub const DELETE_PENDING: &str = include_str!("../lua/delete_pending.lua");
+pub const DELETE_PENDING: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/delete_pending.lua"));
 /// Source of `cron_register.lua`: record a schedule in its queue's registry.
-pub const CRON_REGISTER: &str = include_str!("../lua/cron_register.lua");
+pub const CRON_REGISTER: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/cron_register.lua"));
 /// Source of `cron_fire.lua`: enqueue a schedule tick's job, exactly once across processes.
-pub const CRON_FIRE: &str = include_str!("../lua/cron_fire.lua");
+pub const CRON_FIRE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/cron_fire.lua"));
 /// Source of `cron_remove.lua`: remove a schedule and its state.
-pub const CRON_REMOVE: &str = include_str!("../lua/cron_remove.lua");
+pub const CRON_REMOVE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/cron_remove.lua"));
+
+/// Every script by its file name without `.lua` (`"push"`, `"fetch"`, ...), assembled.
+pub const ALL: &[(&str, &str)] = &[
+    ("push", PUSH),
+    ("fetch", FETCH),
+    ("complete", COMPLETE),
+    ("fail", FAIL),
+    ("renew", RENEW),
+    ("requeue", REQUEUE),
+    ("enqueue_now", ENQUEUE_NOW),
+    ("delete", DELETE),
+    ("delete_pending", DELETE_PENDING),
+    ("progress", PROGRESS),
+    ("cron_register", CRON_REGISTER),
+    ("cron_fire", CRON_FIRE),
+    ("cron_remove", CRON_REMOVE),
+];
 
 macro_rules! script {
     ($name:ident, $src:ident) => {

@@ -1,5 +1,6 @@
 //! Any language can produce: plain redis-cli pushes (a bare LPUSH as the Ost gem did, and one EVAL
-//! of the shipped push.lua) are run by a Rust worker exactly like jobs pushed from Rust.
+//! of push.lua as `ostq script push` prints it) are run by a Rust worker exactly like jobs pushed
+//! from Rust.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -13,10 +14,6 @@ use ostq::{BoxError, Job, JobState, Worker};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn push_lua_path() -> String {
-    format!("{}/lua/push.lua", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[tokio::test]
 async fn redis_cli_pushes_run_like_rust_pushes() {
     let (server, client) = setup().await;
@@ -26,7 +23,7 @@ async fn redis_cli_pushes_run_like_rust_pushes() {
         .cli(&["LPUSH", "ostq:{videos}:pending", "42"])
         .unwrap();
     // 2. One EVAL of push.lua with options: a tracked, named, delayed job with a given id.
-    let script = std::fs::read_to_string(push_lua_path()).unwrap();
+    let script = ostq::scripts::PUSH.to_string();
     let keys = [
         "ostq:{videos}:pending",
         "ostq:{videos}:prioritized",
@@ -52,11 +49,11 @@ async fn redis_cli_pushes_run_like_rust_pushes() {
         "0",
     ]);
     args.extend(["", "44", "transcode", "0", "5", "0", "0", "0", "", "0"]);
-    // redis-cli prints the {id, created} pairs flat: id, 1, id, 1.
+    // redis-cli prints the {id, created, why} triples flat: id, 1, "", id, 1, "".
     let out = server.cli(&args).unwrap();
     let out: Vec<&str> = out.lines().collect();
-    assert_eq!((out[0], out[1]), ("cli-1", "1"));
-    assert!(out[2].starts_with('~'), "a generated id: {}", out[2]);
+    assert_eq!((out[0], out[1], out[2]), ("cli-1", "1", ""));
+    assert!(out[3].starts_with('~'), "a generated id: {}", out[3]);
     assert_eq!(
         queue.job("cli-1").await.unwrap().unwrap().state,
         JobState::Scheduled
@@ -116,7 +113,7 @@ impl ostq::Task for AnyTranscode {
 #[tokio::test]
 async fn lua_and_rust_build_the_same_envelope() {
     let (server, client) = setup().await;
-    let script = std::fs::read_to_string(push_lua_path()).unwrap();
+    let script = ostq::scripts::PUSH.to_string();
     let payload: &[u8] = b"\x00\xff$(rm -rf /)`x`'\"\n;";
     // A raw EVAL from a plain client, as redis-py would send it (redis-cli cannot pass NUL bytes).
     let mut conn = redis::Client::open(server.url())
@@ -124,7 +121,7 @@ async fn lua_and_rust_build_the_same_envelope() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: Vec<(String, i64)> = redis::cmd("EVAL")
+    let _: redis::Value = redis::cmd("EVAL")
         .arg(&script)
         .arg(5)
         .arg(
