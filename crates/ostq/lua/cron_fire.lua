@@ -30,8 +30,8 @@ local function int_arg(i, lo, hi)
   end
   return v
 end
-local tick = int_arg(3, 0, 1e13)
-int_arg(4, 0, 1e13)
+local tick = int_arg(3, 0, 1e14)
+int_arg(4, 0, 1e14)
 local max_attempts = int_arg(8, 0, 4294967295)
 local priority = int_arg(9, -1000, 1000)
 local flags = int_arg(10, 0, 127)

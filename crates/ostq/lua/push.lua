@@ -17,7 +17,7 @@
 -- Numbers are decimal integers ("" counts as 0); anything else (NaN, inf, 1.5, 0x10, out of
 -- range) is an error reply, and so is a bad id, name or field count: nothing of the call is
 -- written then. Limits: id and unique key at most 200 bytes; priority -1000..1000; max attempts
--- 0..4294967295; flags 0..127; delay, run-at and unique ttl 0..10^13 ms; id, name and unique key
+-- 0..4294967295; flags 0..127; delay, run-at and unique ttl 0..10^14 ms; id, name and unique key
 -- UTF-8 (the worker reads them as text).
 -- An id names one job at a time. A given id that names a job still waiting (scheduled, waiting
 -- to retry, or pending or running while tracked) is refused for that job; an id whose job is
@@ -61,7 +61,7 @@ local function int_arg(i, what, lo, hi)
   end
   return n
 end
-local MAX_MS = 1e13
+local MAX_MS = 1e14
 local function check_all()
   if (#ARGV - 1) % 10 ~= 0 or #ARGV < 2 then
     error({err = 'ERR ostq: push.lua takes the prefix and then 10 fields per job'})

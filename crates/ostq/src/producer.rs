@@ -21,9 +21,9 @@ const BULK_CHUNK: usize = 1000;
 pub const MAX_ID_LEN: usize = 200;
 /// Priorities accepted (higher runs first).
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
-/// Longest delay, latest run-at (after 1970) and longest unique ttl that `push.lua` accepts: 10^13
-/// ms, about 317 years. (An unbounded one would schedule a job that never runs.)
-pub const MAX_DELAY: Duration = Duration::from_millis(10_000_000_000_000);
+/// Longest delay, latest run-at (after 1970) and longest unique ttl that `push.lua` accepts: 10^14
+/// ms, about 3,170 years. (An unbounded one, `inf` say, would schedule a job that never runs.)
+pub const MAX_DELAY: Duration = Duration::from_millis(100_000_000_000_000);
 /// Largest payload accepted by default, on push and by workers (8 MiB): Redis keeps every waiting
 /// job in memory, and one huge payload stalls the server for everyone while it is copied.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
@@ -154,13 +154,13 @@ impl PushOptions {
         }
         if self.delay.is_some_and(|d| d > MAX_DELAY) {
             return Err(Error::Config(format!(
-                "delay must be at most {MAX_DELAY:?} (about 300 years)"
+                "delay must be at most {MAX_DELAY:?} (about 3,170 years)"
             )));
         }
         if let Some(at) = self.run_at {
             if at.duration_since(UNIX_EPOCH).unwrap_or_default() > MAX_DELAY {
                 return Err(Error::Config(
-                    "run_at must be before the year 2286 (10^13 ms after 1970)".into(),
+                    "run_at must be before the year 5138 (10^14 ms after 1970)".into(),
                 ));
             }
         }
