@@ -11,19 +11,26 @@ local removed = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local found = 0
+  local tracked = false
   local env = redis.call('HGET', KEYS[5], id)
   if env then
     local ok, job = pcall(cmsgpack.unpack, env)
-    if ok and type(job) == 'table' and type(job[10]) == 'string' and job[10] ~= '' then
-      local ukey = prefix .. 'unique:' .. job[10]
-      if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+    if ok and type(job) == 'table' then
+      if type(job[10]) == 'string' and job[10] ~= '' then
+        local ukey = prefix .. 'unique:' .. job[10]
+        if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+      end
+      tracked = type(job[2]) == 'number' and job[2] % 2 == 1
     end
   end
-  for k = 1, 4 do found = found + redis.call('ZREM', KEYS[k], id) end
+  for k = 1, 3 do found = found + redis.call('ZREM', KEYS[k], id) end
   found = found + redis.call('HDEL', KEYS[5], id)
+  -- A completed entry is a tracked job whose record is all that is left of it.
+  if redis.call('ZREM', KEYS[4], id) == 1 then found, tracked = found + 1, true end
   if found > 0 then
-    -- Only a job found here: an active job's record belongs to its worker until it finishes.
-    redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
+    -- Only the record of a tracked job found here: an active job's record belongs to its worker
+    -- until it finishes, and a pending job with the same id may own it.
+    if tracked then redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id) end
     removed = removed + 1
   end
 end

@@ -13,5 +13,8 @@ if ok and type(job) == 'table' and type(job[10]) == 'string' and job[10] ~= '' t
   local ukey = prefix .. 'unique:' .. job[10]
   if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
 end
-redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
+-- The record only if this job kept one: another job with the same id may own it.
+if ok and type(job) == 'table' and type(job[2]) == 'number' and job[2] % 2 == 1 then
+  redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
+end
 return 1

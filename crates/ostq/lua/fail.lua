@@ -30,7 +30,7 @@ end
 
 -- @include lib/envelope.lua
 -- @include lib/file.lua
-local FILE_KEYS = {jobs = KEYS[4], scheduled = KEYS[7], retry = KEYS[2], dead = KEYS[3]}
+local FILE_KEYS = {jobs = KEYS[4], prefix = prefix}
 
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
 local function is_int(v, lo)

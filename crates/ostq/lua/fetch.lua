@@ -55,7 +55,7 @@ end
 
 -- @include lib/envelope.lua
 -- @include lib/file.lua
-local FILE_KEYS = {jobs = KEYS[5], scheduled = KEYS[3], retry = KEYS[4], dead = KEYS[7]}
+local FILE_KEYS = {jobs = KEYS[5], prefix = prefix}
 
 local function tracked(job) return job[2] % 2 == 1 end
 
@@ -117,6 +117,7 @@ local function promote(zkey, kind)
         if tracked(job) then redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending') end
         if kind then emit(kind, id) end
       else
+        redis.call('HDEL', KEYS[5], id) -- so that it is filed under its own id
         bury_invalid(id, env, why)
       end
     end

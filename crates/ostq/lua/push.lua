@@ -19,6 +19,8 @@
 -- written then. Limits: id and unique key at most 200 bytes; priority -1000..1000; max attempts
 -- 0..4294967295; flags 0..127; delay, run-at and unique ttl 0..10^14 ms; id, name and unique key
 -- UTF-8 (the worker reads them as text).
+-- Ids starting with "~" are generated (here "~<n>", by fetch.lua "~<group>.<index>"), so a given
+-- id may not start with one.
 -- An id names one job at a time. A given id that names a job still waiting (scheduled, waiting
 -- to retry, or pending or running while tracked) is refused for that job; an id whose job is
 -- dead takes that dead entry's place.
@@ -69,6 +71,9 @@ local function check_all()
   for i = 2, #ARGV, 10 do
     local job = math.floor((i - 2) / 10 + 1)
     if #ARGV[i] > 200 then error({err = 'ERR ostq: job ' .. job .. ': job id longer than 200 bytes'}) end
+    if string.sub(ARGV[i], 1, 1) == '~' then
+      error({err = 'ERR ostq: job ' .. job .. ': ids starting with ~ are reserved for generated ones'})
+    end
     if not is_utf8(ARGV[i]) then error({err = 'ERR ostq: job ' .. job .. ': job id is not UTF-8'}) end
     if not is_utf8(ARGV[i + 2]) then error({err = 'ERR ostq: job ' .. job .. ': task name is not UTF-8'}) end
     int_arg(i + 3, 'max attempts', 0, 4294967295)
@@ -87,22 +92,28 @@ if not ok then
   return redis.error_reply('ERR ostq: ' .. tostring(bad))
 end
 
--- Which waiting job already has this id, if any ("" when the id is free for a new job). A dead
--- job's entry is given up to the new job.
-local RETRY, DEAD = prefix .. 'retry', prefix .. 'dead'
-local function id_taken(id)
+-- What already has this id: a waiting job ("pending" or "active" by its tracked record,
+-- "scheduled", "retry"), a "dead" job (whose entry a new job may take over), or nothing ("").
+local RETRY, DEAD, COMPLETED = prefix .. 'retry', prefix .. 'dead', prefix .. 'completed'
+local function id_state(id)
+  local state = redis.call('HGET', prefix .. 'job:' .. id, 'state')
+  if state == 'pending' or state == 'active' then return state end
   if redis.call('HEXISTS', KEYS[4], id) == 1 then
     if redis.call('ZSCORE', KEYS[3], id) then return 'scheduled' end
     if redis.call('ZSCORE', RETRY, id) then return 'retry' end
-    if redis.call('ZREM', DEAD, id) == 1 then
-      redis.call('HDEL', KEYS[4], id)
-      redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
-    end
-    return ''
+    if redis.call('ZSCORE', DEAD, id) then return 'dead' end
   end
-  local state = redis.call('HGET', prefix .. 'job:' .. id, 'state')
-  if state == 'pending' or state == 'active' then return state end
   return ''
+end
+-- A new job takes the id over: the dead entry with it (and its record) goes, and so does a
+-- completed job's index entry, which would otherwise point at the new job's record.
+local function take_over(id, was_dead)
+  if was_dead then
+    redis.call('ZREM', DEAD, id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
+  end
+  redis.call('ZREM', COMPLETED, id)
 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -115,8 +126,13 @@ for i = 2, #ARGV, 10 do
   local delay, run_at = int_arg(i + 5, 'delay ms', 0, MAX_MS), int_arg(i + 6, 'run-at ms', 0, MAX_MS)
   local flags = int_arg(i + 7, 'flags', 0, 127)
   local unique, unique_ttl = ARGV[i + 8], int_arg(i + 9, 'unique ttl ms', 0, MAX_MS)
-  local taken = ''
-  if id == '' then id = '~' .. redis.call('INCR', KEYS[5]) else taken = id_taken(id) end
+  local given, taken, was_dead = id ~= '', '', false
+  if given then
+    taken = id_state(id)
+    if taken == 'dead' then taken, was_dead = '', true end
+  else
+    id = '~' .. redis.call('INCR', KEYS[5])
+  end
   local holder = nil
   if taken == '' and unique ~= '' then
     local ukey = prefix .. 'unique:' .. unique
@@ -133,6 +149,7 @@ for i = 2, #ARGV, 10 do
   elseif holder then
     out[#out + 1] = {holder, 0, 'unique'}
   else
+    if given then take_over(id, was_dead) end
     local job = {id, flags, payload, name, 0, max_attempts, priority, now, ''}
     -- The key travels with the job only when the job must release it when it finishes.
     if unique ~= '' and unique_ttl <= 0 then job[10] = unique end

@@ -57,7 +57,11 @@ impl PushOptions {
         Self::default()
     }
 
-    /// Use this id instead of a generated ULID (1..=200 bytes). Not allowed in bulk pushes.
+    /// Use this id instead of a generated ULID (1..=200 bytes, not starting with `~`, which marks
+    /// generated ids). Not allowed in bulk pushes. An id names one job at a time: the push fails
+    /// with [`Error::IdTaken`] while a job with this id is scheduled or waiting to retry (or,
+    /// tracked, pending or running); a dead job's id may be pushed again (the new job replaces
+    /// the dead entry).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
@@ -142,6 +146,11 @@ impl PushOptions {
                 return Err(Error::Config(format!(
                     "job id must be 1..={MAX_ID_LEN} bytes, got {}",
                     id.len()
+                )));
+            }
+            if id.starts_with('~') {
+                return Err(Error::Config(format!(
+                    "job id {id:?}: ids starting with ~ are reserved for generated ones"
                 )));
             }
         }

@@ -867,3 +867,106 @@ async fn scripts_and_rust_agree_on_the_shared_envelope_vectors() {
     }
     assert!(n > 40, "{n} vectors");
 }
+
+/// Found by the model-based test (tests/model.rs): a dead job's entry was given up before the
+/// unique check refused the new job, so the dead job was lost; and a job filed under a fresh id
+/// left its unique key and status record under the old one.
+#[tokio::test]
+async fn id_takeovers_and_renames_keep_every_job_key_and_record() {
+    let (server, client) = setup().await;
+    let mut conn = raw(&server).await;
+    let queue = client.queue("model");
+    let keys = QueueKeys::new("model").unwrap();
+    // "b" dies.
+    queue
+        .push_with("old", &PushOptions::new().id("b").max_attempts(1))
+        .await
+        .unwrap();
+    let (group, envs) = leased(&fetch(&mut conn, &keys, 10).await);
+    let mut env = Envelope::decode(&envs[0]).unwrap();
+    env.attempt = 1;
+    fail_one(&mut conn, &keys, &group, 0, &env, "dead", 0).await;
+    complete_group(&mut conn, &keys, &group).await;
+    // A new "b" whose unique key is held by another job is refused: the dead "b" stays.
+    queue
+        .push_with("holder", &PushOptions::new().unique("u1"))
+        .await
+        .unwrap();
+    let refused = queue
+        .push_with("new", &PushOptions::new().id("b").unique("u1"))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Duplicate { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        zcard(&mut conn, &keys.dead).await,
+        1,
+        "the dead job is kept"
+    );
+    // Given ids may not look generated.
+    let reserved = queue.push_with("x", &PushOptions::new().id("~1")).await;
+    assert!(matches!(reserved, Err(Error::Config(_))), "{reserved:?}");
+    let lua = push_lua(
+        &mut conn,
+        &keys,
+        &[["~7", "p", "", "0", "0", "0", "0", "0", "", "0"]],
+    )
+    .await;
+    assert!(lua.is_err());
+
+    // An untracked "x" holding unique key "u2" runs while a tracked "x" waits in `scheduled`;
+    // when the first is filed for retry it becomes "x~1", and its key follows it.
+    let keys = QueueKeys::new("rename").unwrap();
+    let queue = client.queue("rename");
+    queue
+        .push_with(
+            "first",
+            &PushOptions::new().id("x").priority(5).unique("u2"),
+        )
+        .await
+        .unwrap();
+    let (group, envs) = leased(&fetch(&mut conn, &keys, 10).await);
+    queue
+        .push_with(
+            "second",
+            &PushOptions::new()
+                .id("x")
+                .track()
+                .delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let mut env = Envelope::decode(&envs[0]).unwrap();
+    env.attempt = 1;
+    fail_one(&mut conn, &keys, &group, 0, &env, "retry", 3_600_000).await;
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(format!("{}unique:u2", keys.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holder.as_deref(), Some("x~1"));
+    let scheduled = queue.job("x").await.unwrap().unwrap();
+    assert_eq!(
+        scheduled.payload.as_deref(),
+        Some(&b"second"[..]),
+        "the waiting job keeps its id"
+    );
+    assert!(queue.job("x~1").await.unwrap().is_some());
+
+    // Deleting an untracked pending "y" leaves the record of the tracked "y" beside it.
+    let queue = client.queue("records");
+    queue
+        .push_with("a", &PushOptions::new().id("y"))
+        .await
+        .unwrap();
+    queue
+        .push_with("b", &PushOptions::new().id("y").track())
+        .await
+        .unwrap();
+    let pending = queue.jobs(ostq::JobState::Pending, 0, 10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(queue.delete(&["y"]).await.unwrap(), 1);
+    let left = queue.job("y").await.unwrap();
+    assert!(left.is_some(), "one y is left, and findable");
+}

@@ -3,38 +3,40 @@
 -- The jobs hash holds one envelope per id, and every member of `scheduled`, `retry` and `dead`
 -- has its envelope there: two jobs under one id would share (and lose) one envelope. push.lua
 -- refuses an id that names a waiting job; but two untracked jobs pushed with the same id while
--- the first was pending or running cannot be told apart until one of them is filed here. So:
---   * the id is free: file the job under it;
---   * the id names a dead job: the newer job supersedes that dead entry (as a push of the same
---     id does);
---   * the id names a job still waiting (scheduled or retry): file this one under a fresh id
---     "<id>~<n>", its envelope rewritten to match, so neither job is lost.
+-- the first was pending or running cannot be told apart until one of them is filed here. When
+-- the id is taken, the job is filed under a fresh id "<id>~<n>" instead: its envelope is
+-- rewritten to match, its status record (if tracked) is renamed and a unique key it holds is
+-- pointed at the new id, so neither job is lost and nothing of either is left behind.
 -- Returns the id the job was filed under.
 --
--- keys: {jobs = , scheduled = , retry = , dead = }; target is keys.retry or keys.dead.
+-- keys: {jobs = <the jobs hash>, prefix = <the queue prefix>}; target is the retry or dead zset.
 local function file_job(keys, target, score, id, env, now)
   if redis.call('HEXISTS', keys.jobs, id) == 1 then
-    if redis.call('ZSCORE', keys.dead, id) then
-      redis.call('ZREM', keys.dead, id)
-    elseif redis.call('ZSCORE', keys.scheduled, id) or redis.call('ZSCORE', keys.retry, id) then
-      local fresh = nil
-      for n = 1, 1000 do
-        local candidate = id .. '~' .. n
-        if redis.call('HEXISTS', keys.jobs, candidate) == 0 then
-          fresh = candidate
-          break
-        end
+    local fresh = nil
+    for n = 1, 1000 do
+      local candidate = id .. '~' .. n
+      if redis.call('HEXISTS', keys.jobs, candidate) == 0 then
+        fresh = candidate
+        break
       end
-      fresh = fresh or (id .. '~' .. now)
-      local job, why = decode_job(env)
-      if job then
-        job[1] = fresh
-        env = cmsgpack.pack(job)
-      else
-        env = wrap_invalid(fresh, env, why, now)
-      end
-      id = fresh
     end
+    fresh = fresh or (id .. '~' .. now)
+    local job, why = decode_job(env)
+    if job then
+      job[1] = fresh
+      env = cmsgpack.pack(job)
+      local rec = keys.prefix .. 'job:' .. id
+      if job[2] % 2 == 1 and redis.call('EXISTS', rec) == 1 then
+        redis.call('RENAME', rec, keys.prefix .. 'job:' .. fresh)
+      end
+      if type(job[10]) == 'string' and job[10] ~= '' then
+        local ukey = keys.prefix .. 'unique:' .. job[10]
+        if redis.call('GET', ukey) == id then redis.call('SET', ukey, fresh, 'KEEPTTL') end
+      end
+    else
+      env = wrap_invalid(fresh, env, why, now)
+    end
+    id = fresh
   end
   redis.call('ZADD', target, score, id)
   redis.call('HSET', keys.jobs, id, env)
