@@ -37,19 +37,17 @@ local function parse_id(env)
   return nil
 end
 
-local function is_int(v, lo)
-  return v and v == v and v >= lo and v <= 1e15 and math.floor(v) == v
-end
+-- @include lib/args.lua
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
-if not is_int(ttl, 1) then return redis.error_reply('ERR ostq: complete.lua ARGV[2] must be a positive integer') end
+if not uint_arg(ARGV[2], 1, 1e12) then return redis.error_reply('ERR ostq: complete.lua ARGV[2] must be a positive integer') end
 local i = 3
 while i <= #ARGV do
-  local k, d = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not is_int(k, 0) or not is_int(d, 0) then
+  local k, d = uint_arg(ARGV[i + 2]), uint_arg(ARGV[i + 3])
+  if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not k or not d then
     return redis.error_reply('ERR ostq: complete.lua: malformed group at ARGV[' .. i .. ']')
   end
   for j = i + 4, i + 4 + 5 * (d - 1), 5 do
-    if not is_int(tonumber(ARGV[j]), 0) or ARGV[j + 4] == nil then
+    if not uint_arg(ARGV[j]) or ARGV[j + 4] == nil then
       return redis.error_reply('ERR ostq: complete.lua: malformed job at ARGV[' .. j .. ']')
     end
   end

@@ -22,6 +22,8 @@ local function emit(kind, id, extra)
   if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
 end
 -- @include lib/envelope.lua
+-- @include lib/file.lua
+local FILE_KEYS = {jobs = KEYS[6], prefix = prefix}
 
 local moved = 0
 for i = 2, #ARGV do
@@ -40,12 +42,12 @@ for i = 2, #ARGV do
     -- where it is, except to the dead set with the reason.
     local job, why = decode_job(env)
     if not job then
-      if src ~= KEYS[5] then
-        for _, zkey in ipairs(from) do redis.call('ZREM', zkey, id) end
-        redis.call('ZADD', KEYS[5], now, id)
-        redis.call('HSET', KEYS[6], id, wrap_invalid(id, env, why, now))
-        emit('dead', id, {error = 'invalid job envelope: ' .. why})
-      end
+      -- (Already dead, say put there by hand: it is wrapped in place, so it shows the reason.)
+      for _, zkey in ipairs(from) do redis.call('ZREM', zkey, id) end
+      redis.call('HDEL', KEYS[6], id)
+      local wid, wrapped = wrap_invalid(id, env, why, now)
+      wid = file_job(FILE_KEYS, KEYS[5], now, wid, wrapped, now)
+      emit('dead', wid, {error = 'invalid job envelope: ' .. why})
     else
       for _, zkey in ipairs(from) do redis.call('ZREM', zkey, id) end
       redis.call('HDEL', KEYS[6], id)

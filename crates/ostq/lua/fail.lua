@@ -33,14 +33,12 @@ end
 local FILE_KEYS = {jobs = KEYS[4], prefix = prefix}
 
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
-local function is_int(v, lo)
-  return v and v == v and v >= lo and v <= 1e15 and math.floor(v) == v
-end
+-- @include lib/args.lua
 if (#ARGV - 1) % 10 ~= 0 then return redis.error_reply('ERR ostq: fail.lua takes 10 fields per job') end
 for i = 2, #ARGV, 10 do
-  if ARGV[i] == '' or not is_int(tonumber(ARGV[i + 1]), 0) or ARGV[i + 2] == ''
-    or not (ARGV[i + 4] == 'retry' or ARGV[i + 4] == 'dead') or not is_int(tonumber(ARGV[i + 5]), 0)
-    or not (ARGV[i + 6] == '0' or ARGV[i + 6] == '1') or not is_int(tonumber(ARGV[i + 7]), 0) then
+  if ARGV[i] == '' or not uint_arg(ARGV[i + 1]) or ARGV[i + 2] == ''
+    or not (ARGV[i + 4] == 'retry' or ARGV[i + 4] == 'dead') or not uint_arg(ARGV[i + 5])
+    or not (ARGV[i + 6] == '0' or ARGV[i + 6] == '1') or not uint_arg(ARGV[i + 7]) then
     return redis.error_reply('ERR ostq: fail.lua: malformed job at ARGV[' .. i .. ']')
   end
 end
@@ -66,7 +64,8 @@ for i = 2, #ARGV, 10 do
     local job, why = decode_job(env)
     if not job then
       err = 'invalid job envelope: ' .. why
-      env, target = wrap_invalid(id, env, why, now), 'dead'
+      id, env = wrap_invalid(id, env, why, now)
+      target = 'dead'
     end
     local state
     if target == 'retry' then

@@ -28,9 +28,10 @@ local budget_entries, budget_bytes = 1000, 4194304
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
+-- @include lib/args.lua
 local function arg_int(i, lo, hi)
-  local v = tonumber(ARGV[i])
-  if not (v and v == v and v >= lo and v <= hi and math.floor(v) == v) then
+  local v = uint_arg(ARGV[i], lo, hi)
+  if not v then
     error('ostq: fetch.lua ARGV[' .. i .. '] must be an integer in ' .. lo .. '..' .. hi)
   end
   return v
@@ -84,7 +85,9 @@ end
 -- Files an entry that is not a valid job in the dead set, with the reason.
 local function bury_invalid(id, env, why)
   local reason = 'invalid job envelope: ' .. why
-  id = file_job(FILE_KEYS, KEYS[7], now, id, wrap_invalid(id, env, why, now), now)
+  local wrapped
+  id, wrapped = wrap_invalid(id, env, why, now)
+  id = file_job(FILE_KEYS, KEYS[7], now, id, wrapped, now)
   local rec = prefix .. 'job:' .. id
   if redis.call('EXISTS', rec) == 1 then
     redis.call('HSET', rec, 'state', 'dead', 'error', reason, 'finished_at', now)

@@ -7,8 +7,9 @@
 -- Returns the groups that are no longer held.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[1])
-if not (lease and lease >= 1 and lease <= 1e12 and math.floor(lease) == lease) then
+-- @include lib/args.lua
+local lease = uint_arg(ARGV[1], 1, 1e12)
+if not lease then
   return redis.error_reply('ERR ostq: renew.lua lease ms must be a positive integer')
 end
 local deadline = now + lease

@@ -13,17 +13,15 @@ local prefix = ARGV[1]
 -- @include lib/envelope.lua
 
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
-local function is_int(v, lo)
-  return v and v == v and v >= lo and v <= 1e15 and math.floor(v) == v
-end
+-- @include lib/args.lua
 local i = 2
 while i <= #ARGV do
-  local k = tonumber(ARGV[i + 2])
-  if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not is_int(k, 0) then
+  local k = uint_arg(ARGV[i + 2])
+  if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not k then
     return redis.error_reply('ERR ostq: requeue.lua: malformed group at ARGV[' .. i .. ']')
   end
   for j = i + 3, i + 2 + k do
-    if not is_int(tonumber(ARGV[j]), 0) then
+    if not uint_arg(ARGV[j]) then
       return redis.error_reply('ERR ostq: requeue.lua: malformed index at ARGV[' .. j .. ']')
     end
   end

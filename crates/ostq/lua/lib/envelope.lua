@@ -100,7 +100,13 @@ local function decode_job(env)
 end
 
 -- An entry that is not a valid envelope, kept for the operator: its bytes become the payload of
--- a dead job under `id`, with the reason as its error.
+-- a dead job, with the reason as its error. Returns the id to file it under and the wrapper. The
+-- wrapper must itself be valid, so an id that is not (not UTF-8, too long, empty) is replaced by
+-- "~invalid.<hex of its first 100 bytes>".
 local function wrap_invalid(id, env, why, now)
-  return cmsgpack.pack({id, 0, env, '', 1, 1, 0, now, 'invalid job envelope: ' .. why})
+  if not (type(id) == 'string' and id ~= '' and is_text(id, 200)) then
+    local raw = type(id) == 'string' and string.sub(id, 1, 100) or ''
+    id = '~invalid.' .. string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end)
+  end
+  return id, cmsgpack.pack({id, 0, env, '', 1, 1, 0, now, 'invalid job envelope: ' .. why})
 end

@@ -33,10 +33,10 @@ local function file_job(keys, target, score, id, env, now)
         local ukey = keys.prefix .. 'unique:' .. job[10]
         if redis.call('GET', ukey) == id then redis.call('SET', ukey, fresh, 'KEEPTTL') end
       end
+      id = fresh
     else
-      env = wrap_invalid(fresh, env, why, now)
+      id, env = wrap_invalid(fresh, env, why, now)
     end
-    id = fresh
   end
   redis.call('ZADD', target, score, id)
   redis.call('HSET', keys.jobs, id, env)
