@@ -61,7 +61,9 @@ while i <= #ARGV do
   local first = i + 4
   i = first + 5 * d
   local key = prefix .. 'lease:' .. group
-  if not redis.call('ZSCORE', KEYS[1], group) then
+  -- Held: in `active` with a deadline. Gone, or at score 0 (recovery has started on it and owns
+  -- what is left: deleting the group now would drop entries recovery has not reached), is stale.
+  if (tonumber(redis.call('ZSCORE', KEYS[1], group)) or 0) <= 0 then
     stale = stale + k
   else
     if all then
@@ -77,7 +79,7 @@ while i <= #ARGV do
       local live = true
       if not all then
         local index = tonumber(ARGV[j])
-        -- (nil: the entry was taken by a recovery already under way; see fetch.lua)
+        -- (nil: no such entry; a malformed index, say)
         local entry = redis.call('LINDEX', key, index)
         live = entry and entry ~= ''
         if live then redis.call('LSET', key, index, '') end

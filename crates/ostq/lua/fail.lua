@@ -56,8 +56,9 @@ for i = 2, #ARGV, 10 do
   local group, index, id, env, target = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local err = ARGV[i + 8]
   local key = prefix .. 'lease:' .. group
-  -- (No entry at all: a recovery already under way took it; see fetch.lua.)
-  local entry = redis.call('ZSCORE', KEYS[1], group) and redis.call('LINDEX', key, index)
+  -- Stale when the group is gone or being recovered (score 0: recovery owns its entries).
+  local held = (tonumber(redis.call('ZSCORE', KEYS[1], group)) or 0) > 0
+  local entry = held and redis.call('LINDEX', key, index)
   if entry and entry ~= '' then
     redis.call('LSET', key, index, '')
     failed = failed + 1

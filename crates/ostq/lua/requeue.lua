@@ -35,7 +35,8 @@ while i <= #ARGV do
   local first = i + 3
   i = first + k
   local key = prefix .. 'lease:' .. group
-  if redis.call('ZSCORE', KEYS[3], group) then
+  -- Not a group that is gone or being recovered (score 0: recovery owns its entries).
+  if (tonumber(redis.call('ZSCORE', KEYS[3], group)) or 0) > 0 then
     -- Backwards, so that the earliest job given back is the next to run.
     for j = first + k - 1, first, -1 do
       local index = tonumber(ARGV[j])

@@ -666,13 +666,24 @@ async fn recovery_work_per_call_is_bounded() {
 }
 
 /// A renewal of a group that recovery has started on reports it lost, so its worker stops
-/// renewing it; a late ack for an entry recovery already took changes nothing and fails nothing.
+/// renewing it; any outcome for it is stale from then on (recovery owns what is left), even one
+/// that would delete the whole group.
 #[tokio::test]
 async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmless() {
     let (server, _client) = setup().await;
     let mut conn = raw(&server).await;
     let keys = QueueKeys::new("half").unwrap();
-    let envs: Vec<Vec<u8>> = (0..1500).map(|i| job(&format!("h{i}"), 0)).collect();
+    // 1000 jobs of 8 KiB: more than one call's 4 MiB of recovery.
+    let envs: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            Envelope {
+                id: format!("h{i}"),
+                payload: vec![b'x'; 8192],
+                ..Envelope::default()
+            }
+            .encode()
+        })
+        .collect();
     let _: () = redis::cmd("LPUSH")
         .arg(&keys.pending)
         .arg(envs)
@@ -681,7 +692,9 @@ async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmles
         .unwrap();
     let (group, _) = leased(&fetch(&mut conn, &keys, 1000).await);
     expire_leases(&mut conn, &keys).await;
-    fetch(&mut conn, &keys, 0).await; // 500 waiting, then 1000 - 500 recovered of the group
+    fetch(&mut conn, &keys, 0).await;
+    let recovered = llen(&mut conn, &keys.pending).await;
+    assert!(recovered > 0 && recovered < 1000, "{recovered} of 1000 in the first call");
     let lost: Vec<String> = redis::cmd("EVAL")
         .arg(ostq::scripts::RENEW)
         .arg(1)
@@ -723,10 +736,13 @@ async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmles
         0,
         "stale failure ignored"
     );
+    // The worker believes the group finished: deleting it now would drop the 500 entries that
+    // recovery has not reached (found by tests/worker_holes.rs under a stream of outcomes).
+    complete_group(&mut conn, &keys, &group).await;
     while zcard(&mut conn, &keys.active).await > 0 {
         fetch(&mut conn, &keys, 0).await;
     }
-    assert_eq!(llen(&mut conn, &keys.pending).await, 1500);
+    assert_eq!(llen(&mut conn, &keys.pending).await, 1000, "every job recovered");
 }
 
 /// Hole 9a: `retry_now` of a job with a NaN priority removed it before the write that failed:
