@@ -694,7 +694,10 @@ async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmles
     expire_leases(&mut conn, &keys).await;
     fetch(&mut conn, &keys, 0).await;
     let recovered = llen(&mut conn, &keys.pending).await;
-    assert!(recovered > 0 && recovered < 1000, "{recovered} of 1000 in the first call");
+    assert!(
+        recovered > 0 && recovered < 1000,
+        "{recovered} of 1000 in the first call"
+    );
     let lost: Vec<String> = redis::cmd("EVAL")
         .arg(ostq::scripts::RENEW)
         .arg(1)
@@ -742,7 +745,11 @@ async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmles
     while zcard(&mut conn, &keys.active).await > 0 {
         fetch(&mut conn, &keys, 0).await;
     }
-    assert_eq!(llen(&mut conn, &keys.pending).await, 1000, "every job recovered");
+    assert_eq!(
+        llen(&mut conn, &keys.pending).await,
+        1000,
+        "every job recovered"
+    );
 }
 
 /// Hole 9a: `retry_now` of a job with a NaN priority removed it before the write that failed:
