@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+mod proxy;
+pub use proxy::Proxy;
+
 /// The port of a system-wide Redis; never handed out.
 const DEFAULT_REDIS_PORT: u16 = 6379;
 /// How many ports are tried before giving up on starting a server.
