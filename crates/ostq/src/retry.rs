@@ -1,5 +1,6 @@
 //! Retry policies: how long a failed job waits before its next attempt, and how many it gets.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +111,15 @@ impl RetryPolicy {
             }
         }
     }
+
+    /// Like [`RetryPolicy::delay`], for the worker: a custom function is user code, and a panic in
+    /// it must not take the job's task down before the outcome is recorded (the job would stay
+    /// `active` forever). Its panic message comes back as the error, so the caller can fall back
+    /// to [`RetryPolicy::default`] and say so.
+    pub(crate) fn try_delay(&self, failures: u32) -> Result<Duration, String> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.delay(failures)))
+            .map_err(|panic| crate::worker::panic_message(panic.as_ref()))
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +142,13 @@ mod tests {
         let p = RetryPolicy::custom(|n| Duration::from_millis(u64::from(n) * 10)).max_attempts(0);
         assert_eq!(p.delay(3), Duration::from_millis(30));
         assert_eq!(p.attempt_limit(), Some(1));
+    }
+
+    #[test]
+    fn a_panicking_custom_delay_is_reported_not_raised() {
+        let p = RetryPolicy::custom(|_| panic!("no delay for you"));
+        assert_eq!(p.try_delay(1), Err("no delay for you".to_string()));
+        let fixed = RetryPolicy::fixed(Duration::from_secs(2));
+        assert_eq!(fixed.try_delay(1), Ok(Duration::from_secs(2)));
     }
 }

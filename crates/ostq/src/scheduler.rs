@@ -541,6 +541,7 @@ pub struct SchedulerBuilder {
     client: Client,
     schedules: Vec<Schedule>,
     on_tick: Option<TickHook>,
+    local_skew_ms: i64,
 }
 
 impl std::fmt::Debug for SchedulerBuilder {
@@ -613,6 +614,17 @@ impl SchedulerBuilder {
         self
     }
 
+    /// **For tests only; not part of the API.** Makes this scheduler read its local clock as if
+    /// it were `skew_ms` ahead (positive) or behind (negative) of the real one, so that tests can
+    /// check that ticks follow the Redis server's clock whatever the local clock says (a test
+    /// cannot set the machine's clock). Never needed in production: the scheduler measures its
+    /// offset from the server on every reply.
+    #[doc(hidden)]
+    pub fn local_clock_skew_ms(mut self, skew_ms: i64) -> Self {
+        self.local_skew_ms = skew_ms;
+        self
+    }
+
     /// Checks every schedule: names, queue, cron expression, time zone, interval, priority.
     /// Errors are [`Error::Config`] naming the schedule.
     ///
@@ -649,6 +661,7 @@ impl SchedulerBuilder {
             client: self.client,
             schedules: compiled,
             on_tick: self.on_tick,
+            local_skew_ms: self.local_skew_ms,
         })
     }
 }
@@ -680,6 +693,8 @@ pub struct Scheduler {
     client: Client,
     schedules: Vec<Compiled>,
     on_tick: Option<TickHook>,
+    /// Test seam, see [`SchedulerBuilder::local_clock_skew_ms`]; 0 otherwise.
+    local_skew_ms: i64,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -696,14 +711,40 @@ impl std::fmt::Debug for Scheduler {
 }
 
 /// The Redis server's clock as seen from here: the offset is measured on every script reply.
+/// Until the first measurement it is the local clock, which may be off by any amount: nothing
+/// that depends on the time (the start of a run) may be read before [`ServerClock::measure`].
 #[derive(Debug, Default)]
 struct ServerClock {
     offset_ms: i64,
+    /// Added to every local reading: a test seam ([`SchedulerBuilder::local_clock_skew_ms`]).
+    local_skew_ms: i64,
 }
 
 impl ServerClock {
+    fn with_local_skew(local_skew_ms: i64) -> Self {
+        Self {
+            offset_ms: 0,
+            local_skew_ms,
+        }
+    }
+
+    /// The local clock (as skewed for tests), unix ms.
+    fn local_now(&self) -> u64 {
+        (now_ms() as i64).saturating_add(self.local_skew_ms).max(0) as u64
+    }
+
     fn now(&self) -> u64 {
-        (now_ms() as i64 + self.offset_ms).max(0) as u64
+        (self.local_now() as i64 + self.offset_ms).max(0) as u64
+    }
+
+    /// Measures the offset with one `TIME` round trip.
+    async fn measure(&mut self, client: &Client) -> Result<()> {
+        let mut conn = client.conn();
+        let sent = self.local_now();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let server_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        self.observe(server_ms, sent, self.local_now());
+        Ok(())
     }
 
     fn observe(&mut self, server_ms: i64, sent_local: u64, received_local: u64) {
@@ -783,13 +824,14 @@ impl Scheduler {
             client,
             schedules: Vec::new(),
             on_tick: None,
+            local_skew_ms: 0,
         }
     }
 
     /// Writes the schedules to their queues' registries without firing anything (runs do this at
     /// start), so that inspection lists them. Fails on the first Redis error.
     pub async fn register(&self) -> Result<()> {
-        let mut clock = ServerClock::default();
+        let mut clock = ServerClock::with_local_skew(self.local_skew_ms);
         self.register_all(&mut clock).await
     }
 
@@ -803,8 +845,23 @@ impl Scheduler {
     /// state and retried with backoff (100 ms doubling to 5 s); they never end the run.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         tokio::pin!(shutdown);
-        let mut clock = ServerClock::default();
+        let mut clock = ServerClock::with_local_skew(self.local_skew_ms);
         let mut health = Health::new();
+        // `started` must be on the server's clock. Read from an unmeasured (local) clock X ahead,
+        // `Skip` skipped every tick of the first X after start; X behind, it fired ticks from
+        // before the start. If Redis cannot be reached yet, the run starts once it can.
+        loop {
+            match clock.measure(&self.client).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let wait = health.failed("reading the server clock", &e);
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
         let started = clock.now();
         let mut cursors: Vec<Cursor> = self
             .schedules
@@ -897,7 +954,7 @@ impl Scheduler {
         for schedule in &self.schedules {
             self.client.register_queue(&schedule.keys.queue).await?;
             let next = schedule.clock.next_after(clock.now()).unwrap_or(0);
-            let sent = now_ms();
+            let sent = clock.local_now();
             let (server_ms, changed): (i64, i64) = CRON_REGISTER_SCRIPT
                 .key(&schedule.registry)
                 .key(&schedule.state)
@@ -907,7 +964,7 @@ impl Scheduler {
                 .arg(next)
                 .invoke_async(&mut conn)
                 .await?;
-            clock.observe(server_ms, sent, now_ms());
+            clock.observe(server_ms, sent, clock.local_now());
             if changed == 1 {
                 info!(queue = %schedule.keys.queue, schedule = %schedule.name, spec = %schedule.spec_json, "schedule registered");
             }
@@ -924,7 +981,7 @@ impl Scheduler {
         let job_id = tick_job_id(&schedule.name, tick);
         let next = schedule.clock.next_after(tick).unwrap_or(0);
         let mut conn = self.client.conn();
-        let sent = now_ms();
+        let sent = clock.local_now();
         let (outcome, server_ms): (String, i64) = CRON_FIRE_SCRIPT
             .key(&schedule.keys.pending)
             .key(&schedule.keys.prioritized)
@@ -945,7 +1002,7 @@ impl Scheduler {
             .arg(schedule.flags)
             .invoke_async(&mut conn)
             .await?;
-        clock.observe(server_ms, sent, now_ms());
+        clock.observe(server_ms, sent, clock.local_now());
         Ok(match outcome.as_str() {
             "fired" => {
                 debug!(queue = %schedule.keys.queue, schedule = %schedule.name, tick, "tick fired");

@@ -94,6 +94,20 @@ impl<T: IntoOutput> IntoOutput for Option<T> {
     }
 }
 
+/// The text of a panic's payload (`panic!` with a literal or with format arguments), for the
+/// job's last error and the logs.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Calling the result runs `f(job)` at once, so a closure that panics before it returns its
+/// future panics in the caller: the runtime calls handlers inside `catch_unwind` for that reason.
 pub(crate) fn boxed<F, Fut, O, E>(f: F) -> DynHandler
 where
     F: Fn(Job) -> Fut + Send + Sync + 'static,

@@ -36,6 +36,7 @@ use crate::keys::QueueKeys;
 use crate::retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 use crate::task::Task;
 use crate::{Error, Result};
+pub(crate) use handler::panic_message;
 use handler::Handlers;
 
 /// Why an attempt failed and what happens next; given to the error hook.

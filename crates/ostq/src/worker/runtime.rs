@@ -1,13 +1,16 @@
 //! The running worker: one fetch loop for all its queues sharing a concurrency semaphore, one
-//! task per job, and one lease keeper that owns every lease group this worker holds. The keeper batches
-//! outcomes into `fail.lua` / `requeue.lua` / `complete.lua` calls (whatever piled up while the
-//! previous call was in flight) and renews the groups still held. Nothing on the per-job path
-//! takes a lock.
+//! task per job, one lease keeper that writes outcomes, and one renewer that extends the lease
+//! groups this worker holds. The keeper batches outcomes into `fail.lua` / `requeue.lua` /
+//! `complete.lua` calls (whatever piled up while the previous call was in flight). The renewer
+//! has a task of its own so that renewal never waits behind outcome writes, however many there
+//! are or however long a failing one is retried. The table of held groups is shared by the three
+//! (a mutex, held for short synchronous sections only); the per-job path takes no lock, it sends
+//! its outcome over a channel.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -16,12 +19,13 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::handler::{BoxError, Handlers, Permanent};
+use super::handler::{panic_message, BoxError, Handlers, Permanent};
 use super::{Config, ErrorHook, Failure, MonitorHook, Worker};
 use crate::connection::{Client, Conn};
 use crate::envelope::Envelope;
 use crate::job::{Job, JobContext};
 use crate::keys::QueueKeys;
+use crate::retry::RetryPolicy;
 use crate::scripts::{COMPLETE_SCRIPT, FAIL_SCRIPT, FETCH_SCRIPT, RENEW_SCRIPT, REQUEUE_SCRIPT};
 use crate::{Error, Result};
 
@@ -30,18 +34,7 @@ const MAX_ERROR_LEN: usize = 4096;
 /// Groups per renew call, outcomes per flush.
 const CHUNK: usize = 1000;
 
-/// What the lease keeper hears about.
-enum Event {
-    /// A fetch leased `count` jobs as group `group` (sent before any of its jobs start).
-    Leased {
-        queue: usize,
-        group: u64,
-        count: u32,
-    },
-    /// An attempt ended.
-    Done(Outcome),
-}
-
+/// An attempt ended: what the lease keeper hears about.
 struct Outcome {
     queue: usize,
     group: u64,
@@ -82,7 +75,13 @@ struct Shared {
     handlers: Handlers,
     on_error: Option<ErrorHook>,
     semaphore: Arc<Semaphore>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Outcome>,
+    /// The lease groups this worker holds, by (queue index, group). The fetch loop adds a group
+    /// as soon as a fetch returns it, before any of its jobs starts; the keeper counts settled
+    /// jobs and removes groups whose outcomes are all written (or given up); the renewer renews
+    /// what is here and removes what Redis says is lost. Locked only for short synchronous
+    /// sections, never across an `.await`.
+    groups: Mutex<HashMap<(usize, u64), Group>>,
     /// Cancelled when the shutdown grace time is over: running handlers stop, jobs go back.
     abort_jobs: CancellationToken,
 }
@@ -121,13 +120,16 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         handlers,
         on_error,
         events: tx,
+        groups: Mutex::new(HashMap::new()),
         abort_jobs: CancellationToken::new(),
     });
 
     let stop_fetching = CancellationToken::new();
     let stop_background = CancellationToken::new();
+    let stop_renewing = CancellationToken::new();
     let fetcher = tokio::spawn(fetch_loop(shared.clone(), weights, stop_fetching.clone()));
     let keeper = tokio::spawn(lease_keeper(shared.clone(), rx, stop_background.clone()));
+    let renewer = tokio::spawn(lease_renewer(shared.clone(), stop_renewing.clone()));
     let canceller = tokio::spawn(watch_cancellations(
         shared.clone(),
         cancel_tx,
@@ -165,6 +167,10 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     }
     stop_background.cancel();
     let _ = keeper.await;
+    // Only now: while the keeper was still writing (or retrying) outcomes, their groups had to
+    // stay renewed. What it gave up on or never heard of is left to expire and be recovered.
+    stop_renewing.cancel();
+    let _ = renewer.await;
     let _ = canceller.await;
     if let Some(monitor) = monitor {
         let _ = monitor.await;
@@ -368,15 +374,27 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
     // A fetch that ran at the end of an idle wait, with the slots it was made for.
     let mut carried: Option<(OwnedSemaphorePermit, Result<Fetched>)> = None;
     loop {
+        // Shutdown began: start nothing more. A carried fetch already leased its jobs, so they go
+        // straight back rather than wait for their lease to expire.
+        if stop.is_cancelled() {
+            // (Only a worker serving one queue carries a fetch: it is queue 0.)
+            if let Some((_, Ok(fetched))) = carried.take() {
+                give_back(&shared, 0, fetched);
+            }
+            return;
+        }
         let (mut permit, mut first) = match carried.take() {
             Some((permit, fetched)) => (permit, Some(fetched)),
             None => {
+                // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the
+                // loop went on fetching and starting jobs after shutdown began, one round in two.
                 let mut permit = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
                     permit = shared.semaphore.clone().acquire_owned() => match permit {
                         Ok(p) => p,
                         Err(_) => return,
                     },
-                    _ = stop.cancelled() => return,
                 };
                 let extra = shared
                     .semaphore
@@ -403,21 +421,34 @@ async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationTo
             }
             let result = match first.take() {
                 Some(result) => result,
+                None if stop.is_cancelled() => break,
                 None => fetch(&shared, queue, want).await,
             };
             match result {
+                Ok(fetched) if stop.is_cancelled() => {
+                    // Shutdown began while this fetch was in flight: its jobs go back at once.
+                    give_back(&shared, queue, fetched);
+                }
                 Ok(fetched) => {
-                    let got = fetched.envelopes.len();
-                    if got > 0 {
-                        let _ = shared.events.send(Event::Leased {
-                            queue,
-                            group: fetched.group,
-                            count: got as u32,
-                        });
-                    }
+                    // Held (and renewed) before any job starts, whatever the keeper is doing.
+                    hold_group(&shared, queue, fetched.group, fetched.envelopes.len());
                     for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
-                        let Some(one) = permit.split(1) else { break };
-                        start_job(&shared, queue, fetched.group, index as u32, envelope, one);
+                        let index = index as u32;
+                        match permit.split(1) {
+                            Some(one) => {
+                                start_job(&shared, queue, fetched.group, index, envelope, one)
+                            }
+                            // More jobs than asked for (never, by fetch.lua's contract): each
+                            // needs an outcome all the same, or its group is renewed forever.
+                            None => {
+                                let _ = shared.events.send(given_back(
+                                    queue,
+                                    fetched.group,
+                                    index,
+                                    &envelope,
+                                ));
+                            }
+                        }
                     }
                     waits.push(QueueWait {
                         queue,
@@ -494,25 +525,51 @@ fn give_back(shared: &Shared, queue: usize, fetched: Fetched) {
     if fetched.envelopes.is_empty() {
         return;
     }
-    let _ = shared.events.send(Event::Leased {
-        queue,
-        group: fetched.group,
-        count: fetched.envelopes.len() as u32,
-    });
+    // Held like any fetched group: renewed until the keeper has written the give-back, and known
+    // to the keeper, which deletes it once all of its jobs are back.
+    hold_group(shared, queue, fetched.group, fetched.envelopes.len());
     for (index, bytes) in fetched.envelopes.iter().enumerate() {
-        let envelope = Envelope::decode(bytes).unwrap_or_default();
-        let _ = shared.events.send(Event::Done(Outcome {
-            queue,
-            group: fetched.group,
-            index: index as u32,
-            settled: Settled {
-                tracked: envelope.tracked(),
-                unique: envelope.unique,
-                id: envelope.id,
-                kind: OutcomeKind::GivenBack,
-            },
-        }));
+        let _ = shared
+            .events
+            .send(given_back(queue, fetched.group, index as u32, bytes));
     }
+}
+
+/// The outcome that sends a leased job back to its queue without counting an attempt.
+fn given_back(queue: usize, group: u64, index: u32, bytes: &[u8]) -> Outcome {
+    let envelope = Envelope::decode(bytes).unwrap_or_default();
+    Outcome {
+        queue,
+        group,
+        index,
+        settled: Settled {
+            tracked: envelope.tracked(),
+            unique: envelope.unique,
+            id: envelope.id,
+            kind: OutcomeKind::GivenBack,
+        },
+    }
+}
+
+/// The table of held groups. A panic while it was locked cannot leave it half-updated (each
+/// section is a single insert, update or removal), so a poisoned lock is used as is.
+fn groups(shared: &Shared) -> MutexGuard<'_, HashMap<(usize, u64), Group>> {
+    shared.groups.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records a group a fetch just leased, so that it is renewed from now on.
+fn hold_group(shared: &Shared, queue: usize, group: u64, jobs: usize) {
+    if jobs == 0 {
+        return;
+    }
+    groups(shared).insert(
+        (queue, group),
+        Group {
+            total: u32::try_from(jobs).unwrap_or(u32::MAX),
+            settled: 0,
+            closing: false,
+        },
+    );
 }
 
 /// How long an idle worker may wait: until the earliest scheduled, retry, lease or rate-limit
@@ -618,26 +675,113 @@ fn start_job(
 ) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let settled = run_job(&shared, queue, group, index, envelope).await;
-        let _ = shared.events.send(Event::Done(Outcome {
+        // Last resort: whatever panics in here (a handler future whose drop panics at a timeout,
+        // a bug of ours), the job must end in an outcome. Without one its group would be renewed
+        // for as long as the worker runs and the job would stay `active` forever.
+        let settled = match AssertUnwindSafe(run_job(&shared, queue, group, index, &envelope))
+            .catch_unwind()
+            .await
+        {
+            Ok(settled) => settled,
+            Err(panic) => {
+                let panic = panic_message(panic.as_ref());
+                panicked_job(&shared, queue, group, index, &envelope, panic)
+            }
+        };
+        let _ = shared.events.send(Outcome {
             queue,
             group,
             index,
             settled,
-        }));
+        });
         drop(permit);
     });
 }
 
-async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: Vec<u8>) -> Settled {
+/// The outcome of a job whose task panicked outside the handler's own `catch_unwind`: a failed
+/// attempt, retried after the default backoff (or dead when it was the last). Calls no user code
+/// (no policy, no hook), so it cannot panic the same way again.
+fn panicked_job(
+    shared: &Shared,
+    queue: usize,
+    group: u64,
+    index: u32,
+    bytes: &[u8],
+    panic: String,
+) -> Settled {
     let keys = &shared.queues[queue];
-    let envelope = match Envelope::decode(&bytes) {
+    let error = truncate(format!("worker panicked while running the job: {panic}"));
+    let Ok(mut envelope) = Envelope::decode(bytes) else {
+        // As in `run_job`: keep the bytes for the operator, as the payload of a dead job.
+        let id = format!("~{group}.{index}");
+        let wrapped = Envelope {
+            id: id.clone(),
+            payload: bytes.to_vec(),
+            last_error: error.clone(),
+            ..Envelope::default()
+        };
+        return Settled {
+            id,
+            tracked: false,
+            unique: String::new(),
+            kind: OutcomeKind::Failed {
+                envelope: wrapped.encode(),
+                dead: true,
+                delay_ms: 0,
+                attempt: 1,
+                error,
+            },
+        };
+    };
+    let failures = envelope.attempt.saturating_add(1);
+    let max_attempts = if envelope.max_attempts == 0 {
+        let name = (!envelope.name.is_empty()).then_some(envelope.name.as_str());
+        shared
+            .handlers
+            .policy_for(name)
+            .and_then(RetryPolicy::attempt_limit)
+            .unwrap_or(shared.config.default_max_attempts)
+    } else {
+        envelope.max_attempts
+    };
+    let dead = failures >= max_attempts;
+    let delay = if dead {
+        Duration::ZERO
+    } else {
+        RetryPolicy::default().delay(failures)
+    };
+    warn!(queue = %keys.queue, id = %envelope.id, attempt = failures, dead, error = %error, "job's task panicked; recorded as a failed attempt");
+    envelope.attempt = failures;
+    envelope.last_error = error.clone();
+    Settled {
+        id: envelope.id.clone(),
+        tracked: envelope.tracked(),
+        unique: envelope.unique.clone(),
+        kind: OutcomeKind::Failed {
+            envelope: envelope.encode(),
+            dead,
+            delay_ms: millis(delay),
+            attempt: failures,
+            error,
+        },
+    }
+}
+
+/// A delay in whole milliseconds for the scripts; a custom policy may return anything, and
+/// `as u64` would wrap a huge one around to a short delay.
+fn millis(delay: Duration) -> u64 {
+    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: &[u8]) -> Settled {
+    let keys = &shared.queues[queue];
+    let envelope = match Envelope::decode(bytes) {
         Ok(env) => env,
         Err(e) => {
             // Keep the bytes for the operator: wrap them as the payload of a dead job.
             let env = Envelope {
                 id: format!("~{group}.{index}"),
-                payload: bytes,
+                payload: bytes.to_vec(),
                 last_error: e.to_string(),
                 ..Envelope::default()
             };
@@ -677,7 +821,11 @@ async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: V
     let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
     job.context = Some(shared.contexts[queue].clone());
     let context = shared.contexts[queue].clone();
-    let attempt = AssertUnwindSafe(handler(job)).catch_unwind();
+    // Calling the handler is user code too: a closure may panic before it returns its future.
+    let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().left_future(),
+        Err(panic) => futures::future::ready(Err(panic)).right_future(),
+    };
     let limited = async {
         match shared.config.timeout {
             Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
@@ -701,7 +849,10 @@ async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: V
             (format!("cancelled: {}", error_text(&error)), true)
         }
         Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),
-        Some(Err(panic)) => (format!("handler panicked: {}", panic_message(panic)), false),
+        Some(Err(panic)) => (
+            format!("handler panicked: {}", panic_message(panic.as_ref())),
+            false,
+        ),
         None => (
             format!(
                 "timed out after {:?}",
@@ -711,10 +862,10 @@ async fn run_job(shared: &Shared, queue: usize, group: u64, index: u32, bytes: V
         ),
     };
     // The failure path rebuilds the envelope from the leased bytes, which the handler never saw.
-    match Envelope::decode(&bytes) {
+    match Envelope::decode(bytes) {
         Ok(envelope) => fail(shared, keys, envelope, error, permanent),
         Err(e) => settled(OutcomeKind::Failed {
-            envelope: bytes,
+            envelope: bytes.to_vec(),
             dead: true,
             delay_ms: 0,
             attempt: 1,
@@ -745,16 +896,6 @@ fn error_text(error: &BoxError) -> String {
     text
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
 fn truncate(mut text: String) -> String {
     if text.len() > MAX_ERROR_LEN {
         let mut cut = MAX_ERROR_LEN;
@@ -767,7 +908,8 @@ fn truncate(mut text: String) -> String {
     text
 }
 
-/// Decides retry or dead for a failed attempt and tells the error hook.
+/// Decides retry or dead for a failed attempt and tells the error hook. The retry policy and
+/// the hook are user code: a panic in either is caught, so the outcome is still recorded.
 fn fail(
     shared: &Shared,
     keys: &QueueKeys,
@@ -775,7 +917,7 @@ fn fail(
     error: String,
     permanent: bool,
 ) -> Settled {
-    let error = truncate(error);
+    let mut error = truncate(error);
     let name = (!envelope.name.is_empty()).then_some(envelope.name.as_str());
     let policy = shared
         .handlers
@@ -791,17 +933,29 @@ fn fail(
         envelope.max_attempts
     };
     let dead = permanent || failures >= max_attempts;
-    let delay = (!dead).then(|| policy.delay(failures));
+    let delay = (!dead).then(|| match policy.try_delay(failures) {
+        Ok(delay) => delay,
+        Err(panic) => {
+            // The job still needs a retry time: the default backoff is always safe. The job's
+            // error says why it came back sooner or later than the policy meant (the note may be
+            // cut off after a very long error; the log has it in any case).
+            warn!(queue = %keys.queue, id = %envelope.id, panic = %panic, "retry policy panicked; retrying after the default backoff");
+            error = truncate(format!(
+                "{error} (retry policy panicked: {panic}; retrying after the default backoff)"
+            ));
+            RetryPolicy::default().delay(failures)
+        }
+    });
     if let Some(hook) = &shared.on_error {
         let job = Job::from_envelope(&keys.queue, envelope.clone(), default_max);
-        hook(
-            &job,
-            &Failure {
-                error: error.clone(),
-                dead,
-                retry_in: delay,
-            },
-        );
+        let failure = Failure {
+            error: error.clone(),
+            dead,
+            retry_in: delay,
+        };
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&job, &failure))) {
+            warn!(queue = %keys.queue, id = %envelope.id, panic = %panic_message(panic.as_ref()), "error hook panicked; the outcome is recorded anyway");
+        }
     }
     if dead {
         warn!(queue = %keys.queue, id = %envelope.id, attempt = failures, error = %error, "job dead");
@@ -817,7 +971,7 @@ fn fail(
         kind: OutcomeKind::Failed {
             envelope: envelope.encode(),
             dead,
-            delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
+            delay_ms: delay.map(millis).unwrap_or(0),
             attempt: failures,
             error,
         },
@@ -828,53 +982,33 @@ fn fail(
 struct Group {
     total: u32,
     settled: u32,
+    /// The keeper is writing the outcomes that settle the group's last jobs, which deletes the
+    /// group: if renewal then finds it gone, that is our own doing, not a lost lease.
+    closing: bool,
 }
 
-/// Owns the lease groups: writes outcomes in batches and renews what is still held. Keeps trying
-/// through Redis outages for up to a lease length; after that it stops renewing the group, whose
-/// lease then expires and whose unfinished jobs are recovered (at-least-once, never lost).
+/// Writes outcomes in batches. Keeps trying through Redis outages for up to a lease length;
+/// after that it drops the batch's groups from the table, so they are no longer renewed: their
+/// leases expire and their unfinished jobs are recovered (at-least-once, never lost). Renewal
+/// goes on meanwhile in [`lease_renewer`].
 async fn lease_keeper(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
     stop: CancellationToken,
 ) {
-    let mut groups: HashMap<(usize, u64), Group> = HashMap::new();
-    let mut renew = tokio::time::interval(shared.config.lease / 3);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    renew.tick().await;
     let mut failing = false;
     loop {
         let first = tokio::select! {
             biased;
-            event = rx.recv() => event,
-            _ = renew.tick() => {
-                renew_groups(&shared, &mut groups).await;
-                continue;
-            }
+            outcome = rx.recv() => outcome,
             _ = stop.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else { return };
-        let mut outcomes: Vec<Outcome> = Vec::new();
-        let mut event = Some(first);
-        while let Some(e) = event.take() {
-            match e {
-                Event::Leased {
-                    queue,
-                    group,
-                    count,
-                } => {
-                    groups.insert(
-                        (queue, group),
-                        Group {
-                            total: count,
-                            settled: 0,
-                        },
-                    );
-                }
-                Event::Done(outcome) => outcomes.push(outcome),
-            }
-            if outcomes.len() < CHUNK {
-                event = rx.try_recv().ok();
+        let mut outcomes = vec![first];
+        while outcomes.len() < CHUNK {
+            match rx.try_recv() {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => break,
             }
         }
         let mut by_queue: HashMap<usize, Vec<Outcome>> = HashMap::new();
@@ -882,15 +1016,22 @@ async fn lease_keeper(
             by_queue.entry(outcome.queue).or_default().push(outcome);
         }
         for (queue, outcomes) in by_queue {
-            // Which groups this batch finishes: those get deleted whole.
-            let mut finishing: HashMap<u64, bool> = HashMap::new();
             let mut counts: HashMap<u64, u32> = HashMap::new();
             for outcome in &outcomes {
                 *counts.entry(outcome.group).or_default() += 1;
             }
-            for (group, n) in &counts {
-                if let Some(state) = groups.get(&(queue, *group)) {
-                    finishing.insert(*group, state.settled + n >= state.total);
+            // Which groups this batch finishes: those get deleted whole. A group missing from
+            // the table was lost (or given up): its completions are not sent, failures are
+            // (the scripts ignore them as stale).
+            let mut finishing: HashMap<u64, bool> = HashMap::new();
+            {
+                let mut held = groups(&shared);
+                for (group, n) in &counts {
+                    if let Some(state) = held.get_mut(&(queue, *group)) {
+                        let all = state.settled + n >= state.total;
+                        state.closing |= all;
+                        finishing.insert(*group, all);
+                    }
                 }
             }
             let mut delay = Duration::from_millis(50);
@@ -918,16 +1059,33 @@ async fn lease_keeper(
                     }
                 }
             };
+            let mut held = groups(&shared);
             for (group, n) in counts {
                 if !written {
-                    groups.remove(&(queue, group)); // stop renewing: let recovery take it
+                    held.remove(&(queue, group)); // stop renewing: let recovery take it
                 } else if finishing.get(&group) == Some(&true) {
-                    groups.remove(&(queue, group));
-                } else if let Some(state) = groups.get_mut(&(queue, group)) {
+                    held.remove(&(queue, group));
+                } else if let Some(state) = held.get_mut(&(queue, group)) {
                     state.settled += n;
                 }
             }
         }
+    }
+}
+
+/// Renews every held group each `lease / 3`, on its own task: outcome writes, however many or
+/// however long retried, never delay it. A renewal that fails is tried again at the next tick.
+async fn lease_renewer(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut renew = tokio::time::interval(shared.config.lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = renew.tick() => {}
+        }
+        renew_groups(&shared).await;
     }
 }
 
@@ -1062,10 +1220,11 @@ async fn write_outcomes(
     Ok(())
 }
 
-/// Extends every group still held; forgets the ones Redis says are gone.
-async fn renew_groups(shared: &Shared, groups: &mut HashMap<(usize, u64), Group>) {
+/// Extends every group still held; forgets the ones Redis says are gone (expired, or taken by
+/// a recovery under way): their handlers keep running, and their outcomes will be ignored.
+async fn renew_groups(shared: &Shared) {
     for (queue, keys) in shared.queues.iter().enumerate() {
-        let held: Vec<u64> = groups
+        let held: Vec<u64> = groups(shared)
             .keys()
             .filter(|(q, _)| *q == queue)
             .map(|(_, g)| *g)
@@ -1080,9 +1239,19 @@ async fn renew_groups(shared: &Shared, groups: &mut HashMap<(usize, u64), Group>
             }
             let mut conn = shared.client.conn();
             match invocation.invoke_async::<Vec<u64>>(&mut conn).await {
-                Ok(lost) => {
-                    for group in &lost {
-                        groups.remove(&(queue, *group));
+                Ok(gone) => {
+                    let mut lost = Vec::new();
+                    {
+                        let mut held = groups(shared);
+                        for group in gone {
+                            // Not in the table any more, or closing: the keeper settled it and
+                            // deleted it while this call was in flight. Nothing was lost.
+                            if let Some(state) = held.remove(&(queue, group)) {
+                                if !state.closing {
+                                    lost.push(group);
+                                }
+                            }
+                        }
                     }
                     if !lost.is_empty() {
                         warn!(queue = %keys.queue, groups = ?lost, "lost leases: their jobs may run again elsewhere");
@@ -1147,7 +1316,10 @@ async fn monitor_loop(
             }
         }
         if !all.is_empty() {
-            hook(&all);
+            // User code: a panic would end the monitor task for good, silently.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&all))) {
+                warn!(panic = %panic_message(panic.as_ref()), "monitor hook panicked");
+            }
         }
     }
 }
