@@ -20,34 +20,26 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
--- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
-local EVENTS = redis.call('HGET', KEYS[4], 'events') or ''
-local function emit(kind, id, extra)
-  if EVENTS == '' then return end
-  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
-  if extra then for k, v in pairs(extra) do event[k] = v end end
-  local json = cjson.encode(event)
-  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[5], json) end
-  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'e', json) end
-end
-local function parse_id(env)
-  local lb = string.byte(env, 2)
-  if lb and lb >= 0xa0 and lb <= 0xbf then return string.sub(env, 3, 2 + lb - 0xa0) end
-  if lb == 0xd9 then return string.sub(env, 4, 3 + string.byte(env, 3)) end
-  return nil
+-- @include lib/events.lua
+-- @include lib/queue.lua
+-- @include lib/envelope.lua
+local emit, EVENTS = event_emitter(KEYS[4], KEYS[5], prefix, now)
+local function id_of(env)
+  local off, id_len = header(env)
+  return off and string.sub(env, off, off + id_len - 1) or '?'
 end
 
 -- @include lib/args.lua
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
-if not uint_arg(ARGV[2], 1, 1e12) then return redis.error_reply('ERR ostq: complete.lua ARGV[2] must be a positive integer') end
+if not parse_int(ARGV[2], 1, 1e12) then return redis.error_reply('ERR ostq: complete.lua ARGV[2] must be a positive integer') end
 local i = 3
 while i <= #ARGV do
-  local k, d = uint_arg(ARGV[i + 2]), uint_arg(ARGV[i + 3])
+  local k, d = parse_int(ARGV[i + 2]), parse_int(ARGV[i + 3])
   if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not k or not d then
     return redis.error_reply('ERR ostq: complete.lua: malformed group at ARGV[' .. i .. ']')
   end
   for j = i + 4, i + 4 + 5 * (d - 1), 5 do
-    if not uint_arg(ARGV[j]) or ARGV[j + 4] == nil then
+    if not parse_int(ARGV[j]) or ARGV[j + 4] == nil then
       return redis.error_reply('ERR ostq: complete.lua: malformed job at ARGV[' .. j .. ']')
     end
   end
@@ -71,7 +63,7 @@ while i <= #ARGV do
       if EVENTS ~= '' then
         -- Everything of the group is settled: the entries left are the jobs completed now.
         for _, env in ipairs(redis.call('LRANGE', key, 0, -1)) do
-          if env ~= '' then emit('completed', parse_id(env) or '?') end
+          if env ~= '' then emit('completed', id_of(env)) end
         end
       end
     end
@@ -90,10 +82,7 @@ while i <= #ARGV do
           done = done + 1
           emit('completed', id)
         end
-        if unique ~= '' then
-          local ukey = prefix .. 'unique:' .. unique
-          if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
-        end
+        release_unique(prefix, unique, id)
         if ARGV[j + 2] == '1' then
           local rec = prefix .. 'job:' .. id
           if redis.call('EXISTS', rec) == 1 then
@@ -101,9 +90,7 @@ while i <= #ARGV do
             if ARGV[j + 3] ~= '' then redis.call('HSET', rec, 'result', ARGV[j + 3]) end
             redis.call('EXPIRE', rec, ttl)
             redis.call('ZADD', KEYS[2], now, id)
-            local done_key = prefix .. 'done:' .. id
-            redis.call('RPUSH', done_key, 1)
-            redis.call('EXPIRE', done_key, 60)
+            notify_done(prefix, id)
           end
         end
       end

@@ -7,34 +7,33 @@
 -- KEYS[4] the schedule's state (hash, <prefix>cron:<name>)   KEYS[5] seq (counter)
 -- KEYS[6] the job's status record (<prefix>job:<id>; written only for tracked jobs)
 -- KEYS[7] removed schedules (hash: name -> removed at, <prefix>schedules:removed)
+-- KEYS[8] config (hash)   KEYS[9] events (stream; also the pub/sub channel name): optional, for
+--         the `pushed` event
 -- ARGV[1] schedule name   ARGV[2] spec JSON (must equal the registry entry)
 -- ARGV[3] tick T, unix ms   ARGV[4] the tick after T, unix ms (shown by inspection)
 -- ARGV[5] job id   ARGV[6] payload   ARGV[7] task name ("" = none)   ARGV[8] max attempts
 -- ARGV[9] priority   ARGV[10] flags (1 = keep a status record)
+-- ARGV[11] key prefix "ostq:{<queue>}:" (optional, with KEYS[8] and KEYS[9]: names the queue in
+--          the `pushed` event)
 -- Returns {outcome, server time ms} where outcome is
 --   'fired'      this call won the tick and pushed the job
 --   'taken'      the tick (or a later one) was already fired
 --   'early'      T is before the schedule was first registered (a catch-up that did not miss)
 --   'removed'    the schedule was removed (cron_remove.lua)
 --   'superseded' the registry holds another spec for this name
-local PRIO = 4398046511104 -- 2^42, as in push.lua
-local WAKE = '\144'        -- as in push.lua: wakes workers blocked on the pending list
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- @include lib/events.lua
+-- @include lib/queue.lua
+-- @include lib/envelope.lua
 
 -- Checked before any write (the same limits as push.lua).
-local function int_arg(i, lo, hi)
-  local v = tonumber(ARGV[i])
-  if not (v and v == v and v >= lo and v <= hi and math.floor(v) == v) then
-    error('ostq: cron_fire.lua ARGV[' .. i .. '] must be an integer in ' .. lo .. '..' .. hi)
-  end
-  return v
-end
-local tick = int_arg(3, 0, 1e14)
-int_arg(4, 0, 1e14)
-local max_attempts = int_arg(8, 0, 4294967295)
-local priority = int_arg(9, -1000, 1000)
-local flags = int_arg(10, 0, 127)
+-- @include lib/args.lua
+local tick = argv_int(3, 0, MAX_ARG)
+argv_int(4, 0, MAX_ARG)
+local max_attempts = argv_int(8, 0, 4294967295)
+local priority = argv_int(9, -1000, 1000)
+local flags = argv_int(10, 0, 127)
 if ARGV[5] == '' or #ARGV[5] > 255 then error('ostq: cron_fire.lua: the job id must be 1..255 bytes') end
 local spec = redis.call('HGET', KEYS[3], ARGV[1])
 if not spec then
@@ -57,17 +56,12 @@ local id, payload, name = ARGV[5], ARGV[6], ARGV[7]
 redis.call('HSET', KEYS[4], 'last_tick', tick, 'next_tick', ARGV[4], 'last_job', id)
 redis.call('HINCRBY', KEYS[4], 'fired', 1)
 
--- The envelope exactly as push.lua builds it (see envelope.rs for the field order).
-local env = cmsgpack.pack({id, flags, payload, name, 0, max_attempts, priority, now, ''})
-if priority ~= 0 then
-  local seq = redis.call('INCR', KEYS[5]) % PRIO
-  redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-  if redis.call('LLEN', KEYS[1]) == 0 then redis.call('LPUSH', KEYS[1], WAKE) end
-else
-  redis.call('LPUSH', KEYS[1], env)
-end
+local env = new_envelope(id, flags, payload, name, max_attempts, priority, now)
+route({pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[5]}, env, priority, false)
 if flags % 2 == 1 then
   redis.call('DEL', KEYS[6])
   redis.call('HSET', KEYS[6], 'state', 'pending', 'attempt', 0, 'enqueued_at', now, 'run_at', now)
 end
+local emit = event_emitter(KEYS[8], KEYS[9], ARGV[11] or '', now)
+emit('pushed', id, {state = 'pending', schedule = ARGV[1]})
 return {'fired', now}

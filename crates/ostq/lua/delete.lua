@@ -7,6 +7,7 @@
 -- ARGV[1] key prefix "ostq:{<queue>}:", then job ids
 -- Returns the number of jobs removed.
 local prefix = ARGV[1]
+-- @include lib/queue.lua
 local removed = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -16,10 +17,7 @@ for i = 2, #ARGV do
   if env then
     local ok, job = pcall(cmsgpack.unpack, env)
     if ok and type(job) == 'table' then
-      if type(job[10]) == 'string' and job[10] ~= '' then
-        local ukey = prefix .. 'unique:' .. job[10]
-        if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
-      end
+      release_unique(prefix, job[10], id)
       tracked = type(job[2]) == 'number' and job[2] % 2 == 1
     end
   end

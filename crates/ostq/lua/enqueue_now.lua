@@ -7,22 +7,15 @@
 -- KEYS[8] config (hash)    KEYS[9] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:", then job ids
 -- Returns the number of jobs moved.
-local PRIO = 4398046511104
 local prefix = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
-local EVENTS = redis.call('HGET', KEYS[8], 'events') or ''
-local function emit(kind, id, extra)
-  if EVENTS == '' then return end
-  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
-  if extra then for k, v in pairs(extra) do event[k] = v end end
-  local json = cjson.encode(event)
-  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[9], json) end
-  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
-end
+-- @include lib/events.lua
+-- @include lib/queue.lua
 -- @include lib/envelope.lua
 -- @include lib/file.lua
+local emit = event_emitter(KEYS[8], KEYS[9], prefix, now)
+local QUEUE = {pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[7]}
 local FILE_KEYS = {jobs = KEYS[6], prefix = prefix}
 
 local moved = 0
@@ -63,12 +56,7 @@ for i = 2, #ARGV do
         -- A dead job's "finished" token would wake waiters for the run that is starting now.
         redis.call('DEL', prefix .. 'done:' .. id)
       end
-      if priority ~= 0 then
-        local seq = redis.call('INCR', KEYS[7]) % PRIO
-        redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-      else
-        redis.call('RPUSH', KEYS[1], env)
-      end
+      route(QUEUE, env, priority, true)
       emit('retried', id, {from = (src == KEYS[5]) and 'dead' or ((src == KEYS[4]) and 'retry' or 'scheduled')})
       moved = moved + 1
     end

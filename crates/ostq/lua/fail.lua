@@ -13,45 +13,32 @@
 --   ("" = none; released when the job dies, if it still names this job)
 -- A tracked job that dies gets a token on <prefix>done:<id> (kept 60 s) for `wait_for` callers.
 -- Returns the number of stale failures (ignored).
-local WAKE = '\144'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
--- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
-local EVENTS = redis.call('HGET', KEYS[8], 'events') or ''
-local function emit(kind, id, extra)
-  if EVENTS == '' then return end
-  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
-  if extra then for k, v in pairs(extra) do event[k] = v end end
-  local json = cjson.encode(event)
-  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[9], json) end
-  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[9], 'MAXLEN', '~', 10000, '*', 'e', json) end
-end
-
+-- @include lib/events.lua
+-- @include lib/queue.lua
 -- @include lib/envelope.lua
 -- @include lib/file.lua
+local emit = event_emitter(KEYS[8], KEYS[9], prefix, now)
 local FILE_KEYS = {jobs = KEYS[4], prefix = prefix}
 
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
 -- @include lib/args.lua
 if (#ARGV - 1) % 10 ~= 0 then return redis.error_reply('ERR ostq: fail.lua takes 10 fields per job') end
 for i = 2, #ARGV, 10 do
-  if ARGV[i] == '' or not uint_arg(ARGV[i + 1]) or ARGV[i + 2] == ''
-    or not (ARGV[i + 4] == 'retry' or ARGV[i + 4] == 'dead') or not uint_arg(ARGV[i + 5])
-    or not (ARGV[i + 6] == '0' or ARGV[i + 6] == '1') or not uint_arg(ARGV[i + 7]) then
+  if ARGV[i] == '' or not parse_int(ARGV[i + 1]) or ARGV[i + 2] == ''
+    or not (ARGV[i + 4] == 'retry' or ARGV[i + 4] == 'dead') or not parse_int(ARGV[i + 5])
+    or not (ARGV[i + 6] == '0' or ARGV[i + 6] == '1') or not parse_int(ARGV[i + 7]) then
     return redis.error_reply('ERR ostq: fail.lua: malformed job at ARGV[' .. i .. ']')
   end
 end
 
-local function first_score(zkey)
-  local r = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-  return tonumber(r[2])
-end
 local earliest = first_score(KEYS[2])
 local s = first_score(KEYS[7])
 if s and (earliest == nil or s < earliest) then earliest = s end
 
-local stale, failed, wake = 0, 0, false
+local stale, failed, wake_workers = 0, 0, false
 for i = 2, #ARGV, 10 do
   local group, index, id, env, target = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local err = ARGV[i + 8]
@@ -73,14 +60,10 @@ for i = 2, #ARGV, 10 do
       state = 'retry'
       local due = now + tonumber(ARGV[i + 5])
       id = file_job(FILE_KEYS, KEYS[2], due, id, env, now)
-      if earliest == nil or due < earliest then earliest = due; wake = true end
+      if earliest == nil or due < earliest then earliest = due; wake_workers = true end
     else
       state = 'dead'
-      local unique = ARGV[i + 9]
-      if unique ~= '' then
-        local ukey = prefix .. 'unique:' .. unique
-        if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
-      end
+      release_unique(prefix, ARGV[i + 9], id)
       id = file_job(FILE_KEYS, KEYS[3], now, id, env, now)
     end
     if state == 'retry' then
@@ -94,9 +77,7 @@ for i = 2, #ARGV, 10 do
       redis.call('PERSIST', rec)
       if state == 'dead' then
         redis.call('HSET', rec, 'finished_at', now)
-        local done = prefix .. 'done:' .. id
-        redis.call('RPUSH', done, 1)
-        redis.call('EXPIRE', done, 60)
+        notify_done(prefix, id)
       end
     end
   else
@@ -109,5 +90,5 @@ if failed > 0 then
   redis.call('HINCRBY', KEYS[5], 'active', -failed)
 end
 -- Wake idle workers (blocked on the empty pending list) so they plan for the earlier retry.
-if wake and redis.call('LLEN', KEYS[6]) == 0 then redis.call('LPUSH', KEYS[6], WAKE) end
+if wake_workers then wake(KEYS[6]) end
 return stale

@@ -20,7 +20,6 @@
 -- Returns {now ms, next wake ms (0 = nothing timed), group (0 = nothing leased), hold, envelope1, ...}
 -- where hold = 1 tells the worker not to wait on the list (the queue is paused or out of rate-limit
 -- tokens) but to sleep until the wake time.
-local PRIO = 4398046511104
 local LIMIT = 1000
 -- Work one call may do besides leasing (promotion and recovery share it), so that no call runs
 -- long at any queue size: entries, and bytes of envelopes copied (at least one entry always moves).
@@ -29,58 +28,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
 -- @include lib/args.lua
-local function arg_int(i, lo, hi)
-  local v = uint_arg(ARGV[i], lo, hi)
-  if not v then
-    error('ostq: fetch.lua ARGV[' .. i .. '] must be an integer in ' .. lo .. '..' .. hi)
-  end
-  return v
-end
-local want = math.min(arg_int(2, 0, 1e15), LIMIT)
-local lease_ms = arg_int(3, 1, 1e12)
-local default_max = arg_int(4, 1, 4294967295)
-local dead_max = arg_int(5, 0, 1e15)
-local dead_retention = arg_int(6, 0, 1e15)
-local completed_retention = arg_int(7, 0, 1e15)
+local want = math.min(argv_int(2, 0), LIMIT)
+local lease_ms = argv_int(3, 1, 1e12)
+local default_max = argv_int(4, 1, 4294967295)
+local dead_max = argv_int(5, 0)
+local dead_retention = argv_int(6, 0)
+local completed_retention = argv_int(7, 0)
 if not string.find(ARGV[8] or '', '^[1-9]%d*$') then error('ostq: fetch.lua ARGV[8] must be a lease group id') end
--- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
-local EVENTS = redis.call('HGET', KEYS[13], 'events') or ''
-local function emit(kind, id, extra)
-  if EVENTS == '' then return end
-  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
-  if extra then for k, v in pairs(extra) do event[k] = v end end
-  local json = cjson.encode(event)
-  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[14], json) end
-  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[14], 'MAXLEN', '~', 10000, '*', 'e', json) end
-end
-
+-- @include lib/events.lua
+-- @include lib/queue.lua
 -- @include lib/envelope.lua
 -- @include lib/file.lua
+local emit, EVENTS = event_emitter(KEYS[13], KEYS[14], prefix, now)
 local FILE_KEYS = {jobs = KEYS[5], prefix = prefix}
+local QUEUE = {pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[8]}
 
 local function tracked(job) return job[2] % 2 == 1 end
-
--- A job that held a unique key until it finished gives it up when it dies.
-local function release_unique(job)
-  local unique = job[10]
-  if type(unique) == 'string' and unique ~= '' then
-    local ukey = prefix .. 'unique:' .. unique
-    if redis.call('GET', ukey) == job[1] then redis.call('DEL', ukey) end
-  end
-end
-
--- Puts a ready envelope where fetch will find it; `head` for jobs that already waited their turn.
--- `priority` has been checked (an integer in -1000..1000).
-local function route(env, priority, head)
-  if priority ~= 0 then
-    local seq = redis.call('INCR', KEYS[8]) % PRIO
-    redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-  elseif head then
-    redis.call('RPUSH', KEYS[1], env)
-  else
-    redis.call('LPUSH', KEYS[1], env)
-  end
-end
 
 -- Files an entry that is not a valid job in the dead set, with the reason.
 local function bury_invalid(id, env, why)
@@ -115,7 +78,7 @@ local function promote(zkey, kind)
     if env then
       local job, why = decode_job(env)
       if job then
-        route(env, job[7], false)
+        route(QUEUE, env, job[7], false)
         routed[#routed + 1] = id
         if tracked(job) then redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending') end
         if kind then emit(kind, id) end
@@ -161,18 +124,16 @@ local function recover()
           local id = job[1]
           local rec = prefix .. 'job:' .. id
           if attempt >= max then
-            release_unique(job)
+            release_unique(prefix, job[10], id)
             id = file_job(FILE_KEYS, KEYS[7], now, id, env, now)
             emit('dead', id, {attempt = attempt, error = err})
             if tracked(job) then
               rec = prefix .. 'job:' .. id
               redis.call('HSET', rec, 'state', 'dead', 'attempt', attempt, 'error', err, 'finished_at', now)
-              local done = prefix .. 'done:' .. id
-              redis.call('RPUSH', done, 1)
-              redis.call('EXPIRE', done, 60)
+              notify_done(prefix, id)
             end
           else
-            route(env, job[7], true)
+            route(QUEUE, env, job[7], true)
             emit('recovered', id, {attempt = attempt, error = err})
             if tracked(job) then redis.call('HSET', rec, 'state', 'pending', 'attempt', attempt, 'error', err) end
           end
@@ -207,11 +168,6 @@ local function trim()
   local excess = redis.call('ZCARD', KEYS[7]) - dead_max
   if excess > 0 then drop_dead(redis.call('ZRANGE', KEYS[7], 0, math.min(excess, LIMIT) - 1)) end
   redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - completed_retention)
-end
-
-local function first_score(zkey)
-  local r = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-  return tonumber(r[2])
 end
 
 recover()
@@ -259,7 +215,7 @@ if #popped > 0 then
     if not (b == 0x90 and #env == 1) then -- the wake marker is dropped
       if b == nil or b < 0x90 or b > 0x9f then
         -- A bare entry (plain LPUSH of a payload, as Ost did): wrap it so it can be retried and tracked.
-        env = cmsgpack.pack({'~' .. group .. '.' .. (n - 4), 0, env, '', 0, 0, 0, now, ''})
+        env = new_envelope('~' .. group .. '.' .. (n - 4), 0, env, '', 0, 0, now)
       else
         -- Read id and flags without unpacking the payload (lib/envelope.lua's header).
         local off, id_len, flags = header(env)

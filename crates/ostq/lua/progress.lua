@@ -7,13 +7,11 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, id, progress = ARGV[1], ARGV[2], ARGV[3]
-local EVENTS = redis.call('HGET', KEYS[1], 'events') or ''
+-- @include lib/events.lua
+local emit, EVENTS = event_emitter(KEYS[1], KEYS[2], prefix, now)
 if EVENTS ~= '' then
   local ok, value = pcall(cjson.decode, progress)
-  local json = cjson.encode({event = 'progress', queue = string.sub(prefix, 7, -3), id = id, ts = now,
-    progress = ok and value or progress})
-  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[2], json) end
-  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'e', json) end
+  emit('progress', id, {progress = ok and value or progress})
 end
 local rec = prefix .. 'job:' .. id
 if redis.call('EXISTS', rec) == 1 then

@@ -17,7 +17,7 @@
 -- Numbers are decimal integers ("" counts as 0); anything else (NaN, inf, 1.5, 0x10, out of
 -- range) is an error reply, and so is a bad id, name or field count: nothing of the call is
 -- written then. Limits: id and unique key at most 200 bytes; priority -1000..1000; max attempts
--- 0..4294967295; flags 0..127; delay, run-at and unique ttl 0..10^14 ms; id, name and unique key
+-- 0..4294967295; flags 0..127; delay, run-at and unique ttl 0..10^14-1 ms; id, name and unique key
 -- UTF-8 (the worker reads them as text).
 -- Ids starting with "~" are generated (here "~<n>", by fetch.lua "~<group>.<index>"), so a given
 -- id may not start with one.
@@ -27,43 +27,28 @@
 -- Returns one {id, created, why} triple per job, in order: created is 1 (why ""), or 0 when the
 -- job was not enqueued: why is "unique" (id is the job holding the unique key) or the state of
 -- the job that already has this id ("scheduled", "retry", "pending" or "active").
-local PRIO = 4398046511104 -- 2^42: priority is scaled above a 42-bit FIFO sequence
-local WAKE = '\144'        -- 0x90, an empty msgpack array: wakes blocked workers, never runs
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
--- Events: per queue, off unless enabled (config field `events`: pubsub, stream or both).
--- (Callers that pass only the first five keys push without events.)
-local EVENTS = KEYS[7] and (redis.call('HGET', KEYS[6], 'events') or '') or ''
-local function emit(kind, id, extra)
-  if EVENTS == '' then return end
-  local event = {event = kind, queue = string.sub(ARGV[1], 7, -3), id = id, ts = now}
-  if extra then for k, v in pairs(extra) do event[k] = v end end
-  local json = cjson.encode(event)
-  if EVENTS ~= 'stream' then redis.call('PUBLISH', KEYS[7], json) end
-  if EVENTS ~= 'pubsub' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'e', json) end
-end
-
--- Workers idle in BLMOVE on the pending list; an entry there wakes them. Only an empty list needs
--- one (a worker never blocks while the list has entries), so at most one marker exists at a time;
--- fetch.lua drops it when it comes up.
-local function wake()
-  if redis.call('LLEN', KEYS[1]) == 0 then redis.call('LPUSH', KEYS[1], WAKE) end
-end
+-- @include lib/events.lua
+-- @include lib/queue.lua
+-- @include lib/envelope.lua
+-- @include lib/args.lua
+local emit = event_emitter(KEYS[6], KEYS[7], prefix, now)
+local QUEUE = {pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[5]}
 
 -- Check every job before writing any, so a bad batch writes nothing.
--- @include lib/envelope.lua
 local function int_arg(i, what, lo, hi)
   local v = ARGV[i]
   if v == '' then return 0 end
-  local n = #v <= 20 and string.find(v, '^%-?%d+$') and tonumber(v)
-  if not n or n < lo or n > hi then
+  local n = parse_int(v, lo, hi)
+  if not n then
     error({err = 'ERR ostq: job ' .. math.floor((i - 2) / 10 + 1) .. ': ' .. what .. ' "' ..
       string.sub(v, 1, 40) .. '" is not an integer in ' .. lo .. '..' .. hi})
   end
   return n
 end
-local MAX_MS = 1e14
+local MAX_MS = MAX_ARG -- 10^14 - 1 ms: about 3,170 years
 local function check_all()
   if (#ARGV - 1) % 10 ~= 0 or #ARGV < 2 then
     error({err = 'ERR ostq: push.lua takes the prefix and then 10 fields per job'})
@@ -150,10 +135,9 @@ for i = 2, #ARGV, 10 do
     out[#out + 1] = {holder, 0, 'unique'}
   else
     if given then take_over(id, was_dead) end
-    local job = {id, flags, payload, name, 0, max_attempts, priority, now, ''}
-    -- The key travels with the job only when the job must release it when it finishes.
-    if unique ~= '' and unique_ttl <= 0 then job[10] = unique end
-    local env = cmsgpack.pack(job)
+    -- A key with a ttl is not the job's to release.
+    local env = new_envelope(id, flags, payload, name, max_attempts, priority, now,
+      unique_ttl <= 0 and unique or nil)
     local due = 0
     if run_at > 0 then due = run_at elseif delay > 0 then due = now + delay end
     local state
@@ -161,15 +145,10 @@ for i = 2, #ARGV, 10 do
       state = 'scheduled'
       redis.call('ZADD', KEYS[3], due, id)
       redis.call('HSET', KEYS[4], id, env)
-      if earliest == nil or due < earliest then earliest = due; wake() end
-    elseif priority ~= 0 then
-      state = 'pending'
-      local seq = redis.call('INCR', KEYS[5]) % PRIO
-      redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-      wake()
+      if earliest == nil or due < earliest then earliest = due; wake(KEYS[1]) end
     else
       state = 'pending'
-      redis.call('LPUSH', KEYS[1], env)
+      route(QUEUE, env, priority, false)
     end
     if flags % 2 == 1 then
       local rec = prefix .. 'job:' .. id

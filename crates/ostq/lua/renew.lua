@@ -8,7 +8,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- @include lib/args.lua
-local lease = uint_arg(ARGV[1], 1, 1e12)
+local lease = parse_int(ARGV[1], 1, 1e12)
 if not lease then
   return redis.error_reply('ERR ostq: renew.lua lease ms must be a positive integer')
 end

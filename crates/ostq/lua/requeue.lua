@@ -8,20 +8,21 @@
 -- ARGV[1] key prefix "ostq:{<queue>}:"
 -- then per group: group, all ("1" when the group has no other unfinished job), k, and k indexes
 -- Returns the number of jobs given back.
-local PRIO = 4398046511104
 local prefix = ARGV[1]
+-- @include lib/queue.lua
 -- @include lib/envelope.lua
+local QUEUE = {pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[4]}
 
 -- Check the whole call before writing anything: a malformed call must not stop half-way.
 -- @include lib/args.lua
 local i = 2
 while i <= #ARGV do
-  local k = uint_arg(ARGV[i + 2])
+  local k = parse_int(ARGV[i + 2])
   if ARGV[i] == '' or not (ARGV[i + 1] == '0' or ARGV[i + 1] == '1') or not k then
     return redis.error_reply('ERR ostq: requeue.lua: malformed group at ARGV[' .. i .. ']')
   end
   for j = i + 3, i + 2 + k do
-    if not uint_arg(ARGV[j]) then
+    if not parse_int(ARGV[j]) then
       return redis.error_reply('ERR ostq: requeue.lua: malformed index at ARGV[' .. j .. ']')
     end
   end
@@ -53,12 +54,7 @@ while i <= #ARGV do
             redis.call('HSET', prefix .. 'job:' .. job[1], 'state', 'pending')
           end
         end
-        if priority ~= 0 then
-          local seq = redis.call('INCR', KEYS[4]) % PRIO
-          redis.call('ZADD', KEYS[2], -priority * PRIO + seq, env)
-        else
-          redis.call('RPUSH', KEYS[1], env)
-        end
+        route(QUEUE, env, priority, true)
         returned = returned + 1
       end
     end

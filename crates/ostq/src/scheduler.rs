@@ -990,6 +990,8 @@ impl Scheduler {
             .key(&schedule.keys.seq)
             .key(schedule.keys.record(&job_id))
             .key(&schedule.removed)
+            .key(&schedule.keys.config)
+            .key(&schedule.keys.events)
             .arg(&schedule.name)
             .arg(&schedule.spec_json)
             .arg(tick)
@@ -1000,6 +1002,7 @@ impl Scheduler {
             .arg(schedule.max_attempts)
             .arg(schedule.priority)
             .arg(schedule.flags)
+            .arg(&schedule.keys.prefix)
             .invoke_async(&mut conn)
             .await?;
         clock.observe(server_ms, sent, clock.local_now());

@@ -157,6 +157,18 @@ async fn llen(conn: &mut MultiplexedConnection, key: &str) -> u64 {
     redis::cmd("LLEN").arg(key).query_async(conn).await.unwrap()
 }
 
+/// Jobs ready to be fetched: the pending list (less the wake marker) and the prioritized zset.
+async fn ready(conn: &mut MultiplexedConnection, keys: &QueueKeys) -> u64 {
+    let _: u64 = redis::cmd("LREM")
+        .arg(&keys.pending)
+        .arg(0)
+        .arg(&[0x90u8][..])
+        .query_async(conn)
+        .await
+        .unwrap();
+    llen(conn, &keys.pending).await + zcard(conn, &keys.prioritized).await
+}
+
 async fn hget(conn: &mut MultiplexedConnection, key: &str, field: &str) -> Option<Vec<u8>> {
     redis::cmd("HGET")
         .arg(key)
@@ -815,8 +827,7 @@ async fn scripts_and_rust_agree_on_the_shared_envelope_vectors() {
         let keys = QueueKeys::new(&format!("v{line_no}")).unwrap();
         schedule_raw(&mut conn, &keys, "v", &bytes).await;
         fetch(&mut conn, &keys, 0).await;
-        let pending =
-            llen(&mut conn, &keys.pending).await + zcard(&mut conn, &keys.prioritized).await;
+        let pending = ready(&mut conn, &keys).await;
         let dead = zcard(&mut conn, &keys.dead).await;
         assert_eq!(
             (pending, dead),
@@ -842,8 +853,7 @@ async fn scripts_and_rust_agree_on_the_shared_envelope_vectors() {
         assert_eq!(envs.len(), 1, "line {}: leased", line_no + 1);
         expire_leases(&mut conn, &keys).await;
         fetch(&mut conn, &keys, 0).await;
-        let pending =
-            llen(&mut conn, &keys.pending).await + zcard(&mut conn, &keys.prioritized).await;
+        let pending = ready(&mut conn, &keys).await;
         let dead = zcard(&mut conn, &keys.dead).await;
         assert_eq!(pending + dead, 1, "line {}: {why} (recovery)", line_no + 1);
         assert!(valid || dead == 1, "line {}: {why} (recovery)", line_no + 1);

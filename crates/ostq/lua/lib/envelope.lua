@@ -9,7 +9,7 @@
 --   [5] attempt: int 0..4294967295                     [6] max_attempts: int 0..4294967295
 --   [7] priority: int -1000..1000                      [8] enqueued_at_ms: int 0..2^53
 --   [9] last_error: UTF-8 str                          [10] unique key (optional): UTF-8 str
--- Fields after the tenth are kept as they are (later versions may append).
+-- Fields after the tenth are kept (later versions may append), up to the first nil.
 
 local MAX_U32 = 4294967295
 local MAX_MS = 9007199254740992 -- 2^53: every whole number up to it is exact in a Lua double
@@ -96,7 +96,26 @@ local function decode_job(env)
   if not is_int(job[8], 0, MAX_MS) then return nil, 'enqueued_at must be an integer >= 0' end
   if not is_text(job[9]) then return nil, 'last_error must be a UTF-8 string' end
   if job[10] ~= nil and not is_text(job[10]) then return nil, 'the unique key must be a UTF-8 string' end
-  return job
+  -- A copy without holes: cmsgpack packs a table with a nil inside as a map, which no reader
+  -- takes for an envelope. Later fields are kept up to the first nil.
+  local clean = {job[1], job[2], job[3], job[4], job[5], job[6], job[7], job[8], job[9], job[10]}
+  if job[10] ~= nil then
+    local k = 11
+    while job[k] ~= nil do
+      clean[k] = job[k]
+      k = k + 1
+    end
+  end
+  return clean
+end
+
+-- A new job's envelope (see envelope.rs for the field order), the same bytes Rust builds. The
+-- unique key travels with the job (a tenth field) only when given: when the job must release it
+-- as it finishes.
+local function new_envelope(id, flags, payload, name, max_attempts, priority, now, unique)
+  local job = {id, flags, payload, name, 0, max_attempts, priority, now, ''}
+  if unique and unique ~= '' then job[10] = unique end
+  return cmsgpack.pack(job)
 end
 
 -- An entry that is not a valid envelope, kept for the operator: its bytes become the payload of
