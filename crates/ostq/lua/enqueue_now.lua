@@ -46,7 +46,10 @@ for i = 2, #ARGV do
       redis.call('HDEL', KEYS[6], id)
       local priority = job[7]
       if src == KEYS[5] then
+        -- A dead job released its unique key when it died; it must not release the key of a
+        -- newer job that took it since, so it runs again without one ("": no hole in the table).
         job[5] = 0
+        if job[10] ~= nil then job[10] = '' end
         env = cmsgpack.pack(job)
       end
       if job[2] % 2 == 1 then

@@ -120,9 +120,12 @@ impl Envelope {
             return Err(bad(format!("enqueued_at {enqueued_at_ms} out of range")));
         }
         let last_error = read_string(&mut rd, "last_error")?;
-        // Later versions may append fields of other types: only a string here is a unique key.
-        let unique = if len > FIELDS {
-            read_string(&mut rd, "unique").unwrap_or_default()
+        // The tenth field is the unique key: a string, or nil for none (as lib/envelope.lua reads
+        // it; anything else is refused there too).
+        let unique = if len > FIELDS && rd.first() == Some(&0xc0) {
+            String::new()
+        } else if len > FIELDS {
+            read_string(&mut rd, "unique")?
         } else {
             String::new()
         };

@@ -12,15 +12,17 @@
 -- keys: {jobs = <the jobs hash>, prefix = <the queue prefix>}; target is the retry or dead zset.
 local function file_job(keys, target, score, id, env, now)
   if redis.call('HEXISTS', keys.jobs, id) == 1 then
+    -- (A long id would make the fresh one longer than an id may be: then a generated base.)
+    local base = #id <= 200 and id or ('~clash.' .. now)
     local fresh = nil
     for n = 1, 1000 do
-      local candidate = id .. '~' .. n
+      local candidate = base .. '~' .. n
       if redis.call('HEXISTS', keys.jobs, candidate) == 0 then
         fresh = candidate
         break
       end
     end
-    fresh = fresh or (id .. '~' .. now)
+    fresh = fresh or ('~clash.' .. now .. '.' .. redis.call('HLEN', keys.jobs))
     local job, why = decode_job(env)
     if job then
       job[1] = fresh
