@@ -199,9 +199,16 @@ local function take_prioritized(min, max, limit)
 end
 local has_prioritized = want > 0 and redis.call('ZCARD', KEYS[2]) > 0
 if has_prioritized then take_prioritized('-inf', '(0', want) end
-if #popped < want then
+-- The wake marker takes no slot: when it comes up, it is dropped and one more entry is taken.
+for _ = 1, 2 do
+  if #popped >= want then break end
   local envs = redis.call('RPOP', KEYS[1], want - #popped)
-  if envs then for _, env in ipairs(envs) do popped[#popped + 1] = env end end
+  if not envs then break end
+  local marker = false
+  for _, env in ipairs(envs) do
+    if env == WAKE then marker = true else popped[#popped + 1] = env end
+  end
+  if not marker then break end
 end
 if has_prioritized and #popped < want then take_prioritized('0', '+inf', want - #popped) end
 

@@ -1003,3 +1003,22 @@ async fn id_takeovers_and_renames_keep_every_job_key_and_record() {
     let left = queue.job("y").await.unwrap();
     assert!(left.is_some(), "one y is left, and findable");
 }
+
+/// Found by the model test: the wake marker took one of a fetch's slots, so a worker with one free
+/// slot leased nothing while a low-priority job was ready, and idled up to a second.
+#[tokio::test]
+async fn the_wake_marker_takes_no_slot() {
+    let (server, client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("marker").unwrap();
+    // A negative priority job goes to `prioritized` and leaves a marker on the empty list.
+    client
+        .queue("marker")
+        .push_with("low", &PushOptions::new().priority(-5))
+        .await
+        .unwrap();
+    assert_eq!(llen(&mut conn, &keys.pending).await, 1, "the marker");
+    let (_, envs) = leased(&fetch(&mut conn, &keys, 1).await);
+    assert_eq!(envs.len(), 1, "the job, not the marker");
+    assert_eq!(Envelope::decode(&envs[0]).unwrap().payload, b"low");
+}
