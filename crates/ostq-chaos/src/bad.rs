@@ -111,6 +111,7 @@ pub(crate) fn generate(count: usize) -> Vec<BadEntry> {
                         let task = Chaos {
                             n: u64::MAX - k as u64,
                             pad,
+                            ms: None,
                         };
                         ("chaos", serde_json::to_vec(&task).unwrap_or_default())
                     }

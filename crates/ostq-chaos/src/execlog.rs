@@ -1,5 +1,6 @@
-//! Reading the workers' execution logs (`exec-<pid>.log`, one `<n> <attempt> <pid> <unix ms>` line
-//! per completed execution) as they grow.
+//! Reading the workers' execution logs (`exec-<pid>.log`, one line per completed execution) as
+//! they grow. A line is `<n> <attempt> <pid> <end unix ms> <start unix ms> <job id>`; the last two
+//! fields (and the attempt, written `-` by older workers) may be missing.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,12 +22,18 @@ pub(crate) struct ExecLogs {
 }
 
 /// One completed execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Run {
     /// The worker process.
     pub(crate) pid: u32,
     /// When it completed (unix ms; 0 when the line has no time).
     pub(crate) at_ms: u64,
+    /// When the handler started (unix ms; `at_ms` when the line does not say).
+    pub(crate) start_ms: u64,
+    /// The attempt (from 1), when the line says.
+    pub(crate) attempt: Option<u32>,
+    /// The job id, when the line says.
+    pub(crate) id: Option<String>,
 }
 
 #[derive(Default)]
@@ -83,19 +90,30 @@ impl ExecLogs {
         let text = String::from_utf8_lossy(line);
         let mut fields = text.split_whitespace();
         let n = fields.next().and_then(|f| f.parse::<u64>().ok());
-        let _attempt = fields.next();
+        let attempt = fields.next().and_then(|f| f.parse::<u32>().ok());
         let pid = fields.next().and_then(|f| f.parse::<u32>().ok());
         let at_ms = fields
             .next()
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0);
+        let start_ms = fields
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(at_ms);
+        let id = fields.next().map(str::to_owned);
         match (n, pid) {
             (Some(n), Some(pid)) if (n as usize) < self.runs.len() => {
                 let runs = &mut self.runs[n as usize];
                 if runs.is_empty() {
                     self.done += 1;
                 }
-                runs.push(Run { pid, at_ms });
+                runs.push(Run {
+                    pid,
+                    at_ms,
+                    start_ms,
+                    attempt,
+                    id,
+                });
                 self.executions += 1;
             }
             _ => self.bad_lines += 1,
@@ -124,13 +142,32 @@ mod tests {
         let mut logs = ExecLogs::new(dir.path(), 3);
         logs.poll().unwrap();
         assert_eq!((logs.done, logs.executions), (2, 2));
-        file.write_all(b" 7 102\n0 - 8\nnonsense\n99 - 7 103\n")
+        file.write_all(b" 7 102\n0 - 8\nnonsense\n99 - 7 103\n0 3 9 200 150 01JOB\n")
             .unwrap();
         logs.poll().unwrap();
-        assert_eq!((logs.done, logs.executions, logs.bad_lines), (3, 4, 2));
-        let first = Run { pid: 7, at_ms: 100 };
-        let second = Run { pid: 8, at_ms: 0 };
-        assert_eq!(logs.runs[0], vec![first, second]);
+        assert_eq!((logs.done, logs.executions, logs.bad_lines), (3, 5, 2));
+        let first = Run {
+            pid: 7,
+            at_ms: 100,
+            start_ms: 100,
+            attempt: None,
+            id: None,
+        };
+        let second = Run {
+            pid: 8,
+            at_ms: 0,
+            start_ms: 0,
+            attempt: None,
+            id: None,
+        };
+        let third = Run {
+            pid: 9,
+            at_ms: 200,
+            start_ms: 150,
+            attempt: Some(3),
+            id: Some("01JOB".to_owned()),
+        };
+        assert_eq!(logs.runs[0], vec![first, second, third]);
         assert!(logs.missing().is_empty());
     }
 }

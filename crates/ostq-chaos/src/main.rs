@@ -1,13 +1,16 @@
 //! `ostq-chaos`: ostq's chaos suite.
 //!
 //! `ostq-chaos run` starts a private `redis-server` (AOF on, `appendfsync everysec`), pushes good
-//! jobs and malformed entries, runs worker processes (this same binary, `ostq-chaos worker`), and
-//! while they work it SIGKILLs a random worker every 2 s, kills every client connection once,
-//! stalls Redis for 2 s once and restarts Redis once. Each worker appends a line to its own
-//! execution log (outside Redis) whenever it completes a job. At the end the suite checks that every
-//! good job completed at least once, that every malformed entry is in the dead set with a reason,
-//! and counts duplicate executions. Its last line on stdout is one JSON object with the figures;
-//! it exits 0 only when nothing was lost and every malformed entry is accounted for.
+//! jobs (a few long ones among many short ones) and malformed entries, runs worker processes (this
+//! same binary, `ostq-chaos worker`), each behind a TCP proxy of its own that adds latency, and
+//! while they work it SIGKILLs a random worker every 2 s, drops a random worker's connections
+//! every 3 s and stalls one every 5 s (at the proxy), kills every client connection once, stalls
+//! Redis for 2 s once and restarts Redis once. Each worker appends a line to its own execution log
+//! (outside Redis) whenever it completes a job. At the end the suite checks that every good job
+//! completed at least once, that every malformed entry is in the dead set with a reason, and that
+//! every duplicate execution is explained by a kill, a fault or a retried push. Its last line on
+//! stdout is one JSON object with the figures; it exits 0 only when nothing was lost, every
+//! malformed entry is accounted for and no duplicate is unexplained.
 //!
 //! `docs/reliability.md` explains the guarantees and quotes the figures; `scripts/chaos` builds and
 //! runs this binary.
