@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::cli::{Global, StatsArgs};
-use crate::util::{check_queue, connect, lib_err, now_ms, raw_connection, short_duration, Exit};
+use crate::util::{check_queue, connect, lib_err, now_ms, short_duration, Exit};
 
 /// The window jobs/s is measured over in `--watch`.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -32,13 +32,7 @@ impl QueueStats {
     }
 }
 
-/// Redis's own figures.
-#[derive(Debug, Clone, Default)]
-pub struct RedisInfo {
-    pub used_memory: u64,
-    pub used_memory_human: String,
-    pub connected_clients: u64,
-}
+pub use ostq::RedisInfo;
 
 /// One full look: every queue and Redis.
 pub struct Snapshot {
@@ -49,7 +43,6 @@ pub struct Snapshot {
 /// Reads the stats of the given queues (all known queues for an empty list).
 pub struct Collector {
     client: ostq::Client,
-    raw: redis::aio::MultiplexedConnection,
     names: Vec<String>,
     /// (when, processed_total per queue) samples, newest last.
     history: VecDeque<(Instant, BTreeMap<String, u64>)>,
@@ -61,10 +54,8 @@ impl Collector {
             check_queue(q)?;
         }
         let client = connect(url).await?;
-        let raw = raw_connection(url).await?;
         Ok(Self {
             client,
-            raw,
             names,
             history: VecDeque::new(),
         })
@@ -154,28 +145,11 @@ impl Collector {
     }
 
     async fn redis_info(&mut self) -> anyhow::Result<RedisInfo> {
-        let text: String = redis::cmd("INFO")
-            .query_async(&mut self.raw)
+        self.client
+            .redis_info()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot read Redis INFO: {e}"))?;
-        Ok(parse_info(&text))
+            .map_err(lib_err("cannot read Redis INFO"))
     }
-}
-
-fn parse_info(text: &str) -> RedisInfo {
-    let mut info = RedisInfo::default();
-    for line in text.lines() {
-        let Some((key, value)) = line.trim().split_once(':') else {
-            continue;
-        };
-        match key {
-            "used_memory" => info.used_memory = value.parse().unwrap_or(0),
-            "used_memory_human" => info.used_memory_human = value.to_string(),
-            "connected_clients" => info.connected_clients = value.parse().unwrap_or(0),
-            _ => {}
-        }
-    }
-    info
 }
 
 /// The thresholds a snapshot is checked against.
@@ -246,11 +220,7 @@ pub fn snapshot_json(snap: &Snapshot, alerts: &[String]) -> Value {
     }
     json!({
         "queues": queues,
-        "redis": {
-            "used_memory": snap.redis.used_memory,
-            "used_memory_human": snap.redis.used_memory_human,
-            "connected_clients": snap.redis.connected_clients,
-        },
+        "redis": serde_json::to_value(&snap.redis).unwrap_or_default(),
         "alerts": alerts,
     })
 }
@@ -317,15 +287,22 @@ pub fn snapshot_text(snap: &Snapshot) -> String {
         None => "jobs/s not measured (--sample 0)".to_string(),
     };
     out.push_str(&format!(
-        "redis: {} used ({} bytes), {} connected clients; {rate_note}\n",
+        "redis: {} used ({} bytes), {} connected clients, version {}; {rate_note}\n",
         if snap.redis.used_memory_human.is_empty() {
             "?".to_string()
         } else {
             snap.redis.used_memory_human.clone()
         },
         snap.redis.used_memory,
-        snap.redis.connected_clients
+        snap.redis.connected_clients,
+        snap.redis.version,
     ));
+    let policy = &snap.redis.maxmemory_policy;
+    if !policy.is_empty() && policy != "noeviction" {
+        out.push_str(&format!(
+            "warning: maxmemory-policy is {policy}: Redis may evict queue keys (use noeviction)\n"
+        ));
+    }
     out
 }
 
@@ -399,17 +376,4 @@ pub async fn run(global: &Global, args: StatsArgs) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn info_is_parsed() {
-        let info = parse_info("# Memory\r\nused_memory:1234\r\nused_memory_human:1.21K\r\n# Clients\r\nconnected_clients:7\r\n");
-        assert_eq!(info.used_memory, 1234);
-        assert_eq!(info.used_memory_human, "1.21K");
-        assert_eq!(info.connected_clients, 7);
-    }
 }

@@ -240,3 +240,29 @@ fn script_prints_an_evalable_push() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("push, fetch"));
 }
+
+/// `ostq stats` reaches Redis through the library's client, so every URL the library takes works:
+/// through Sentinel it failed with "bad Redis URL … InvalidClientConfig" while `push` worked.
+/// It shows the version and warns when the eviction policy may delete queue keys.
+#[test]
+fn stats_works_through_sentinel_and_warns_about_eviction() {
+    let primary = RedisServer::start().unwrap();
+    let sentinel = ostq_testkit::RedisSentinel::start(&primary, "mymaster").unwrap();
+    let url = format!("redis+sentinel://{}/mymaster", sentinel.addr());
+    ok(&url, &["push", "videos", "42"]);
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    assert_eq!(stats["queues"]["videos"]["pending"], 1, "{stats}");
+    assert!(
+        stats["redis"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{stats}"
+    );
+    assert_eq!(stats["redis"]["maxmemory_policy"], "noeviction");
+
+    primary
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        .unwrap();
+    let text = ok(&url, &["stats", "--sample", "0"]);
+    assert!(text.contains("maxmemory-policy is allkeys-lru"), "{text}");
+}

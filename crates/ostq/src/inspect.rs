@@ -107,7 +107,94 @@ pub(crate) async fn counts_of(client: &Client, keys: &QueueKeys) -> Result<Queue
     })
 }
 
+/// Redis's own figures, from `INFO` (summed over the nodes of a Cluster).
+///
+/// ```no_run
+/// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+/// let info = client.redis_info().await?;
+/// if info.maxmemory_policy != "noeviction" {
+///     eprintln!("Redis {} may evict queue keys ({})", info.version, info.maxmemory_policy);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RedisInfo {
+    /// `redis_version`.
+    pub version: String,
+    /// Bytes in use (`used_memory`).
+    pub used_memory: u64,
+    /// The same, as Redis writes it for people (`used_memory_human`).
+    pub used_memory_human: String,
+    /// The memory limit in bytes; 0 when there is none.
+    pub maxmemory: u64,
+    /// What Redis does at the limit; anything but `noeviction` may delete queue keys.
+    pub maxmemory_policy: String,
+    /// Client connections (`connected_clients`).
+    pub connected_clients: u64,
+}
+
+impl RedisInfo {
+    /// Reads the text of one `INFO` reply into `self`, adding the counters (for Cluster nodes).
+    fn add(&mut self, text: &str) {
+        for line in text.lines() {
+            let Some((key, value)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let number = || value.parse::<u64>().unwrap_or(0);
+            match key {
+                "redis_version" => self.version = value.to_string(),
+                "used_memory" => self.used_memory += number(),
+                "used_memory_human" if self.used_memory_human.is_empty() => {
+                    self.used_memory_human = value.to_string()
+                }
+                "maxmemory" => self.maxmemory += number(),
+                "maxmemory_policy" => self.maxmemory_policy = value.to_string(),
+                "connected_clients" => self.connected_clients += number(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every `INFO` text in a reply: one for a server, one per node for a Cluster.
+fn info_texts(value: redis::Value, out: &mut Vec<String>) {
+    match value {
+        redis::Value::BulkString(bytes) => out.push(String::from_utf8_lossy(&bytes).into_owned()),
+        redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => {
+            out.push(text)
+        }
+        redis::Value::Array(items) => items.into_iter().for_each(|v| info_texts(v, out)),
+        redis::Value::Map(pairs) => pairs.into_iter().for_each(|(_, v)| info_texts(v, out)),
+        _ => {}
+    }
+}
+
 impl Client {
+    /// Redis's version, memory (used, limit, eviction policy) and client connections, through
+    /// whatever this client connects to (one server, a Sentinel-managed primary, a Cluster).
+    pub async fn redis_info(&self) -> Result<RedisInfo> {
+        let mut conn = self.conn();
+        let reply: redis::Value = redis::cmd("INFO")
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::from_redis)?;
+        let mut texts = Vec::new();
+        info_texts(reply, &mut texts);
+        if texts.is_empty() {
+            return Err(Error::Protocol("INFO answered no text".into()));
+        }
+        let mut info = RedisInfo::default();
+        for text in &texts {
+            info.add(text);
+        }
+        if texts.len() > 1 {
+            // Summed over the nodes: the human form of one node would mislead.
+            info.used_memory_human = format!("{:.2}M", info.used_memory as f64 / 1048576.0);
+        }
+        Ok(info)
+    }
+
     /// Names of the queues ever pushed to or served, sorted.
     pub async fn queues(&self) -> Result<Vec<String>> {
         let mut conn = self.conn();
@@ -708,6 +795,27 @@ async fn record_info(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn info_is_read_and_summed_over_nodes() {
+        let node = "# Server\r\nredis_version:7.0.15\r\n# Memory\r\nused_memory:1234\r\nused_memory_human:1.21K\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n# Clients\r\nconnected_clients:7\r\n";
+        let mut info = RedisInfo::default();
+        info.add(node);
+        assert_eq!(
+            (
+                info.version.as_str(),
+                info.used_memory,
+                info.used_memory_human.as_str()
+            ),
+            ("7.0.15", 1234, "1.21K")
+        );
+        assert_eq!(
+            (info.maxmemory_policy.as_str(), info.connected_clients),
+            ("noeviction", 7)
+        );
+        info.add(node);
+        assert_eq!((info.used_memory, info.connected_clients), (2468, 14));
+    }
+
     use super::*;
 
     #[test]

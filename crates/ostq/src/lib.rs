@@ -44,7 +44,7 @@ pub mod worker;
 
 pub use connection::Client;
 pub use error::{Error, Result};
-pub use inspect::QueueCounts;
+pub use inspect::{QueueCounts, RedisInfo};
 pub use job::{Job, JobInfo, JobState};
 pub use producer::{PushOptions, Queue};
 pub use retry::RetryPolicy;
