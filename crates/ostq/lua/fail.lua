@@ -54,6 +54,13 @@ for i = 2, #ARGV, 10 do
       err = 'invalid job envelope: ' .. why
       id, env = wrap_invalid(id, env, why, now)
       target = 'dead'
+    elseif job[9] == '' or err == '' then
+      -- A failure always says something (a handler may fail with an empty message).
+      if err == '' then err = job[9] ~= '' and job[9] or 'failed without an error message' end
+      if job[9] == '' then
+        job[9] = err
+        env = cmsgpack.pack(job)
+      end
     end
     local state
     if target == 'retry' then

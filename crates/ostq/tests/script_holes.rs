@@ -1022,3 +1022,25 @@ async fn the_wake_marker_takes_no_slot() {
     assert_eq!(envs.len(), 1, "the job, not the marker");
     assert_eq!(Envelope::decode(&envs[0]).unwrap().payload, b"low");
 }
+
+/// Found by the fuzz test: a failure with an empty error (a handler may return `Err("")`) left a
+/// dead job with no reason.
+#[tokio::test]
+async fn a_failure_without_a_message_still_says_why() {
+    let (server, _client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("silent").unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg(&keys.pending)
+        .arg(job("quiet", 0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (group, envs) = leased(&fetch(&mut conn, &keys, 1).await);
+    let mut env = Envelope::decode(&envs[0]).unwrap();
+    env.attempt = 1;
+    env.last_error = String::new();
+    fail_one(&mut conn, &keys, &group, 0, &env, "dead", 0).await;
+    let dead = hget(&mut conn, &keys.jobs, "quiet").await.unwrap();
+    assert_eq!(dead_error(&dead), "failed without an error message");
+}
