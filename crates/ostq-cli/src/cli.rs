@@ -49,7 +49,8 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// Redis to use: redis://[user:password@]host[:port][/db]
+    /// Redis to use: redis://[user:password@]host[:port][/db] (rediss:// for TLS),
+    /// redis+sentinel://host:port[,host:port]/<service>, redis+cluster://host:port[,host:port]
     /// [default: $REDIS_URL, else redis://127.0.0.1:6379]
     #[arg(long, global = true, env = "OSTQ_URL", value_name = "URL")]
     pub url: Option<String>,

@@ -177,7 +177,7 @@ pub async fn connect(url: &str) -> anyhow::Result<ostq::Client> {
     match tokio::time::timeout(CONNECT_TIMEOUT, ostq::Client::connect(url)).await {
         Err(_) => Err(no_answer(url)),
         Ok(Err(ostq::Error::Config(msg))) if msg.contains("URL") => Err(anyhow!(
-            "{msg} (expected redis://[user:password@]host[:port][/db])"
+            "{msg} (expected redis://[user:password@]host[:port][/db], redis+sentinel://host:port[,…]/<service> or redis+cluster://host:port[,…])"
         )),
         Ok(Err(ostq::Error::Config(msg))) => Err(anyhow!("{msg}")),
         Ok(Err(e)) => Err(explain_redis_error(url, &e)),

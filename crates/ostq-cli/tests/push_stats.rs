@@ -266,3 +266,29 @@ fn stats_works_through_sentinel_and_warns_about_eviction() {
     let text = ok(&url, &["stats", "--sample", "0"]);
     assert!(text.contains("maxmemory-policy is allkeys-lru"), "{text}");
 }
+
+/// Every command reaches a Redis Cluster with a `redis+cluster://` URL (no CLI command could).
+#[test]
+fn the_cli_works_against_a_cluster() {
+    let cluster = ostq_testkit::RedisCluster::start(3).unwrap();
+    let hosts: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_string())
+        .collect();
+    let url = format!("redis+cluster://{}", hosts.join(","));
+    ok(&url, &["push", "videos", "42", "43"]);
+    ok(&url, &["push", "videos", "44", "--id", "v-44", "--track"]);
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    assert_eq!(stats["queues"]["videos"]["pending"], 3, "{stats}");
+    assert!(stats["redis"]["used_memory"].as_u64().unwrap() > 0);
+    assert_eq!(json(&url, &["jobs", "videos"]).as_array().unwrap().len(), 3);
+    assert_eq!(json(&url, &["job", "videos", "v-44"])["state"], "pending");
+    let out = run(
+        &url,
+        &["worker", "--queue", "videos", "--burst", "--", "true"],
+    );
+    assert_success(&out, &["worker --burst on a cluster"]);
+    assert_eq!(json(&url, &["job", "videos", "v-44"])["state"], "completed");
+    assert_eq!(counts(&url, "videos")["pending"], 0);
+}

@@ -334,6 +334,15 @@ impl ClientBuilder {
                 };
                 (Target::Single(Box::new(client)), Conn::Single(conn))
             }
+            (Scheme::Cluster { tls }, rest) => {
+                // (No lazy mode: a cluster client needs the slot map of a live node.)
+                let nodes = cluster_nodes(&self.url, tls, rest)?;
+                if tls {
+                    install_crypto_provider();
+                }
+                let conn = cluster_connection(&nodes, RESPONSE_TIMEOUT).await?;
+                (Target::Cluster(nodes), Conn::Cluster(conn))
+            }
             (Scheme::Sentinel { tls }, rest) => {
                 let resolver = Arc::new(SentinelResolver::parse(
                     &self.url,
@@ -415,20 +424,55 @@ enum Scheme {
     Plain,
     Tls,
     Sentinel { tls: bool },
+    Cluster { tls: bool },
+}
+
+/// The nodes of a `redis+cluster://[user:password@]host:port[,host:port…]` URL, each a URL of
+/// its own with the same credentials.
+fn cluster_nodes(url: &str, tls: bool, rest: &str) -> Result<Vec<ConnectionInfo>> {
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (Some(auth), hosts),
+        None => (None, rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.contains('/') {
+        return Err(Error::Config(format!(
+            "bad Redis URL {:?}: a cluster has no database number",
+            redact(url)
+        )));
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
+    let nodes = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|host| match auth {
+            Some(auth) => parse_url(&format!("{scheme}://{auth}@{host}")),
+            None => parse_url(&format!("{scheme}://{host}")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if nodes.is_empty() {
+        return Err(Error::Config(format!(
+            "bad Redis URL {:?}: name at least one node (host:port)",
+            redact(url)
+        )));
+    }
+    Ok(nodes)
 }
 
 /// The scheme of a URL and what follows `://`.
 fn split_scheme(url: &str) -> Result<(Scheme, &str)> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(Error::Config(format!(
-            "bad Redis URL {:?}: expected redis://, rediss://, redis+sentinel:// or \
-             rediss+sentinel://",
+            "bad Redis URL {:?}: expected redis://, rediss://, redis+sentinel://, \
+             rediss+sentinel://, redis+cluster:// or rediss+cluster://",
             redact(url)
         )));
     };
     let scheme = match scheme {
         "redis+sentinel" => Scheme::Sentinel { tls: false },
         "rediss+sentinel" => Scheme::Sentinel { tls: true },
+        "redis+cluster" => Scheme::Cluster { tls: false },
+        "rediss+cluster" => Scheme::Cluster { tls: true },
         "rediss" => Scheme::Tls,
         // redis-rs reports anything else (unix sockets included) itself.
         _ => Scheme::Plain,
@@ -451,9 +495,10 @@ fn make_client(info: ConnectionInfo, certs: Option<&TlsCertificates>) -> Result<
 
 impl Client {
     /// Connects to Redis: one server (`redis://[user:password@]host[:port][/db]`, `rediss://`
-    /// for TLS with the system's trust store) or a primary found through sentinels
-    /// (`redis+sentinel://host:port[,host:port]/<service-name>`). See [`Client::builder`] for a
-    /// CA file and other options.
+    /// for TLS with the system's trust store), a primary found through sentinels
+    /// (`redis+sentinel://host:port[,host:port]/<service-name>`) or a Cluster, given some of
+    /// its nodes (`redis+cluster://[user:password@]host:port[,host:port…]`, `rediss+cluster://`).
+    /// See [`Client::builder`] for a CA file and other options.
     ///
     /// Fails fast with [`Error::Config`] on a malformed URL and with [`Error::Redis`] when the
     /// server cannot be reached or refuses the credentials.
