@@ -91,11 +91,15 @@ local function id_state(id)
   return ''
 end
 -- A new job takes the id over: the dead entry with it (and its record) goes, and so does a
--- completed job's index entry, which would otherwise point at the new job's record.
-local function take_over(id, was_dead)
+-- completed job's index entry, which would otherwise point at the new job's record. Called after
+-- the new job's own writes: Redis checks memory in a script only at its first write, and only
+-- for commands that may grow memory (ZREM does not), so a push must start with one that does, or
+-- it would go through when Redis is out of memory.
+local function take_over(id, was_dead, scheduled)
   if was_dead then
     redis.call('ZREM', DEAD, id)
-    redis.call('HDEL', KEYS[4], id)
+    -- (A scheduled job's envelope has just replaced the dead one's under the same id.)
+    if not scheduled then redis.call('HDEL', KEYS[4], id) end
     redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'done:' .. id)
   end
   redis.call('ZREM', COMPLETED, id)
@@ -134,7 +138,6 @@ for i = 2, #ARGV, 10 do
   elseif holder then
     out[#out + 1] = {holder, 0, 'unique'}
   else
-    if given then take_over(id, was_dead) end
     -- A key with a ttl is not the job's to release.
     local env = new_envelope(id, flags, payload, name, max_attempts, priority, now,
       unique_ttl <= 0 and unique or nil)
@@ -150,6 +153,7 @@ for i = 2, #ARGV, 10 do
       state = 'pending'
       route(QUEUE, env, priority, false)
     end
+    if given then take_over(id, was_dead, state == 'scheduled') end
     if flags % 2 == 1 then
       local rec = prefix .. 'job:' .. id
       redis.call('DEL', rec, prefix .. 'done:' .. id)
