@@ -22,7 +22,7 @@ local function file_job(keys, target, score, id, env, now)
         break
       end
     end
-    fresh = fresh or ('~clash.' .. now .. '.' .. redis.call('HLEN', keys.jobs))
+    fresh = fresh or ('~clash.' .. now .. '.' .. redis.call('TIME')[2])
     local job, why = decode_job(env)
     if job then
       job[1] = fresh
