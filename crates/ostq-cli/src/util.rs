@@ -130,15 +130,8 @@ pub fn parse_state(text: &str) -> Result<ostq::JobState, String> {
         })
 }
 
-/// Hides a password in a URL before it is shown.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
+/// Hides a password in a URL before it is shown (the library's rule).
+pub use ostq::connection::redact;
 
 /// Explains a Redis error in words an operator can act on.
 pub fn explain_redis_error(url: &str, err: &dyn std::fmt::Display) -> anyhow::Error {
@@ -279,11 +272,5 @@ mod tests {
         let t = parse_rfc3339("1970-01-01T01:00:01+01:00").unwrap();
         assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
         assert!(parse_rfc3339("tomorrow").is_err());
-    }
-
-    #[test]
-    fn redaction() {
-        assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }

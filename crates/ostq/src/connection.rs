@@ -221,8 +221,13 @@ fn parse_url(url: &str) -> Result<ConnectionInfo> {
         .map_err(|e| Error::Config(format!("bad Redis URL {:?}: {e}", redact(url))))
 }
 
-/// Hides a password in a URL before it is shown in an error.
-fn redact(url: &str) -> String {
+/// A URL with its credentials hidden, to show in messages and logs.
+///
+/// ```
+/// assert_eq!(ostq::connection::redact("redis://:pw@h:1/0"), "redis://***@h:1/0");
+/// assert_eq!(ostq::connection::redact("redis://h:1"), "redis://h:1");
+/// ```
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
