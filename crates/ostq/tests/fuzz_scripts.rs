@@ -8,7 +8,7 @@
 //!   non-arrays, truncated and non-canonical encodings) placed in `pending`, `prioritized`,
 //!   `scheduled`/`retry`/`dead` + `jobs`, and inside expired lease groups, next to valid jobs;
 //!   then every script runs on them: `fetch.lua` (recovery, promotion, leasing), the worker's
-//!   `fail.lua` / `requeue.lua` / `complete.lua` (as `worker/runtime.rs` sends them, and with random
+//!   `fail.lua` / `requeue.lua` / `complete.lua` (as `worker/keeper.rs` sends them, and with random
 //!   arguments), `enqueue_now.lua`, `delete.lua`, `renew.lua`; at the end a drain (every lease
 //!   expired, every delay due, fetch and work until nothing moves).
 //! - `push_arguments`: random strings in every `push.lua` field ("nan", "inf", "-1", "1e400",
@@ -1552,7 +1552,7 @@ fn fetch_argv(prefix: &str, want: u64, group: u64) -> Vec<Vec<u8>> {
     .collect()
 }
 
-/// What the worker sends for a leased entry it could not decode (worker/runtime.rs): a dead job
+/// What the worker sends for a leased entry it could not decode (worker/executor.rs): a dead job
 /// `~<g>.<i>` whose payload is the bytes, with the reason.
 fn worker_fail_args(
     group: &str,

@@ -1,7 +1,7 @@
 //! Model-based test of the queue's scripts: a small reference model of one queue, written here in
 //! Rust, and a random sequence of operations run side by side against the model and a real
 //! redis-server. The scripts are driven directly (`EVALSHA` of the `ostq::scripts` texts), with the
-//! worker's side (what `worker/runtime.rs` sends to `fail.lua`, `requeue.lua` and `complete.lua`)
+//! worker's side (what `worker/keeper.rs` sends to `fail.lua`, `requeue.lua` and `complete.lua`)
 //! simulated here, so every step is deterministic; operator actions go through the `Queue` API
 //! (`retry_now`, `delete`, `purge`, `pause`, `resume`, `counts`). Leases expire by rewriting the
 //! group's score in `active`, and delayed jobs fall due by rewriting their score, so no step
@@ -1893,7 +1893,7 @@ fn op_renew(ctx: &mut Ctx, m: &mut Model) {
     }
 }
 
-/// One round of the lease keeper (worker/runtime.rs `write_outcomes`): fail.lua, requeue.lua,
+/// One round of the lease keeper (worker/keeper.rs `write_outcomes`): fail.lua, requeue.lua,
 /// complete.lua, in that order.
 fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)]) {
     let held: Vec<u64> = m.held.keys().copied().collect();

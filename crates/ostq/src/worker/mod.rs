@@ -20,7 +20,13 @@
 //! # }
 //! ```
 
+mod cancellation;
+mod executor;
+mod fetcher;
 mod handler;
+mod keeper;
+mod monitor;
+mod renewer;
 mod runtime;
 
 use std::future::Future;

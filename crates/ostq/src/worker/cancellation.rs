@@ -1,0 +1,45 @@
+//! The cancellation watcher: while jobs run, reads each queue's cancel set and tells the jobs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::runtime::Shared;
+
+/// Keeps the worker's view of cancellation requests fresh: while jobs run, reads each queue's
+/// cancel set every half second (one SMEMBERS per queue; nothing while idle) and tells the jobs
+/// when it changes.
+pub(super) async fn watch_cancellations(
+    shared: Arc<Shared>,
+    tx: watch::Sender<Arc<HashSet<String>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if shared.semaphore.available_permits() == shared.config.concurrency {
+            continue; // nothing running: nothing to cancel
+        }
+        let mut wanted = HashSet::new();
+        let mut conn = shared.client.conn();
+        for keys in &shared.queues {
+            match redis::cmd("SMEMBERS")
+                .arg(&keys.cancel)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+            {
+                Ok(ids) => wanted.extend(ids),
+                Err(e) => debug!(error = %e, "could not read cancellations"),
+            }
+        }
+        if **tx.borrow() != wanted {
+            let _ = tx.send(Arc::new(wanted));
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Running one job: decode it, pick its handler, run it under `catch_unwind` and the timeout,
+//! and turn however it ended (success, error, panic, timeout, cancellation, shutdown) into an
+//! outcome for the lease keeper. Every user-supplied code path ends in an outcome.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, warn};
+
+use super::handler::{panic_message, BoxError, Permanent};
+use super::runtime::{Outcome, OutcomeKind, Settled, Shared};
+use super::Failure;
+use crate::envelope::Envelope;
+use crate::job::Job;
+use crate::keys::QueueKeys;
+use crate::retry::RetryPolicy;
+
+/// Longest error text kept with a job.
+pub(super) const MAX_ERROR_LEN: usize = 4096;
+
+pub(super) fn start_job(
+    shared: &Arc<Shared>,
+    queue: usize,
+    group: u64,
+    index: u32,
+    envelope: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        // Last resort: whatever panics in here (a handler future whose drop panics at a timeout,
+        // a bug of ours), the job must end in an outcome. Without one its group would be renewed
+        // for as long as the worker runs and the job would stay `active` forever.
+        let settled = match AssertUnwindSafe(run_job(&shared, queue, group, index, &envelope))
+            .catch_unwind()
+            .await
+        {
+            Ok(settled) => settled,
+            Err(panic) => {
+                let panic = panic_message(panic.as_ref());
+                panicked_job(&shared, queue, group, index, &envelope, panic)
+            }
+        };
+        let _ = shared.events.send(Outcome {
+            queue,
+            group,
+            index,
+            settled,
+        });
+        drop(permit);
+    });
+}
+
+/// The outcome of a job whose task panicked outside the handler's own `catch_unwind`: a failed
+/// attempt, retried after the default backoff (or dead when it was the last). Calls no user code
+/// (no policy, no hook), so it cannot panic the same way again.
+pub(super) fn panicked_job(
+    shared: &Shared,
+    queue: usize,
+    group: u64,
+    index: u32,
+    bytes: &[u8],
+    panic: String,
+) -> Settled {
+    let keys = &shared.queues[queue];
+    let error = truncate(format!("worker panicked while running the job: {panic}"));
+    let Ok(mut envelope) = Envelope::decode(bytes) else {
+        // As in `run_job`: keep the bytes for the operator, as the payload of a dead job.
+        let id = format!("~{group}.{index}");
+        let wrapped = Envelope {
+            id: id.clone(),
+            payload: bytes.to_vec(),
+            last_error: error.clone(),
+            ..Envelope::default()
+        };
+        return Settled {
+            id,
+            tracked: false,
+            unique: String::new(),
+            kind: OutcomeKind::Failed {
+                envelope: wrapped.encode(),
+                dead: true,
+                delay_ms: 0,
+                attempt: 1,
+                error,
+            },
+        };
+    };
+    let failures = envelope.attempt.saturating_add(1);
+    let max_attempts = if envelope.max_attempts == 0 {
+        let name = (!envelope.name.is_empty()).then_some(envelope.name.as_str());
+        shared
+            .handlers
+            .policy_for(name)
+            .and_then(RetryPolicy::attempt_limit)
+            .unwrap_or(shared.config.default_max_attempts)
+    } else {
+        envelope.max_attempts
+    };
+    let dead = failures >= max_attempts;
+    let delay = if dead {
+        Duration::ZERO
+    } else {
+        RetryPolicy::default().delay(failures)
+    };
+    warn!(queue = %keys.queue, id = %envelope.id, attempt = failures, dead, error = %error, "job's task panicked; recorded as a failed attempt");
+    envelope.attempt = failures;
+    envelope.last_error = error.clone();
+    Settled {
+        id: envelope.id.clone(),
+        tracked: envelope.tracked(),
+        unique: envelope.unique.clone(),
+        kind: OutcomeKind::Failed {
+            envelope: envelope.encode(),
+            dead,
+            delay_ms: millis(delay),
+            attempt: failures,
+            error,
+        },
+    }
+}
+
+/// A delay in whole milliseconds for the scripts; a custom policy may return anything, and
+/// `as u64` would wrap a huge one around to a short delay.
+pub(super) fn millis(delay: Duration) -> u64 {
+    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) async fn run_job(
+    shared: &Shared,
+    queue: usize,
+    group: u64,
+    index: u32,
+    bytes: &[u8],
+) -> Settled {
+    let keys = &shared.queues[queue];
+    let envelope = match Envelope::decode(bytes) {
+        Ok(env) => env,
+        Err(e) => {
+            // Keep the bytes for the operator: wrap them as the payload of a dead job.
+            let env = Envelope {
+                id: format!("~{group}.{index}"),
+                payload: bytes.to_vec(),
+                last_error: e.to_string(),
+                ..Envelope::default()
+            };
+            return fail(shared, keys, env, e.to_string(), true);
+        }
+    };
+    let name = (!envelope.name.is_empty()).then(|| envelope.name.clone());
+    let default_max = shared
+        .handlers
+        .policy_for(name.as_deref())
+        .and_then(|p| p.attempt_limit())
+        .unwrap_or(shared.config.default_max_attempts);
+    let handler = match shared.handlers.pick(name.as_deref()) {
+        Ok((handler, _)) => handler,
+        Err(reason) => return fail(shared, keys, envelope, reason, true),
+    };
+    if envelope.payload.len() > shared.config.max_payload {
+        let reason = format!(
+            "payload of {} bytes is over the limit of {} bytes",
+            envelope.payload.len(),
+            shared.config.max_payload
+        );
+        return fail(shared, keys, envelope, reason, true);
+    }
+    let (id, tracked, unique) = (
+        envelope.id.clone(),
+        envelope.tracked(),
+        envelope.unique.clone(),
+    );
+    let settled = |kind| Settled {
+        id,
+        tracked,
+        unique,
+        kind,
+    };
+    let job_id = envelope.id.clone();
+    let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
+    job.context = Some(shared.contexts[queue].clone());
+    let context = shared.contexts[queue].clone();
+    // Calling the handler is user code too: a closure may panic before it returns its future.
+    let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().left_future(),
+        Err(panic) => futures::future::ready(Err(panic)).right_future(),
+    };
+    let limited = async {
+        match shared.config.timeout {
+            Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
+            None => Some(attempt.await),
+        }
+    };
+    let ended = tokio::select! {
+        ended = limited => ended,
+        _ = shared.abort_jobs.cancelled() => return settled(OutcomeKind::GivenBack),
+    };
+    let (error, permanent) = match ended {
+        Some(Ok(Ok(result))) => return settled(OutcomeKind::Completed { result }),
+        Some(Ok(Err(error))) if context.cancelled.borrow().contains(&job_id) => {
+            // Honoured: forget the request, so a later run of the same id is not cancelled too.
+            let mut conn = shared.client.conn();
+            let _: redis::RedisResult<()> = redis::cmd("SREM")
+                .arg(&keys.cancel)
+                .arg(&job_id)
+                .query_async(&mut conn)
+                .await;
+            (format!("cancelled: {}", error_text(&error)), true)
+        }
+        Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),
+        Some(Err(panic)) => (
+            format!("handler panicked: {}", panic_message(panic.as_ref())),
+            false,
+        ),
+        None => (
+            format!(
+                "timed out after {:?}",
+                shared.config.timeout.unwrap_or_default()
+            ),
+            false,
+        ),
+    };
+    // The failure path rebuilds the envelope from the leased bytes, which the handler never saw.
+    match Envelope::decode(bytes) {
+        Ok(envelope) => fail(shared, keys, envelope, error, permanent),
+        Err(e) => settled(OutcomeKind::Failed {
+            envelope: bytes.to_vec(),
+            dead: true,
+            delay_ms: 0,
+            attempt: 1,
+            error: e.to_string(),
+        }),
+    }
+}
+
+pub(super) fn is_permanent(error: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = source {
+        if e.is::<Permanent>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+pub(super) fn error_text(error: &BoxError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+pub(super) fn truncate(mut text: String) -> String {
+    if text.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// Decides retry or dead for a failed attempt and tells the error hook. The retry policy and
+/// the hook are user code: a panic in either is caught, so the outcome is still recorded.
+pub(super) fn fail(
+    shared: &Shared,
+    keys: &QueueKeys,
+    mut envelope: Envelope,
+    error: String,
+    permanent: bool,
+) -> Settled {
+    let mut error = truncate(error);
+    let name = (!envelope.name.is_empty()).then_some(envelope.name.as_str());
+    let policy = shared
+        .handlers
+        .policy_for(name)
+        .unwrap_or(&shared.config.retry);
+    let default_max = policy
+        .attempt_limit()
+        .unwrap_or(shared.config.default_max_attempts);
+    let failures = envelope.attempt + 1;
+    let max_attempts = if envelope.max_attempts == 0 {
+        default_max
+    } else {
+        envelope.max_attempts
+    };
+    let dead = permanent || failures >= max_attempts;
+    let delay = (!dead).then(|| match policy.try_delay(failures) {
+        Ok(delay) => delay,
+        Err(panic) => {
+            // The job still needs a retry time: the default backoff is always safe. The job's
+            // error says why it came back sooner or later than the policy meant (the note may be
+            // cut off after a very long error; the log has it in any case).
+            warn!(queue = %keys.queue, id = %envelope.id, panic = %panic, "retry policy panicked; retrying after the default backoff");
+            error = truncate(format!(
+                "{error} (retry policy panicked: {panic}; retrying after the default backoff)"
+            ));
+            RetryPolicy::default().delay(failures)
+        }
+    });
+    if let Some(hook) = &shared.on_error {
+        let job = Job::from_envelope(&keys.queue, envelope.clone(), default_max);
+        let failure = Failure {
+            error: error.clone(),
+            dead,
+            retry_in: delay,
+        };
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&job, &failure))) {
+            warn!(queue = %keys.queue, id = %envelope.id, panic = %panic_message(panic.as_ref()), "error hook panicked; the outcome is recorded anyway");
+        }
+    }
+    if dead {
+        warn!(queue = %keys.queue, id = %envelope.id, attempt = failures, error = %error, "job dead");
+    } else {
+        debug!(queue = %keys.queue, id = %envelope.id, attempt = failures, error = %error, "job failed, will retry");
+    }
+    envelope.attempt = failures;
+    envelope.last_error = error.clone();
+    Settled {
+        id: envelope.id.clone(),
+        tracked: envelope.tracked(),
+        unique: envelope.unique.clone(),
+        kind: OutcomeKind::Failed {
+            envelope: envelope.encode(),
+            dead,
+            delay_ms: delay.map(millis).unwrap_or(0),
+            attempt: failures,
+            error,
+        },
+    }
+}
