@@ -67,7 +67,7 @@ pub(super) fn panicked_job(
 ) -> Settled {
     let keys = &shared.queues[queue];
     let error = truncate(format!("worker panicked while running the job: {panic}"));
-    let Ok(mut envelope) = Envelope::decode(bytes) else {
+    let Ok(envelope) = Envelope::decode(bytes) else {
         // As in `run_job`: keep the bytes for the operator, as the payload of a dead job.
         let id = format!("~{group}.{index}");
         let wrapped = Envelope {
@@ -107,6 +107,18 @@ pub(super) fn panicked_job(
         RetryPolicy::default().delay(failures)
     };
     warn!(queue = %keys.queue, id = %envelope.id, attempt = failures, dead, error = %error, "job's task panicked; recorded as a failed attempt");
+    failed_attempt(envelope, failures, error, dead, millis(delay))
+}
+
+/// The outcome of failed attempt number `failures`: the envelope rewritten with that count and
+/// the error, for `fail.lua` to file in `retry` (after `delay_ms`) or `dead`.
+fn failed_attempt(
+    mut envelope: Envelope,
+    failures: u32,
+    error: String,
+    dead: bool,
+    delay_ms: u64,
+) -> Settled {
     envelope.attempt = failures;
     envelope.last_error = error.clone();
     Settled {
@@ -116,7 +128,7 @@ pub(super) fn panicked_job(
         kind: OutcomeKind::Failed {
             envelope: envelope.encode(),
             dead,
-            delay_ms: millis(delay),
+            delay_ms,
             attempt: failures,
             error,
         },
@@ -275,7 +287,7 @@ pub(super) fn truncate(mut text: String) -> String {
 pub(super) fn fail(
     shared: &Shared,
     keys: &QueueKeys,
-    mut envelope: Envelope,
+    envelope: Envelope,
     error: String,
     permanent: bool,
 ) -> Settled {
@@ -324,18 +336,11 @@ pub(super) fn fail(
     } else {
         debug!(queue = %keys.queue, id = %envelope.id, attempt = failures, error = %error, "job failed, will retry");
     }
-    envelope.attempt = failures;
-    envelope.last_error = error.clone();
-    Settled {
-        id: envelope.id.clone(),
-        tracked: envelope.tracked(),
-        unique: envelope.unique.clone(),
-        kind: OutcomeKind::Failed {
-            envelope: envelope.encode(),
-            dead,
-            delay_ms: delay.map(millis).unwrap_or(0),
-            attempt: failures,
-            error,
-        },
-    }
+    failed_attempt(
+        envelope,
+        failures,
+        error,
+        dead,
+        delay.map(millis).unwrap_or(0),
+    )
 }
