@@ -95,6 +95,32 @@ impl QueueKeys {
         format!("{}lease:{group}", self.prefix)
     }
 
+    /// The `KEYS` of `fetch.lua`, in its order (the script's header names them).
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::new("mail").unwrap();
+    /// assert_eq!(keys.fetch_keys()[0], "ostq:{mail}:pending");
+    /// assert_eq!(keys.fetch_keys().len(), 14);
+    /// ```
+    pub fn fetch_keys(&self) -> [&str; 14] {
+        [
+            &self.pending,
+            &self.prioritized,
+            &self.scheduled,
+            &self.retry,
+            &self.jobs,
+            &self.active,
+            &self.dead,
+            &self.seq,
+            &self.stats,
+            &self.completed,
+            &self.paused,
+            &self.rate_limit,
+            &self.config,
+            &self.events,
+        ]
+    }
+
     /// Every fixed key of the queue (status records and lease groups excluded).
     pub fn all(&self) -> [&str; 15] {
         [

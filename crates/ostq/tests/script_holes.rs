@@ -34,25 +34,10 @@ async fn fetch_with(
     default_max: u64,
 ) -> redis::RedisResult<Vec<Value>> {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(ostq::scripts::FETCH).arg(14);
-    for key in [
-        &keys.pending,
-        &keys.prioritized,
-        &keys.scheduled,
-        &keys.retry,
-        &keys.jobs,
-        &keys.active,
-        &keys.dead,
-        &keys.seq,
-        &keys.stats,
-        &keys.completed,
-        &keys.paused,
-        &keys.rate_limit,
-        &keys.config,
-        &keys.events,
-    ] {
-        cmd.arg(key);
-    }
+    let fetch_keys = keys.fetch_keys();
+    cmd.arg(ostq::scripts::FETCH)
+        .arg(fetch_keys.len())
+        .arg(&fetch_keys[..]);
     cmd.arg(&keys.prefix)
         .arg(want)
         .arg(LEASE_MS)

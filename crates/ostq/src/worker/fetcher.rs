@@ -88,25 +88,10 @@ pub(super) fn fetch_cmd(shared: &Shared, queue: usize, want: usize) -> redis::Cm
     let keys = &shared.queues[queue];
     let cfg = &shared.config;
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(FETCH_SCRIPT.get_hash()).arg(14);
-    for key in [
-        &keys.pending,
-        &keys.prioritized,
-        &keys.scheduled,
-        &keys.retry,
-        &keys.jobs,
-        &keys.active,
-        &keys.dead,
-        &keys.seq,
-        &keys.stats,
-        &keys.completed,
-        &keys.paused,
-        &keys.rate_limit,
-        &keys.config,
-        &keys.events,
-    ] {
-        cmd.arg(key);
-    }
+    let fetch_keys = keys.fetch_keys();
+    cmd.arg(FETCH_SCRIPT.get_hash())
+        .arg(fetch_keys.len())
+        .arg(&fetch_keys[..]);
     cmd.arg(&keys.prefix)
         .arg(want)
         .arg(cfg.lease.as_millis() as u64)
