@@ -49,6 +49,8 @@ local function int_arg(i, what, lo, hi)
   return n
 end
 local MAX_MS = MAX_ARG -- 10^14 - 1 ms: about 3,170 years
+-- The numbers of each job, by the index of its first field, as checked.
+local numbers = {}
 local function check_all()
   if (#ARGV - 1) % 10 ~= 0 or #ARGV < 2 then
     error({err = 'ERR ostq: push.lua takes the prefix and then 10 fields per job'})
@@ -61,14 +63,16 @@ local function check_all()
     end
     if not is_utf8(ARGV[i]) then error({err = 'ERR ostq: job ' .. job .. ': job id is not UTF-8'}) end
     if not is_utf8(ARGV[i + 2]) then error({err = 'ERR ostq: job ' .. job .. ': task name is not UTF-8'}) end
-    int_arg(i + 3, 'max attempts', 0, 4294967295)
-    int_arg(i + 4, 'priority', -1000, 1000)
-    int_arg(i + 5, 'delay ms', 0, MAX_MS)
-    int_arg(i + 6, 'run-at ms', 0, MAX_MS)
-    int_arg(i + 7, 'flags', 0, 127)
+    local n = {}
+    n.max_attempts = int_arg(i + 3, 'max attempts', 0, 4294967295)
+    n.priority = int_arg(i + 4, 'priority', -1000, 1000)
+    n.delay = int_arg(i + 5, 'delay ms', 0, MAX_MS)
+    n.run_at = int_arg(i + 6, 'run-at ms', 0, MAX_MS)
+    n.flags = int_arg(i + 7, 'flags', 0, 127)
     if #ARGV[i + 8] > 200 then error({err = 'ERR ostq: job ' .. job .. ': unique key longer than 200 bytes'}) end
     if not is_utf8(ARGV[i + 8]) then error({err = 'ERR ostq: job ' .. job .. ': unique key is not UTF-8'}) end
-    int_arg(i + 9, 'unique ttl ms', 0, MAX_MS)
+    n.unique_ttl = int_arg(i + 9, 'unique ttl ms', 0, MAX_MS)
+    numbers[i] = n
   end
 end
 local ok, bad = pcall(check_all)
@@ -110,11 +114,10 @@ local earliest = tonumber(first[2])
 local out = {}
 for i = 2, #ARGV, 10 do
   local id, payload, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local max_attempts = int_arg(i + 3, 'max attempts', 0, 4294967295)
-  local priority = int_arg(i + 4, 'priority', -1000, 1000)
-  local delay, run_at = int_arg(i + 5, 'delay ms', 0, MAX_MS), int_arg(i + 6, 'run-at ms', 0, MAX_MS)
-  local flags = int_arg(i + 7, 'flags', 0, 127)
-  local unique, unique_ttl = ARGV[i + 8], int_arg(i + 9, 'unique ttl ms', 0, MAX_MS)
+  local n = numbers[i]
+  local max_attempts, priority, flags = n.max_attempts, n.priority, n.flags
+  local delay, run_at = n.delay, n.run_at
+  local unique, unique_ttl = ARGV[i + 8], n.unique_ttl
   local given, taken, was_dead = id ~= '', '', false
   if given then
     taken = id_state(id)
