@@ -1,19 +1,57 @@
-//! The library's error type.
+//! The library's error type: one variant per thing a caller may branch on. Errors from the Redis
+//! client library are classified once, in [`Error::from_redis`], and kept only as a
+//! [`source`](std::error::Error::source), so ostq's public API does not expose redis-rs's types.
+
+/// The underlying cause of an error, kept for [`std::error::Error::source`] and logs.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong talking to ostq.
 ///
 /// ```
 /// let err = ostq::Error::Config("bad url".into());
 /// assert_eq!(err.to_string(), "invalid configuration: bad url");
+/// assert!(!err.is_transient());
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// Redis refused a command, or the connection failed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    /// Redis could not be reached or did not answer in time: connection refused or dropped, a
+    /// timeout, or Redis loading its data set or failing over. Worth retrying later.
+    #[error("redis: {message}")]
+    Unreachable {
+        /// What happened, in Redis's or the client's words.
+        message: String,
+        /// The client library's error.
+        #[source]
+        source: Source,
+    },
+    /// Redis refused the credentials: a wrong password, an unknown or disabled user, or a
+    /// password missing where one is required.
+    #[error("redis: {message}")]
+    Auth {
+        /// What Redis said.
+        message: String,
+        /// The client library's error.
+        #[source]
+        source: Source,
+    },
+    /// Redis refused a command for a reason retrying does not fix (no permission under its ACL,
+    /// a script error, a key of the wrong type).
+    #[error("redis: {message}")]
+    Redis {
+        /// What Redis said.
+        message: String,
+        /// The client library's error.
+        #[source]
+        source: Source,
+    },
     /// A URL, option or argument is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// What was asked for does not exist: a job without a status record, an unknown queue or
+    /// schedule.
+    #[error("not found: {0}")]
+    NotFound(String),
     /// A job's bytes in Redis are not a valid ostq envelope.
     #[error("malformed job envelope: {0}")]
     Envelope(String),
@@ -58,15 +96,48 @@ pub enum Error {
 }
 
 impl Error {
-    /// Maps a Redis error, naming out-of-memory refusals plainly even when Redis reports them
-    /// inside an aborted transaction.
+    /// The one conversion from redis-rs's errors: names out-of-memory refusals plainly (even
+    /// inside an aborted transaction), and sorts the rest into unreachable, refused credentials
+    /// and other refusals.
     pub(crate) fn from_redis(e: redis::RedisError) -> Self {
+        use redis::ErrorKind;
         let oom = e.code() == Some("OOM") || e.to_string().contains("\"OOM\"");
         if oom {
-            Error::OutOfMemory(crate::connection::OOM_TEXT.to_string())
-        } else {
-            Error::Redis(e)
+            return Error::OutOfMemory(crate::connection::OOM_TEXT.to_string());
         }
+        let message = e.to_string();
+        let auth = e.kind() == ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
+        if auth {
+            Error::Auth {
+                message,
+                source: Box::new(e),
+            }
+        } else if crate::connection::is_transient(&e) {
+            Error::Unreachable {
+                message,
+                source: Box::new(e),
+            }
+        } else {
+            Error::Redis {
+                message,
+                source: Box::new(e),
+            }
+        }
+    }
+
+    /// Whether trying again later may succeed: Redis unreachable, out of memory, or a wait that
+    /// timed out.
+    ///
+    /// ```
+    /// assert!(ostq::Error::Timeout("job 1".into()).is_transient());
+    /// assert!(!ostq::Error::NotFound("job 1".into()).is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::OutOfMemory(_) | Error::Timeout(_)
+        )
     }
 }
 

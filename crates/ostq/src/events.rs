@@ -5,12 +5,15 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use futures::Stream;
-use redis::AsyncCommands;
 use serde::Deserialize;
 
-use crate::connection::Client;
+use crate::keys::QueueKeys;
 use crate::producer::Queue;
+use crate::store::{stream, Conn};
+use crate::Client;
 use crate::{Error, Result};
 
 /// Where a queue's events go.
@@ -114,9 +117,6 @@ pub enum EventsFrom {
     After(String),
 }
 
-/// What XREAD answers: per stream, its entries as (id, field/value pairs).
-type XreadReply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
-
 /// How long a `Queue` trusts its cached view of the queue's event setting.
 pub(crate) const CONFIG_CACHE: Duration = Duration::from_secs(1);
 
@@ -132,15 +132,14 @@ impl Queue {
     pub async fn set_events(&self, sink: EventSink) -> Result<()> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
-        let _: () = conn.hset(&keys.config, "events", sink.as_str()).await?;
-        Ok(())
+        stream::set_setting(&mut conn, keys, "events", sink.as_str()).await
     }
 
     /// Where the queue's events go now.
     pub async fn events_sink(&self) -> Result<EventSink> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
-        let value: Option<String> = conn.hget(&keys.config, "events").await?;
+        let value = stream::setting(&mut conn, keys, "events").await?;
         Ok(EventSink::parse(value.as_deref().unwrap_or("")))
     }
 
@@ -181,77 +180,51 @@ impl Client {
         queue: &str,
         from: EventsFrom,
     ) -> Result<impl Stream<Item = Result<Event>> + use<>> {
-        let queue = self.queue(queue);
-        let key = queue.keys()?.events.clone();
+        let keys = QueueKeys::new(queue)?;
         let mut conn = self.blocking_conn().await?;
         let start = match from {
             EventsFrom::Beginning => "0-0".to_string(),
             EventsFrom::After(id) => id,
-            EventsFrom::Now => {
-                let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await?;
-                last.into_iter()
-                    .next()
-                    .map(|(id, _)| id)
-                    .unwrap_or_else(|| "0-0".to_string())
-            }
+            EventsFrom::Now => stream::last_event_id(&mut conn, &keys)
+                .await?
+                .unwrap_or_else(|| "0-0".to_string()),
         };
-        let state = (conn, key, start, std::collections::VecDeque::<Event>::new());
-        Ok(futures::stream::unfold(
-            state,
-            |(mut conn, key, mut last, mut buffered)| async move {
-                loop {
-                    if let Some(event) = buffered.pop_front() {
-                        return Some((Ok(event), (conn, key, last, buffered)));
-                    }
-                    let read: redis::RedisResult<XreadReply> = redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(1000)
-                        .arg("BLOCK")
-                        .arg(1000)
-                        .arg("STREAMS")
-                        .arg(&key)
-                        .arg(&last)
-                        .query_async(&mut conn)
-                        .await;
-                    match read {
-                        Err(e) => return Some((Err(Error::from(e)), (conn, key, last, buffered))),
-                        Ok(None) => continue,
-                        Ok(Some(streams)) => {
-                            for (_, entries) in streams {
-                                for (id, fields) in entries {
-                                    last = id.clone();
-                                    let Some((_, json)) =
-                                        fields.into_iter().find(|(f, _)| f == "e")
-                                    else {
-                                        continue;
-                                    };
-                                    match serde_json::from_str::<Event>(&json) {
-                                        Ok(mut event) => {
-                                            event.stream_id = id;
-                                            buffered.push_back(event);
-                                        }
-                                        Err(e) => {
-                                            return Some((
-                                                Err(Error::Protocol(format!(
-                                                    "event {id} is not ostq's: {e}"
-                                                ))),
-                                                (conn, key, last, buffered),
-                                            ))
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            },
-        ))
+        let reader = EventReader {
+            conn,
+            keys,
+            last: start,
+            buffered: VecDeque::new(),
+        };
+        Ok(futures::stream::unfold(reader, |mut reader| async move {
+            let next = reader.next().await;
+            Some((next, reader))
+        }))
+    }
+}
+
+/// Reads a queue's event stream in batches, remembering where it is.
+struct EventReader {
+    conn: Conn,
+    keys: QueueKeys,
+    /// The id of the last entry read: the next read starts after it.
+    last: String,
+    buffered: VecDeque<Event>,
+}
+
+impl EventReader {
+    async fn next(&mut self) -> Result<Event> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Ok(event);
+            }
+            for (id, json) in stream::read_events(&mut self.conn, &self.keys, &self.last).await? {
+                self.last = id.clone();
+                let Some(json) = json else { continue };
+                let mut event = serde_json::from_str::<Event>(&json)
+                    .map_err(|e| Error::Protocol(format!("event {id} is not ostq's: {e}")))?;
+                event.stream_id = id;
+                self.buffered.push_back(event);
+            }
+        }
     }
 }

@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 
 use tokio::sync::watch;
 
-use crate::connection::Client;
 use crate::envelope::Envelope;
 use crate::keys::QueueKeys;
-use crate::scripts::PROGRESS_SCRIPT;
+use crate::store;
+use crate::Client;
 use crate::{Error, Result};
 
 /// A job as a handler sees it.
@@ -103,17 +103,8 @@ impl Job {
         };
         let json = serde_json::to_string(&value)
             .map_err(|e| Error::Payload(format!("progress of job {} is not JSON: {e}", self.id)))?;
-        let keys = &context.keys;
-        let mut invocation = PROGRESS_SCRIPT.prepare_invoke();
-        invocation
-            .key(&keys.config)
-            .key(&keys.events)
-            .arg(&keys.prefix)
-            .arg(&self.id)
-            .arg(json);
         let mut conn = context.client.conn();
-        let _: u64 = invocation.invoke_async(&mut conn).await?;
-        Ok(())
+        store::lease::progress(&mut conn, &context.keys, &self.id, &json).await
     }
 
     /// Whether someone asked for this job to be cancelled ([`crate::Queue::cancel`]).

@@ -95,6 +95,118 @@ impl QueueKeys {
         format!("{}lease:{group}", self.prefix)
     }
 
+    /// The unique-key lock of jobs pushed with unique key `key` (a STRING holding the job's id).
+    pub fn unique(&self, key: &str) -> String {
+        format!("{}unique:{key}", self.prefix)
+    }
+
+    /// A LIST a purge renames the pending list to, so the purge never races with producers.
+    pub fn purging(&self, tag: &str) -> String {
+        format!("{}purging:{tag}", self.prefix)
+    }
+
+    /// HASH of the queue's cron schedules: name → spec (JSON).
+    pub fn schedules(&self) -> String {
+        format!("{}schedules", self.prefix)
+    }
+
+    /// HASH of removed schedules: name → removed at (unix ms), so a process still running an old
+    /// schedule does not bring it back.
+    pub fn removed_schedules(&self) -> String {
+        format!("{}schedules:removed", self.prefix)
+    }
+
+    /// HASH of one schedule's state (created, last and next tick).
+    pub fn schedule_state(&self, name: &str) -> String {
+        format!("{}cron:{name}", self.prefix)
+    }
+
+    /// The `KEYS` of `push.lua`, in its order (each script's header names its keys).
+    pub fn push_keys(&self) -> [&str; 7] {
+        [
+            &self.pending,
+            &self.prioritized,
+            &self.scheduled,
+            &self.jobs,
+            &self.seq,
+            &self.config,
+            &self.events,
+        ]
+    }
+
+    /// The `KEYS` of `complete.lua`, in its order.
+    pub fn complete_keys(&self) -> [&str; 5] {
+        [
+            &self.active,
+            &self.completed,
+            &self.stats,
+            &self.config,
+            &self.events,
+        ]
+    }
+
+    /// The `KEYS` of `fail.lua`, in its order.
+    pub fn fail_keys(&self) -> [&str; 9] {
+        [
+            &self.active,
+            &self.retry,
+            &self.dead,
+            &self.jobs,
+            &self.stats,
+            &self.pending,
+            &self.scheduled,
+            &self.config,
+            &self.events,
+        ]
+    }
+
+    /// The `KEYS` of `requeue.lua`, in its order.
+    pub fn requeue_keys(&self) -> [&str; 5] {
+        [
+            &self.pending,
+            &self.prioritized,
+            &self.active,
+            &self.seq,
+            &self.stats,
+        ]
+    }
+
+    /// The `KEYS` of `enqueue_now.lua`, in its order.
+    pub fn enqueue_now_keys(&self) -> [&str; 9] {
+        [
+            &self.pending,
+            &self.prioritized,
+            &self.scheduled,
+            &self.retry,
+            &self.dead,
+            &self.jobs,
+            &self.seq,
+            &self.config,
+            &self.events,
+        ]
+    }
+
+    /// The `KEYS` of `delete.lua`, in its order.
+    pub fn delete_keys(&self) -> [&str; 5] {
+        [
+            &self.scheduled,
+            &self.retry,
+            &self.dead,
+            &self.completed,
+            &self.jobs,
+        ]
+    }
+
+    /// The `KEYS` of `delete_pending.lua`, in its order.
+    pub fn delete_pending_keys(&self) -> [&str; 2] {
+        [&self.pending, &self.prioritized]
+    }
+
+    /// The `KEYS` of `progress.lua`, in its order.
+    pub fn progress_keys(&self) -> [&str; 2] {
+        [&self.config, &self.events]
+    }
+
     /// The `KEYS` of `fetch.lua`, in its order (the script's header names them).
     ///
     /// ```

@@ -27,11 +27,10 @@
 //! script per state transition), [`producer`], [`worker`], [`retry`], [`task`] (typed tasks) and
 //! [`inspect`] (the data API under the CLI and dashboard).
 
-pub mod connection;
+pub mod admin;
 pub mod envelope;
 mod error;
 pub mod events;
-pub mod inspect;
 pub mod job;
 pub mod keys;
 pub mod producer;
@@ -39,15 +38,16 @@ pub mod results;
 pub mod retry;
 pub mod scheduler;
 pub mod scripts;
+mod store;
 pub mod task;
 pub mod worker;
 
-pub use connection::Client;
+pub use admin::{Cancel, QueueCounts, RedisInfo};
 pub use error::{Error, Result};
-pub use inspect::{QueueCounts, RedisInfo};
 pub use job::{Job, JobInfo, JobState};
 pub use producer::{PushOptions, Queue};
 pub use retry::RetryPolicy;
 pub use scheduler::{MissedTicks, Schedule, ScheduleInfo, Scheduler, SchedulerBuilder};
+pub use store::connection::{self, Client};
 pub use task::Task;
 pub use worker::{BoxError, Failure, IntoOutput, Permanent, Worker, WorkerBuilder};

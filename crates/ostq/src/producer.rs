@@ -7,16 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::connection::Client;
 use crate::envelope::{Envelope, FLAG_TRACKED};
 use crate::job::now_ms;
 use crate::keys::QueueKeys;
-use crate::scripts::PUSH_SCRIPT;
+use crate::store::{self, push::PushFields};
 use crate::task::Task;
+use crate::Client;
 use crate::{Error, Result};
 
-/// Jobs per LPUSH command and per `push.lua` call in bulk pushes.
-const BULK_CHUNK: usize = 1000;
 /// Longest id a caller may give (the Lua header parser reads ids up to 255 bytes).
 pub const MAX_ID_LEN: usize = 200;
 /// Priorities accepted (higher runs first).
@@ -353,10 +351,7 @@ impl Queue {
     ) -> Result<Vec<String>> {
         let enqueued_at_ms = now_ms();
         let mut ids = Vec::new();
-        let mut pipe = redis::pipe();
-        let mut cmd = redis::cmd("LPUSH");
-        cmd.arg(&keys.pending);
-        let mut in_cmd = 0;
+        let mut envelopes = Vec::new();
         for payload in payloads {
             let id = given_id.clone().unwrap_or_else(new_id);
             let env = Envelope {
@@ -371,28 +366,10 @@ impl Queue {
                 last_error: String::new(),
                 unique: String::new(),
             };
-            cmd.arg(env.encode());
+            envelopes.push(env.encode());
             ids.push(id);
-            in_cmd += 1;
-            if in_cmd == BULK_CHUNK {
-                pipe.add_command(std::mem::replace(&mut cmd, redis::cmd("LPUSH")))
-                    .ignore();
-                cmd.arg(&keys.pending);
-                in_cmd = 0;
-            }
         }
-        if in_cmd > 0 {
-            pipe.add_command(cmd).ignore();
-        }
-        // More than one LPUSH: in MULTI/EXEC, so that a bulk push lands whole or not at all
-        // (under OOM, say, Redis refuses the transaction rather than its later commands).
-        if pipe.len() > 1 {
-            pipe.atomic();
-        }
-        let mut conn = self.client.conn();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(Error::from_redis)?;
+        store::push::lpush(&mut self.client.conn(), keys, &envelopes).await?;
         Ok(ids)
     }
 
@@ -403,7 +380,6 @@ impl Queue {
         opts: &PushOptions,
         given_id: Option<String>,
     ) -> Result<Vec<String>> {
-        let delay_ms = opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
         let run_at_ms = opts
             .run_at
             .map(|t| {
@@ -412,111 +388,43 @@ impl Queue {
                     .unwrap_or(1)
             })
             .unwrap_or(0);
-        let flags = if opts.track { FLAG_TRACKED } else { 0 };
-        let name = opts.name.clone().unwrap_or_default();
         let (unique, unique_ttl_ms) = match &opts.unique {
             Some((key, ttl)) => (key.as_str(), ttl.map(|t| t.as_millis() as u64).unwrap_or(0)),
             None => ("", 0),
         };
-        let mut chunks = Vec::new();
-        let mut payloads = payloads.peekable();
-        while payloads.peek().is_some() {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(PUSH_SCRIPT.get_hash()).arg(7);
-            for key in [
-                &keys.pending,
-                &keys.prioritized,
-                &keys.scheduled,
-                &keys.jobs,
-                &keys.seq,
-                &keys.config,
-                &keys.events,
-            ] {
-                cmd.arg(key);
-            }
-            cmd.arg(&keys.prefix);
-            for payload in payloads.by_ref().take(BULK_CHUNK) {
-                let id = given_id.clone().unwrap_or_else(new_id);
-                cmd.arg(id)
-                    .arg(payload)
-                    .arg(&name)
-                    .arg(opts.max_attempts)
-                    .arg(opts.priority)
-                    .arg(delay_ms)
-                    .arg(run_at_ms)
-                    .arg(flags)
-                    .arg(unique)
-                    .arg(unique_ttl_ms);
-            }
-            chunks.push(cmd);
-        }
-        let mut conn = self.client.conn();
-        let replies: Vec<Vec<Vec<redis::Value>>> = if chunks.len() == 1 {
-            match chunks[0].query_async(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    PUSH_SCRIPT.load_async(&mut conn).await?;
-                    vec![chunks[0]
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(Error::from_redis)?]
-                }
-                reply => vec![reply.map_err(Error::from_redis)?],
-            }
-        } else {
-            // Loaded first: a NOSCRIPT inside MULTI/EXEC would not be retried.
-            PUSH_SCRIPT.load_async(&mut conn).await?;
-            // Several calls in one MULTI/EXEC: all or nothing (under OOM, say).
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for cmd in chunks {
-                pipe.add_command(cmd);
-            }
-            pipe.query_async(&mut conn)
-                .await
-                .map_err(Error::from_redis)?
+        let fields = PushFields {
+            name: opts.name.as_deref().unwrap_or_default(),
+            max_attempts: opts.max_attempts,
+            priority: opts.priority,
+            delay_ms: opts.delay.map(|d| d.as_millis() as u64).unwrap_or(0),
+            run_at_ms,
+            flags: if opts.track { FLAG_TRACKED } else { 0 },
+            unique,
+            unique_ttl_ms,
         };
-        let mut ids = Vec::new();
-        for reply in replies.into_iter().flatten() {
-            let (id, created, why) = parse_pushed(reply)?;
-            if created == 0 {
-                return Err(match why.as_str() {
+        let jobs: Vec<(String, &[u8])> = payloads
+            .map(|payload| (given_id.clone().unwrap_or_else(new_id), payload))
+            .collect();
+        let pushed =
+            store::push::push_scripted(&mut self.client.conn(), keys, &jobs, &fields).await?;
+        let mut ids = Vec::with_capacity(pushed.len());
+        for job in pushed {
+            if !job.created {
+                return Err(match job.why.as_str() {
                     "unique" | "" => Error::Duplicate {
                         key: unique.to_string(),
-                        existing_id: id,
+                        existing_id: job.id,
                     },
                     state => Error::IdTaken {
-                        id,
+                        id: job.id,
                         state: state.to_string(),
                     },
                 });
             }
-            ids.push(id);
+            ids.push(job.id);
         }
         Ok(ids)
     }
-}
-
-/// One `{id, created, why}` answer of push.lua (older versions answered `{id, created}`).
-fn parse_pushed(reply: Vec<redis::Value>) -> Result<(String, i64, String)> {
-    use redis::FromRedisValue;
-    let mut fields = reply.into_iter();
-    let (Some(id), Some(created)) = (fields.next(), fields.next()) else {
-        return Err(Error::Protocol(
-            "push.lua answered a job with fewer than 2 fields".into(),
-        ));
-    };
-    let bad = |e: redis::ParsingError| Error::Protocol(format!("push.lua answered: {e}"));
-    let why = match fields.next() {
-        Some(v) => String::from_redis_value(v).map_err(bad)?,
-        None => String::new(),
-    };
-    Ok((
-        String::from_redis_value(id).map_err(bad)?,
-        i64::from_redis_value(created).map_err(bad)?,
-        why,
-    ))
 }
 
 /// A new job id: a ULID, sortable by creation time.

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::producer::{PushOptions, Queue};
+use crate::store::stream;
 use crate::{Error, Result};
 
 impl Queue {
@@ -26,20 +27,14 @@ impl Queue {
     /// ```
     pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let keys = self.keys()?;
-        let (record, done) = (keys.record(id), keys.done(id));
         let deadline = Instant::now() + timeout;
         let mut conn = self.client_ref().conn();
         let mut blocking = None;
         loop {
-            let (state, result, error): (Option<String>, Option<Vec<u8>>, Option<String>) =
-                redis::cmd("HMGET")
-                    .arg(&record)
-                    .arg(&["state", "result", "error"])
-                    .query_async(&mut conn)
-                    .await?;
+            let (state, result, error) = stream::job_outcome(&mut conn, keys, id).await?;
             match state.as_deref() {
                 None => {
-                    return Err(Error::Config(format!(
+                    return Err(Error::NotFound(format!(
                         "job {id} on queue {} has no status record: push it with PushOptions::track() to wait for it",
                         keys.queue
                     )))
@@ -66,14 +61,7 @@ impl Queue {
                 let wait = left
                     .min(Duration::from_secs(1))
                     .max(Duration::from_millis(1));
-                let _: Option<Vec<u8>> = redis::cmd("BLMOVE")
-                    .arg(&done)
-                    .arg(&done)
-                    .arg("RIGHT")
-                    .arg("RIGHT")
-                    .arg(format!("{:.3}", wait.as_secs_f64()))
-                    .query_async(conn)
-                    .await?;
+                stream::wait_done(conn, keys, id, wait).await?;
             }
         }
     }

@@ -59,7 +59,6 @@
 //! If the registry is lost (a Redis restart without persistence, a flush), running processes
 //! register their schedules again at the next tick: only a removal stops a schedule.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::str::FromStr;
@@ -73,13 +72,13 @@ use croner::Cron;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::connection::Client;
 use crate::envelope::FLAG_TRACKED;
 use crate::job::now_ms;
 use crate::keys::QueueKeys;
 use crate::producer::PRIORITY_RANGE;
-use crate::scripts::{CRON_FIRE_SCRIPT, CRON_REGISTER_SCRIPT, CRON_REMOVE_SCRIPT};
+use crate::store::{self, cron::TickJob};
 use crate::task::Task;
+use crate::Client;
 use crate::{Error, Result};
 
 /// Longest schedule name accepted (job ids `cron:<name>:<tick>` stay within 200 bytes).
@@ -90,39 +89,6 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// The registry of a queue's schedules: `ostq:{q}:schedules`, a HASH name → spec JSON.
-///
-/// ```
-/// let keys = ostq::keys::QueueKeys::new("mail").unwrap();
-/// assert_eq!(ostq::scheduler::schedules_key(&keys), "ostq:{mail}:schedules");
-/// ```
-pub fn schedules_key(keys: &QueueKeys) -> String {
-    format!("{}schedules", keys.prefix)
-}
-
-/// Schedules removed with [`Client::remove_schedule`]: `ostq:{q}:schedules:removed`, a HASH
-/// name → removed at (unix ms). It tells a removal from lost data (a restart without persistence),
-/// after which running processes register their schedules again.
-///
-/// ```
-/// let keys = ostq::keys::QueueKeys::new("mail").unwrap();
-/// assert_eq!(ostq::scheduler::removed_key(&keys), "ostq:{mail}:schedules:removed");
-/// ```
-pub fn removed_key(keys: &QueueKeys) -> String {
-    format!("{}schedules:removed", keys.prefix)
-}
-
-/// The state of one schedule: `ostq:{q}:cron:<name>`, a HASH (`created`, `last_tick`,
-/// `next_tick`, `last_job`, `fired`).
-///
-/// ```
-/// let keys = ostq::keys::QueueKeys::new("mail").unwrap();
-/// assert_eq!(ostq::scheduler::state_key(&keys, "daily"), "ostq:{mail}:cron:daily");
-/// ```
-pub fn state_key(keys: &QueueKeys, name: &str) -> String {
-    format!("{}cron:{name}", keys.prefix)
-}
 
 /// The id of the job a schedule enqueues for the tick at `tick_ms` (unix ms).
 ///
@@ -452,9 +418,6 @@ impl Schedule {
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| bad(format!("cannot encode spec: {e}")))?;
         Ok(Compiled {
-            registry: schedules_key(&keys),
-            removed: removed_key(&keys),
-            state: state_key(&keys, &self.name),
             keys,
             name: self.name,
             clock,
@@ -521,9 +484,6 @@ impl Clock {
 struct Compiled {
     name: String,
     keys: QueueKeys,
-    registry: String,
-    removed: String,
-    state: String,
     clock: Clock,
     spec_json: String,
     missed: MissedTicks,
@@ -739,10 +699,8 @@ impl ServerClock {
 
     /// Measures the offset with one `TIME` round trip.
     async fn measure(&mut self, client: &Client) -> Result<()> {
-        let mut conn = client.conn();
         let sent = self.local_now();
-        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        let server_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        let server_ms = store::cron::server_time_ms(&mut client.conn()).await?;
         self.observe(server_ms, sent, self.local_now());
         Ok(())
     }
@@ -955,17 +913,16 @@ impl Scheduler {
             self.client.register_queue(&schedule.keys.queue).await?;
             let next = schedule.clock.next_after(clock.now()).unwrap_or(0);
             let sent = clock.local_now();
-            let (server_ms, changed): (i64, i64) = CRON_REGISTER_SCRIPT
-                .key(&schedule.registry)
-                .key(&schedule.state)
-                .key(&schedule.removed)
-                .arg(&schedule.name)
-                .arg(&schedule.spec_json)
-                .arg(next)
-                .invoke_async(&mut conn)
-                .await?;
+            let (server_ms, changed) = store::cron::register(
+                &mut conn,
+                &schedule.keys,
+                &schedule.name,
+                &schedule.spec_json,
+                next,
+            )
+            .await?;
             clock.observe(server_ms, sent, clock.local_now());
-            if changed == 1 {
+            if changed {
                 info!(queue = %schedule.keys.queue, schedule = %schedule.name, spec = %schedule.spec_json, "schedule registered");
             }
         }
@@ -982,29 +939,19 @@ impl Scheduler {
         let next = schedule.clock.next_after(tick).unwrap_or(0);
         let mut conn = self.client.conn();
         let sent = clock.local_now();
-        let (outcome, server_ms): (String, i64) = CRON_FIRE_SCRIPT
-            .key(&schedule.keys.pending)
-            .key(&schedule.keys.prioritized)
-            .key(&schedule.registry)
-            .key(&schedule.state)
-            .key(&schedule.keys.seq)
-            .key(schedule.keys.record(&job_id))
-            .key(&schedule.removed)
-            .key(&schedule.keys.config)
-            .key(&schedule.keys.events)
-            .arg(&schedule.name)
-            .arg(&schedule.spec_json)
-            .arg(tick)
-            .arg(next)
-            .arg(&job_id)
-            .arg(&schedule.payload)
-            .arg(&schedule.task_name)
-            .arg(schedule.max_attempts)
-            .arg(schedule.priority)
-            .arg(schedule.flags)
-            .arg(&schedule.keys.prefix)
-            .invoke_async(&mut conn)
-            .await?;
+        let tick_job = TickJob {
+            name: &schedule.name,
+            spec_json: &schedule.spec_json,
+            tick_ms: tick,
+            next_tick_ms: next,
+            job_id: &job_id,
+            payload: &schedule.payload,
+            task_name: &schedule.task_name,
+            max_attempts: schedule.max_attempts,
+            priority: schedule.priority,
+            flags: schedule.flags,
+        };
+        let (outcome, server_ms) = store::cron::fire(&mut conn, &schedule.keys, &tick_job).await?;
         clock.observe(server_ms, sent, clock.local_now());
         Ok(match outcome.as_str() {
             "fired" => {
@@ -1056,33 +1003,13 @@ impl Client {
     pub async fn schedules(&self, queue: &str) -> Result<Vec<ScheduleInfo>> {
         let keys = QueueKeys::new(queue)?;
         let mut conn = self.conn();
-        let entries: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(schedules_key(&keys))
-            .query_async(&mut conn)
-            .await?;
+        let entries = store::cron::specs(&mut conn, &keys).await?;
         let mut names: Vec<String> = entries.keys().cloned().collect();
         names.sort();
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("HMGET").arg(state_key(&keys, name)).arg(&[
-                "created",
-                "last_tick",
-                "next_tick",
-                "last_job",
-                "fired",
-            ]);
-        }
-        type State = (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<String>,
-            Option<u64>,
-        );
-        let states: Vec<State> = pipe.query_async(&mut conn).await?;
+        let states = store::cron::states(&mut conn, &keys, &names).await?;
         let mut out = Vec::with_capacity(names.len());
         for (name, (created, last, next, last_job, fired)) in names.into_iter().zip(states) {
             let json = entries.get(&name).map(String::as_str).unwrap_or("{}");
@@ -1118,15 +1045,7 @@ impl Client {
     /// ```
     pub async fn remove_schedule(&self, queue: &str, name: &str) -> Result<bool> {
         let keys = QueueKeys::new(queue)?;
-        let mut conn = self.conn();
-        let removed: i64 = CRON_REMOVE_SCRIPT
-            .key(schedules_key(&keys))
-            .key(state_key(&keys, name))
-            .key(removed_key(&keys))
-            .arg(name)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(removed == 1)
+        store::cron::remove(&mut self.conn(), &keys, name).await
     }
 }
 

@@ -4,10 +4,6 @@
 //! constant here is one self-contained text that `EVAL` or `SCRIPT LOAD` accepts. They are
 //! public so other languages can load them (`ostq script NAME` prints one).
 
-use std::sync::LazyLock;
-
-use redis::Script;
-
 /// Source of `push.lua`: enqueue jobs given as plain fields (the script other languages use).
 pub const PUSH: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/push.lua"));
 /// Source of `fetch.lua`: lease ready jobs; promote due jobs; recover expired leases; trim.
@@ -51,22 +47,3 @@ pub const ALL: &[(&str, &str)] = &[
     ("cron_fire", CRON_FIRE),
     ("cron_remove", CRON_REMOVE),
 ];
-
-macro_rules! script {
-    ($name:ident, $src:ident) => {
-        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| Script::new($src));
-    };
-}
-script!(PUSH_SCRIPT, PUSH);
-script!(FETCH_SCRIPT, FETCH);
-script!(COMPLETE_SCRIPT, COMPLETE);
-script!(FAIL_SCRIPT, FAIL);
-script!(RENEW_SCRIPT, RENEW);
-script!(REQUEUE_SCRIPT, REQUEUE);
-script!(ENQUEUE_NOW_SCRIPT, ENQUEUE_NOW);
-script!(DELETE_SCRIPT, DELETE);
-script!(DELETE_PENDING_SCRIPT, DELETE_PENDING);
-script!(PROGRESS_SCRIPT, PROGRESS);
-script!(CRON_REGISTER_SCRIPT, CRON_REGISTER);
-script!(CRON_FIRE_SCRIPT, CRON_FIRE);
-script!(CRON_REMOVE_SCRIPT, CRON_REMOVE);

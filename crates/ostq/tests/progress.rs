@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::{setup, spawn, wait_counts};
 use futures::StreamExt;
+use ostq::admin::Cancel;
 use ostq::events::{EventSink, EventsFrom};
-use ostq::inspect::Cancel;
 use ostq::{BoxError, Job, JobState, PushOptions, Worker};
 
 const WAIT: Duration = Duration::from_secs(10);

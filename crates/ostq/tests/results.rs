@@ -142,7 +142,7 @@ async fn wait_for_returns_results_and_failures_as_they_happen() {
     let untracked = queue.push("x").await.unwrap();
     assert!(matches!(
         queue.wait_for(&untracked, WAIT).await,
-        Err(Error::Config(_))
+        Err(Error::NotFound(_))
     ));
     running.shutdown().await;
 }

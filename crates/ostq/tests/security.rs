@@ -184,7 +184,7 @@ async fn an_acl_user_limited_to_ostq_keys_and_commands_works_end_to_end() {
     );
     assert_eq!(
         queue.cancel(&cancelled).await.unwrap(),
-        ostq::inspect::Cancel::Signalled
+        ostq::admin::Cancel::Signalled
     );
     let counts = wait_counts(&queue, Duration::from_secs(10), |c| {
         c.pending + c.scheduled + c.retry + c.active == 0 && c.dead == 2

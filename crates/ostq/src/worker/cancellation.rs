@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::runtime::Shared;
+use crate::store::lease;
 
 /// Keeps the worker's view of cancellation requests fresh: while jobs run, reads each queue's
 /// cancel set every half second (one SMEMBERS per queue; nothing while idle) and tells the jobs
@@ -29,11 +30,7 @@ pub(super) async fn watch_cancellations(
         let mut wanted = HashSet::new();
         let mut conn = shared.client.conn();
         for keys in &shared.queues {
-            match redis::cmd("SMEMBERS")
-                .arg(&keys.cancel)
-                .query_async::<Vec<String>>(&mut conn)
-                .await
-            {
+            match lease::cancel_requests(&mut conn, keys).await {
                 Ok(ids) => wanted.extend(ids),
                 Err(e) => debug!(error = %e, "could not read cancellations"),
             }

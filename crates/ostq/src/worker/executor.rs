@@ -17,6 +17,7 @@ use crate::envelope::Envelope;
 use crate::job::Job;
 use crate::keys::QueueKeys;
 use crate::retry::RetryPolicy;
+use crate::store::lease;
 
 /// Longest error text kept with a job.
 pub(super) const MAX_ERROR_LEN: usize = 4096;
@@ -215,11 +216,7 @@ pub(super) async fn run_job(
         Some(Ok(Err(error))) if context.cancelled.borrow().contains(&job_id) => {
             // Honoured: forget the request, so a later run of the same id is not cancelled too.
             let mut conn = shared.client.conn();
-            let _: redis::RedisResult<()> = redis::cmd("SREM")
-                .arg(&keys.cancel)
-                .arg(&job_id)
-                .query_async(&mut conn)
-                .await;
+            let _ = lease::forget_cancel(&mut conn, keys, &job_id).await;
             (format!("cancelled: {}", error_text(&error)), true)
         }
         Some(Ok(Err(error))) => (error_text(&error), is_permanent(&error)),

@@ -6,153 +6,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::executor::start_job;
 use super::runtime::{hold_group, Outcome, OutcomeKind, Settled, Shared};
-use crate::connection::Conn;
+use super::Config;
 use crate::envelope::Envelope;
-use crate::scripts::FETCH_SCRIPT;
-use crate::{Error, Result};
+use crate::store::lease::{self, FetchSettings, Fetched};
+use crate::store::Conn;
+use crate::Result;
 
-/// A fetched batch: server time, when something timed is next due, the lease group and its
-/// envelopes in order; `hold` when the queue is paused or out of rate-limit tokens (do not wait
-/// on its list, which may be full: sleep until the wake time).
-pub(super) struct Fetched {
-    pub(super) now_ms: i64,
-    pub(super) wake_at_ms: i64,
-    pub(super) group: u64,
-    pub(super) hold: bool,
-    pub(super) envelopes: Vec<Vec<u8>>,
-}
-
-pub(super) fn parse_fetched(value: Value) -> Result<Fetched> {
-    let Value::Array(items) = value else {
-        return Err(Error::Protocol(format!("fetch returned {value:?}")));
-    };
-    let mut items = items.into_iter();
-    let mut int = || -> Result<i64> {
-        match items.next() {
-            Some(Value::Int(n)) => Ok(n),
-            other => Err(Error::Protocol(format!(
-                "fetch returned {other:?} where a number belongs"
-            ))),
-        }
-    };
-    let (now_ms, wake_at_ms) = (int()?, int()?);
-    // The group comes back as the decimal id the worker sent, or 0 when nothing was leased.
-    let group = match items.next() {
-        Some(Value::Int(n)) => u64::try_from(n).unwrap_or(0),
-        Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::Protocol("fetch returned a lease group that is not a number".into())
-            })?,
-        other => {
-            return Err(Error::Protocol(format!(
-                "fetch returned {other:?} where a lease group belongs"
-            )))
-        }
-    };
-    let hold = match items.next() {
-        Some(Value::Int(n)) => n,
-        other => {
-            return Err(Error::Protocol(format!(
-                "fetch returned {other:?} where a number belongs"
-            )))
-        }
-    };
-    let envelopes = items
-        .map(|item| match item {
-            Value::BulkString(bytes) => Ok(bytes),
-            other => Err(Error::Protocol(format!(
-                "fetch returned {other:?} where a job belongs"
-            ))),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Fetched {
-        now_ms,
-        wake_at_ms,
-        group,
-        hold: hold != 0,
-        envelopes,
-    })
-}
-
-/// The `EVALSHA fetch.lua` command for `want` jobs of `queue`.
-pub(super) fn fetch_cmd(shared: &Shared, queue: usize, want: usize) -> redis::Cmd {
-    let keys = &shared.queues[queue];
-    let cfg = &shared.config;
-    let mut cmd = redis::cmd("EVALSHA");
-    let fetch_keys = keys.fetch_keys();
-    cmd.arg(FETCH_SCRIPT.get_hash())
-        .arg(fetch_keys.len())
-        .arg(&fetch_keys[..]);
-    cmd.arg(&keys.prefix)
-        .arg(want)
-        .arg(cfg.lease.as_millis() as u64)
-        .arg(cfg.default_max_attempts)
-        .arg(cfg.dead_max)
-        .arg(cfg.dead_retention.as_millis() as u64)
-        .arg(cfg.completed_retention.as_millis() as u64)
-        // Random, never 0 (0 means "nothing leased"): unique without asking Redis for a counter.
-        .arg(rand::random::<u64>() >> 1 | 1);
-    cmd
-}
-
-pub(super) fn is_noscript(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+/// What `fetch.lua` needs of the worker's settings.
+fn fetch_settings(cfg: &Config) -> FetchSettings {
+    FetchSettings {
+        lease_ms: cfg.lease.as_millis() as u64,
+        default_max_attempts: cfg.default_max_attempts,
+        dead_max: cfg.dead_max as u64,
+        dead_retention_ms: cfg.dead_retention.as_millis() as u64,
+        completed_retention_ms: cfg.completed_retention.as_millis() as u64,
+    }
 }
 
 pub(super) async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
-    let mut conn = shared.client.conn();
-    let cmd = fetch_cmd(shared, queue, want);
-    let value: Value = match cmd.query_async(&mut conn).await {
-        Err(e) if is_noscript(&e) => {
-            FETCH_SCRIPT.load_async(&mut conn).await?;
-            cmd.query_async(&mut conn).await?
-        }
-        reply => reply?,
-    };
-    parse_fetched(value)
-}
-
-/// The idle wait of a worker that serves one queue: `BLMOVE` (which waits for an entry without
-/// taking it) and `fetch.lua` pipelined on the blocking connection, so Redis runs the fetch the
-/// moment the wait ends and the job arrives with the wake-up: one round trip, not two.
-pub(super) async fn wait_then_fetch(
-    shared: &Shared,
-    queue: usize,
-    want: usize,
-    wait_ms: i64,
-    conn: &mut Conn,
-) -> Result<Fetched> {
-    let pending = &shared.queues[queue].pending;
-    let mut blmove = redis::cmd("BLMOVE");
-    blmove
-        .arg(pending)
-        .arg(pending)
-        .arg("RIGHT")
-        .arg("RIGHT")
-        .arg(format!("{:.3}", wait_ms as f64 / 1000.0));
-    let mut pipe = redis::pipe();
-    pipe.add_command(blmove)
-        .ignore()
-        .add_command(fetch_cmd(shared, queue, want));
-    let value: Value = match pipe.query_async::<(Value,)>(conn).await {
-        Ok((value,)) => value,
-        Err(e) if is_noscript(&e) => {
-            // The fetch did not run (no jobs were leased): load the script, fetch plainly.
-            FETCH_SCRIPT.load_async(conn).await?;
-            return fetch(shared, queue, want).await;
-        }
-        Err(e) => return Err(e.into()),
-    };
-    parse_fetched(value)
+    let settings = fetch_settings(&shared.config);
+    lease::fetch(
+        &mut shared.client.conn(),
+        &shared.queues[queue],
+        want,
+        &settings,
+    )
+    .await
 }
 
 /// The order in which to ask the queues this round: as added (strict), or a weighted random
@@ -323,7 +208,9 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
                 }
                 if let Some(conn) = blocking[0].as_mut() {
                     let want = permit.num_permits();
-                    let result = wait_then_fetch(&shared, wait.queue, want, wait_ms, conn).await;
+                    let keys = &shared.queues[wait.queue];
+                    let settings = fetch_settings(&shared.config);
+                    let result = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings).await;
                     match result {
                         Err(_) => blocking[0] = None,
                         Ok(fetched) if stop.is_cancelled() => {
@@ -429,23 +316,14 @@ pub(super) async fn wait_for_work(
             }
         }
     }
-    let timeout = format!("{:.3}", wait_ms as f64 / 1000.0);
     let mut futures = Vec::with_capacity(watched.len());
     for (queue, conn) in blocking.iter_mut().enumerate() {
         let Some(conn) = conn.as_mut().filter(|_| watched.contains(&queue)) else {
             continue;
         };
-        let pending = shared.queues[queue].pending.clone();
-        let timeout = timeout.clone();
+        let keys = shared.queues[queue].clone();
         futures.push(Box::pin(async move {
-            let mut blmove = redis::cmd("BLMOVE");
-            blmove
-                .arg(&pending)
-                .arg(&pending)
-                .arg("RIGHT")
-                .arg("RIGHT")
-                .arg(timeout);
-            (queue, blmove.query_async::<Option<Vec<u8>>>(conn).await)
+            (queue, lease::wait_for_entry(conn, &keys, wait_ms).await)
         }));
     }
     let (done, failed) = tokio::select! {

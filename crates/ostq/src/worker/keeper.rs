@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::runtime::{groups, Outcome, OutcomeKind, Shared, CHUNK};
-use crate::scripts::{COMPLETE_SCRIPT, FAIL_SCRIPT, REQUEUE_SCRIPT};
+use crate::store::lease::{self, Completion, Failure, GroupCompletions};
 use crate::Result;
 
 /// Writes outcomes in batches. Keeps trying through Redis outages for up to a lease length;
@@ -100,6 +100,8 @@ pub(super) async fn lease_keeper(
     }
 }
 
+/// Writes one queue's batch of outcomes: failures, then give-backs (tombstones first), then the
+/// completions, which delete the groups this batch finishes.
 pub(super) async fn write_outcomes(
     shared: &Shared,
     queue: usize,
@@ -107,126 +109,119 @@ pub(super) async fn write_outcomes(
     finishing: &HashMap<u64, bool>,
 ) -> Result<()> {
     let keys = &shared.queues[queue];
-    let mut fail = FAIL_SCRIPT.prepare_invoke();
-    fail.key(&keys.active)
-        .key(&keys.retry)
-        .key(&keys.dead)
-        .key(&keys.jobs)
-        .key(&keys.stats)
-        .key(&keys.pending)
-        .key(&keys.scheduled)
-        .key(&keys.config)
-        .key(&keys.events)
-        .arg(&keys.prefix);
-    let mut completed: HashMap<u64, Vec<&Outcome>> = HashMap::new();
-    let mut given_back: HashMap<u64, Vec<u32>> = HashMap::new();
-    let mut fails = 0;
-    for outcome in outcomes {
-        let job = &outcome.settled;
-        match &job.kind {
-            OutcomeKind::Completed { .. } => {
-                completed.entry(outcome.group).or_default().push(outcome)
-            }
-            OutcomeKind::GivenBack => given_back
-                .entry(outcome.group)
-                .or_default()
-                .push(outcome.index),
-            OutcomeKind::Failed {
-                envelope,
-                dead,
-                delay_ms,
-                attempt,
-                error,
-            } => {
-                fails += 1;
-                fail.arg(outcome.group)
-                    .arg(outcome.index)
-                    .arg(&job.id)
-                    .arg(envelope.as_slice())
-                    .arg(if *dead { "dead" } else { "retry" })
-                    .arg(*delay_ms)
-                    .arg(if job.tracked { "1" } else { "0" })
-                    .arg(*attempt)
-                    .arg(error)
-                    .arg(&job.unique);
-            }
-        }
-    }
     let mut conn = shared.client.conn();
-    // Order matters: tombstones first (fail, requeue), then complete deletes finished groups.
-    if fails > 0 {
-        let stale: u64 = fail.invoke_async(&mut conn).await?;
+    let failures: Vec<Failure> = outcomes.iter().filter_map(failure_of).collect();
+    if !failures.is_empty() {
+        let stale = lease::fail(&mut conn, keys, &failures).await?;
         if stale > 0 {
             warn!(queue = %keys.queue, stale, "failures reported after their leases expired; ignored (the jobs were recovered)");
         }
     }
+    let given_back = given_back_by_group(outcomes);
     if !given_back.is_empty() {
-        let mut requeue = REQUEUE_SCRIPT.prepare_invoke();
-        requeue
-            .key(&keys.pending)
-            .key(&keys.prioritized)
-            .key(&keys.active)
-            .key(&keys.seq)
-            .key(&keys.stats)
-            .arg(&keys.prefix);
-        for (group, indexes) in &mut given_back {
-            // In lease order, so the jobs go back in the order they were fetched.
-            indexes.sort_unstable();
-            requeue.arg(*group).arg("0").arg(indexes.len());
-            for index in indexes {
-                requeue.arg(*index);
-            }
-        }
-        let n: u64 = requeue.invoke_async(&mut conn).await?;
+        let n = lease::requeue(&mut conn, keys, &given_back).await?;
         info!(queue = %keys.queue, jobs = n, "gave unfinished jobs back to the queue");
     }
-    let mut complete = COMPLETE_SCRIPT.prepare_invoke();
-    complete
-        .key(&keys.active)
-        .key(&keys.completed)
-        .key(&keys.stats)
-        .key(&keys.config)
-        .key(&keys.events)
-        .arg(&keys.prefix)
-        .arg(shared.config.completed_retention.as_secs().max(1));
-    let mut any = false;
-    for (group, all) in finishing {
-        let done = completed.get(group).map(Vec::as_slice).unwrap_or_default();
-        if done.is_empty() && !*all {
-            continue;
-        }
-        any = true;
-        // A group finishing whole only needs the jobs that carry more than a count.
-        let detailed: Vec<&&Outcome> = done
-            .iter()
-            .filter(|o| !*all || o.settled.tracked || !o.settled.unique.is_empty())
-            .collect();
-        complete
-            .arg(*group)
-            .arg(if *all { "1" } else { "0" })
-            .arg(done.len())
-            .arg(detailed.len());
-        for outcome in detailed {
-            let job = &outcome.settled;
-            let result = match &job.kind {
-                OutcomeKind::Completed { result } if job.tracked => {
-                    result.as_deref().unwrap_or_default()
-                }
-                _ => &[],
-            };
-            complete
-                .arg(outcome.index)
-                .arg(&job.id)
-                .arg(if job.tracked { "1" } else { "0" })
-                .arg(result)
-                .arg(&job.unique);
-        }
-    }
-    if any {
-        let stale: u64 = complete.invoke_async(&mut conn).await?;
+    let completions = completions_by_group(outcomes, finishing);
+    if !completions.is_empty() {
+        let retention_s = shared.config.completed_retention.as_secs().max(1);
+        let stale = lease::complete(&mut conn, keys, retention_s, &completions).await?;
         if stale > 0 {
             warn!(queue = %keys.queue, stale, "completions reported after their leases expired; ignored (the jobs were recovered and run again)");
         }
     }
     Ok(())
+}
+
+fn failure_of(outcome: &Outcome) -> Option<Failure<'_>> {
+    let job = &outcome.settled;
+    let OutcomeKind::Failed {
+        envelope,
+        dead,
+        delay_ms,
+        attempt,
+        error,
+    } = &job.kind
+    else {
+        return None;
+    };
+    Some(Failure {
+        group: outcome.group,
+        index: outcome.index,
+        id: &job.id,
+        envelope,
+        dead: *dead,
+        delay_ms: *delay_ms,
+        tracked: job.tracked,
+        attempt: *attempt,
+        error,
+        unique: &job.unique,
+    })
+}
+
+/// The jobs to give back, by group, each group's in lease order so they go back in the order
+/// they were fetched.
+fn given_back_by_group(outcomes: &[Outcome]) -> Vec<(u64, Vec<u32>)> {
+    let mut by_group: HashMap<u64, Vec<u32>> = HashMap::new();
+    for outcome in outcomes {
+        if matches!(outcome.settled.kind, OutcomeKind::GivenBack) {
+            by_group
+                .entry(outcome.group)
+                .or_default()
+                .push(outcome.index);
+        }
+    }
+    let mut groups: Vec<(u64, Vec<u32>)> = by_group.into_iter().collect();
+    for (_, indexes) in &mut groups {
+        indexes.sort_unstable();
+    }
+    groups
+}
+
+/// The completions of each group that has some or that this batch finishes. A group finishing
+/// whole only needs the jobs that carry more than a count (a record, a result, a unique key).
+fn completions_by_group<'a>(
+    outcomes: &'a [Outcome],
+    finishing: &HashMap<u64, bool>,
+) -> Vec<GroupCompletions<'a>> {
+    let mut completed: HashMap<u64, Vec<&Outcome>> = HashMap::new();
+    for outcome in outcomes {
+        if matches!(outcome.settled.kind, OutcomeKind::Completed { .. }) {
+            completed.entry(outcome.group).or_default().push(outcome);
+        }
+    }
+    let mut groups = Vec::new();
+    for (group, all) in finishing {
+        let done = completed.get(group).map(Vec::as_slice).unwrap_or_default();
+        if done.is_empty() && !*all {
+            continue;
+        }
+        let detailed = done
+            .iter()
+            .filter(|o| !*all || o.settled.tracked || !o.settled.unique.is_empty())
+            .map(|outcome| {
+                let job = &outcome.settled;
+                let result = match &job.kind {
+                    OutcomeKind::Completed { result } if job.tracked => {
+                        result.as_deref().unwrap_or_default()
+                    }
+                    _ => &[],
+                };
+                Completion {
+                    index: outcome.index,
+                    id: &job.id,
+                    tracked: job.tracked,
+                    result,
+                    unique: &job.unique,
+                }
+            })
+            .collect();
+        groups.push(GroupCompletions {
+            group: *group,
+            all: *all,
+            completed: done.len(),
+            detailed,
+        });
+    }
+    groups
 }

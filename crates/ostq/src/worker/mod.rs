@@ -35,12 +35,12 @@ use std::time::Duration;
 
 pub use handler::{BoxError, IntoOutput, Permanent};
 
-use crate::connection::Client;
-use crate::inspect::QueueCounts;
+use crate::admin::QueueCounts;
 use crate::job::Job;
 use crate::keys::QueueKeys;
 use crate::retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 use crate::task::Task;
+use crate::Client;
 use crate::{Error, Result};
 pub(crate) use handler::panic_message;
 use handler::Handlers;

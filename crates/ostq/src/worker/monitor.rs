@@ -24,7 +24,7 @@ pub(super) async fn monitor_loop(
         }
         let mut all = Vec::with_capacity(shared.queues.len());
         for keys in &shared.queues {
-            match crate::inspect::counts_of(&shared.client, keys).await {
+            match crate::admin::counts_of(&shared.client, keys).await {
                 Ok(counts) => all.push(counts),
                 Err(e) => debug!(error = %e, "monitor could not read counts"),
             }

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::runtime::{groups, Shared, CHUNK};
-use crate::scripts::RENEW_SCRIPT;
+use crate::store::lease;
 
 /// Renews every held group each `lease / 3`, on its own task: outcome writes, however many or
 /// however long retried, never delay it. A renewal that fails is tried again at the next tick.
@@ -35,15 +35,9 @@ pub(super) async fn renew_groups(shared: &Shared) {
             .map(|(_, g)| *g)
             .collect();
         for chunk in held.chunks(CHUNK) {
-            let mut invocation = RENEW_SCRIPT.prepare_invoke();
-            invocation
-                .key(&keys.active)
-                .arg(shared.config.lease.as_millis() as u64);
-            for group in chunk {
-                invocation.arg(*group);
-            }
             let mut conn = shared.client.conn();
-            match invocation.invoke_async::<Vec<u64>>(&mut conn).await {
+            let lease_ms = shared.config.lease.as_millis() as u64;
+            match lease::renew(&mut conn, keys, lease_ms, chunk).await {
                 Ok(gone) => {
                     let mut lost = Vec::new();
                     {

@@ -27,9 +27,9 @@ use super::keeper::lease_keeper;
 use super::monitor::monitor_loop;
 use super::renewer::lease_renewer;
 use super::{Config, ErrorHook, Worker};
-use crate::connection::Client;
 use crate::job::JobContext;
 use crate::keys::QueueKeys;
+use crate::Client;
 use crate::Result;
 
 /// Groups per renew call, outcomes per flush.

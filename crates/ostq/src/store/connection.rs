@@ -151,7 +151,7 @@ fn oom_error() -> Option<ServerError> {
 
 /// Whether an error is worth waiting out (Redis down, loading, out of memory, failing over)
 /// rather than a mistake that retrying cannot fix (no permission, wrong type).
-fn is_transient(e: &RedisError) -> bool {
+pub(crate) fn is_transient(e: &RedisError) -> bool {
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
         return true;
     }
@@ -328,14 +328,16 @@ impl ClientBuilder {
                     ConnectionManager::new_lazy_with_config(
                         client.clone(),
                         manager_config(RESPONSE_TIMEOUT),
-                    )?
+                    )
+                    .map_err(Error::from_redis)?
                 } else {
                     ConnectionManager::new_with_config(
                         client.clone(),
                         manager_config(RESPONSE_TIMEOUT),
                     )
                     .await
-                    .map_err(|e| explain_refusal(e, &self.url, client.get_connection_info()))?
+                    .map_err(|e| explain_refusal(e, &self.url, client.get_connection_info()))
+                    .map_err(Error::from_redis)?
                 };
                 (Target::Single(Box::new(client)), Conn::Single(conn))
             }
@@ -362,7 +364,8 @@ impl ClientBuilder {
                 if !self.lazy {
                     conn.first_connect()
                         .await
-                        .map_err(|e| explain_refusal(e, &self.url, &resolver.node_template))?;
+                        .map_err(|e| explain_refusal(e, &self.url, &resolver.node_template))
+                        .map_err(Error::from_redis)?;
                 }
                 (Target::Sentinel(resolver), Conn::Sentinel(conn))
             }
@@ -604,11 +607,12 @@ impl Client {
                     client.as_ref().clone(),
                     manager_config(BLOCKING_RESPONSE_TIMEOUT),
                 )
-                .await?,
+                .await
+                .map_err(Error::from_redis)?,
             ),
             Target::Sentinel(resolver) => {
                 let conn = FailoverConn::new(resolver.clone(), BLOCKING_RESPONSE_TIMEOUT);
-                conn.first_connect().await?;
+                conn.first_connect().await.map_err(Error::from_redis)?;
                 Conn::Sentinel(conn)
             }
             Target::Cluster(nodes) => {
@@ -633,7 +637,7 @@ impl Client {
                 self.register_later(queue, e);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(Error::from_redis(e)),
         }
     }
 
@@ -715,8 +719,12 @@ async fn cluster_connection(
     let client = ClusterClient::builder(nodes.to_vec())
         .response_timeout(response_timeout)
         .connection_timeout(CONNECT_TIMEOUT)
-        .build()?;
-    Ok(client.get_async_connection().await?)
+        .build()
+        .map_err(Error::from_redis)?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(Error::from_redis)
 }
 
 /// Finds the primary of a Sentinel-managed service.

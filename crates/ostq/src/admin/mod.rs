@@ -1,23 +1,18 @@
-//! Inspection and operations: the data API under the CLI and the dashboard. Counts per state,
-//! job listings with paging, one job by id, retry, delete, purge, pause and resume.
+//! The admin API: the one data API under the CLI, the dashboard and export. Counts per state,
+//! job listings with paging, one job by id, retry, delete, purge, cancel, pause and resume, rate
+//! limits and Redis's own figures. It speaks in queues and jobs; the commands are in the storage
+//! layer (`store::queues`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::AsyncCommands;
-
-use crate::connection::Client;
 use crate::envelope::Envelope;
 use crate::job::{JobInfo, JobState};
-use crate::keys::{QueueKeys, QUEUES};
+use crate::keys::QueueKeys;
 use crate::producer::Queue;
-use crate::scripts::{DELETE_PENDING_SCRIPT, DELETE_SCRIPT, ENQUEUE_NOW_SCRIPT};
+use crate::store::queues::{self as stored, SCAN_CHUNK};
+use crate::store::Conn;
+use crate::Client;
 use crate::{Error, Result};
-
-/// The wake marker `push.lua` and `fail.lua` leave on an empty pending list; never a job.
-const WAKE: &[u8] = &[0x90];
-/// Entries read per round trip when scanning.
-const SCAN_CHUNK: isize = 500;
 
 /// What [`Queue::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,51 +54,19 @@ pub struct QueueCounts {
 }
 
 pub(crate) async fn counts_of(client: &Client, keys: &QueueKeys) -> Result<QueueCounts> {
-    let mut conn = client.conn();
-    #[allow(clippy::type_complexity)]
-    let (pending, marker, prioritized, scheduled, retry, dead, completed, totals, paused): (
-        u64,
-        Option<u64>,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        Vec<Option<i64>>,
-        bool,
-    ) = redis::pipe()
-        .llen(&keys.pending)
-        // The wake marker is not a job. It is only ever added to an empty list, so few entries
-        // (recovered or given-back jobs pushed to the right) can stand to its right.
-        .cmd("LPOS")
-        .arg(&keys.pending)
-        .arg(WAKE)
-        .arg("RANK")
-        .arg(-1)
-        .arg("MAXLEN")
-        .arg(1000)
-        .zcard(&keys.prioritized)
-        .zcard(&keys.scheduled)
-        .zcard(&keys.retry)
-        .zcard(&keys.dead)
-        .zcard(&keys.completed)
-        .hmget(&keys.stats, &["processed", "failed", "recovered", "active"])
-        .exists(&keys.paused)
-        .query_async(&mut conn)
-        .await?;
-    let total = |i: usize| totals.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+    let c = stored::counts(&mut client.conn(), keys).await?;
     Ok(QueueCounts {
         queue: keys.queue.clone(),
-        pending: pending.saturating_sub(u64::from(marker.is_some())) + prioritized,
-        active: total(3),
-        scheduled,
-        retry,
-        dead,
-        completed,
-        processed_total: total(0),
-        failed_total: total(1),
-        recovered_total: total(2),
-        paused,
+        pending: c.pending_list.saturating_sub(u64::from(c.wake_marker)) + c.prioritized,
+        active: c.active,
+        scheduled: c.scheduled,
+        retry: c.retry,
+        dead: c.dead,
+        completed: c.completed,
+        processed_total: c.processed,
+        failed_total: c.failed,
+        recovered_total: c.recovered,
+        paused: c.paused,
     })
 }
 
@@ -157,30 +120,11 @@ impl RedisInfo {
     }
 }
 
-/// Every `INFO` text in a reply: one for a server, one per node for a Cluster.
-fn info_texts(value: redis::Value, out: &mut Vec<String>) {
-    match value {
-        redis::Value::BulkString(bytes) => out.push(String::from_utf8_lossy(&bytes).into_owned()),
-        redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => {
-            out.push(text)
-        }
-        redis::Value::Array(items) => items.into_iter().for_each(|v| info_texts(v, out)),
-        redis::Value::Map(pairs) => pairs.into_iter().for_each(|(_, v)| info_texts(v, out)),
-        _ => {}
-    }
-}
-
 impl Client {
     /// Redis's version, memory (used, limit, eviction policy) and client connections, through
     /// whatever this client connects to (one server, a Sentinel-managed primary, a Cluster).
     pub async fn redis_info(&self) -> Result<RedisInfo> {
-        let mut conn = self.conn();
-        let reply: redis::Value = redis::cmd("INFO")
-            .query_async(&mut conn)
-            .await
-            .map_err(Error::from_redis)?;
-        let mut texts = Vec::new();
-        info_texts(reply, &mut texts);
+        let texts = stored::info_texts(&mut self.conn()).await?;
         if texts.is_empty() {
             return Err(Error::Protocol("INFO answered no text".into()));
         }
@@ -197,8 +141,7 @@ impl Client {
 
     /// Names of the queues ever pushed to or served, sorted.
     pub async fn queues(&self) -> Result<Vec<String>> {
-        let mut conn = self.conn();
-        let mut names: Vec<String> = conn.smembers(QUEUES).await?;
+        let mut names = stored::queue_names(&mut self.conn()).await?;
         names.sort();
         Ok(names)
     }
@@ -230,20 +173,17 @@ impl Queue {
         Ok(match state {
             JobState::Pending => {
                 let mut out = Vec::new();
-                let prioritized: Vec<Vec<u8>> = conn.zrange(&keys.prioritized, start, stop).await?;
-                let skipped = offset.min(conn.zcard::<_, usize>(&keys.prioritized).await?);
+                let prioritized = stored::prioritized_range(&mut conn, keys, start, stop).await?;
+                let skipped = offset.min(stored::prioritized_len(&mut conn, keys).await?);
                 for bytes in prioritized {
                     out.push(info_from_bytes(queue, JobState::Pending, &bytes));
                 }
                 if out.len() < limit {
-                    // The list runs from its right end: index -1 is next.
-                    let list_offset = (offset - skipped) as isize;
-                    let want = (limit - out.len()) as isize;
-                    let entries: Vec<Vec<u8>> = conn
-                        .lrange(&keys.pending, -(list_offset + want), -(list_offset + 1))
-                        .await?;
-                    for bytes in entries.iter().rev().filter(|b| b.as_slice() != WAKE) {
-                        out.push(info_from_bytes(queue, JobState::Pending, bytes));
+                    let want = limit - out.len();
+                    let entries =
+                        stored::pending_from_right(&mut conn, keys, offset - skipped, want).await?;
+                    for bytes in entries {
+                        out.push(info_from_bytes(queue, JobState::Pending, &bytes));
                     }
                 }
                 out
@@ -260,17 +200,16 @@ impl Queue {
                     JobState::Retry => &keys.retry,
                     _ => &keys.dead,
                 };
-                let ids: Vec<(String, u64)> = if state == JobState::Dead {
-                    conn.zrevrange_withscores(zkey, start, stop).await?
-                } else {
-                    conn.zrange_withscores(zkey, start, stop).await?
-                };
-                self.infos_by_id(&mut conn, keys, state, ids).await?
+                let newest_first = state == JobState::Dead;
+                let ids =
+                    stored::ids_with_scores(&mut conn, zkey, start, stop, newest_first).await?;
+                infos_by_id(&mut conn, keys, state, ids).await?
             }
             JobState::Completed => {
-                let ids: Vec<String> = conn.zrevrange(&keys.completed, start, stop).await?;
+                let ids =
+                    stored::ids_with_scores(&mut conn, &keys.completed, start, stop, true).await?;
                 let mut out = Vec::new();
-                for id in ids {
+                for (id, _) in ids {
                     if let Some(info) = record_info(&mut conn, keys, &id, None).await? {
                         out.push(info);
                     }
@@ -280,38 +219,6 @@ impl Queue {
         })
     }
 
-    async fn infos_by_id(
-        &self,
-        conn: &mut crate::connection::Conn,
-        keys: &QueueKeys,
-        state: JobState,
-        ids: Vec<(String, u64)>,
-    ) -> Result<Vec<JobInfo>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
-        let envelopes: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&keys.jobs)
-            .arg(&names)
-            .query_async(conn)
-            .await?;
-        Ok(ids
-            .into_iter()
-            .zip(envelopes)
-            .filter_map(|((id, due), bytes)| {
-                let mut info = info_from_bytes(&keys.queue, state, bytes.as_deref()?);
-                info.id = id;
-                if state == JobState::Dead {
-                    info.finished_at_ms = Some(due);
-                } else {
-                    info.due_at_ms = Some(due);
-                }
-                Some(info)
-            })
-            .collect())
-    }
-
     /// One job by id. Tracked jobs are found in any state until their record expires; untracked
     /// ones while scheduled, pending, active, retry or dead (a completed untracked job leaves only
     /// the processed counter behind).
@@ -319,17 +226,11 @@ impl Queue {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
         let queue = keys.queue.as_str();
-        let envelope: Option<Vec<u8>> = conn.hget(&keys.jobs, id).await?;
+        let envelope = stored::envelopes_by_id(&mut conn, keys, &[id]).await?;
         let mut found: Option<JobInfo> = None;
-        if let Some(bytes) = envelope {
-            let (in_scheduled, in_retry, in_dead): (Option<u64>, Option<u64>, Option<u64>) =
-                redis::pipe()
-                    .zscore(&keys.scheduled, id)
-                    .zscore(&keys.retry, id)
-                    .zscore(&keys.dead, id)
-                    .query_async(&mut conn)
-                    .await?;
-            let (state, due) = match (in_scheduled, in_retry, in_dead) {
+        if let Some(bytes) = envelope.into_iter().next().flatten() {
+            let scores = stored::timed_scores(&mut conn, keys, id).await?;
+            let (state, due) = match scores {
                 (Some(t), _, _) => (JobState::Scheduled, Some(t)),
                 (_, Some(t), _) => (JobState::Retry, Some(t)),
                 (_, _, Some(t)) => (JobState::Dead, Some(t)),
@@ -360,7 +261,7 @@ impl Queue {
     ///
     /// ```no_run
     /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
-    /// use ostq::inspect::Cancel;
+    /// use ostq::admin::Cancel;
     /// match client.queue("videos").cancel("01HZX").await? {
     ///     Cancel::Removed => println!("it never ran"),
     ///     Cancel::Signalled => println!("its worker was told to stop"),
@@ -382,12 +283,7 @@ impl Queue {
                 })
             }
             JobState::Active => {
-                let mut conn = self.client_ref().conn();
-                let _: () = redis::pipe()
-                    .sadd(&keys.cancel, id)
-                    .pexpire(&keys.cancel, 24 * 3600 * 1000)
-                    .query_async(&mut conn)
-                    .await?;
+                stored::request_cancel(&mut self.client_ref().conn(), keys, id).await?;
                 Ok(Cancel::Signalled)
             }
             JobState::Completed | JobState::Dead => Ok(Cancel::NotFound),
@@ -398,27 +294,7 @@ impl Queue {
     /// Returns how many moved.
     pub async fn retry_now(&self, ids: &[&str]) -> Result<u64> {
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let mut moved = 0;
-        for chunk in ids.chunks(SCAN_CHUNK as usize) {
-            let mut invocation = ENQUEUE_NOW_SCRIPT.prepare_invoke();
-            invocation
-                .key(&keys.pending)
-                .key(&keys.prioritized)
-                .key(&keys.scheduled)
-                .key(&keys.retry)
-                .key(&keys.dead)
-                .key(&keys.jobs)
-                .key(&keys.seq)
-                .key(&keys.config)
-                .key(&keys.events)
-                .arg(&keys.prefix);
-            for id in chunk {
-                invocation.arg(*id);
-            }
-            moved += invocation.invoke_async::<u64>(&mut conn).await?;
-        }
-        Ok(moved)
+        stored::enqueue_now(&mut self.client_ref().conn(), keys, ids).await
     }
 
     /// Moves every dead job back to pending. Returns how many moved.
@@ -427,7 +303,7 @@ impl Queue {
         let mut conn = self.client_ref().conn();
         let mut moved = 0;
         loop {
-            let ids: Vec<String> = conn.zrange(&keys.dead, 0, SCAN_CHUNK - 1).await?;
+            let ids = oldest_ids(&mut conn, &keys.dead).await?;
             if ids.is_empty() {
                 return Ok(moved);
             }
@@ -447,28 +323,12 @@ impl Queue {
         let mut conn = self.client_ref().conn();
         let mut removed = 0;
         for id in ids {
-            let mut invocation = DELETE_SCRIPT.prepare_invoke();
-            invocation
-                .key(&keys.scheduled)
-                .key(&keys.retry)
-                .key(&keys.dead)
-                .key(&keys.completed)
-                .key(&keys.jobs)
-                .arg(&keys.prefix)
-                .arg(*id);
-            if invocation.invoke_async::<u64>(&mut conn).await? > 0 {
+            if stored::delete(&mut conn, keys, &[id]).await? > 0 {
                 removed += 1;
                 continue;
             }
             if let Some((bytes, _)) = find_pending(&mut conn, keys, id).await? {
-                let mut invocation = DELETE_PENDING_SCRIPT.prepare_invoke();
-                invocation
-                    .key(&keys.pending)
-                    .key(&keys.prioritized)
-                    .arg(&keys.prefix)
-                    .arg(*id)
-                    .arg(bytes);
-                removed += invocation.invoke_async::<u64>(&mut conn).await?;
+                removed += stored::delete_pending(&mut conn, keys, id, &bytes).await?;
                 continue;
             }
             // An active job is left to its worker, which owns it until it finishes.
@@ -501,8 +361,8 @@ impl Queue {
         for state in states {
             removed += match state {
                 JobState::Pending => {
-                    let mut n = purge_pending(&mut conn, keys, &keys.pending, true).await?;
-                    n += purge_pending(&mut conn, keys, &keys.prioritized, false).await?;
+                    let mut n = stored::purge_pending(&mut conn, keys, &keys.pending, true).await?;
+                    n += stored::purge_pending(&mut conn, keys, &keys.prioritized, false).await?;
                     n
                 }
                 JobState::Scheduled | JobState::Retry | JobState::Dead | JobState::Completed => {
@@ -514,22 +374,12 @@ impl Queue {
                     };
                     let mut n = 0;
                     loop {
-                        let ids: Vec<String> = conn.zrange(zkey, 0, SCAN_CHUNK - 1).await?;
+                        let ids = oldest_ids(&mut conn, zkey).await?;
                         if ids.is_empty() {
                             break;
                         }
-                        let mut invocation = DELETE_SCRIPT.prepare_invoke();
-                        invocation
-                            .key(&keys.scheduled)
-                            .key(&keys.retry)
-                            .key(&keys.dead)
-                            .key(&keys.completed)
-                            .key(&keys.jobs)
-                            .arg(&keys.prefix);
-                        for id in &ids {
-                            invocation.arg(id);
-                        }
-                        n += invocation.invoke_async::<u64>(&mut conn).await?;
+                        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        n += stored::delete(&mut conn, keys, &refs).await?;
                     }
                     n
                 }
@@ -542,9 +392,7 @@ impl Queue {
     /// Stops workers from fetching this queue (pushes are still accepted).
     pub async fn pause(&self) -> Result<()> {
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let _: () = conn.set(&keys.paused, 1).await?;
-        Ok(())
+        stored::set_paused(&mut self.client_ref().conn(), keys, true).await
     }
 
     /// Limits how many jobs of this queue start per `period`, across all workers (a token bucket
@@ -563,89 +411,53 @@ impl Queue {
             ));
         }
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let _: () = redis::pipe()
-            .atomic()
-            .del(&keys.rate_limit)
-            .hset_multiple(
-                &keys.rate_limit,
-                &[
-                    ("max", u64::from(max)),
-                    ("period", period.as_millis() as u64),
-                ],
-            )
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        let limit = (u64::from(max), period.as_millis() as u64);
+        stored::set_rate_limit(&mut self.client_ref().conn(), keys, Some(limit)).await
     }
 
     /// Removes the queue's rate limit.
     pub async fn clear_rate_limit(&self) -> Result<()> {
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let _: () = conn.del(&keys.rate_limit).await?;
-        Ok(())
+        stored::set_rate_limit(&mut self.client_ref().conn(), keys, None).await
     }
 
     /// Lets workers fetch this queue again.
     pub async fn resume(&self) -> Result<()> {
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let _: () = conn.del(&keys.paused).await?;
-        Ok(())
+        stored::set_paused(&mut self.client_ref().conn(), keys, false).await
     }
 }
 
-/// Moves a pending list or zset aside atomically (so pushes that race with the purge are kept),
-/// then deletes it, the status records of its tracked jobs and the unique keys its jobs held.
-async fn purge_pending(
-    conn: &mut crate::connection::Conn,
+/// The first ids of a sorted set (lowest scores), one scan chunk.
+async fn oldest_ids(conn: &mut Conn, zset: &str) -> Result<Vec<String>> {
+    let stop = SCAN_CHUNK as isize - 1;
+    let ids = stored::ids_with_scores(conn, zset, 0, stop, false).await?;
+    Ok(ids.into_iter().map(|(id, _)| id).collect())
+}
+
+/// Reads jobs kept by id, with their due (or died-at) times.
+async fn infos_by_id(
+    conn: &mut Conn,
     keys: &QueueKeys,
-    key: &str,
-    is_list: bool,
-) -> Result<u64> {
-    let aside = format!("{}purging:{}", keys.prefix, crate::producer::new_id());
-    let renamed: redis::RedisResult<()> = redis::cmd("RENAME")
-        .arg(key)
-        .arg(&aside)
-        .query_async(conn)
-        .await;
-    if renamed.is_err() {
-        return Ok(0); // nothing to purge
-    }
-    let mut removed = 0;
-    let mut start = 0isize;
-    loop {
-        let entries: Vec<Vec<u8>> = if is_list {
-            conn.lrange(&aside, start, start + SCAN_CHUNK - 1).await?
-        } else {
-            conn.zrange(&aside, start, start + SCAN_CHUNK - 1).await?
-        };
-        if entries.is_empty() {
-            break;
-        }
-        start += entries.len() as isize;
-        for bytes in entries.iter().filter(|b| b.as_slice() != WAKE) {
-            removed += 1;
-            if let Ok(env) = Envelope::decode(bytes) {
-                if env.tracked() {
-                    let _: () = conn.del(keys.record(&env.id)).await?;
-                }
-                if !env.unique.is_empty() {
-                    // The job is gone, so its key is free. (Not atomic: a key that changed hands
-                    // between these two commands would be freed early; purges are rare.)
-                    let unique = format!("{}unique:{}", keys.prefix, env.unique);
-                    let holder: Option<String> = conn.get(&unique).await?;
-                    if holder.as_deref() == Some(env.id.as_str()) {
-                        let _: () = conn.del(&unique).await?;
-                    }
-                }
+    state: JobState,
+    ids: Vec<(String, u64)>,
+) -> Result<Vec<JobInfo>> {
+    let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let envelopes = stored::envelopes_by_id(conn, keys, &names).await?;
+    Ok(ids
+        .into_iter()
+        .zip(envelopes)
+        .filter_map(|((id, due), bytes)| {
+            let mut info = info_from_bytes(&keys.queue, state, bytes.as_deref()?);
+            info.id = id;
+            if state == JobState::Dead {
+                info.finished_at_ms = Some(due);
+            } else {
+                info.due_at_ms = Some(due);
             }
-        }
-    }
-    // UNLINK: a big list is freed in the background, not while Redis serves everyone else.
-    let _: () = conn.unlink(&aside).await?;
-    Ok(removed)
+            Some(info)
+        })
+        .collect())
 }
 
 fn info_from_bytes(queue: &str, state: JobState, bytes: &[u8]) -> JobInfo {
@@ -679,18 +491,9 @@ fn envelope_id(bytes: &[u8]) -> Option<&[u8]> {
 
 /// Every job workers hold now: the entries of each lease group that are not finished (""), with
 /// the group's deadline. O(active jobs), for inspection only.
-async fn active_jobs(conn: &mut crate::connection::Conn, keys: &QueueKeys) -> Result<Vec<JobInfo>> {
-    let groups: Vec<(u64, u64)> = conn.zrange_withscores(&keys.active, 0, -1).await?;
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for (group, _) in &groups {
-        pipe.lrange(keys.lease_group(*group), 0, -1);
-    }
-    let entries: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+async fn active_jobs(conn: &mut Conn, keys: &QueueKeys) -> Result<Vec<JobInfo>> {
     let mut out = Vec::new();
-    for ((_, deadline), entries) in groups.into_iter().zip(entries) {
+    for (_, deadline, entries) in stored::lease_groups(conn, keys).await? {
         for bytes in entries.iter().filter(|b| !b.is_empty()) {
             let mut info = info_from_bytes(&keys.queue, JobState::Active, bytes);
             info.due_at_ms = Some(deadline);
@@ -700,11 +503,7 @@ async fn active_jobs(conn: &mut crate::connection::Conn, keys: &QueueKeys) -> Re
     Ok(out)
 }
 
-async fn find_active(
-    conn: &mut crate::connection::Conn,
-    keys: &QueueKeys,
-    id: &str,
-) -> Result<Option<JobInfo>> {
+async fn find_active(conn: &mut Conn, keys: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
     Ok(active_jobs(conn, keys)
         .await?
         .into_iter()
@@ -713,22 +512,18 @@ async fn find_active(
 
 /// Scans the pending list and zset for an id: O(pending), for inspection only.
 async fn find_pending(
-    conn: &mut crate::connection::Conn,
+    conn: &mut Conn,
     keys: &QueueKeys,
     id: &str,
 ) -> Result<Option<(Vec<u8>, JobInfo)>> {
     for (key, is_list) in [(&keys.prioritized, false), (&keys.pending, true)] {
-        let mut start = 0isize;
+        let mut start = 0;
         loop {
-            let entries: Vec<Vec<u8>> = if is_list {
-                conn.lrange(key, start, start + SCAN_CHUNK - 1).await?
-            } else {
-                conn.zrange(key, start, start + SCAN_CHUNK - 1).await?
-            };
+            let entries = stored::pending_chunk(conn, key, is_list, start).await?;
             if entries.is_empty() {
                 break;
             }
-            start += entries.len() as isize;
+            start += entries.len();
             if let Some(bytes) = entries
                 .into_iter()
                 .find(|b| envelope_id(b) == Some(id.as_bytes()))
@@ -743,12 +538,12 @@ async fn find_pending(
 
 /// Merges a tracked job's status record into what was found of its envelope.
 async fn record_info(
-    conn: &mut crate::connection::Conn,
+    conn: &mut Conn,
     keys: &QueueKeys,
     id: &str,
     found: Option<JobInfo>,
 ) -> Result<Option<JobInfo>> {
-    let record: HashMap<String, Vec<u8>> = conn.hgetall(keys.record(id)).await?;
+    let record = stored::record(conn, keys, id).await?;
     if record.is_empty() {
         return Ok(found);
     }
@@ -831,6 +626,6 @@ mod tests {
         };
         assert_eq!(envelope_id(&long.encode()).map(<[u8]>::len), Some(100));
         assert_eq!(envelope_id(b"42"), None);
-        assert_eq!(envelope_id(WAKE), None);
+        assert_eq!(envelope_id(crate::store::queues::WAKE), None);
     }
 }

@@ -1,0 +1,273 @@
+//! A worker's commands: fetching (alone, or pipelined behind its idle wait), the wait itself,
+//! outcome writes (`fail.lua`, `requeue.lua`, `complete.lua`), lease renewal, the cancel set and
+//! progress.
+
+use redis::Value;
+
+use super::call::{self, int_of, is_noscript, query, ScriptCall};
+use super::Conn;
+use crate::keys::QueueKeys;
+use crate::{Error, Result};
+
+/// The worker settings `fetch.lua` applies.
+pub(crate) struct FetchSettings {
+    pub(crate) lease_ms: u64,
+    pub(crate) default_max_attempts: u32,
+    pub(crate) dead_max: u64,
+    pub(crate) dead_retention_ms: u64,
+    pub(crate) completed_retention_ms: u64,
+}
+
+/// A fetched batch: server time, when something timed is next due, the lease group and its
+/// envelopes in order; `hold` when the queue is paused or out of rate-limit tokens (do not wait
+/// on its list, which may be full: sleep until the wake time).
+pub(crate) struct Fetched {
+    pub(crate) now_ms: i64,
+    pub(crate) wake_at_ms: i64,
+    pub(crate) group: u64,
+    pub(crate) hold: bool,
+    pub(crate) envelopes: Vec<Vec<u8>>,
+}
+
+fn fetch_call(keys: &QueueKeys, want: usize, settings: &FetchSettings) -> ScriptCall {
+    let mut call = ScriptCall::new(&call::FETCH, &keys.fetch_keys());
+    call.arg(&keys.prefix)
+        .arg(want)
+        .arg(settings.lease_ms)
+        .arg(settings.default_max_attempts)
+        .arg(settings.dead_max)
+        .arg(settings.dead_retention_ms)
+        .arg(settings.completed_retention_ms)
+        // Random, never 0 (0 means "nothing leased"): unique without asking Redis for a counter.
+        .arg(rand::random::<u64>() >> 1 | 1);
+    call
+}
+
+/// Leases up to `want` ready jobs of a queue (`fetch.lua`, which first promotes due jobs and
+/// recovers expired leases).
+pub(crate) async fn fetch(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    want: usize,
+    settings: &FetchSettings,
+) -> Result<Fetched> {
+    parse_fetched(fetch_call(keys, want, settings).run(conn).await?)
+}
+
+/// `BLMOVE list list RIGHT RIGHT` pops and pushes the same end of the same list: it waits for an
+/// entry without taking it, so an abandoned wait loses nothing.
+fn wait_cmd(keys: &QueueKeys, wait_ms: i64) -> redis::Cmd {
+    let mut blmove = redis::cmd("BLMOVE");
+    blmove
+        .arg(&keys.pending)
+        .arg(&keys.pending)
+        .arg("RIGHT")
+        .arg("RIGHT")
+        .arg(format!("{:.3}", wait_ms as f64 / 1000.0));
+    blmove
+}
+
+/// Blocks (on a connection of its own) until the queue's pending list has an entry or `wait_ms`
+/// pass; takes nothing.
+pub(crate) async fn wait_for_entry(conn: &mut Conn, keys: &QueueKeys, wait_ms: i64) -> Result<()> {
+    query::<Option<Vec<u8>>>(&wait_cmd(keys, wait_ms), conn)
+        .await
+        .map(drop)
+}
+
+/// The idle wait of a worker that serves one queue: the wait and `fetch.lua` pipelined on the
+/// blocking connection, so Redis runs the fetch the moment the wait ends and the job arrives with
+/// the wake-up: one round trip, not two.
+pub(crate) async fn wait_then_fetch(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    want: usize,
+    wait_ms: i64,
+    settings: &FetchSettings,
+) -> Result<Fetched> {
+    let fetch = fetch_call(keys, want, settings);
+    let mut pipe = redis::pipe();
+    pipe.add_command(wait_cmd(keys, wait_ms))
+        .ignore()
+        .add_command(fetch.cmd().clone());
+    match pipe.query_async::<(Value,)>(conn).await {
+        Ok((value,)) => parse_fetched(value),
+        Err(e) if is_noscript(&e) => {
+            // The fetch did not run (no jobs were leased): load the script, fetch plainly.
+            fetch.load(conn).await?;
+            parse_fetched(fetch.run(conn).await?)
+        }
+        Err(e) => Err(Error::from_redis(e)),
+    }
+}
+
+/// Reads `fetch.lua`'s reply: `{now, wake_at, group, hold, envelope...}`.
+fn parse_fetched(value: Value) -> Result<Fetched> {
+    let Value::Array(items) = value else {
+        return Err(Error::Protocol(format!("fetch returned {value:?}")));
+    };
+    let mut items = items.into_iter();
+    let now_ms = int_of(items.next(), "fetch's server time")?;
+    let wake_at_ms = int_of(items.next(), "fetch's wake time")?;
+    // The group comes back as the decimal id the worker sent, or 0 when nothing was leased.
+    let group = u64::try_from(int_of(items.next(), "fetch's lease group")?).unwrap_or(0);
+    let hold = int_of(items.next(), "fetch's hold flag")? != 0;
+    let envelopes = items
+        .map(|item| match item {
+            Value::BulkString(bytes) => Ok(bytes),
+            other => Err(Error::Protocol(format!(
+                "fetch returned {other:?} where a job belongs"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Fetched {
+        now_ms,
+        wake_at_ms,
+        group,
+        hold,
+        envelopes,
+    })
+}
+
+/// One failed attempt, as `fail.lua` takes it.
+pub(crate) struct Failure<'a> {
+    pub(crate) group: u64,
+    pub(crate) index: u32,
+    pub(crate) id: &'a str,
+    pub(crate) envelope: &'a [u8],
+    pub(crate) dead: bool,
+    pub(crate) delay_ms: u64,
+    pub(crate) tracked: bool,
+    pub(crate) attempt: u32,
+    pub(crate) error: &'a str,
+    pub(crate) unique: &'a str,
+}
+
+/// Moves failed jobs to retry or dead; returns how many were stale (their leases had expired).
+pub(crate) async fn fail(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    failures: &[Failure<'_>],
+) -> Result<u64> {
+    let mut call = ScriptCall::new(&call::FAIL, &keys.fail_keys());
+    call.arg(&keys.prefix);
+    for f in failures {
+        call.arg(f.group)
+            .arg(f.index)
+            .arg(f.id)
+            .arg(f.envelope)
+            .arg(if f.dead { "dead" } else { "retry" })
+            .arg(f.delay_ms)
+            .arg(flag(f.tracked))
+            .arg(f.attempt)
+            .arg(f.error)
+            .arg(f.unique);
+    }
+    call.run(conn).await
+}
+
+/// Gives leased jobs back to the queue, by group and index in the group (`requeue.lua`);
+/// returns how many went back.
+pub(crate) async fn requeue(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    groups: &[(u64, Vec<u32>)],
+) -> Result<u64> {
+    let mut call = ScriptCall::new(&call::REQUEUE, &keys.requeue_keys());
+    call.arg(&keys.prefix);
+    for (group, indexes) in groups {
+        call.arg(*group).arg("0").arg(indexes.len());
+        for index in indexes {
+            call.arg(*index);
+        }
+    }
+    call.run(conn).await
+}
+
+/// A completed job that needs more than a count: tracked (a record and a result) or holding a
+/// unique key, or in a group not finishing whole.
+pub(crate) struct Completion<'a> {
+    pub(crate) index: u32,
+    pub(crate) id: &'a str,
+    pub(crate) tracked: bool,
+    pub(crate) result: &'a [u8],
+    pub(crate) unique: &'a str,
+}
+
+/// The completions of one lease group.
+pub(crate) struct GroupCompletions<'a> {
+    pub(crate) group: u64,
+    /// Every job of the group is settled: the group is deleted whole.
+    pub(crate) all: bool,
+    /// How many of its jobs completed.
+    pub(crate) completed: usize,
+    pub(crate) detailed: Vec<Completion<'a>>,
+}
+
+/// Ends the leases of jobs that succeeded (`complete.lua`); returns how many were stale.
+pub(crate) async fn complete(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    completed_retention_s: u64,
+    groups: &[GroupCompletions<'_>],
+) -> Result<u64> {
+    let mut call = ScriptCall::new(&call::COMPLETE, &keys.complete_keys());
+    call.arg(&keys.prefix).arg(completed_retention_s);
+    for g in groups {
+        call.arg(g.group)
+            .arg(flag(g.all))
+            .arg(g.completed)
+            .arg(g.detailed.len());
+        for c in &g.detailed {
+            call.arg(c.index)
+                .arg(c.id)
+                .arg(flag(c.tracked))
+                .arg(c.result)
+                .arg(c.unique);
+        }
+    }
+    call.run(conn).await
+}
+
+/// Extends the leases of `groups` by `lease_ms`; returns the groups that are gone.
+pub(crate) async fn renew(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    lease_ms: u64,
+    groups: &[u64],
+) -> Result<Vec<u64>> {
+    let mut call = ScriptCall::new(&call::RENEW, &[&keys.active]);
+    call.arg(lease_ms).arg(groups);
+    call.run(conn).await
+}
+
+/// The ids of running jobs whose cancellation was asked for.
+pub(crate) async fn cancel_requests(conn: &mut Conn, keys: &QueueKeys) -> Result<Vec<String>> {
+    query(redis::cmd("SMEMBERS").arg(&keys.cancel), conn).await
+}
+
+/// Forgets a cancellation request that was honoured, so a later run of the same id is not
+/// cancelled too.
+pub(crate) async fn forget_cancel(conn: &mut Conn, keys: &QueueKeys, id: &str) -> Result<()> {
+    query(redis::cmd("SREM").arg(&keys.cancel).arg(id), conn).await
+}
+
+/// Records a running job's progress (JSON) and emits it (`progress.lua`).
+pub(crate) async fn progress(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    id: &str,
+    json: &str,
+) -> Result<()> {
+    let mut call = ScriptCall::new(&call::PROGRESS, &keys.progress_keys());
+    call.arg(&keys.prefix).arg(id).arg(json);
+    call.run::<u64>(conn).await.map(drop)
+}
+
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
+}

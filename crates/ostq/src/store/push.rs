@@ -1,0 +1,108 @@
+//! Pushing jobs: plain envelopes with `LPUSH`, everything else through `push.lua`.
+
+use redis::{FromRedisValue, Value};
+
+use super::call::{self, query_pipe, run_atomic, ScriptCall};
+use super::Conn;
+use crate::keys::QueueKeys;
+use crate::{Error, Result};
+
+/// Jobs per `LPUSH` command and per `push.lua` call in bulk pushes.
+pub(crate) const BULK_CHUNK: usize = 1000;
+
+/// Appends encoded envelopes to the pending list, many per `LPUSH`; several commands go in one
+/// `MULTI`/`EXEC`, so that a bulk push lands whole or not at all (under OOM, say, Redis refuses the
+/// transaction rather than its later commands).
+pub(crate) async fn lpush(conn: &mut Conn, keys: &QueueKeys, envelopes: &[Vec<u8>]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for chunk in envelopes.chunks(BULK_CHUNK) {
+        pipe.cmd("LPUSH").arg(&keys.pending).arg(chunk).ignore();
+    }
+    if pipe.len() > 1 {
+        pipe.atomic();
+    }
+    query_pipe(&pipe, conn).await
+}
+
+/// What every job of one `push.lua` call shares (the script's per-job ARGV fields but id and
+/// payload).
+pub(crate) struct PushFields<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) max_attempts: u32,
+    pub(crate) priority: i32,
+    pub(crate) delay_ms: u64,
+    pub(crate) run_at_ms: u64,
+    pub(crate) flags: u64,
+    pub(crate) unique: &'a str,
+    pub(crate) unique_ttl_ms: u64,
+}
+
+/// `push.lua`'s answer for one job.
+pub(crate) struct Pushed {
+    pub(crate) id: String,
+    pub(crate) created: bool,
+    /// Why not created: `unique`, or the state of the job that holds the id.
+    pub(crate) why: String,
+}
+
+/// Pushes `(id, payload)` jobs through `push.lua`, [`BULK_CHUNK`] per call; several calls run in
+/// one `MULTI`/`EXEC` (all or nothing).
+pub(crate) async fn push_scripted(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    jobs: &[(String, &[u8])],
+    fields: &PushFields<'_>,
+) -> Result<Vec<Pushed>> {
+    let calls: Vec<ScriptCall> = jobs
+        .chunks(BULK_CHUNK)
+        .map(|chunk| {
+            let mut call = ScriptCall::new(&call::PUSH, &keys.push_keys());
+            call.arg(&keys.prefix);
+            for (id, payload) in chunk {
+                call.arg(id)
+                    .arg(*payload)
+                    .arg(fields.name)
+                    .arg(fields.max_attempts)
+                    .arg(fields.priority)
+                    .arg(fields.delay_ms)
+                    .arg(fields.run_at_ms)
+                    .arg(fields.flags)
+                    .arg(fields.unique)
+                    .arg(fields.unique_ttl_ms);
+            }
+            call
+        })
+        .collect();
+    let replies: Vec<Vec<Vec<Value>>> = match calls.as_slice() {
+        [one] => vec![one.run(conn).await?],
+        _ => run_atomic(&calls, conn)
+            .await?
+            .into_iter()
+            .map(|reply| Vec::<Vec<Value>>::from_redis_value(reply).map_err(bad_reply))
+            .collect::<Result<_>>()?,
+    };
+    replies.into_iter().flatten().map(parse_pushed).collect()
+}
+
+fn bad_reply(e: redis::ParsingError) -> Error {
+    Error::Protocol(format!("push.lua answered: {e}"))
+}
+
+/// One `{id, created, why}` answer of push.lua (older versions answered `{id, created}`).
+fn parse_pushed(reply: Vec<Value>) -> Result<Pushed> {
+    let mut fields = reply.into_iter();
+    let (Some(id), Some(created)) = (fields.next(), fields.next()) else {
+        return Err(Error::Protocol(
+            "push.lua answered a job with fewer than 2 fields".into(),
+        ));
+    };
+    let why = match fields.next() {
+        Some(v) => String::from_redis_value(v).map_err(bad_reply)?,
+        None => String::new(),
+    };
+    Ok(Pushed {
+        id: String::from_redis_value(id).map_err(bad_reply)?,
+        created: i64::from_redis_value(created).map_err(bad_reply)? != 0,
+        why,
+    })
+}

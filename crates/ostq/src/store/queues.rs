@@ -1,0 +1,364 @@
+//! The admin API's commands: counts, listings, lookups by id, and the operator's writes (retry,
+//! delete, purge, cancel, pause, rate limit). Reads are bounded per call (`SCAN_CHUNK` entries);
+//! the writes that move jobs are scripts.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use super::call::{self, query, query_pipe, ScriptCall};
+use super::Conn;
+use crate::envelope::Envelope;
+use crate::keys::{QueueKeys, QUEUES};
+use crate::Result;
+
+/// The wake marker `push.lua` and `fail.lua` leave on an empty pending list; never a job.
+pub(crate) const WAKE: &[u8] = &[0x90];
+/// Entries read per round trip when scanning, and ids per script call.
+pub(crate) const SCAN_CHUNK: usize = 500;
+
+/// Names of the queues ever pushed to or served (unsorted).
+pub(crate) async fn queue_names(conn: &mut Conn) -> Result<Vec<String>> {
+    query(redis::cmd("SMEMBERS").arg(QUEUES), conn).await
+}
+
+/// Every `INFO` text of the server: one, or one per node of a Cluster.
+pub(crate) async fn info_texts(conn: &mut Conn) -> Result<Vec<String>> {
+    let reply: Value = query(&redis::cmd("INFO"), conn).await?;
+    let mut texts = Vec::new();
+    collect_texts(reply, &mut texts);
+    Ok(texts)
+}
+
+fn collect_texts(value: Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(&bytes).into_owned()),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => out.push(text),
+        Value::Array(items) => items.into_iter().for_each(|v| collect_texts(v, out)),
+        Value::Map(pairs) => pairs.into_iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
+    }
+}
+
+/// A queue's sizes and counters as stored.
+pub(crate) struct StoredCounts {
+    /// Entries of the pending list, the wake marker included.
+    pub(crate) pending_list: u64,
+    /// Whether the wake marker is in the list.
+    pub(crate) wake_marker: bool,
+    pub(crate) prioritized: u64,
+    pub(crate) scheduled: u64,
+    pub(crate) retry: u64,
+    pub(crate) dead: u64,
+    pub(crate) completed: u64,
+    /// `processed`, `failed`, `recovered`, `active` of the stats hash (absent as 0).
+    pub(crate) processed: u64,
+    pub(crate) failed: u64,
+    pub(crate) recovered: u64,
+    pub(crate) active: u64,
+    pub(crate) paused: bool,
+}
+
+/// Sizes and counters in one round trip.
+pub(crate) async fn counts(conn: &mut Conn, keys: &QueueKeys) -> Result<StoredCounts> {
+    let mut pipe = redis::pipe();
+    pipe.llen(&keys.pending)
+        // The wake marker is not a job. It is only ever added to an empty list, so few entries
+        // (recovered or given-back jobs pushed to the right) can stand to its right.
+        .cmd("LPOS")
+        .arg(&keys.pending)
+        .arg(WAKE)
+        .arg("RANK")
+        .arg(-1)
+        .arg("MAXLEN")
+        .arg(1000)
+        .zcard(&keys.prioritized)
+        .zcard(&keys.scheduled)
+        .zcard(&keys.retry)
+        .zcard(&keys.dead)
+        .zcard(&keys.completed)
+        .hmget(&keys.stats, &["processed", "failed", "recovered", "active"])
+        .exists(&keys.paused);
+    #[allow(clippy::type_complexity)]
+    let (pending_list, marker, prioritized, scheduled, retry, dead, completed, totals, paused): (
+        u64,
+        Option<u64>,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        Vec<Option<i64>>,
+        bool,
+    ) = query_pipe(&pipe, conn).await?;
+    let total = |i: usize| totals.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+    Ok(StoredCounts {
+        pending_list,
+        wake_marker: marker.is_some(),
+        prioritized,
+        scheduled,
+        retry,
+        dead,
+        completed,
+        processed: total(0),
+        failed: total(1),
+        recovered: total(2),
+        active: total(3),
+        paused,
+    })
+}
+
+/// Entries `start..=stop` of the prioritized set, in run order.
+pub(crate) async fn prioritized_range(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    start: isize,
+    stop: isize,
+) -> Result<Vec<Vec<u8>>> {
+    query(
+        redis::cmd("ZRANGE")
+            .arg(&keys.prioritized)
+            .arg(start)
+            .arg(stop),
+        conn,
+    )
+    .await
+}
+
+/// How many entries the prioritized set holds.
+pub(crate) async fn prioritized_len(conn: &mut Conn, keys: &QueueKeys) -> Result<usize> {
+    query(redis::cmd("ZCARD").arg(&keys.prioritized), conn).await
+}
+
+/// Entries of the pending list counted from its right end (the next to run): `skip` entries
+/// skipped, up to `take` returned in run order (the wake marker left out).
+pub(crate) async fn pending_from_right(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    skip: usize,
+    take: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let (skip, take) = (skip as isize, take as isize);
+    let entries: Vec<Vec<u8>> = query(
+        redis::cmd("LRANGE")
+            .arg(&keys.pending)
+            .arg(-(skip + take))
+            .arg(-(skip + 1)),
+        conn,
+    )
+    .await?;
+    Ok(entries
+        .into_iter()
+        .rev()
+        .filter(|b| b.as_slice() != WAKE)
+        .collect())
+}
+
+/// Ids and scores `start..=stop` of a sorted set, ascending or (`newest_first`) descending.
+pub(crate) async fn ids_with_scores(
+    conn: &mut Conn,
+    zset: &str,
+    start: isize,
+    stop: isize,
+    newest_first: bool,
+) -> Result<Vec<(String, u64)>> {
+    let mut cmd = redis::cmd("ZRANGE");
+    cmd.arg(zset).arg(start).arg(stop);
+    if newest_first {
+        cmd.arg("REV");
+    }
+    query(cmd.arg("WITHSCORES"), conn).await
+}
+
+/// The envelopes of jobs kept by id (scheduled, retry, dead), `None` where missing.
+pub(crate) async fn envelopes_by_id(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    ids: &[&str],
+) -> Result<Vec<Option<Vec<u8>>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    query(redis::cmd("HMGET").arg(&keys.jobs).arg(ids), conn).await
+}
+
+/// Where a job kept by id is: its scores in the scheduled, retry and dead sets.
+pub(crate) async fn timed_scores(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    id: &str,
+) -> Result<(Option<u64>, Option<u64>, Option<u64>)> {
+    let mut pipe = redis::pipe();
+    pipe.zscore(&keys.scheduled, id)
+        .zscore(&keys.retry, id)
+        .zscore(&keys.dead, id);
+    query_pipe(&pipe, conn).await
+}
+
+/// Every lease group with its deadline and its entries ("" for a finished one). O(active jobs),
+/// for inspection only.
+pub(crate) async fn lease_groups(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+) -> Result<Vec<(u64, u64, Vec<Vec<u8>>)>> {
+    let groups: Vec<(u64, u64)> = query(
+        redis::cmd("ZRANGE")
+            .arg(&keys.active)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+        conn,
+    )
+    .await?;
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (group, _) in &groups {
+        pipe.lrange(keys.lease_group(*group), 0, -1);
+    }
+    let entries: Vec<Vec<Vec<u8>>> = query_pipe(&pipe, conn).await?;
+    Ok(groups
+        .into_iter()
+        .zip(entries)
+        .map(|((group, deadline), entries)| (group, deadline, entries))
+        .collect())
+}
+
+/// Entries `start..start + SCAN_CHUNK` of the pending list (from the left) or the prioritized
+/// set, for scans.
+pub(crate) async fn pending_chunk(
+    conn: &mut Conn,
+    key: &str,
+    is_list: bool,
+    start: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let stop = start + SCAN_CHUNK - 1;
+    let cmd = if is_list { "LRANGE" } else { "ZRANGE" };
+    query(redis::cmd(cmd).arg(key).arg(start).arg(stop), conn).await
+}
+
+/// A tracked job's status record (empty when there is none).
+pub(crate) async fn record(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    id: &str,
+) -> Result<HashMap<String, Vec<u8>>> {
+    query(redis::cmd("HGETALL").arg(keys.record(id)), conn).await
+}
+
+/// Asks the worker running job `id` to stop it (the cancel set expires a day after the last).
+pub(crate) async fn request_cancel(conn: &mut Conn, keys: &QueueKeys, id: &str) -> Result<()> {
+    let mut pipe = redis::pipe();
+    pipe.sadd(&keys.cancel, id)
+        .pexpire(&keys.cancel, 24 * 3600 * 1000);
+    query_pipe(&pipe, conn).await
+}
+
+/// Moves scheduled, retry or dead jobs to pending now (`enqueue_now.lua`); returns how many.
+pub(crate) async fn enqueue_now(conn: &mut Conn, keys: &QueueKeys, ids: &[&str]) -> Result<u64> {
+    let mut moved = 0;
+    for chunk in ids.chunks(SCAN_CHUNK) {
+        let mut call = ScriptCall::new(&call::ENQUEUE_NOW, &keys.enqueue_now_keys());
+        call.arg(&keys.prefix).arg(chunk);
+        moved += call.run::<u64>(conn).await?;
+    }
+    Ok(moved)
+}
+
+/// Deletes scheduled, retry, dead or completed jobs by id (`delete.lua`); returns how many.
+pub(crate) async fn delete(conn: &mut Conn, keys: &QueueKeys, ids: &[&str]) -> Result<u64> {
+    let mut removed = 0;
+    for chunk in ids.chunks(SCAN_CHUNK) {
+        let mut call = ScriptCall::new(&call::DELETE, &keys.delete_keys());
+        call.arg(&keys.prefix).arg(chunk);
+        removed += call.run::<u64>(conn).await?;
+    }
+    Ok(removed)
+}
+
+/// Deletes one pending job given its exact envelope (`delete_pending.lua`); returns 0 or 1.
+pub(crate) async fn delete_pending(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    id: &str,
+    envelope: &[u8],
+) -> Result<u64> {
+    let mut call = ScriptCall::new(&call::DELETE_PENDING, &keys.delete_pending_keys());
+    call.arg(&keys.prefix).arg(id).arg(envelope);
+    call.run(conn).await
+}
+
+/// Moves a pending list or zset aside atomically (so pushes that race with the purge are kept),
+/// then deletes it, the status records of its tracked jobs and the unique keys its jobs held.
+/// Returns how many jobs it held.
+pub(crate) async fn purge_pending(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    key: &str,
+    is_list: bool,
+) -> Result<u64> {
+    let aside = keys.purging(&crate::producer::new_id());
+    let renamed = query::<()>(redis::cmd("RENAME").arg(key).arg(&aside), conn).await;
+    if renamed.is_err() {
+        return Ok(0); // nothing to purge
+    }
+    let mut removed = 0;
+    let mut start = 0;
+    loop {
+        let entries = pending_chunk(conn, &aside, is_list, start).await?;
+        if entries.is_empty() {
+            break;
+        }
+        start += entries.len();
+        for bytes in entries.iter().filter(|b| b.as_slice() != WAKE) {
+            removed += 1;
+            if let Ok(env) = Envelope::decode(bytes) {
+                release_purged(conn, keys, &env).await?;
+            }
+        }
+    }
+    // UNLINK: a big list is freed in the background, not while Redis serves everyone else.
+    query::<()>(redis::cmd("UNLINK").arg(&aside), conn).await?;
+    Ok(removed)
+}
+
+/// Deletes a purged job's status record and frees the unique key it held.
+async fn release_purged(conn: &mut Conn, keys: &QueueKeys, env: &Envelope) -> Result<()> {
+    if env.tracked() {
+        query::<()>(redis::cmd("DEL").arg(keys.record(&env.id)), conn).await?;
+    }
+    if !env.unique.is_empty() {
+        // The job is gone, so its key is free. (Not atomic: a key that changed hands between
+        // these two commands would be freed early; purges are rare.)
+        let unique = keys.unique(&env.unique);
+        let holder: Option<String> = query(redis::cmd("GET").arg(&unique), conn).await?;
+        if holder.as_deref() == Some(env.id.as_str()) {
+            query::<()>(redis::cmd("DEL").arg(&unique), conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Pauses (or resumes) the queue: workers fetch nothing while the flag exists.
+pub(crate) async fn set_paused(conn: &mut Conn, keys: &QueueKeys, paused: bool) -> Result<()> {
+    if paused {
+        query(redis::cmd("SET").arg(&keys.paused).arg(1), conn).await
+    } else {
+        query(redis::cmd("DEL").arg(&keys.paused), conn).await
+    }
+}
+
+/// Sets (`Some((max, period_ms))`) or clears the queue's token bucket.
+pub(crate) async fn set_rate_limit(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    limit: Option<(u64, u64)>,
+) -> Result<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().del(&keys.rate_limit);
+    if let Some((max, period_ms)) = limit {
+        pipe.hset_multiple(&keys.rate_limit, &[("max", max), ("period", period_ms)]);
+    }
+    query_pipe(&pipe, conn).await
+}
