@@ -809,15 +809,13 @@ impl Scheduler {
         // `Skip` skipped every tick of the first X after start; X behind, it fired ticks from
         // before the start. If Redis cannot be reached yet, the run starts once it can.
         loop {
-            match clock.measure(&self.client).await {
+            let wait = match clock.measure(&self.client).await {
                 Ok(()) => break,
-                Err(e) => {
-                    let wait = health.failed("reading the server clock", &e);
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+                Err(e) => health.failed("reading the server clock", &e),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         let started = clock.now();
@@ -834,15 +832,13 @@ impl Scheduler {
             .collect();
         // Register first: a process whose registry entry is missing would fire nothing.
         loop {
-            match self.register_all(&mut clock).await {
+            let wait = match self.register_all(&mut clock).await {
                 Ok(()) => break,
-                Err(e) => {
-                    let wait = health.failed("registering schedules", &e);
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+                Err(e) => health.failed("registering schedules", &e),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         health.ok();
@@ -851,51 +847,11 @@ impl Scheduler {
             "scheduler started: schedules registered"
         );
         loop {
-            let now = clock.now();
-            let mut failure = None;
-            for (schedule, cursor) in self.schedules.iter().zip(cursors.iter_mut()) {
-                let Some(due) = schedule.clock.latest_until(now) else {
-                    continue;
-                };
-                if cursor.done_until.is_some_and(|done| due <= done) {
-                    continue;
-                }
-                let catch_up = cursor.done_until.is_none();
-                match self.fire(schedule, due, &mut clock).await {
-                    Ok(outcome) => {
-                        cursor.done_until = Some(due);
-                        note_standing(schedule, cursor, &outcome);
-                        if let Some(hook) = &self.on_tick {
-                            hook(&Tick {
-                                schedule: schedule.name.clone(),
-                                queue: schedule.keys.queue.clone(),
-                                tick_ms: due,
-                                catch_up,
-                                outcome,
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            let wait = match failure {
-                Some(e) => health.failed("firing a schedule tick", &e),
-                None => {
+            let wait = match self.fire_due(&mut cursors, &mut clock).await {
+                Err(e) => health.failed("firing a schedule tick", &e),
+                Ok(()) => {
                     health.ok();
-                    let now = clock.now();
-                    let next = self
-                        .schedules
-                        .iter()
-                        .zip(&cursors)
-                        .filter_map(|(s, c)| s.clock.next_after(c.done_until.unwrap_or(now)))
-                        .min();
-                    match next {
-                        Some(next) => Duration::from_millis(next.saturating_sub(now)),
-                        None => MAX_SLEEP,
-                    }
+                    self.until_next_tick(&cursors, clock.now())
                 }
             };
             tokio::select! {
@@ -905,6 +861,47 @@ impl Scheduler {
         }
         info!("scheduler stopped");
         Ok(())
+    }
+
+    /// Fires the latest due tick of every schedule not yet handled; stops at the first error.
+    async fn fire_due(&self, cursors: &mut [Cursor], clock: &mut ServerClock) -> Result<()> {
+        let now = clock.now();
+        for (schedule, cursor) in self.schedules.iter().zip(cursors.iter_mut()) {
+            let Some(due) = schedule.clock.latest_until(now) else {
+                continue;
+            };
+            if cursor.done_until.is_some_and(|done| due <= done) {
+                continue;
+            }
+            let catch_up = cursor.done_until.is_none();
+            let outcome = self.fire(schedule, due, clock).await?;
+            cursor.done_until = Some(due);
+            note_standing(schedule, cursor, &outcome);
+            if let Some(hook) = &self.on_tick {
+                hook(&Tick {
+                    schedule: schedule.name.clone(),
+                    queue: schedule.keys.queue.clone(),
+                    tick_ms: due,
+                    catch_up,
+                    outcome,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// How long until the next tick of any schedule (at most [`MAX_SLEEP`]).
+    fn until_next_tick(&self, cursors: &[Cursor], now: u64) -> Duration {
+        let next = self
+            .schedules
+            .iter()
+            .zip(cursors)
+            .filter_map(|(s, c)| s.clock.next_after(c.done_until.unwrap_or(now)))
+            .min();
+        match next {
+            Some(next) => Duration::from_millis(next.saturating_sub(now)),
+            None => MAX_SLEEP,
+        }
     }
 
     async fn register_all(&self, clock: &mut ServerClock) -> Result<()> {

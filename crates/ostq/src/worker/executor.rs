@@ -10,7 +10,7 @@ use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
-use super::handler::{panic_message, BoxError, Permanent};
+use super::handler::{panic_message, BoxError, DynHandler, Permanent};
 use super::runtime::{Outcome, OutcomeKind, Settled, Shared};
 use super::Failure;
 use crate::envelope::Envelope;
@@ -150,37 +150,10 @@ pub(super) async fn run_job(
     bytes: &[u8],
 ) -> Settled {
     let keys = &shared.queues[queue];
-    let envelope = match Envelope::decode(bytes) {
-        Ok(env) => env,
-        Err(e) => {
-            // Keep the bytes for the operator: wrap them as the payload of a dead job.
-            let env = Envelope {
-                id: format!("~{group}.{index}"),
-                payload: bytes.to_vec(),
-                last_error: e.to_string(),
-                ..Envelope::default()
-            };
-            return fail(shared, keys, env, e.to_string(), true);
-        }
+    let (envelope, handler, default_max) = match accept(shared, keys, group, index, bytes) {
+        Ok(accepted) => accepted,
+        Err(refused) => return refused,
     };
-    let name = (!envelope.name.is_empty()).then(|| envelope.name.clone());
-    let default_max = shared
-        .handlers
-        .policy_for(name.as_deref())
-        .and_then(|p| p.attempt_limit())
-        .unwrap_or(shared.config.default_max_attempts);
-    let handler = match shared.handlers.pick(name.as_deref()) {
-        Ok((handler, _)) => handler,
-        Err(reason) => return fail(shared, keys, envelope, reason, true),
-    };
-    if envelope.payload.len() > shared.config.max_payload {
-        let reason = format!(
-            "payload of {} bytes is over the limit of {} bytes",
-            envelope.payload.len(),
-            shared.config.max_payload
-        );
-        return fail(shared, keys, envelope, reason, true);
-    }
     let (id, tracked, unique) = (
         envelope.id.clone(),
         envelope.tracked(),
@@ -196,20 +169,8 @@ pub(super) async fn run_job(
     let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
     job.context = Some(shared.contexts[queue].clone());
     let context = shared.contexts[queue].clone();
-    // Calling the handler is user code too: a closure may panic before it returns its future.
-    let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().left_future(),
-        Err(panic) => futures::future::ready(Err(panic)).right_future(),
-    };
-    let limited = async {
-        match shared.config.timeout {
-            Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
-            None => Some(attempt.await),
-        }
-    };
-    let ended = tokio::select! {
-        ended = limited => ended,
-        _ = shared.abort_jobs.cancelled() => return settled(OutcomeKind::GivenBack),
+    let Some(ended) = call_handler(shared, &handler, job).await else {
+        return settled(OutcomeKind::GivenBack);
     };
     let (error, permanent) = match ended {
         Some(Ok(Ok(result))) => return settled(OutcomeKind::Completed { result }),
@@ -242,6 +203,74 @@ pub(super) async fn run_job(
             attempt: 1,
             error: e.to_string(),
         }),
+    }
+}
+
+/// Decodes a leased job and finds its handler and attempt limit; a job that cannot run (not an
+/// envelope, no handler for its name, an oversized payload) is refused straight to the dead set.
+fn accept(
+    shared: &Shared,
+    keys: &QueueKeys,
+    group: u64,
+    index: u32,
+    bytes: &[u8],
+) -> Result<(Envelope, DynHandler, u32), Settled> {
+    let envelope = match Envelope::decode(bytes) {
+        Ok(env) => env,
+        Err(e) => {
+            // Keep the bytes for the operator: wrap them as the payload of a dead job.
+            let env = Envelope {
+                id: format!("~{group}.{index}"),
+                payload: bytes.to_vec(),
+                last_error: e.to_string(),
+                ..Envelope::default()
+            };
+            return Err(fail(shared, keys, env, e.to_string(), true));
+        }
+    };
+    let name = (!envelope.name.is_empty()).then(|| envelope.name.clone());
+    let default_max = shared
+        .handlers
+        .policy_for(name.as_deref())
+        .and_then(|p| p.attempt_limit())
+        .unwrap_or(shared.config.default_max_attempts);
+    let handler = match shared.handlers.pick(name.as_deref()) {
+        Ok((handler, _)) => handler,
+        Err(reason) => return Err(fail(shared, keys, envelope, reason, true)),
+    };
+    if envelope.payload.len() > shared.config.max_payload {
+        let reason = format!(
+            "payload of {} bytes is over the limit of {} bytes",
+            envelope.payload.len(),
+            shared.config.max_payload
+        );
+        return Err(fail(shared, keys, envelope, reason, true));
+    }
+    Ok((envelope, handler, default_max))
+}
+
+/// How a handler call ended: `None` when shutdown's grace time ran out first (the job goes
+/// back); `Some(None)` when it timed out; else its result, or the panic it raised (calling the
+/// handler is user code too: a closure may panic before it returns its future).
+#[allow(clippy::type_complexity)]
+async fn call_handler(
+    shared: &Shared,
+    handler: &DynHandler,
+    job: Job,
+) -> Option<Option<std::thread::Result<Result<Option<Vec<u8>>, BoxError>>>> {
+    let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().left_future(),
+        Err(panic) => futures::future::ready(Err(panic)).right_future(),
+    };
+    let limited = async {
+        match shared.config.timeout {
+            Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
+            None => Some(attempt.await),
+        }
+    };
+    tokio::select! {
+        ended = limited => Some(ended),
+        _ = shared.abort_jobs.cancelled() => None,
     }
 }
 

@@ -77,156 +77,201 @@ pub(super) struct QueueWait {
 /// Leases jobs while there is capacity, asking the queues in weighted or strict order; when they
 /// are all empty, blocks (no polling) until something is pushed or the next timed job is due.
 pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
-    let mut blocking: Vec<Option<Conn>> = shared.queues.iter().map(|_| None).collect();
-    let mut failing = false;
-    let mut backoff = Duration::from_millis(100);
-    // A fetch that ran at the end of an idle wait, with the slots it was made for.
-    let mut carried: Option<(OwnedSemaphorePermit, Result<Fetched>)> = None;
-    loop {
+    let mut fetcher = Fetcher {
+        blocking: shared.queues.iter().map(|_| None).collect(),
+        shared,
+        weights,
+        stop,
+        failing: false,
+        backoff: Duration::from_millis(100),
+        carried: None,
+    };
+    while let Some((mut permit, first)) = fetcher.take_slots().await {
+        let (waits, errors) = fetcher.fetch_round(&mut permit, first).await;
+        if errors > 0 && waits.is_empty() {
+            drop(permit);
+            if !fetcher.back_off().await {
+                return;
+            }
+            continue;
+        }
+        if fetcher.failing && errors == 0 {
+            info!("redis reachable again, fetching");
+            fetcher.failing = false;
+            fetcher.backoff = Duration::from_millis(100);
+        }
+        if permit.num_permits() > 0 {
+            fetcher.idle(permit, &waits).await;
+        }
+    }
+}
+
+/// The fetch loop's state between rounds.
+struct Fetcher {
+    shared: Arc<Shared>,
+    weights: Vec<u32>,
+    stop: CancellationToken,
+    /// Per queue, its blocking connection once it has waited.
+    blocking: Vec<Option<Conn>>,
+    failing: bool,
+    backoff: Duration,
+    /// A fetch that ran at the end of an idle wait, with the slots it was made for.
+    carried: Option<(OwnedSemaphorePermit, Result<Fetched>)>,
+}
+
+impl Fetcher {
+    /// Free slots to fill (at least one, at most `max_batch`), with the carried fetch if there is
+    /// one; `None` once shutdown began.
+    async fn take_slots(&mut self) -> Option<(OwnedSemaphorePermit, Option<Result<Fetched>>)> {
         // Shutdown began: start nothing more. A carried fetch already leased its jobs, so they go
         // straight back rather than wait for their lease to expire.
-        if stop.is_cancelled() {
+        if self.stop.is_cancelled() {
             // (Only a worker serving one queue carries a fetch: it is queue 0.)
-            if let Some((_, Ok(fetched))) = carried.take() {
-                give_back(&shared, 0, fetched);
+            if let Some((_, Ok(fetched))) = self.carried.take() {
+                give_back(&self.shared, 0, fetched);
             }
-            return;
+            return None;
         }
-        let (mut permit, mut first) = match carried.take() {
-            Some((permit, fetched)) => (permit, Some(fetched)),
-            None => {
-                // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the
-                // loop went on fetching and starting jobs after shutdown began, one round in two.
-                let mut permit = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return,
-                    permit = shared.semaphore.clone().acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
-                let extra = shared
-                    .semaphore
-                    .available_permits()
-                    .min(shared.config.max_batch - 1);
-                if extra > 0 {
-                    if let Ok(more) = shared
-                        .semaphore
-                        .clone()
-                        .try_acquire_many_owned(extra as u32)
-                    {
-                        permit.merge(more);
-                    }
-                }
-                (permit, None)
-            }
+        if let Some((permit, fetched)) = self.carried.take() {
+            return Some((permit, Some(fetched)));
+        }
+        let semaphore = &self.shared.semaphore;
+        // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the loop went
+        // on fetching and starting jobs after shutdown began, one round in two.
+        let mut permit = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return None,
+            permit = semaphore.clone().acquire_owned() => permit.ok()?,
         };
+        let extra = semaphore
+            .available_permits()
+            .min(self.shared.config.max_batch - 1);
+        if extra > 0 {
+            if let Ok(more) = semaphore.clone().try_acquire_many_owned(extra as u32) {
+                permit.merge(more);
+            }
+        }
+        Some((permit, None))
+    }
+
+    /// Asks each queue in turn for as many jobs as there are free slots and starts them; returns
+    /// what the queues said about waiting, and how many fetches failed.
+    async fn fetch_round(
+        &mut self,
+        permit: &mut OwnedSemaphorePermit,
+        mut first: Option<Result<Fetched>>,
+    ) -> (Vec<QueueWait>, usize) {
+        let shared = &self.shared;
         let mut waits = Vec::new();
         let mut errors = 0;
-        for queue in queue_order(&weights, shared.config.strict) {
+        for queue in queue_order(&self.weights, shared.config.strict) {
             let want = permit.num_permits();
             if want == 0 {
                 break;
             }
             let result = match first.take() {
                 Some(result) => result,
-                None if stop.is_cancelled() => break,
-                None => fetch(&shared, queue, want).await,
+                None if self.stop.is_cancelled() => break,
+                None => fetch(shared, queue, want).await,
             };
             match result {
-                Ok(fetched) if stop.is_cancelled() => {
+                Ok(fetched) if self.stop.is_cancelled() => {
                     // Shutdown began while this fetch was in flight: its jobs go back at once.
-                    give_back(&shared, queue, fetched);
+                    give_back(shared, queue, fetched);
                 }
                 Ok(fetched) => {
-                    // Held (and renewed) before any job starts, whatever the keeper is doing.
-                    hold_group(&shared, queue, fetched.group, fetched.envelopes.len());
-                    for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
-                        let index = index as u32;
-                        match permit.split(1) {
-                            Some(one) => {
-                                start_job(&shared, queue, fetched.group, index, envelope, one)
-                            }
-                            // More jobs than asked for (never, by fetch.lua's contract): each
-                            // needs an outcome all the same, or its group is renewed forever.
-                            None => {
-                                let _ = shared.events.send(given_back(
-                                    queue,
-                                    fetched.group,
-                                    index,
-                                    &envelope,
-                                ));
-                            }
-                        }
-                    }
                     waits.push(QueueWait {
                         queue,
                         now_ms: fetched.now_ms,
                         wake_at_ms: fetched.wake_at_ms,
                         hold: fetched.hold,
                     });
+                    start_fetched(shared, queue, fetched, permit);
                 }
                 Err(e) => {
                     errors += 1;
-                    if !failing {
+                    if !self.failing {
                         warn!(queue = %shared.queues[queue].queue, error = %e, "fetch failed; retrying with backoff");
                     }
                 }
             }
         }
-        let idle = permit.num_permits() > 0;
-        if errors > 0 && waits.is_empty() {
-            drop(permit);
-            failing = true;
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            continue;
+        (waits, errors)
+    }
+
+    /// Every fetch failed: waits out the backoff. `false` when shutdown began meanwhile.
+    async fn back_off(&mut self) -> bool {
+        self.failing = true;
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = self.stop.cancelled() => return false,
         }
-        if failing && errors == 0 {
-            info!("redis reachable again, fetching");
-            failing = false;
-            backoff = Duration::from_millis(100);
-        }
-        if !idle {
-            continue;
-        }
-        // One queue, not on hold: wait and fetch in one round trip, keeping the free slots.
-        if let [wait] = waits.as_slice() {
-            if shared.queues.len() == 1 && !wait.hold && !stop.is_cancelled() {
-                let wait_ms = wait_ms(&shared, &waits);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        true
+    }
+
+    /// Slots are left over: the queues are empty (or on hold). One queue not on hold waits and
+    /// fetches in one round trip, keeping the free slots (the fetch is carried into the next
+    /// round); otherwise the slots go back and the loop blocks until there is work.
+    async fn idle(&mut self, permit: OwnedSemaphorePermit, waits: &[QueueWait]) {
+        let shared = self.shared.clone();
+        if let [wait] = waits {
+            if shared.queues.len() == 1 && !wait.hold && !self.stop.is_cancelled() {
+                let wait_ms = wait_ms(&shared, waits);
                 if wait_ms == 0 {
-                    continue;
+                    return;
                 }
-                if blocking[0].is_none() {
+                if self.blocking[0].is_none() {
                     match shared.client.blocking_conn().await {
-                        Ok(conn) => blocking[0] = Some(conn),
+                        Ok(conn) => self.blocking[0] = Some(conn),
                         Err(e) => debug!(error = %e, "no blocking connection"),
                     }
                 }
-                if let Some(conn) = blocking[0].as_mut() {
+                if let Some(conn) = self.blocking[0].as_mut() {
                     let want = permit.num_permits();
                     let keys = &shared.queues[wait.queue];
                     let settings = fetch_settings(&shared.config);
                     let result = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings).await;
                     match result {
-                        Err(_) => blocking[0] = None,
-                        Ok(fetched) if stop.is_cancelled() => {
+                        Err(_) => self.blocking[0] = None,
+                        Ok(fetched) if self.stop.is_cancelled() => {
                             // Asked to stop while waiting: what the fetch leased goes back at once.
                             give_back(&shared, wait.queue, fetched);
-                            continue;
+                            return;
                         }
                         Ok(_) => {}
                     }
-                    carried = Some((permit, result));
-                    continue;
+                    self.carried = Some((permit, result));
+                    return;
                 }
             }
         }
         drop(permit);
-        wait_for_work(&shared, &waits, &mut blocking, &stop).await;
+        wait_for_work(&shared, waits, &mut self.blocking, &self.stop).await;
+    }
+}
+
+/// Holds a fetched group (renewed from now on, before any of its jobs starts, whatever the keeper
+/// is doing) and starts each of its jobs on one slot of `permit`.
+fn start_fetched(
+    shared: &Arc<Shared>,
+    queue: usize,
+    fetched: Fetched,
+    permit: &mut OwnedSemaphorePermit,
+) {
+    hold_group(shared, queue, fetched.group, fetched.envelopes.len());
+    for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
+        let index = index as u32;
+        match permit.split(1) {
+            Some(one) => start_job(shared, queue, fetched.group, index, envelope, one),
+            // More jobs than asked for (never, by fetch.lua's contract): each needs an outcome
+            // all the same, or its group is renewed forever.
+            None => {
+                let _ = shared
+                    .events
+                    .send(given_back(queue, fetched.group, index, &envelope));
+            }
+        }
     }
 }
 

@@ -43,58 +43,75 @@ pub(super) async fn lease_keeper(
             by_queue.entry(outcome.queue).or_default().push(outcome);
         }
         for (queue, outcomes) in by_queue {
-            let mut counts: HashMap<u64, u32> = HashMap::new();
-            for outcome in &outcomes {
-                *counts.entry(outcome.group).or_default() += 1;
+            settle(&shared, queue, &outcomes, &mut failing).await;
+        }
+    }
+}
+
+/// Writes one queue's outcomes (retrying through outages for up to a lease) and settles their
+/// groups in the table: finished or given-up groups leave it, the others count their settled jobs.
+async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &mut bool) {
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    for outcome in outcomes {
+        *counts.entry(outcome.group).or_default() += 1;
+    }
+    // Which groups this batch finishes: those get deleted whole. A group missing from the table
+    // was lost (or given up): its completions are not sent, failures are (the scripts ignore
+    // them as stale).
+    let mut finishing: HashMap<u64, bool> = HashMap::new();
+    {
+        let mut held = groups(shared);
+        for (group, n) in &counts {
+            if let Some(state) = held.get_mut(&(queue, *group)) {
+                let all = state.settled + n >= state.total;
+                state.closing |= all;
+                finishing.insert(*group, all);
             }
-            // Which groups this batch finishes: those get deleted whole. A group missing from
-            // the table was lost (or given up): its completions are not sent, failures are
-            // (the scripts ignore them as stale).
-            let mut finishing: HashMap<u64, bool> = HashMap::new();
-            {
-                let mut held = groups(&shared);
-                for (group, n) in &counts {
-                    if let Some(state) = held.get_mut(&(queue, *group)) {
-                        let all = state.settled + n >= state.total;
-                        state.closing |= all;
-                        finishing.insert(*group, all);
-                    }
+        }
+    }
+    let written = write_with_retries(shared, queue, outcomes, &finishing, failing).await;
+    let mut held = groups(shared);
+    for (group, n) in counts {
+        if !written {
+            held.remove(&(queue, group)); // stop renewing: let recovery take it
+        } else if finishing.get(&group) == Some(&true) {
+            held.remove(&(queue, group));
+        } else if let Some(state) = held.get_mut(&(queue, group)) {
+            state.settled += n;
+        }
+    }
+}
+
+/// Writes the outcomes, retrying with backoff for up to a lease; `false` if it gave up.
+async fn write_with_retries(
+    shared: &Shared,
+    queue: usize,
+    outcomes: &[Outcome],
+    finishing: &HashMap<u64, bool>,
+    failing: &mut bool,
+) -> bool {
+    let mut delay = Duration::from_millis(50);
+    let give_up = tokio::time::Instant::now() + shared.config.lease;
+    loop {
+        match write_outcomes(shared, queue, outcomes, finishing).await {
+            Ok(()) => {
+                if *failing {
+                    info!("redis reachable again, outcomes flowing");
+                    *failing = false;
                 }
+                return true;
             }
-            let mut delay = Duration::from_millis(50);
-            let give_up = tokio::time::Instant::now() + shared.config.lease;
-            let written = loop {
-                match write_outcomes(&shared, queue, &outcomes, &finishing).await {
-                    Ok(()) => {
-                        if failing {
-                            info!("redis reachable again, outcomes flowing");
-                            failing = false;
-                        }
-                        break true;
-                    }
-                    Err(e) => {
-                        if !failing {
-                            warn!(error = %e, "could not record job outcomes; retrying");
-                            failing = true;
-                        }
-                        if tokio::time::Instant::now() >= give_up {
-                            warn!(jobs = outcomes.len(), "gave up recording outcomes; their leases will expire and the unfinished jobs run again");
-                            break false;
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
+            Err(e) => {
+                if !*failing {
+                    warn!(error = %e, "could not record job outcomes; retrying");
+                    *failing = true;
                 }
-            };
-            let mut held = groups(&shared);
-            for (group, n) in counts {
-                if !written {
-                    held.remove(&(queue, group)); // stop renewing: let recovery take it
-                } else if finishing.get(&group) == Some(&true) {
-                    held.remove(&(queue, group));
-                } else if let Some(state) = held.get_mut(&(queue, group)) {
-                    state.settled += n;
+                if tokio::time::Instant::now() >= give_up {
+                    warn!(jobs = outcomes.len(), "gave up recording outcomes; their leases will expire and the unfinished jobs run again");
+                    return false;
                 }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }

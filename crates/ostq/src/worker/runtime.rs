@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -26,7 +27,7 @@ use super::handler::Handlers;
 use super::keeper::lease_keeper;
 use super::monitor::monitor_loop;
 use super::renewer::lease_renewer;
-use super::{Config, ErrorHook, Worker};
+use super::{Config, ErrorHook, MonitorHook, Worker};
 use crate::job::JobContext;
 use crate::keys::QueueKeys;
 use crate::Client;
@@ -125,59 +126,90 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         abort_jobs: CancellationToken::new(),
     });
 
-    let stop_fetching = CancellationToken::new();
-    let stop_background = CancellationToken::new();
-    let stop_renewing = CancellationToken::new();
-    let fetcher = tokio::spawn(fetch_loop(shared.clone(), weights, stop_fetching.clone()));
-    let keeper = tokio::spawn(lease_keeper(shared.clone(), rx, stop_background.clone()));
-    let renewer = tokio::spawn(lease_renewer(shared.clone(), stop_renewing.clone()));
-    let canceller = tokio::spawn(watch_cancellations(
-        shared.clone(),
-        cancel_tx,
-        stop_background.clone(),
-    ));
-    let monitor = on_monitor.map(|(every, hook)| {
-        tokio::spawn(monitor_loop(
-            shared.clone(),
-            every,
-            hook,
-            stop_background.clone(),
-        ))
-    });
+    let tasks = Tasks::spawn(&shared, weights, rx, cancel_tx, on_monitor);
     info!(
         queues = ?shared.queues.iter().map(|k| k.queue.as_str()).collect::<Vec<_>>(),
         concurrency = shared.config.concurrency,
         "worker started"
     );
-
     shutdown.await;
-    info!("worker shutting down: no more fetches");
-    stop_fetching.cancel();
-    let _ = fetcher.await;
-    let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
-    let grace = shared.config.shutdown_timeout;
-    if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
-        .await
-        .is_err()
-    {
-        info!("shutdown grace time over: giving unfinished jobs back to their queues");
-        shared.abort_jobs.cancel();
-        // Handlers stop at their next await; their jobs are reported as given back.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), shared.semaphore.acquire_many(all)).await;
-    }
-    stop_background.cancel();
-    let _ = keeper.await;
-    // Only now: while the keeper was still writing (or retrying) outcomes, their groups had to
-    // stay renewed. What it gave up on or never heard of is left to expire and be recovered.
-    stop_renewing.cancel();
-    let _ = renewer.await;
-    let _ = canceller.await;
-    if let Some(monitor) = monitor {
-        let _ = monitor.await;
-    }
+    tasks.shut_down(&shared).await;
     info!("worker stopped");
     Ok(())
+}
+
+/// The worker's loops, and the signals that stop them in order.
+struct Tasks {
+    stop_fetching: CancellationToken,
+    stop_background: CancellationToken,
+    stop_renewing: CancellationToken,
+    fetcher: JoinHandle<()>,
+    keeper: JoinHandle<()>,
+    renewer: JoinHandle<()>,
+    canceller: JoinHandle<()>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    fn spawn(
+        shared: &Arc<Shared>,
+        weights: Vec<u32>,
+        outcomes: mpsc::UnboundedReceiver<Outcome>,
+        cancel_tx: watch::Sender<Arc<HashSet<String>>>,
+        on_monitor: Option<(Duration, MonitorHook)>,
+    ) -> Self {
+        let stop_fetching = CancellationToken::new();
+        let stop_background = CancellationToken::new();
+        let stop_renewing = CancellationToken::new();
+        let background = stop_background.clone();
+        Self {
+            fetcher: tokio::spawn(fetch_loop(shared.clone(), weights, stop_fetching.clone())),
+            keeper: tokio::spawn(lease_keeper(shared.clone(), outcomes, background.clone())),
+            renewer: tokio::spawn(lease_renewer(shared.clone(), stop_renewing.clone())),
+            canceller: tokio::spawn(watch_cancellations(
+                shared.clone(),
+                cancel_tx,
+                background.clone(),
+            )),
+            monitor: on_monitor.map(|(every, hook)| {
+                tokio::spawn(monitor_loop(shared.clone(), every, hook, background))
+            }),
+            stop_fetching,
+            stop_background,
+            stop_renewing,
+        }
+    }
+
+    /// Stops fetching; gives running jobs the grace time, then stops their handlers (their jobs go
+    /// back); lets the keeper write every outcome; only then stops renewing.
+    async fn shut_down(self, shared: &Shared) {
+        info!("worker shutting down: no more fetches");
+        self.stop_fetching.cancel();
+        let _ = self.fetcher.await;
+        let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
+        let grace = shared.config.shutdown_timeout;
+        if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
+            .await
+            .is_err()
+        {
+            info!("shutdown grace time over: giving unfinished jobs back to their queues");
+            shared.abort_jobs.cancel();
+            // Handlers stop at their next await; their jobs are reported as given back.
+            let five_s = Duration::from_secs(5);
+            let _ = tokio::time::timeout(five_s, shared.semaphore.acquire_many(all)).await;
+        }
+        self.stop_background.cancel();
+        let _ = self.keeper.await;
+        // Only now: while the keeper was still writing (or retrying) outcomes, their groups had
+        // to stay renewed. What it gave up on or never heard of is left to expire and be
+        // recovered.
+        self.stop_renewing.cancel();
+        let _ = self.renewer.await;
+        let _ = self.canceller.await;
+        if let Some(monitor) = self.monitor {
+            let _ = monitor.await;
+        }
+    }
 }
 
 /// The table of held groups. A panic while it was locked cannot leave it half-updated (each
