@@ -35,12 +35,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ostq::envelope::Envelope;
+use ostq::keys::QueueKeys;
 use ostq::{JobInfo, JobState, PushOptions, Queue, QueueCounts};
+use ostq_testkit::{RedisServer, Reply};
 use serde_json::json;
 
+use crate::admin;
 use crate::bad::{self, BadEntry};
 use crate::execlog::{ExecLogs, Run};
-use crate::procs::{RedisPath, RedisProc, Workers};
+use crate::procs::{RedisPath, Workers};
 use crate::worker::Chaos;
 
 /// How often the run looks at the logs, feeds jobs and checks the queue.
@@ -256,7 +259,8 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<bool> {
     let work = args.workload();
     let log_dir = dir.join("logs");
     std::fs::create_dir_all(&log_dir)?;
-    let mut redis = RedisProc::start(&dir.join("redis")).await?;
+    let mut redis = admin::start(dir.join("redis")).await?;
+    let keys = QueueKeys::new(crate::QUEUE)?;
     let url = redis.url();
     let path = if args.no_proxy {
         RedisPath::Direct
@@ -398,14 +402,15 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<bool> {
             let middle = released + (upto - released) / 2;
             tally.push_retries +=
                 push_good(&queue, released..middle, &push_opts, &work, args.jobs).await?;
-            tally.push_retries += push_bad(&redis, &bad_entries[bad_released..bad_upto]).await?;
+            tally.push_retries +=
+                push_bad(redis.port(), &keys, &bad_entries[bad_released..bad_upto]).await?;
             tally.push_retries +=
                 push_good(&queue, middle..upto, &push_opts, &work, args.jobs).await?;
             released = upto;
             bad_released = bad_upto;
         }
         if args.jobs == 0 && bad_released < bad_entries.len() {
-            tally.push_retries += push_bad(&redis, &bad_entries).await?;
+            tally.push_retries += push_bad(redis.port(), &keys, &bad_entries).await?;
             bad_released = bad_entries.len();
         }
 
@@ -543,7 +548,10 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<bool> {
     for example in &verdicts.examples {
         eprintln!("ostq-chaos: UNEXPLAINED duplicate: {example}");
     }
-    let stray_records = count_keys(&redis, &format!("ostq:{{{}}}:job:*", crate::QUEUE)).await?;
+    let stray_records = {
+        let (port, pattern) = (redis.port(), keys.record("*"));
+        tokio::task::spawn_blocking(move || admin::count_keys(port, &pattern)).await??
+    };
 
     if !missing.is_empty() {
         eprintln!(
@@ -551,7 +559,14 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<bool> {
             missing.len(),
             &missing[..missing.len().min(20)]
         );
-        locate(&redis, &missing[..missing.len().min(20)]).await;
+        let (port, keys, first) = (
+            redis.port(),
+            keys.clone(),
+            missing[..missing.len().min(20)].to_vec(),
+        );
+        for line in tokio::task::spawn_blocking(move || locate(port, &keys, &first)).await? {
+            eprintln!("ostq-chaos: {line}");
+        }
     }
     for (kind, bytes) in report.missing.iter().take(10) {
         eprintln!(
@@ -677,7 +692,7 @@ fn is_good_job(job: &JobInfo, jobs: u64) -> bool {
 
 async fn inject(
     fault: Fault,
-    redis: &mut RedisProc,
+    redis: &mut RedisServer,
     queue: &Queue,
     tally: &mut Tally,
     started: Instant,
@@ -688,25 +703,17 @@ async fn inject(
     let from_ms = unix_ms();
     let (name, extra) = match fault {
         Fault::ClientKill => {
-            let mut conn = redis.admin().await?;
-            let killed: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .query_async(&mut conn)
-                .await?;
+            let killed = admin::command(redis.port(), &["CLIENT", "KILL", "TYPE", "normal"])
+                .await?
+                .as_integer()
+                .context("CLIENT KILL did not reply with a number")?;
             eprintln!("ostq-chaos: [{at:6.1}s] CLIENT KILL TYPE normal: {killed} connections killed ({active} jobs active)");
             ("client_kill", json!({ "connections": killed }))
         }
         Fault::Stall => {
-            let mut conn = redis.admin().await?;
             eprintln!("ostq-chaos: [{at:6.1}s] DEBUG SLEEP 2 ({active} jobs active)");
             let began = Instant::now();
-            let _: () = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(2)
-                .query_async(&mut conn)
-                .await?;
+            admin::command(redis.port(), &["DEBUG", "SLEEP", "2"]).await?;
             (
                 "debug_sleep",
                 json!({ "ms": began.elapsed().as_millis() as u64 }),
@@ -714,7 +721,7 @@ async fn inject(
         }
         Fault::Restart => {
             eprintln!("ostq-chaos: [{at:6.1}s] SHUTDOWN and restart of redis-server ({active} jobs active)");
-            let down = redis.restart().await?;
+            let down = admin::restart(redis)?;
             tally.redis_restarts += 1;
             tally.redis_down_ms += down.as_millis() as u64;
             eprintln!(
@@ -768,24 +775,16 @@ async fn push_good(
     Ok(retries)
 }
 
-/// Pushes malformed entries by hand, as a foreign producer would; returns the retries.
-async fn push_bad(redis: &RedisProc, entries: &[BadEntry]) -> anyhow::Result<u64> {
+/// Pushes malformed entries by hand (one `LPUSH`), as a foreign producer would; returns the
+/// retries.
+async fn push_bad(port: u16, keys: &QueueKeys, entries: &[BadEntry]) -> anyhow::Result<u64> {
     let mut retries = 0;
     if entries.is_empty() {
         return Ok(0);
     }
-    let key = format!("ostq:{{{}}}:pending", crate::QUEUE);
-    retry(&mut retries, || async {
-        let mut conn = redis.admin().await?;
-        let mut cmd = redis::cmd("LPUSH");
-        cmd.arg(&key);
-        for entry in entries {
-            cmd.arg(entry.bytes.as_slice());
-        }
-        let _: i64 = cmd.query_async(&mut conn).await?;
-        anyhow::Ok(())
-    })
-    .await?;
+    let mut lpush: Vec<&[u8]> = vec![b"LPUSH", keys.pending.as_bytes()];
+    lpush.extend(entries.iter().map(|entry| entry.bytes.as_slice()));
+    retry(&mut retries, || admin::command(port, &lpush)).await?;
     Ok(retries)
 }
 
@@ -838,33 +837,19 @@ async fn read_dead(queue: &Queue) -> anyhow::Result<Vec<JobInfo>> {
     }
 }
 
-async fn count_keys(redis: &RedisProc, pattern: &str) -> anyhow::Result<u64> {
-    let mut conn = redis.admin().await?;
-    let mut cursor: u64 = 0;
-    let mut total = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        total += keys.len() as u64;
-        if next == 0 {
-            return Ok(total);
-        }
-        cursor = next;
-    }
-}
-
-/// For a lost job, says where its envelope is in Redis, if anywhere (stderr).
-async fn locate(redis: &RedisProc, missing: &[u64]) {
-    let Ok(mut conn) = redis.admin().await else {
-        return;
+/// For each lost job, where its envelope is in Redis, if anywhere: one line per job (none if
+/// Redis cannot be reached).
+fn locate(port: u16, keys: &QueueKeys, missing: &[u64]) -> Vec<String> {
+    let Ok(mut resp) = admin::connect(port) else {
+        return Vec::new();
     };
-    let prefix = format!("ostq:{{{}}}:", crate::QUEUE);
+    // A command that fails reads as empty.
+    let mut list = |args: &[&[u8]]| -> Vec<Vec<u8>> {
+        resp.command(args)
+            .ok()
+            .and_then(Reply::into_bytes_list)
+            .unwrap_or_default()
+    };
     let mut places: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut look = |place: &str, env: &[u8]| {
         if let Ok(env) = Envelope::decode(env) {
@@ -878,47 +863,25 @@ async fn locate(redis: &RedisProc, missing: &[u64]) {
             }
         }
     };
-    let pending: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(format!("{prefix}pending"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for env in &pending {
+    for env in &list(&[b"LRANGE", keys.pending.as_bytes(), b"0", b"-1"]) {
         look("pending", env);
     }
-    let jobs: Vec<Vec<u8>> = redis::cmd("HVALS")
-        .arg(format!("{prefix}jobs"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for env in &jobs {
+    for env in &list(&[b"HVALS", keys.jobs.as_bytes()]) {
         look("jobs hash (retry/dead/scheduled)", env);
     }
-    let leases: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}lease:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for lease in &leases {
-        let entries: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(lease)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        for env in &entries {
-            look(lease, env);
+    let leases = format!("{}lease:*", keys.prefix);
+    for lease in &list(&[b"KEYS", leases.as_bytes()]) {
+        for env in &list(&[b"LRANGE", lease, b"0", b"-1"]) {
+            look(&String::from_utf8_lossy(lease), env);
         }
     }
-    for n in missing {
-        match places.get(n) {
-            Some(found) => eprintln!("ostq-chaos: lost job {n} is in {}", found.join("; ")),
-            None => eprintln!("ostq-chaos: lost job {n} is nowhere in Redis"),
-        }
-    }
+    missing
+        .iter()
+        .map(|n| match places.get(n) {
+            Some(found) => format!("lost job {n} is in {}", found.join("; ")),
+            None => format!("lost job {n} is nowhere in Redis"),
+        })
+        .collect()
 }
 
 /// Why the jobs that ran more than once did.
@@ -1321,6 +1284,57 @@ mod tests {
         assert_eq!(evidence.totals["lost_leases"], 1);
         assert_eq!(evidence.by_pid[&9]["stale_completions"], 7);
         assert_eq!(evidence.totals["runtime_stalls"], 1);
+    }
+
+    #[test]
+    fn locate_finds_lost_jobs_wherever_they_are() {
+        let redis = RedisServer::start().unwrap();
+        let keys = QueueKeys::new(crate::QUEUE).unwrap();
+        let envelope = |n: u64, id: &str| {
+            Envelope {
+                id: id.to_string(),
+                payload: serde_json::to_vec(&Chaos {
+                    n,
+                    pad: String::new(),
+                    ms: None,
+                })
+                .unwrap(),
+                name: "chaos".to_string(),
+                ..Envelope::default()
+            }
+            .encode()
+        };
+        let mut resp = redis.resp().unwrap();
+        let pending = envelope(1, "A");
+        let lease = envelope(2, "B");
+        let dead = envelope(3, "C");
+        let lease_key = keys.lease_group(7);
+        let pushes: [&[&[u8]]; 3] = [
+            &[b"LPUSH", keys.pending.as_bytes(), &pending],
+            &[b"RPUSH", lease_key.as_bytes(), &lease],
+            &[b"HSET", keys.jobs.as_bytes(), b"C", &dead],
+        ];
+        for command in pushes {
+            resp.command(command).unwrap().into_result().unwrap();
+        }
+        let lines = locate(redis.port(), &keys, &[1, 2, 3, 4]);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(
+            lines[0].starts_with("lost job 1 is in pending (id A"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("lost job 2 is in {lease_key} (id B")),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("lost job 3 is in jobs hash (retry/dead/scheduled) (id C"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[3], "lost job 4 is nowhere in Redis");
+        let port = redis.port();
+        drop(redis);
+        assert!(locate(port, &keys, &[1]).is_empty());
     }
 
     #[test]

@@ -195,16 +195,18 @@ fn accept_loop(listener: &TcpListener, upstream_port: u16, shared: &Arc<Shared>)
             thread::sleep(Duration::from_millis(10));
             continue;
         };
-        let upstream =
-            match TcpStream::connect_timeout(&super::localhost(upstream_port), CONNECT_TIMEOUT) {
-                Ok(upstream) => upstream,
-                Err(_) => {
-                    // As if the upstream refused: the client sees its connection closed.
-                    shared.accepted.fetch_add(1, Ordering::SeqCst);
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-            };
+        let upstream = match TcpStream::connect_timeout(
+            &crate::ports::localhost(upstream_port),
+            CONNECT_TIMEOUT,
+        ) {
+            Ok(upstream) => upstream,
+            Err(_) => {
+                // As if the upstream refused: the client sees its connection closed.
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            }
+        };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
         if let Err(error) = serve(client, upstream, next_id, shared) {
             eprintln!("proxy on upstream port {upstream_port}: {error:#}");
@@ -374,7 +376,7 @@ struct XorShift(u64);
 
 impl XorShift {
     fn new() -> XorShift {
-        XorShift(super::pseudo_random() | 1)
+        XorShift(crate::ports::pseudo_random() | 1)
     }
 
     fn next(&mut self) -> u64 {
@@ -392,51 +394,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::RedisServer;
-    use std::io::BufRead;
-    use std::io::BufReader;
+    use crate::{RedisServer, Reply, Resp};
 
-    /// A minimal RESP client on one connection, with a read timeout so that
-    /// a test fails instead of hanging.
-    struct Client {
-        writer: TcpStream,
-        reader: BufReader<TcpStream>,
+    /// A connection with a long read timeout, so that a test fails instead
+    /// of hanging but slow replies still arrive.
+    fn connect(port: u16) -> Resp {
+        let mut client = Resp::connect(port).unwrap();
+        client.set_timeout(Duration::from_secs(10)).unwrap();
+        client
     }
 
-    impl Client {
-        fn connect(port: u16) -> Client {
-            let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            stream.set_nodelay(true).unwrap();
-            Client {
-                writer: stream.try_clone().unwrap(),
-                reader: BufReader::new(stream),
-            }
-        }
-
-        fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
-            let mut request = format!("*{}\r\n", args.len());
-            for arg in args {
-                request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-            }
-            self.writer.write_all(request.as_bytes())
-        }
-
-        /// Reads one simple (single-line) reply.
-        fn line(&mut self) -> std::io::Result<String> {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(ErrorKind::UnexpectedEof.into());
-            }
-            Ok(line.trim_end().to_owned())
-        }
-
-        fn command(&mut self, args: &[&str]) -> std::io::Result<String> {
-            self.send(args)?;
-            self.line()
-        }
+    fn status(text: &str) -> Reply {
+        Reply::Status(text.to_owned())
     }
 
     #[test]
@@ -444,22 +413,21 @@ mod tests {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
         assert_eq!(proxy.url(), format!("redis://127.0.0.1:{}", proxy.port()));
-        let mut client = Client::connect(proxy.port());
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
-        assert_eq!(client.command(&["SET", "k", "v"]).unwrap(), "+OK");
+        let mut client = connect(proxy.port());
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
+        assert_eq!(client.command(&["SET", "k", "v"]).unwrap(), status("OK"));
         assert_eq!(redis.cli(&["GET", "k"]).unwrap(), "v");
         // A large value crosses in several chunks, in order.
         let big: String = (0..300_000)
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
         proxy.set_latency(Duration::from_millis(1), Duration::from_millis(3));
-        assert_eq!(client.command(&["SET", "big", &big]).unwrap(), "+OK");
-        client.send(&["GET", "big"]).unwrap();
-        assert_eq!(client.line().unwrap(), format!("${}", big.len()));
-        let mut body = vec![0; big.len() + 2];
-        client.reader.read_exact(&mut body).unwrap();
-        assert_eq!(&body[..big.len()], big.as_bytes());
-        let _second = Client::connect(proxy.port()).command(&["PING"]).unwrap();
+        assert_eq!(client.command(&["SET", "big", &big]).unwrap(), status("OK"));
+        assert_eq!(
+            client.command(&["GET", "big"]).unwrap(),
+            Reply::Bulk(big.into_bytes())
+        );
+        let _second = connect(proxy.port()).command(&["PING"]).unwrap();
         assert_eq!(proxy.connections(), 2);
     }
 
@@ -467,11 +435,11 @@ mod tests {
     fn latency_delays_each_direction() {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
-        let mut client = Client::connect(proxy.port());
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        let mut client = connect(proxy.port());
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
         proxy.set_latency(Duration::from_millis(20), Duration::ZERO);
         let started = Instant::now();
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
         let round_trip = started.elapsed();
         assert!(round_trip >= Duration::from_millis(40), "{round_trip:?}");
         assert!(round_trip < Duration::from_secs(2), "{round_trip:?}");
@@ -484,14 +452,14 @@ mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         for _ in 0..50 {
-            assert_eq!(client.line().unwrap(), "+PONG");
+            assert_eq!(client.reply().unwrap(), status("PONG"));
         }
         let elapsed = started.elapsed();
         assert!(elapsed < Duration::from_millis(800), "{elapsed:?}");
 
         proxy.set_latency(Duration::ZERO, Duration::ZERO);
         let started = Instant::now();
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
         assert!(started.elapsed() < Duration::from_millis(40));
     }
 
@@ -500,16 +468,15 @@ mod tests {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
         proxy.set_latency(Duration::from_millis(1), Duration::from_millis(5));
-        let mut client = Client::connect(proxy.port());
+        let mut client = connect(proxy.port());
         for i in 0..200 {
             client.send(&["ECHO", &format!("m{i}")]).unwrap();
         }
         for i in 0..200 {
             assert_eq!(
-                client.line().unwrap(),
-                format!("${}", format!("m{i}").len())
+                client.reply().unwrap(),
+                Reply::Bulk(format!("m{i}").into_bytes())
             );
-            assert_eq!(client.line().unwrap(), format!("m{i}"));
         }
     }
 
@@ -517,15 +484,15 @@ mod tests {
     fn drop_connections_closes_open_connections() {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
-        let mut client = Client::connect(proxy.port());
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        let mut client = connect(proxy.port());
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
         proxy.drop_connections();
         // The write may still succeed locally; the reply cannot come.
         let result = client.command(&["PING"]);
         assert!(result.is_err(), "{result:?}");
         // New connections work.
-        let mut client = Client::connect(proxy.port());
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        let mut client = connect(proxy.port());
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
         assert_eq!(proxy.connections(), 2);
     }
 
@@ -534,12 +501,12 @@ mod tests {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
         proxy.set_latency(Duration::from_secs(30), Duration::ZERO);
-        let mut client = Client::connect(proxy.port());
+        let mut client = connect(proxy.port());
         client.send(&["PING"]).unwrap();
         thread::sleep(Duration::from_millis(50));
         let started = Instant::now();
         proxy.drop_connections();
-        assert!(client.line().is_err());
+        assert!(client.reply().is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -547,17 +514,13 @@ mod tests {
     fn stall_holds_bytes_until_unstalled() {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
-        let mut client = Client::connect(proxy.port());
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        let mut client = connect(proxy.port());
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
         proxy.set_stalled(true);
         client.send(&["INCR", "n"]).unwrap();
         client.send(&["INCR", "n"]).unwrap();
-        client
-            .reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let held = client.line();
+        client.set_timeout(Duration::from_millis(300)).unwrap();
+        let held = client.reply();
         assert!(
             held.is_err(),
             "a reply came through a stalled proxy: {held:?}"
@@ -565,14 +528,10 @@ mod tests {
         // Held in both directions: the commands did not reach Redis either.
         assert_eq!(redis.cli(&["GET", "n"]).unwrap(), "");
         proxy.set_stalled(false);
-        client
-            .reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        assert_eq!(client.line().unwrap(), ":1");
-        assert_eq!(client.line().unwrap(), ":2");
-        assert_eq!(client.command(&["PING"]).unwrap(), "+PONG");
+        client.set_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(client.reply().unwrap(), Reply::Integer(1));
+        assert_eq!(client.reply().unwrap(), Reply::Integer(2));
+        assert_eq!(client.command(&["PING"]).unwrap(), status("PONG"));
     }
 
     #[test]
@@ -580,7 +539,7 @@ mod tests {
         let redis = RedisServer::start().unwrap();
         let proxy = Proxy::start(redis.port()).unwrap();
         proxy.set_stalled(true);
-        let mut clients: Vec<Client> = (0..5).map(|_| Client::connect(proxy.port())).collect();
+        let mut clients: Vec<Resp> = (0..5).map(|_| connect(proxy.port())).collect();
         for client in &mut clients {
             client.send(&["PING"]).unwrap();
         }
@@ -595,7 +554,7 @@ mod tests {
         assert!(lock(&shared.threads).is_empty());
         assert!(lock(&shared.conns).is_empty());
         for client in &mut clients {
-            assert!(client.line().is_err());
+            assert!(client.reply().is_err());
         }
     }
 }
