@@ -170,7 +170,8 @@ const JOBS_AFTER: &str = "\
 States: pending (ready), active (running now), scheduled (delayed), retry (failed, waiting for
 the next attempt), dead (out of attempts), completed (tracked jobs only, within retention).
   ostq jobs videos --state dead --limit 50
-  ostq jobs videos --state retry --json";
+  ostq jobs videos --state retry --json
+  ostq jobs videos --cursor start --limit 100   # then --cursor <the next cursor it prints>";
 
 const JOB_AFTER: &str = "\
   ostq job 01J9ZK3M4Q...                 # searches every queue
@@ -332,6 +333,12 @@ pub struct JobsArgs {
     /// Skip this many first (paging)
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
+
+    /// Page with a cursor, which neither skips nor repeats jobs while workers change the queue:
+    /// `start` for the first page, then the `next` cursor each page gives (on stderr, or in the
+    /// JSON as {"jobs": […], "next": …})
+    #[arg(long, value_name = "CURSOR", conflicts_with = "offset")]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Args)]

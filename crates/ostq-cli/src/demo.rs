@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use ostq_testkit::RedisServer;
 use rand::Rng;
 
 use crate::cli::{DemoArgs, Global};
 use crate::output::job_table;
-use crate::private_redis::PrivateRedis;
 use crate::stats::{snapshot_json, snapshot_text, Collector};
 use crate::util::{connect, lib_err, redact, short_duration, Exit};
 
@@ -75,9 +75,13 @@ pub async fn run(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
                 redact(&url)
             );
         }
-        let server = tokio::task::spawn_blocking(PrivateRedis::start)
-            .await
-            .map_err(|e| anyhow!("cannot start redis-server: {e}"))??;
+        let server = tokio::task::spawn_blocking(|| {
+            RedisServer::builder()
+                .install_hint("apt-get install redis-server (or run scripts/demo, which does it)")
+                .start()
+        })
+        .await
+        .map_err(|e| anyhow!("cannot start redis-server: {e}"))??;
         let url = server.url();
         println!("ostq demo: private redis-server at {url} (stopped at the end)");
         private = Some(server);
@@ -127,106 +131,22 @@ async fn story(url: &str, queue_name: &str, json: bool, shared: bool) -> anyhow:
         start: Instant::now(),
     });
 
-    // The producer.
-    let videos: Vec<String> = VIDEOS.map(|n| format!("video-{n}")).collect();
-    queue
-        .push_bulk(&videos)
-        .await
-        .map_err(lib_err("push failed"))?;
-    printer.say(format!(
-        "producer: pushed {} video ids (video-{}..video-{}) to '{queue_name}' in one pipelined batch",
-        videos.len(),
-        VIDEOS.start(),
-        VIDEOS.end()
-    ));
-    queue
-        .push_with(CORRUPT, &ostq::PushOptions::new().max_attempts(2))
-        .await
-        .map_err(lib_err("push failed"))?;
-    printer.say(format!(
-        "producer: pushed {CORRUPT} (a corrupt file: it will fail both of its 2 attempts)"
-    ));
-    queue
-        .push_with(PREMIERE, &ostq::PushOptions::new().delay(PREMIERE_DELAY))
-        .await
-        .map_err(lib_err("push failed"))?;
-    printer.say(format!(
-        "producer: pushed {PREMIERE} to run in {} (a scheduled premiere)",
-        short_duration(PREMIERE_DELAY)
-    ));
+    produce(&queue, &printer).await?;
     collector.sample().await?;
 
-    // The workers.
     let completed = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::new();
     for n in 1..=WORKERS {
-        let name = format!("worker-{n}");
-        let handler_printer = printer.clone();
-        let error_printer = printer.clone();
-        let handler_name = name.clone();
-        let error_name = name.clone();
-        let done = completed.clone();
-        let worker = ostq::Worker::builder(client.clone())
-            .queue(queue_name)
-            .concurrency(1)
-            .lease(Duration::from_secs(5))
-            .retry(ostq::RetryPolicy::fixed(Duration::from_millis(300)))
-            .shutdown_timeout(Duration::from_secs(2))
-            .handler(move |job: ostq::Job| {
-                let printer = handler_printer.clone();
-                let name = handler_name.clone();
-                let done = done.clone();
-                async move { transcode(&job, &name, &printer, &done).await }
-            })
-            .on_error(move |job, failure| {
-                let video = String::from_utf8_lossy(&job.payload);
-                let next = if failure.dead {
-                    "out of attempts: moved to the dead set".to_string()
-                } else {
-                    match failure.retry_in {
-                        Some(d) => format!("retrying in {}", short_duration(d)),
-                        None => "will be retried".to_string(),
-                    }
-                };
-                error_printer.say(format!(
-                    "{error_name}: {video} FAILED (attempt {}/{}): {}; {next}",
-                    job.attempt, job.max_attempts, failure.error
-                ));
-            })
-            .build()
-            .map_err(lib_err("cannot build the worker"))?;
+        let worker = demo_worker(&client, queue_name, n, &printer, &completed)?;
         let mut rx = stop_rx.clone();
         running.push(tokio::spawn(worker.run_until(async move {
             let _ = rx.wait_for(|stop| *stop).await;
         })));
-        printer.say(format!("{name}: started (one video at a time)"));
+        printer.say(format!("worker-{n}: started (one video at a time)"));
     }
 
-    // Watch until every job has finished: completed or dead.
-    let started = Instant::now();
-    let finished = loop {
-        let c = queue
-            .counts()
-            .await
-            .map_err(lib_err("cannot read the counts"))?;
-        let ok = completed.load(Ordering::Relaxed);
-        if let Some(bar) = &printer.bar {
-            bar.set_position(ok + c.dead);
-            bar.set_message(format!(
-                "pending {}  active {}  scheduled {}  retry {}  dead {}",
-                c.pending, c.active, c.scheduled, c.retry, c.dead
-            ));
-        }
-        let idle = c.pending == 0 && c.active == 0 && c.scheduled == 0 && c.retry == 0;
-        if idle && ok + c.dead >= total {
-            break true;
-        }
-        if started.elapsed() > DEADLINE {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let finished = watch_until_finished(&queue, &printer, &completed, total).await?;
     let _ = stop_tx.send(true);
     for handle in running {
         match handle.await {
@@ -248,7 +168,6 @@ async fn story(url: &str, queue_name: &str, json: bool, shared: bool) -> anyhow:
         "all {total} jobs finished: {} transcoded, 1 in the dead set",
         completed.load(Ordering::Relaxed)
     ));
-
     let snap = collector.snapshot().await?;
     if json {
         println!(
@@ -258,6 +177,118 @@ async fn story(url: &str, queue_name: &str, json: bool, shared: bool) -> anyhow:
         return Ok(());
     }
     println!("\nFinal stats (`ostq stats`):\n{}", snapshot_text(&snap));
+    epilogue(&queue, queue_name, shared).await
+}
+
+/// The producer: the videos in one batch, a corrupt one, a scheduled premiere.
+async fn produce(queue: &ostq::Queue, printer: &Printer) -> anyhow::Result<()> {
+    let videos: Vec<String> = VIDEOS.map(|n| format!("video-{n}")).collect();
+    queue
+        .push_bulk(&videos)
+        .await
+        .map_err(lib_err("push failed"))?;
+    printer.say(format!(
+        "producer: pushed {} video ids (video-{}..video-{}) to '{}' in one pipelined batch",
+        videos.len(),
+        VIDEOS.start(),
+        VIDEOS.end(),
+        queue.name()
+    ));
+    queue
+        .push_with(CORRUPT, &ostq::PushOptions::new().max_attempts(2))
+        .await
+        .map_err(lib_err("push failed"))?;
+    printer.say(format!(
+        "producer: pushed {CORRUPT} (a corrupt file: it will fail both of its 2 attempts)"
+    ));
+    queue
+        .push_with(PREMIERE, &ostq::PushOptions::new().delay(PREMIERE_DELAY))
+        .await
+        .map_err(lib_err("push failed"))?;
+    printer.say(format!(
+        "producer: pushed {PREMIERE} to run in {} (a scheduled premiere)",
+        short_duration(PREMIERE_DELAY)
+    ));
+    Ok(())
+}
+
+/// Worker `n` of the story: one video at a time, each failure told.
+fn demo_worker(
+    client: &ostq::Client,
+    queue_name: &str,
+    n: usize,
+    printer: &Arc<Printer>,
+    completed: &Arc<AtomicU64>,
+) -> anyhow::Result<ostq::Worker> {
+    let name = format!("worker-{n}");
+    let (handler_printer, error_printer) = (printer.clone(), printer.clone());
+    let (handler_name, error_name) = (name.clone(), name);
+    let done = completed.clone();
+    ostq::Worker::builder(client.clone())
+        .queue(queue_name)
+        .concurrency(1)
+        .lease(Duration::from_secs(5))
+        .retry(ostq::RetryPolicy::fixed(Duration::from_millis(300)))
+        .shutdown_timeout(Duration::from_secs(2))
+        .handler(move |job: ostq::Job| {
+            let printer = handler_printer.clone();
+            let name = handler_name.clone();
+            let done = done.clone();
+            async move { transcode(&job, &name, &printer, &done).await }
+        })
+        .on_error(move |job, failure| {
+            let video = String::from_utf8_lossy(&job.payload);
+            let next = if failure.dead {
+                "out of attempts: moved to the dead set".to_string()
+            } else {
+                match failure.retry_in {
+                    Some(d) => format!("retrying in {}", short_duration(d)),
+                    None => "will be retried".to_string(),
+                }
+            };
+            error_printer.say(format!(
+                "{error_name}: {video} FAILED (attempt {}/{}): {}; {next}",
+                job.attempt, job.max_attempts, failure.error
+            ));
+        })
+        .build()
+        .map_err(lib_err("cannot build the worker"))
+}
+
+/// Watches the counts until every job has finished (completed or dead); false past the deadline.
+async fn watch_until_finished(
+    queue: &ostq::Queue,
+    printer: &Printer,
+    completed: &AtomicU64,
+    total: u64,
+) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    loop {
+        let c = queue
+            .counts()
+            .await
+            .map_err(lib_err("cannot read the counts"))?;
+        let ok = completed.load(Ordering::Relaxed);
+        if let Some(bar) = &printer.bar {
+            bar.set_position(ok + c.dead);
+            bar.set_message(format!(
+                "pending {}  active {}  scheduled {}  retry {}  dead {}",
+                c.pending, c.active, c.scheduled, c.retry, c.dead
+            ));
+        }
+        let idle = c.pending == 0 && c.active == 0 && c.scheduled == 0 && c.retry == 0;
+        if idle && ok + c.dead >= total {
+            return Ok(true);
+        }
+        if started.elapsed() > DEADLINE {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The dead set, and what to try next.
+async fn epilogue(queue: &ostq::Queue, queue_name: &str, shared: bool) -> anyhow::Result<()> {
     let dead = queue
         .jobs(ostq::JobState::Dead, 0, 10)
         .await

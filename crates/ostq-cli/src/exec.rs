@@ -41,93 +41,13 @@ pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     for q in &args.queues {
         check_queue(q)?;
     }
-    let mut command = args.command.into_iter();
-    let program = command
-        .next()
-        .ok_or_else(|| anyhow!("no program given: ostq worker --queue Q -- PROGRAM [ARG...]"))?;
-    let program = resolve_program(&program)?;
-    let rest: Vec<OsString> = command.collect();
-    let placeholder = rest.iter().any(|a| contains_placeholder(a));
-    let timeout = (!args.timeout.is_zero()).then_some(args.timeout);
-    let spec = Arc::new(ExecSpec {
-        program: program.into_os_string(),
-        args: rest,
-        placeholder,
-        timeout,
-    });
-
-    let url = global.redis_url();
-    let client = connect(&url).await?;
+    let spec = Arc::new(exec_spec(&args)?);
+    let client = connect(&global.redis_url()).await?;
     let counters = Arc::new(Counters::default());
-    // The library's own limit is a backstop: our handler kills the program at --timeout itself.
-    let library_timeout = timeout.map(|t| t + Duration::from_secs(10));
-
-    let mut builder = ostq::Worker::builder(client.clone())
-        .concurrency(args.concurrency as usize)
-        .lease(args.lease)
-        .timeout(library_timeout)
-        .shutdown_timeout(args.shutdown_timeout)
-        .retry(ostq::RetryPolicy::default().max_attempts(args.max_attempts));
-    for q in &args.queues {
-        builder = builder.queue(q);
-    }
-    let verbose = args.verbose;
-    let handler_spec = spec.clone();
-    let handler_counters = counters.clone();
-    let error_counters = counters.clone();
-    let worker = builder
-        .handler(move |job: ostq::Job| {
-            let spec = handler_spec.clone();
-            let counters = handler_counters.clone();
-            async move {
-                let started = Instant::now();
-                let out = run_job(&spec, &job).await?;
-                counters.completed.fetch_add(1, Ordering::Relaxed);
-                if verbose {
-                    eprintln!(
-                        "job {} on {} done in {} (attempt {})",
-                        job.id,
-                        job.queue,
-                        short_duration(started.elapsed()),
-                        job.attempt
-                    );
-                }
-                Ok::<_, ostq::BoxError>(out)
-            }
-        })
-        .on_error(move |job, failure| {
-            error_counters.failed.fetch_add(1, Ordering::Relaxed);
-            let next = if failure.dead {
-                "moved to the dead set".to_string()
-            } else if let Some(wait) = failure.retry_in {
-                format!("retry in {}", short_duration(wait))
-            } else {
-                "will be retried".to_string()
-            };
-            eprintln!(
-                "job {} on {} failed (attempt {}/{}): {}; {next}",
-                job.id,
-                job.queue,
-                job.attempt,
-                job.max_attempts,
-                one_line(&failure.error)
-            );
-        })
-        .build()
-        .map_err(lib_err("cannot start the worker"))?;
+    let worker = build_worker(&client, &args, spec.clone(), counters.clone())?;
 
     let queues: Vec<ostq::Queue> = args.queues.iter().map(|q| client.queue(q)).collect();
-    for q in &queues {
-        if let Ok(c) = q.counts().await {
-            if c.paused {
-                eprintln!(
-                    "note: queue '{}' is paused: no job is taken from it until `ostq resume {}`",
-                    q.name(),
-                    q.name()
-                );
-            }
-        }
-    }
+    note_paused(&queues).await;
     eprintln!(
         "ostq worker: serving {} with up to {} at once: {}{}",
         args.queues.join(", "),
@@ -140,8 +60,7 @@ pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         }
     );
 
-    let burst = args.burst;
-    let burst_wait = args.burst_wait;
+    let (burst, burst_wait) = (args.burst, args.burst_wait);
     let shutdown = async move {
         if burst {
             tokio::select! {
@@ -165,6 +84,105 @@ pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         counters.failed.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// The program to run for each job, from the command line after `--`.
+fn exec_spec(args: &WorkerArgs) -> anyhow::Result<ExecSpec> {
+    let mut command = args.command.iter();
+    let program = command
+        .next()
+        .ok_or_else(|| anyhow!("no program given: ostq worker --queue Q -- PROGRAM [ARG...]"))?;
+    let program = resolve_program(program)?;
+    let rest: Vec<OsString> = command.cloned().collect();
+    let placeholder = rest.iter().any(|a| contains_placeholder(a));
+    Ok(ExecSpec {
+        program: program.into_os_string(),
+        args: rest,
+        placeholder,
+        timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+    })
+}
+
+/// The library worker that runs `spec` for each job and reports each failure on stderr.
+fn build_worker(
+    client: &ostq::Client,
+    args: &WorkerArgs,
+    spec: Arc<ExecSpec>,
+    counters: Arc<Counters>,
+) -> anyhow::Result<ostq::Worker> {
+    // The library's own limit is a backstop: our handler kills the program at --timeout itself.
+    let library_timeout = spec.timeout.map(|t| t + Duration::from_secs(10));
+    let mut builder = ostq::Worker::builder(client.clone())
+        .concurrency(args.concurrency as usize)
+        .lease(args.lease)
+        .timeout(library_timeout)
+        .shutdown_timeout(args.shutdown_timeout)
+        .retry(ostq::RetryPolicy::default().max_attempts(args.max_attempts));
+    for q in &args.queues {
+        builder = builder.queue(q);
+    }
+    let verbose = args.verbose;
+    let error_counters = counters.clone();
+    builder
+        .handler(move |job: ostq::Job| {
+            let spec = spec.clone();
+            let counters = counters.clone();
+            async move {
+                let started = Instant::now();
+                let out = run_job(&spec, &job).await?;
+                counters.completed.fetch_add(1, Ordering::Relaxed);
+                if verbose {
+                    eprintln!(
+                        "job {} on {} done in {} (attempt {})",
+                        job.id,
+                        job.queue,
+                        short_duration(started.elapsed()),
+                        job.attempt
+                    );
+                }
+                Ok::<_, ostq::BoxError>(out)
+            }
+        })
+        .on_error(move |job, failure| {
+            error_counters.failed.fetch_add(1, Ordering::Relaxed);
+            report_failure(job, failure)
+        })
+        .build()
+        .map_err(lib_err("cannot start the worker"))
+}
+
+/// One line on stderr per failed attempt.
+fn report_failure(job: &ostq::Job, failure: &ostq::Failure) {
+    let next = if failure.dead {
+        "moved to the dead set".to_string()
+    } else if let Some(wait) = failure.retry_in {
+        format!("retry in {}", short_duration(wait))
+    } else {
+        "will be retried".to_string()
+    };
+    eprintln!(
+        "job {} on {} failed (attempt {}/{}): {}; {next}",
+        job.id,
+        job.queue,
+        job.attempt,
+        job.max_attempts,
+        one_line(&failure.error)
+    );
+}
+
+/// Says which of the queues are paused (their jobs wait until `ostq resume`).
+async fn note_paused(queues: &[ostq::Queue]) {
+    for q in queues {
+        if let Ok(c) = q.counts().await {
+            if c.paused {
+                eprintln!(
+                    "note: queue '{}' is paused: no job is taken from it until `ostq resume {}`",
+                    q.name(),
+                    q.name()
+                );
+            }
+        }
+    }
 }
 
 fn describe_command(spec: &ExecSpec) -> String {
@@ -306,7 +324,12 @@ impl Drop for GroupKiller {
 }
 
 /// Runs the program for one job; Ok(stdout) when it exits 0.
-async fn run_job(spec: &ExecSpec, job: &ostq::Job) -> Result<Option<Vec<u8>>, ostq::BoxError> {
+/// The program's command for one job: the payload in its arguments or on its stdin, the job in
+/// its environment, in a process group of its own.
+fn command_for(
+    spec: &ExecSpec,
+    job: &ostq::Job,
+) -> Result<tokio::process::Command, ostq::BoxError> {
     let mut cmd = tokio::process::Command::new(&spec.program);
     if spec.placeholder {
         if job.payload.contains(&0) {
@@ -337,6 +360,11 @@ async fn run_job(spec: &ExecSpec, job: &ostq::Job) -> Result<Option<Vec<u8>>, os
     #[cfg(unix)]
     cmd.process_group(0);
 
+    Ok(cmd)
+}
+
+async fn run_job(spec: &ExecSpec, job: &ostq::Job) -> Result<Option<Vec<u8>>, ostq::BoxError> {
+    let mut cmd = command_for(spec, job)?;
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", Path::new(&spec.program).display()))?;

@@ -7,7 +7,6 @@ mod demo;
 mod exec;
 mod ops;
 mod output;
-mod private_redis;
 mod push;
 mod stats;
 mod util;

@@ -2,13 +2,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
 use crate::cli::{
     DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RetryArgs,
 };
-use crate::output::{job_detail, job_json, job_table};
+use crate::output::{job_detail, job_table};
 use crate::util::{check_queue, connect, lib_err};
 
 /// Most jobs one `ostq jobs` call lists.
@@ -28,17 +28,61 @@ pub async fn jobs(global: &Global, args: JobsArgs) -> anyhow::Result<()> {
         );
     }
     let queue = queue_handle(global, &args.queue).await?;
+    if let Some(cursor) = &args.cursor {
+        return jobs_page(global, &queue, &args, cursor).await;
+    }
     let list = queue
         .jobs(args.state, args.offset, args.limit)
         .await
         .map_err(lib_err("cannot list jobs"))?;
     if global.json {
-        let out: Vec<_> = list.iter().map(job_json).collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if list.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        print_jobs(&list, &args);
+    }
+    Ok(())
+}
+
+fn print_jobs(list: &[ostq::JobInfo], args: &JobsArgs) {
+    if list.is_empty() {
         eprintln!("no {} jobs in '{}'", args.state, args.queue);
     } else {
-        print!("{}", job_table(&list));
+        print!("{}", job_table(list));
+    }
+}
+
+/// `ostq jobs --cursor`: one page of the library's cursor listing.
+async fn jobs_page(
+    global: &Global,
+    queue: &ostq::Queue,
+    args: &JobsArgs,
+    cursor: &str,
+) -> anyhow::Result<()> {
+    let max = ostq::admin::listing::MAX_PAGE;
+    if args.limit > max {
+        bail!("--limit {} is above {max} with --cursor", args.limit);
+    }
+    let cursor = match cursor {
+        "start" => None,
+        text => Some(
+            text.parse::<ostq::Cursor>()
+                .map_err(|e| anyhow!("--cursor {text:?}: {e}"))?,
+        ),
+    };
+    let page = queue
+        .page(args.state, cursor.as_ref(), args.limit)
+        .await
+        .map_err(lib_err("cannot list jobs"))?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    print_jobs(&page.jobs, args);
+    if let Some(next) = &page.next {
+        eprintln!(
+            "next page: ostq jobs {} --state {} --limit {} --cursor {next}",
+            args.queue, args.state, args.limit
+        );
     }
     Ok(())
 }
@@ -84,7 +128,7 @@ pub async fn job(global: &Global, args: JobArgs) -> anyhow::Result<()> {
         bail!("no job {id:?} in {place} (completed jobs are kept only when pushed with --track)");
     };
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&job_json(&info))?);
+        println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!("{}", job_detail(&info));
     }

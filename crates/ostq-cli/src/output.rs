@@ -1,9 +1,7 @@
-//! How jobs and payloads are shown: text for people, JSON for programs.
+//! How jobs and payloads are shown to people. (For programs, `--json` prints the library's own
+//! serde forms: [`ostq::JobInfo`], [`ostq::Page`], …)
 
 use std::time::Duration;
-
-use base64::Engine;
-use serde_json::{json, Map, Value};
 
 use crate::util::{now_ms, rfc3339_ms, short_duration};
 
@@ -32,48 +30,6 @@ pub fn truncate(text: &str, max: usize) -> String {
     let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
     out
-}
-
-/// Puts bytes into a JSON object: `<key>` as a string when UTF-8, else `<key>_base64`.
-fn put_bytes(obj: &mut Map<String, Value>, key: &str, bytes: Option<&[u8]>) {
-    match bytes {
-        None => {
-            obj.insert(key.into(), Value::Null);
-        }
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(text) => {
-                obj.insert(key.into(), Value::String(text.to_string()));
-            }
-            Err(_) => {
-                obj.insert(key.into(), Value::Null);
-                obj.insert(
-                    format!("{key}_base64"),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-                );
-            }
-        },
-    }
-}
-
-/// A job as JSON. Payloads and results that are not UTF-8 come as `payload_base64`/`result_base64`.
-pub fn job_json(info: &ostq::JobInfo) -> Value {
-    let mut obj = Map::new();
-    obj.insert("id".into(), json!(info.id));
-    obj.insert("queue".into(), json!(info.queue));
-    obj.insert("state".into(), json!(info.state.as_str()));
-    obj.insert("name".into(), json!(info.name));
-    put_bytes(&mut obj, "payload", info.payload.as_deref());
-    obj.insert("attempts".into(), json!(info.attempts));
-    obj.insert("max_attempts".into(), json!(info.max_attempts));
-    obj.insert("priority".into(), json!(info.priority));
-    obj.insert("enqueued_at_ms".into(), json!(info.enqueued_at_ms));
-    obj.insert("started_at_ms".into(), json!(info.started_at_ms));
-    obj.insert("finished_at_ms".into(), json!(info.finished_at_ms));
-    obj.insert("due_at_ms".into(), json!(info.due_at_ms));
-    obj.insert("last_error".into(), json!(info.last_error));
-    put_bytes(&mut obj, "result", info.result.as_deref());
-    obj.insert("tracked".into(), json!(info.tracked));
-    Value::Object(obj)
 }
 
 /// "3s ago" / "in 5m 0s" for a unix-ms instant.

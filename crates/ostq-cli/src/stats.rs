@@ -1,51 +1,22 @@
 //! `ostq stats`: counts, throughput, failure rate and latency per queue, Redis memory and clients,
 //! alert thresholds for cron.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use ostq::admin::{Snapshot, StatsSampler};
+use serde_json::Value;
 
 use crate::cli::{Global, StatsArgs};
-use crate::util::{check_queue, connect, lib_err, now_ms, short_duration, Exit};
+use crate::util::{check_queue, connect, lib_err, short_duration, Exit};
 
 /// The window jobs/s is measured over in `--watch`.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
-/// What one look at a queue found.
-#[derive(Debug, Clone)]
-pub struct QueueStats {
-    pub counts: ostq::QueueCounts,
-    /// Age of the job that runs next, if any is pending.
-    pub oldest_pending: Option<Duration>,
-    /// Attempts finished per second over `rate_window`, when measured.
-    pub jobs_per_sec: Option<f64>,
-    pub rate_window: Option<Duration>,
-}
-
-impl QueueStats {
-    /// failed / processed since the queue began.
-    pub fn failure_rate(&self) -> Option<f64> {
-        let c = &self.counts;
-        (c.processed_total > 0).then(|| c.failed_total as f64 / c.processed_total as f64)
-    }
-}
-
-pub use ostq::RedisInfo;
-
-/// One full look: every queue and Redis.
-pub struct Snapshot {
-    pub queues: Vec<QueueStats>,
-    pub redis: RedisInfo,
-}
-
-/// Reads the stats of the given queues (all known queues for an empty list).
+/// Reads the stats of the given queues (all known queues for an empty list), through the
+/// library's [`StatsSampler`]: rates, failure rate and the age of the next job are computed there.
 pub struct Collector {
-    client: ostq::Client,
-    names: Vec<String>,
-    /// (when, processed_total per queue) samples, newest last.
-    history: VecDeque<(Instant, BTreeMap<String, u64>)>,
+    sampler: StatsSampler,
 }
 
 impl Collector {
@@ -54,101 +25,24 @@ impl Collector {
             check_queue(q)?;
         }
         let client = connect(url).await?;
-        Ok(Self {
-            client,
-            names,
-            history: VecDeque::new(),
-        })
-    }
-
-    async fn queue_names(&self) -> anyhow::Result<Vec<String>> {
-        if self.names.is_empty() {
-            self.client
-                .queues()
-                .await
-                .map_err(lib_err("cannot list the queues"))
-        } else {
-            Ok(self.names.clone())
-        }
+        let sampler = StatsSampler::new(&client).queues(names).window(RATE_WINDOW);
+        Ok(Self { sampler })
     }
 
     /// Processed totals now, remembered for the rate.
     pub async fn sample(&mut self) -> anyhow::Result<Vec<ostq::QueueCounts>> {
-        let mut all = Vec::new();
-        for name in self.queue_names().await? {
-            let counts = self
-                .client
-                .queue(&name)
-                .counts()
-                .await
-                .map_err(lib_err("cannot read queue counts"))?;
-            all.push(counts);
-        }
-        let now = Instant::now();
-        let totals = all
-            .iter()
-            .map(|c| (c.queue.clone(), c.processed_total))
-            .collect();
-        self.history.push_back((now, totals));
-        while self
-            .history
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            self.history.pop_front();
-        }
-        Ok(all)
+        self.sampler
+            .sample()
+            .await
+            .map_err(lib_err("cannot read queue counts"))
     }
 
     /// A full look; jobs/s is measured against the oldest remembered sample.
     pub async fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
-        let all = self.sample().await?;
-        let (now, _) = self
-            .history
-            .back()
-            .cloned()
-            .unwrap_or((Instant::now(), BTreeMap::new()));
-        let oldest = self.history.front().cloned();
-        let mut queues = Vec::new();
-        for counts in all {
-            let (jobs_per_sec, rate_window) = match &oldest {
-                Some((then, totals)) if now.duration_since(*then) >= Duration::from_millis(200) => {
-                    let dt = now.duration_since(*then);
-                    let before = totals.get(&counts.queue).copied().unwrap_or(0);
-                    let done = counts.processed_total.saturating_sub(before);
-                    (Some(done as f64 / dt.as_secs_f64()), Some(dt))
-                }
-                _ => (None, None),
-            };
-            let oldest_pending = if counts.pending > 0 {
-                let head = self
-                    .client
-                    .queue(&counts.queue)
-                    .jobs(ostq::JobState::Pending, 0, 1)
-                    .await
-                    .map_err(lib_err("cannot read pending jobs"))?;
-                head.first()
-                    .and_then(|j| j.enqueued_at_ms)
-                    .map(|t| Duration::from_millis(now_ms().saturating_sub(t)))
-            } else {
-                None
-            };
-            queues.push(QueueStats {
-                counts,
-                oldest_pending,
-                jobs_per_sec,
-                rate_window,
-            });
-        }
-        let redis = self.redis_info().await?;
-        Ok(Snapshot { queues, redis })
-    }
-
-    async fn redis_info(&mut self) -> anyhow::Result<RedisInfo> {
-        self.client
-            .redis_info()
+        self.sampler
+            .snapshot()
             .await
-            .map_err(lib_err("cannot read Redis INFO"))
+            .map_err(lib_err("cannot read the queue stats"))
     }
 }
 
@@ -171,7 +65,7 @@ fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
                 ));
             }
         }
-        if let (Some(max), Some(rate)) = (t.max_failure_rate, q.failure_rate()) {
+        if let (Some(max), Some(rate)) = (t.max_failure_rate, q.failure_rate) {
             if rate > max {
                 out.push(format!(
                     "queue '{name}' failure rate is {:.1}% (max {:.1}%)",
@@ -180,7 +74,7 @@ fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
                 ));
             }
         }
-        if let (Some(max), Some(age)) = (t.max_latency, q.oldest_pending) {
+        if let (Some(max), Some(age)) = (t.max_latency, q.oldest_pending_age()) {
             if age > max {
                 out.push(format!(
                     "queue '{name}' latency is {} (max {})",
@@ -193,36 +87,19 @@ fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
     out
 }
 
-/// The JSON document of a snapshot.
+/// The JSON document of a snapshot: the library's [`Snapshot`] as it serializes, and the alerts.
 pub fn snapshot_json(snap: &Snapshot, alerts: &[String]) -> Value {
-    let mut queues = Map::new();
-    for q in &snap.queues {
-        let c = &q.counts;
-        queues.insert(
-            c.queue.clone(),
-            json!({
-                "pending": c.pending,
-                "active": c.active,
-                "scheduled": c.scheduled,
-                "retry": c.retry,
-                "dead": c.dead,
-                "completed": c.completed,
-                "processed_total": c.processed_total,
-                "failed_total": c.failed_total,
-                "recovered_total": c.recovered_total,
-                "paused": c.paused,
-                "failure_rate": q.failure_rate(),
-                "oldest_pending_age_ms": q.oldest_pending.map(|d| d.as_millis() as u64),
-                "jobs_per_sec": q.jobs_per_sec,
-                "rate_window_secs": q.rate_window.map(|d| d.as_secs_f64()),
-            }),
-        );
+    #[derive(serde::Serialize)]
+    struct Document<'a> {
+        #[serde(flatten)]
+        snapshot: &'a Snapshot,
+        alerts: &'a [String],
     }
-    json!({
-        "queues": queues,
-        "redis": serde_json::to_value(&snap.redis).unwrap_or_default(),
-        "alerts": alerts,
+    serde_json::to_value(Document {
+        snapshot: snap,
+        alerts,
     })
+    .unwrap_or_default()
 }
 
 /// The table of a snapshot for people.
@@ -254,7 +131,7 @@ pub fn snapshot_text(snap: &Snapshot) -> String {
             c.queue.clone()
         };
         let rate = q
-            .failure_rate()
+            .failure_rate
             .map(|r| format!("{:.1}", r * 100.0))
             .unwrap_or_else(|| "-".into());
         let jps = q
@@ -262,10 +139,10 @@ pub fn snapshot_text(snap: &Snapshot) -> String {
             .map(|r| format!("{r:.1}"))
             .unwrap_or_else(|| "-".into());
         let latency = q
-            .oldest_pending
+            .oldest_pending_age()
             .map(short_duration)
             .unwrap_or_else(|| "-".into());
-        window = window.or(q.rate_window);
+        window = window.or(q.rate_window());
         out.push_str(&format!(
             "{:<24} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8} {:>6} {:>8} {:>9}\n",
             name,

@@ -133,27 +133,42 @@ pub fn parse_state(text: &str) -> Result<ostq::JobState, String> {
 /// Hides a password in a URL before it is shown (the library's rule).
 pub use ostq::connection::redact;
 
-/// Explains a Redis error in words an operator can act on.
-pub fn explain_redis_error(url: &str, err: &dyn std::fmt::Display) -> anyhow::Error {
-    let text = one_line(&err.to_string());
-    let lower = text.to_ascii_lowercase();
+/// The URLs the library takes, for messages about a bad one.
+const URL_FORMS: &str = "redis://[user:password@]host[:port][/db], \
+     redis+sentinel://host:port[,…]/<service> or redis+cluster://host:port[,…]";
+
+/// Whether a URL carries a password (`scheme://[user]:password@…`).
+fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .is_some_and(|(_, password)| !password.is_empty())
+}
+
+/// Explains a library error met connecting to Redis in words an operator can act on, by its kind.
+pub fn explain_redis_error(url: &str, err: &ostq::Error) -> anyhow::Error {
     let shown = redact(url);
-    if lower.contains("wrongpass")
-        || lower.contains("authenticationfailed")
-        || lower.contains("password authentication failed")
-        || lower.contains("invalid username-password")
-    {
-        anyhow!("Redis at {shown} refused the password: check the user and password in the URL")
-    } else if lower.contains("noauth") || lower.contains("authentication required") {
-        anyhow!(
+    match err {
+        ostq::Error::Auth { .. } if has_password(url) => {
+            anyhow!("Redis at {shown} refused the password: check the user and password in the URL")
+        }
+        ostq::Error::Auth { .. } => anyhow!(
             "Redis at {shown} requires a password: put it in the URL, redis://:PASSWORD@host:port"
-        )
-    } else if lower.contains("connection refused") {
-        anyhow!("cannot connect to Redis at {shown}: connection refused (is redis-server running there?)")
-    } else if lower.contains("timed out") || lower.contains("timeout") {
-        anyhow!("cannot connect to Redis at {shown}: timed out")
-    } else {
-        anyhow!("cannot use Redis at {shown}: {text}")
+        ),
+        ostq::Error::Unreachable { message, .. } => anyhow!(
+            "cannot connect to Redis at {shown}: {} (is redis-server running there?)",
+            one_line(message)
+        ),
+        // `connect` is given nothing but the URL: a configuration error is about it.
+        ostq::Error::Config(msg) => anyhow!("{msg} (expected {URL_FORMS})"),
+        other => anyhow!(
+            "cannot use Redis at {shown}: {}",
+            one_line(&other.to_string())
+        ),
     }
 }
 
@@ -165,14 +180,11 @@ fn no_answer(url: &str) -> anyhow::Error {
     )
 }
 
-/// Connects the ostq client, with a time limit and errors that say what went wrong.
+/// Connects the ostq client (one server, Sentinel or Cluster), with a time limit and errors that
+/// say what went wrong.
 pub async fn connect(url: &str) -> anyhow::Result<ostq::Client> {
     match tokio::time::timeout(CONNECT_TIMEOUT, ostq::Client::connect(url)).await {
         Err(_) => Err(no_answer(url)),
-        Ok(Err(ostq::Error::Config(msg))) if msg.contains("URL") => Err(anyhow!(
-            "{msg} (expected redis://[user:password@]host[:port][/db], redis+sentinel://host:port[,…]/<service> or redis+cluster://host:port[,…])"
-        )),
-        Ok(Err(ostq::Error::Config(msg))) => Err(anyhow!("{msg}")),
         Ok(Err(e)) => Err(explain_redis_error(url, &e)),
         Ok(Ok(client)) => {
             // Connecting sends nothing without a password: one read shows whether Redis wants one.
@@ -182,17 +194,6 @@ pub async fn connect(url: &str) -> anyhow::Result<ostq::Client> {
                 Ok(Ok(_)) => Ok(client),
             }
         }
-    }
-}
-
-/// A plain redis-rs connection to the same server, for INFO.
-pub async fn raw_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client =
-        redis::Client::open(url).map_err(|e| anyhow!("bad Redis URL {:?}: {e}", redact(url)))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await {
-        Err(_) => Err(no_answer(url)),
-        Ok(Err(e)) => Err(explain_redis_error(url, &e)),
-        Ok(Ok(conn)) => Ok(conn),
     }
 }
 
@@ -265,6 +266,17 @@ mod tests {
         assert!((parse_rate("0.1").unwrap().0 - 0.1).abs() < 1e-9);
         assert!(parse_rate("2").is_err());
         assert!(parse_rate("abc").is_err());
+    }
+
+    #[test]
+    fn passwords_in_urls_are_noticed() {
+        assert!(has_password("redis://:pw@h:1/0"));
+        assert!(has_password("redis://user:pw@h:1"));
+        assert!(has_password("redis+sentinel://:pw@h:1,h:2/mymaster"));
+        assert!(!has_password("redis://user@h:1"));
+        assert!(!has_password("redis://h:1"));
+        assert!(!has_password("redis://:@h:1"));
+        assert!(!has_password("nonsense"));
     }
 
     #[test]

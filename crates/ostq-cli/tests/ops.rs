@@ -259,3 +259,40 @@ fn pause_and_resume() {
     worker.kill().unwrap();
     worker.wait().unwrap();
 }
+
+/// `ostq jobs --cursor`: pages that follow each other by cursor, as JSON ({jobs, next}) and as a
+/// table with the next command on stderr; a bad cursor is one clear line.
+#[test]
+fn jobs_pages_with_a_cursor() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let payloads: Vec<String> = (0..25).map(|i| format!("v{i}")).collect();
+    let mut args = vec!["push", "c"];
+    args.extend(payloads.iter().map(String::as_str));
+    ok(&url, &args);
+    let mut seen = Vec::new();
+    let mut cursor = "start".to_string();
+    loop {
+        let page = json(&url, &["jobs", "c", "--limit", "10", "--cursor", &cursor]);
+        let jobs = page["jobs"].as_array().unwrap();
+        seen.extend(
+            jobs.iter()
+                .map(|j| j["payload"].as_str().unwrap().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, payloads);
+
+    let out = run(&url, &["jobs", "c", "--limit", "3", "--cursor", "start"]);
+    assert_success(&out, &["jobs --cursor start"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("next page: ostq jobs c --state pending --limit 3 --cursor "),
+        "{stderr}"
+    );
+    assert_one_line_error(&run(&url, &["jobs", "c", "--cursor", "nope"]), "cursor");
+}

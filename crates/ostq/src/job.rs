@@ -235,8 +235,21 @@ impl std::str::FromStr for JobState {
     }
 }
 
-/// What inspection knows about one job.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// What inspection knows about one job. Its JSON form is stable: bytes come as text when they
+/// are UTF-8, else as `payload_base64` / `result_base64` (see [`crate::admin`]).
+///
+/// ```
+/// # fn show(info: &ostq::JobInfo) -> serde_json::Result<()> {
+/// let json = serde_json::to_string(info)?;
+/// let back: ostq::JobInfo = serde_json::from_str(&json)?;
+/// assert_eq!(&back, info);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    into = "crate::admin::views::JobView",
+    try_from = "crate::admin::views::JobView"
+)]
 #[non_exhaustive]
 pub struct JobInfo {
     /// The job's id.

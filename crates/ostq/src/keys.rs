@@ -121,6 +121,36 @@ impl QueueKeys {
         format!("{}cron:{name}", self.prefix)
     }
 
+    /// A LIST [`crate::Queue::probe_throughput`] fills and empties to measure Redis itself;
+    /// deleted after.
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::new("q").unwrap();
+    /// assert_eq!(keys.probe(), "ostq:{q}:probe");
+    /// ```
+    pub fn probe(&self) -> String {
+        format!("{}probe", self.prefix)
+    }
+
+    /// A `SCAN MATCH` pattern for every key of the queue, per-job keys included (the queue name
+    /// with the pattern's special characters escaped).
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::new("a*b").unwrap();
+    /// assert_eq!(keys.pattern(), "ostq:{a\\*b}:*");
+    /// ```
+    pub fn pattern(&self) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 8);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('*');
+        out
+    }
+
     /// The `KEYS` of `push.lua`, in its order (each script's header names its keys).
     pub fn push_keys(&self) -> [&str; 7] {
         [
@@ -281,6 +311,13 @@ mod tests {
             assert!(QueueKeys::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(QueueKeys::new(&"q".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn the_pattern_escapes_glob_characters() {
+        let keys = QueueKeys::new("a*b?[c]").unwrap();
+        assert_eq!(keys.pattern(), "ostq:{a\\*b\\?\\[c\\]}:*");
+        assert_eq!(QueueKeys::new("q").unwrap().pattern(), "ostq:{q}:*");
     }
 
     #[test]

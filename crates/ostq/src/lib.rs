@@ -42,7 +42,7 @@ mod store;
 pub mod task;
 pub mod worker;
 
-pub use admin::{Cancel, QueueCounts, RedisInfo};
+pub use admin::{Cancel, Cursor, Page, QueueCounts, QueueStats, RedisInfo};
 pub use error::{Error, Result};
 pub use job::{Job, JobInfo, JobState};
 pub use producer::{PushOptions, Queue};

@@ -1,18 +1,61 @@
-//! The admin API: the one data API under the CLI, the dashboard and export. Counts per state,
-//! job listings with paging, one job by id, retry, delete, purge, cancel, pause and resume, rate
-//! limits and Redis's own figures. It speaks in queues and jobs; the commands are in the storage
-//! layer (`store::queues`).
+//! The admin API: the one data API under the CLI, the dashboard and export. It speaks in queues
+//! and jobs; the commands are in the storage layer (`store::queues`, `store::server`).
+//!
+//! - this file: counts per state ([`QueueCounts`]), one job by id, retry, delete, purge, cancel,
+//!   pause and resume, rate limits, and the offset listing [`Queue::jobs`];
+//! - [`listing`]: listings with cursors ([`Queue::page`], [`Page`], [`Cursor`]) that neither skip
+//!   nor repeat jobs while the queue changes;
+//! - [`stats`]: failure rate, age of the next job, jobs per second over a window
+//!   ([`QueueStats`], [`Snapshot`], [`StatsSampler`]);
+//! - [`server`]: Redis's figures ([`RedisInfo`], [`ServerStats`]), [`Client::ping`], and
+//!   [`Queue::probe_throughput`];
+//! - `remove`: [`Queue::memory_usage`] and [`Queue::remove`];
+//! - `views`: the stable JSON form of [`JobInfo`];
+//!
+//! Every type here serializes to a stable JSON form (documented on each): fields may be added,
+//! none is renamed or removed. `ostq … --json` prints exactly these. A job ([`JobInfo`]) comes
+//! with its bytes (payload, result) as text when they are valid UTF-8; otherwise the text field
+//! is `null` and `payload_base64` / `result_base64` holds them in standard base64; times are
+//! unix milliseconds and `progress` is the JSON text its handler reported:
+//!
+//! ```json
+//! {"id": "01HZX…", "queue": "videos", "state": "dead", "name": null,
+//!  "payload": null, "payload_base64": "//5vaw==",
+//!  "attempts": 1, "max_attempts": 1, "priority": 0,
+//!  "enqueued_at_ms": 1714000000000, "started_at_ms": null, "finished_at_ms": 1714000000500,
+//!  "due_at_ms": null, "last_error": "exit code 1", "result": null, "progress": null,
+//!  "tracked": false}
+//! ```
+//!
+//! A new admin call goes here (or in the file of its area) and reads or writes through one new
+//! function in `store/queues.rs` (or `store/server.rs` for the server's own figures).
 
 use std::time::Duration;
 
-use crate::envelope::Envelope;
 use crate::job::{JobInfo, JobState};
 use crate::keys::QueueKeys;
 use crate::producer::Queue;
-use crate::store::queues::{self as stored, SCAN_CHUNK};
-use crate::store::Conn;
+use crate::store::queues as stored;
 use crate::Client;
 use crate::{Error, Result};
+
+mod cursor;
+mod jobs;
+pub mod listing;
+mod remove;
+pub mod server;
+pub mod stats;
+pub(crate) mod views;
+
+use jobs::{
+    active_jobs, find_active, find_pending, info_from_bytes, infos_by_id, oldest_ids, record_info,
+};
+
+pub use cursor::Cursor;
+pub use listing::Page;
+pub use remove::{Measure, QueueMemory, Removal};
+pub use server::{CommandStats, Probe, RedisInfo, ServerStats};
+pub use stats::{QueueStats, QueueTotals, Snapshot, StatsSampler};
 
 /// What [`Queue::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +69,16 @@ pub enum Cancel {
 }
 
 /// How many jobs a queue holds in each state, and its totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+///
+/// JSON: `{"queue": "videos", "pending": 3, "active": 1, "scheduled": 0, "retry": 0, "dead": 2,
+/// "completed": 0, "processed_total": 10, "failed_total": 2, "recovered_total": 0,
+/// "paused": false}`.
+///
+/// ```
+/// let counts = ostq::QueueCounts::default();
+/// assert_eq!(serde_json::to_value(&counts).unwrap()["pending"], 0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct QueueCounts {
     /// The queue.
@@ -53,6 +105,21 @@ pub struct QueueCounts {
     pub paused: bool,
 }
 
+impl QueueCounts {
+    /// Failed over processed attempts since the queue began; `None` before the first attempt.
+    ///
+    /// ```
+    /// let mut counts = ostq::QueueCounts::default();
+    /// assert_eq!(counts.failure_rate(), None);
+    /// counts.processed_total = 4;
+    /// counts.failed_total = 1;
+    /// assert_eq!(counts.failure_rate(), Some(0.25));
+    /// ```
+    pub fn failure_rate(&self) -> Option<f64> {
+        (self.processed_total > 0).then(|| self.failed_total as f64 / self.processed_total as f64)
+    }
+}
+
 pub(crate) async fn counts_of(client: &Client, keys: &QueueKeys) -> Result<QueueCounts> {
     let c = stored::counts(&mut client.conn(), keys).await?;
     Ok(QueueCounts {
@@ -70,75 +137,7 @@ pub(crate) async fn counts_of(client: &Client, keys: &QueueKeys) -> Result<Queue
     })
 }
 
-/// Redis's own figures, from `INFO` (summed over the nodes of a Cluster).
-///
-/// ```no_run
-/// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
-/// let info = client.redis_info().await?;
-/// if info.maxmemory_policy != "noeviction" {
-///     eprintln!("Redis {} may evict queue keys ({})", info.version, info.maxmemory_policy);
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct RedisInfo {
-    /// `redis_version`.
-    pub version: String,
-    /// Bytes in use (`used_memory`).
-    pub used_memory: u64,
-    /// The same, as Redis writes it for people (`used_memory_human`).
-    pub used_memory_human: String,
-    /// The memory limit in bytes; 0 when there is none.
-    pub maxmemory: u64,
-    /// What Redis does at the limit; anything but `noeviction` may delete queue keys.
-    pub maxmemory_policy: String,
-    /// Client connections (`connected_clients`).
-    pub connected_clients: u64,
-}
-
-impl RedisInfo {
-    /// Reads the text of one `INFO` reply into `self`, adding the counters (for Cluster nodes).
-    fn add(&mut self, text: &str) {
-        for line in text.lines() {
-            let Some((key, value)) = line.trim().split_once(':') else {
-                continue;
-            };
-            let number = || value.parse::<u64>().unwrap_or(0);
-            match key {
-                "redis_version" => self.version = value.to_string(),
-                "used_memory" => self.used_memory += number(),
-                "used_memory_human" if self.used_memory_human.is_empty() => {
-                    self.used_memory_human = value.to_string()
-                }
-                "maxmemory" => self.maxmemory += number(),
-                "maxmemory_policy" => self.maxmemory_policy = value.to_string(),
-                "connected_clients" => self.connected_clients += number(),
-                _ => {}
-            }
-        }
-    }
-}
-
 impl Client {
-    /// Redis's version, memory (used, limit, eviction policy) and client connections, through
-    /// whatever this client connects to (one server, a Sentinel-managed primary, a Cluster).
-    pub async fn redis_info(&self) -> Result<RedisInfo> {
-        let texts = stored::info_texts(&mut self.conn()).await?;
-        if texts.is_empty() {
-            return Err(Error::Protocol("INFO answered no text".into()));
-        }
-        let mut info = RedisInfo::default();
-        for text in &texts {
-            info.add(text);
-        }
-        if texts.len() > 1 {
-            // Summed over the nodes: the human form of one node would mislead.
-            info.used_memory_human = format!("{:.2}M", info.used_memory as f64 / 1048576.0);
-        }
-        Ok(info)
-    }
-
     /// Names of the queues ever pushed to or served, sorted.
     pub async fn queues(&self) -> Result<Vec<String>> {
         let mut names = stored::queue_names(&mut self.conn()).await?;
@@ -160,8 +159,17 @@ impl Queue {
         counts_of(self.client_ref(), self.keys()?).await
     }
 
-    /// Jobs in `state`, `offset` and `limit` for paging. Pending jobs come in run order
-    /// (prioritized first), dead and completed ones newest first, scheduled and retry by due time.
+    /// Jobs in `state`, `offset` and `limit` for paging. Pending jobs come prioritized first,
+    /// then the list in run order; dead and completed ones newest first, scheduled and retry by
+    /// due time. Offsets shift while workers and producers change the queue, so consecutive
+    /// calls may skip or repeat jobs: [`Queue::page`] pages with cursors that do not.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// let dead = client.queue("videos").jobs(ostq::JobState::Dead, 0, 20).await?;
+    /// println!("{} dead jobs shown", dead.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn jobs(&self, state: JobState, offset: usize, limit: usize) -> Result<Vec<JobInfo>> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
@@ -425,207 +433,5 @@ impl Queue {
     pub async fn resume(&self) -> Result<()> {
         let keys = self.keys()?;
         stored::set_paused(&mut self.client_ref().conn(), keys, false).await
-    }
-}
-
-/// The first ids of a sorted set (lowest scores), one scan chunk.
-async fn oldest_ids(conn: &mut Conn, zset: &str) -> Result<Vec<String>> {
-    let stop = SCAN_CHUNK as isize - 1;
-    let ids = stored::ids_with_scores(conn, zset, 0, stop, false).await?;
-    Ok(ids.into_iter().map(|(id, _)| id).collect())
-}
-
-/// Reads jobs kept by id, with their due (or died-at) times.
-async fn infos_by_id(
-    conn: &mut Conn,
-    keys: &QueueKeys,
-    state: JobState,
-    ids: Vec<(String, u64)>,
-) -> Result<Vec<JobInfo>> {
-    let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
-    let envelopes = stored::envelopes_by_id(conn, keys, &names).await?;
-    Ok(ids
-        .into_iter()
-        .zip(envelopes)
-        .filter_map(|((id, due), bytes)| {
-            let mut info = info_from_bytes(&keys.queue, state, bytes.as_deref()?);
-            info.id = id;
-            if state == JobState::Dead {
-                info.finished_at_ms = Some(due);
-            } else {
-                info.due_at_ms = Some(due);
-            }
-            Some(info)
-        })
-        .collect())
-}
-
-fn info_from_bytes(queue: &str, state: JobState, bytes: &[u8]) -> JobInfo {
-    match Envelope::decode(bytes) {
-        Ok(env) => JobInfo::from_envelope(queue, state, env),
-        Err(e) => {
-            // A bare entry (plain LPUSH) or garbage: show the bytes as they are.
-            let bare = !bytes.first().is_some_and(|b| (0x90..=0x9f).contains(b));
-            let env = Envelope {
-                id: "(unassigned)".into(),
-                payload: bytes.to_vec(),
-                last_error: if bare { String::new() } else { e.to_string() },
-                ..Envelope::default()
-            };
-            JobInfo::from_envelope(queue, state, env)
-        }
-    }
-}
-
-/// Reads an envelope's id without decoding the rest (the layout `fetch.lua` relies on too).
-fn envelope_id(bytes: &[u8]) -> Option<&[u8]> {
-    match (bytes.first()?, bytes.get(1)?) {
-        (0x91..=0x9f, &b) if (0xa0..=0xbf).contains(&b) => bytes.get(2..2 + usize::from(b - 0xa0)),
-        (0x91..=0x9f, 0xd9) => {
-            let len = usize::from(*bytes.get(2)?);
-            bytes.get(3..3 + len)
-        }
-        _ => None,
-    }
-}
-
-/// Every job workers hold now: the entries of each lease group that are not finished (""), with
-/// the group's deadline. O(active jobs), for inspection only.
-async fn active_jobs(conn: &mut Conn, keys: &QueueKeys) -> Result<Vec<JobInfo>> {
-    let mut out = Vec::new();
-    for (_, deadline, entries) in stored::lease_groups(conn, keys).await? {
-        for bytes in entries.iter().filter(|b| !b.is_empty()) {
-            let mut info = info_from_bytes(&keys.queue, JobState::Active, bytes);
-            info.due_at_ms = Some(deadline);
-            out.push(info);
-        }
-    }
-    Ok(out)
-}
-
-async fn find_active(conn: &mut Conn, keys: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
-    Ok(active_jobs(conn, keys)
-        .await?
-        .into_iter()
-        .find(|info| info.id == id))
-}
-
-/// Scans the pending list and zset for an id: O(pending), for inspection only.
-async fn find_pending(
-    conn: &mut Conn,
-    keys: &QueueKeys,
-    id: &str,
-) -> Result<Option<(Vec<u8>, JobInfo)>> {
-    for (key, is_list) in [(&keys.prioritized, false), (&keys.pending, true)] {
-        let mut start = 0;
-        loop {
-            let entries = stored::pending_chunk(conn, key, is_list, start).await?;
-            if entries.is_empty() {
-                break;
-            }
-            start += entries.len();
-            if let Some(bytes) = entries
-                .into_iter()
-                .find(|b| envelope_id(b) == Some(id.as_bytes()))
-            {
-                let info = info_from_bytes(&keys.queue, JobState::Pending, &bytes);
-                return Ok(Some((bytes, info)));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Merges a tracked job's status record into what was found of its envelope.
-async fn record_info(
-    conn: &mut Conn,
-    keys: &QueueKeys,
-    id: &str,
-    found: Option<JobInfo>,
-) -> Result<Option<JobInfo>> {
-    let record = stored::record(conn, keys, id).await?;
-    if record.is_empty() {
-        return Ok(found);
-    }
-    let text = |field: &str| {
-        record
-            .get(field)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    let number = |field: &str| text(field).and_then(|v| v.parse::<u64>().ok());
-    let recorded_state = text("state").and_then(|s| s.parse::<JobState>().ok());
-    let mut info = found.unwrap_or_else(|| JobInfo {
-        id: id.to_string(),
-        queue: keys.queue.clone(),
-        state: recorded_state.unwrap_or(JobState::Completed),
-        name: None,
-        payload: None,
-        attempts: 0,
-        max_attempts: 0,
-        priority: 0,
-        enqueued_at_ms: None,
-        started_at_ms: None,
-        finished_at_ms: None,
-        due_at_ms: None,
-        last_error: None,
-        result: None,
-        progress: None,
-        tracked: true,
-    });
-    info.tracked = true;
-    if info.payload.is_none() {
-        if let Some(state) = recorded_state {
-            info.state = state;
-        }
-    }
-    info.attempts = number("attempt").map(|n| n as u32).unwrap_or(info.attempts);
-    info.enqueued_at_ms = number("enqueued_at").or(info.enqueued_at_ms);
-    info.started_at_ms = number("started_at").or(info.started_at_ms);
-    info.finished_at_ms = number("finished_at").or(info.finished_at_ms);
-    info.last_error = text("error").filter(|e| !e.is_empty()).or(info.last_error);
-    info.result = record.get("result").cloned();
-    info.progress = text("progress");
-    Ok(Some(info))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn info_is_read_and_summed_over_nodes() {
-        let node = "# Server\r\nredis_version:7.0.15\r\n# Memory\r\nused_memory:1234\r\nused_memory_human:1.21K\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n# Clients\r\nconnected_clients:7\r\n";
-        let mut info = RedisInfo::default();
-        info.add(node);
-        assert_eq!(
-            (
-                info.version.as_str(),
-                info.used_memory,
-                info.used_memory_human.as_str()
-            ),
-            ("7.0.15", 1234, "1.21K")
-        );
-        assert_eq!(
-            (info.maxmemory_policy.as_str(), info.connected_clients),
-            ("noeviction", 7)
-        );
-        info.add(node);
-        assert_eq!((info.used_memory, info.connected_clients), (2468, 14));
-    }
-
-    use super::*;
-
-    #[test]
-    fn envelope_id_reads_the_header() {
-        let env = Envelope {
-            id: "abc".into(),
-            ..Envelope::default()
-        };
-        assert_eq!(envelope_id(&env.encode()), Some(&b"abc"[..]));
-        let long = Envelope {
-            id: "x".repeat(100),
-            ..Envelope::default()
-        };
-        assert_eq!(envelope_id(&long.encode()).map(<[u8]>::len), Some(100));
-        assert_eq!(envelope_id(b"42"), None);
-        assert_eq!(envelope_id(crate::store::queues::WAKE), None);
     }
 }

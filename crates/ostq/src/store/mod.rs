@@ -19,6 +19,7 @@ pub(crate) mod cron;
 pub(crate) mod lease;
 pub(crate) mod push;
 pub(crate) mod queues;
+pub(crate) mod server;
 pub(crate) mod stream;
 
 pub(crate) use connection::Conn;

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
-use redis::Value;
+use redis::{Cmd, FromRedisValue};
 
 use super::call::{self, query, query_pipe, ScriptCall};
 use super::Conn;
 use crate::envelope::Envelope;
 use crate::keys::{QueueKeys, QUEUES};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The wake marker `push.lua` and `fail.lua` leave on an empty pending list; never a job.
 pub(crate) const WAKE: &[u8] = &[0x90];
@@ -20,24 +20,6 @@ pub(crate) const SCAN_CHUNK: usize = 500;
 /// Names of the queues ever pushed to or served (unsorted).
 pub(crate) async fn queue_names(conn: &mut Conn) -> Result<Vec<String>> {
     query(redis::cmd("SMEMBERS").arg(QUEUES), conn).await
-}
-
-/// Every `INFO` text of the server: one, or one per node of a Cluster.
-pub(crate) async fn info_texts(conn: &mut Conn) -> Result<Vec<String>> {
-    let reply: Value = query(&redis::cmd("INFO"), conn).await?;
-    let mut texts = Vec::new();
-    collect_texts(reply, &mut texts);
-    Ok(texts)
-}
-
-fn collect_texts(value: Value, out: &mut Vec<String>) {
-    match value {
-        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(&bytes).into_owned()),
-        Value::VerbatimString { text, .. } | Value::SimpleString(text) => out.push(text),
-        Value::Array(items) => items.into_iter().for_each(|v| collect_texts(v, out)),
-        Value::Map(pairs) => pairs.into_iter().for_each(|(_, v)| collect_texts(v, out)),
-        _ => {}
-    }
 }
 
 /// A queue's sizes and counters as stored.
@@ -138,8 +120,24 @@ pub(crate) async fn pending_from_right(
     skip: usize,
     take: usize,
 ) -> Result<Vec<Vec<u8>>> {
-    let (skip, take) = (skip as isize, take as isize);
-    let entries: Vec<Vec<u8>> = query(
+    let mut entries = pending_window(conn, keys, skip as u64, take as u64).await?;
+    entries.retain(|b| b.as_slice() != WAKE);
+    Ok(entries)
+}
+
+/// Up to `take` entries of the pending list from index `from_right` (0 is the right end, the
+/// next to run), in run order, wake marker included: one `LRANGE`, so one consistent snapshot.
+pub(crate) async fn pending_window(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    from_right: u64,
+    take: u64,
+) -> Result<Vec<Vec<u8>>> {
+    if take == 0 {
+        return Ok(Vec::new());
+    }
+    let (skip, take) = (from_right as i64, take as i64);
+    let mut entries: Vec<Vec<u8>> = query(
         redis::cmd("LRANGE")
             .arg(&keys.pending)
             .arg(-(skip + take))
@@ -147,11 +145,46 @@ pub(crate) async fn pending_from_right(
         conn,
     )
     .await?;
-    Ok(entries
-        .into_iter()
-        .rev()
-        .filter(|b| b.as_slice() != WAKE)
-        .collect())
+    entries.reverse();
+    Ok(entries)
+}
+
+/// How many entries of a sorted set come before score `score` in ascending order (scores below
+/// it) or, `descending`, in descending order (scores above it). O(log N).
+pub(crate) async fn zset_count_before(
+    conn: &mut Conn,
+    zset: &str,
+    score: f64,
+    descending: bool,
+) -> Result<u64> {
+    let bound = format!("({score}");
+    let mut cmd = redis::cmd("ZCOUNT");
+    if descending {
+        cmd.arg(zset).arg(bound).arg("+inf");
+    } else {
+        cmd.arg(zset).arg("-inf").arg(bound);
+    }
+    query(&cmd, conn).await
+}
+
+/// Members (as bytes) and scores of ranks `start..start + take` of a sorted set, ascending or
+/// `descending`: one `ZRANGE`, so one consistent snapshot.
+pub(crate) async fn zset_window(
+    conn: &mut Conn,
+    zset: &str,
+    start: u64,
+    take: u64,
+    descending: bool,
+) -> Result<Vec<(Vec<u8>, f64)>> {
+    if take == 0 {
+        return Ok(Vec::new());
+    }
+    let mut cmd = redis::cmd("ZRANGE");
+    cmd.arg(zset).arg(start).arg(start + take - 1);
+    if descending {
+        cmd.arg("REV");
+    }
+    query(cmd.arg("WITHSCORES"), conn).await
 }
 
 /// Ids and scores `start..=stop` of a sorted set, ascending or (`newest_first`) descending.
@@ -201,7 +234,19 @@ pub(crate) async fn lease_groups(
     conn: &mut Conn,
     keys: &QueueKeys,
 ) -> Result<Vec<(u64, u64, Vec<Vec<u8>>)>> {
-    let groups: Vec<(u64, u64)> = query(
+    let groups = lease_deadlines(conn, keys).await?;
+    let ids: Vec<u64> = groups.iter().map(|(group, _)| *group).collect();
+    let entries = lease_entries(conn, keys, &ids).await?;
+    Ok(groups
+        .into_iter()
+        .zip(entries)
+        .map(|((group, deadline), entries)| (group, deadline, entries))
+        .collect())
+}
+
+/// Every lease group with its deadline (unix ms). O(groups): one per fetch, not per job.
+pub(crate) async fn lease_deadlines(conn: &mut Conn, keys: &QueueKeys) -> Result<Vec<(u64, u64)>> {
+    query(
         redis::cmd("ZRANGE")
             .arg(&keys.active)
             .arg(0)
@@ -209,20 +254,24 @@ pub(crate) async fn lease_groups(
             .arg("WITHSCORES"),
         conn,
     )
-    .await?;
+    .await
+}
+
+/// The entries of the given lease groups ("" for a finished one; none for a group gone), in one
+/// round trip.
+pub(crate) async fn lease_entries(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    groups: &[u64],
+) -> Result<Vec<Vec<Vec<u8>>>> {
     if groups.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
-    for (group, _) in &groups {
+    for group in groups {
         pipe.lrange(keys.lease_group(*group), 0, -1);
     }
-    let entries: Vec<Vec<Vec<u8>>> = query_pipe(&pipe, conn).await?;
-    Ok(groups
-        .into_iter()
-        .zip(entries)
-        .map(|((group, deadline), entries)| (group, deadline, entries))
-        .collect())
+    query_pipe(&pipe, conn).await
 }
 
 /// Entries `start..start + SCAN_CHUNK` of the pending list (from the left) or the prioritized
@@ -245,6 +294,36 @@ pub(crate) async fn record(
     id: &str,
 ) -> Result<HashMap<String, Vec<u8>>> {
     query(redis::cmd("HGETALL").arg(keys.record(id)), conn).await
+}
+
+/// The status records of several jobs in one round trip (empty where there is none).
+pub(crate) async fn records(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    ids: &[&str],
+) -> Result<Vec<HashMap<String, Vec<u8>>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.hgetall(keys.record(id));
+    }
+    query_pipe(&pipe, conn).await
+}
+
+/// The running totals of the stats hash: `processed`, `failed`, `recovered` and `active` (absent
+/// as 0). One `HMGET`, cheap enough to poll.
+pub(crate) async fn totals(conn: &mut Conn, keys: &QueueKeys) -> Result<[u64; 4]> {
+    let values: Vec<Option<i64>> = query(
+        redis::cmd("HMGET")
+            .arg(&keys.stats)
+            .arg(&["processed", "failed", "recovered", "active"]),
+        conn,
+    )
+    .await?;
+    let total = |i: usize| values.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+    Ok([total(0), total(1), total(2), total(3)])
 }
 
 /// Asks the worker running job `id` to stop it (the cancel set expires a day after the last).
@@ -361,4 +440,78 @@ pub(crate) async fn set_rate_limit(
         pipe.hset_multiple(&keys.rate_limit, &[("max", max), ("period", period_ms)]);
     }
     query_pipe(&pipe, conn).await
+}
+
+/// `MEMORY USAGE` of each key, `None` where it does not exist, in one round trip. `exact` counts
+/// every element (`SAMPLES 0`: O(elements)) instead of Redis's sampled estimate.
+pub(crate) async fn memory_usage(
+    conn: &mut Conn,
+    keys: &[String],
+    exact: bool,
+) -> Result<Vec<Option<u64>>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("MEMORY").arg("USAGE").arg(key);
+        if exact {
+            pipe.arg("SAMPLES").arg(0);
+        }
+    }
+    query_pipe(&pipe, conn).await
+}
+
+/// The newest entry of the pending list (its left end), as stored.
+pub(crate) async fn newest_pending(conn: &mut Conn, keys: &QueueKeys) -> Result<Option<Vec<u8>>> {
+    query(redis::cmd("LINDEX").arg(&keys.pending).arg(0), conn).await
+}
+
+/// One `SCAN` step over every key of the queue (`ostq:{<queue>}:*`, per-job keys included), on
+/// the node that holds them. Returns the next scan cursor (0 at the end) and the keys found.
+pub(crate) async fn scan_queue_keys(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    cursor: u64,
+) -> Result<(u64, Vec<Vec<u8>>)> {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(keys.pattern())
+        .arg("COUNT")
+        .arg(1000);
+    on_queue_node(&cmd, keys, conn).await
+}
+
+/// Sends a keyless command to the node that holds the queue's keys: on a Cluster, `SCAN` would
+/// otherwise go to any node.
+async fn on_queue_node<T: FromRedisValue>(
+    cmd: &Cmd,
+    keys: &QueueKeys,
+    conn: &mut Conn,
+) -> Result<T> {
+    if let Conn::Cluster(cluster) = conn {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let route = Route::with_key(keys.pending.as_bytes(), SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        let value = cluster
+            .route_command(cmd.clone(), routing)
+            .await
+            .map_err(Error::from_redis)?;
+        return T::from_redis_value(value).map_err(|e| Error::Protocol(e.to_string()));
+    }
+    query(cmd, conn).await
+}
+
+/// Deletes keys (`UNLINK`: big ones are freed in the background); returns how many existed.
+pub(crate) async fn unlink(conn: &mut Conn, keys: &[Vec<u8>]) -> Result<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    query(redis::cmd("UNLINK").arg(keys), conn).await
+}
+
+/// Removes a queue's name from the set of known queues.
+pub(crate) async fn forget_queue(conn: &mut Conn, queue: &str) -> Result<()> {
+    query(redis::cmd("SREM").arg(QUEUES).arg(queue), conn).await
 }
