@@ -4,6 +4,20 @@
 /// Global set of known queue names (written outside the per-queue scripts).
 pub const QUEUES: &str = "ostq:queues";
 
+/// Global sorted set of registered workers: worker id → last heartbeat (unix ms, the worker's
+/// clock). An id whose entry ([`worker_entry`]) has expired belongs to a dead worker.
+pub const WORKERS: &str = "ostq:workers";
+
+/// A worker's registry entry, a HASH (host, pid, queues, concurrency, busy, version, started,
+/// last seen) that expires unless the worker's heartbeats renew it.
+///
+/// ```
+/// assert_eq!(ostq::keys::worker_entry("h:1:ab"), "ostq:worker:h:1:ab");
+/// ```
+pub fn worker_entry(id: &str) -> String {
+    format!("ostq:worker:{id}")
+}
+
 /// Longest queue name accepted: keys stay small and readable.
 pub const MAX_QUEUE_NAME: usize = 200;
 

@@ -11,6 +11,7 @@
 //!   [`Queue::probe_throughput`];
 //! - `remove`: [`Queue::memory_usage`] and [`Queue::remove`];
 //! - `views`: the stable JSON form of [`JobInfo`];
+//! - `workers`: the live workers ([`Client::workers`], [`WorkerInfo`]).
 //!
 //! Every type here serializes to a stable JSON form (documented on each): fields may be added,
 //! none is renamed or removed. `ostq … --json` prints exactly these. A job ([`JobInfo`]) comes
@@ -46,6 +47,7 @@ mod remove;
 pub mod server;
 pub mod stats;
 pub(crate) mod views;
+mod workers;
 
 use jobs::{
     active_jobs, find_active, find_pending, info_from_bytes, infos_by_id, oldest_ids, record_info,
@@ -56,6 +58,7 @@ pub use listing::Page;
 pub use remove::{Measure, QueueMemory, Removal};
 pub use server::{CommandStats, Probe, RedisInfo, ServerStats};
 pub use stats::{QueueStats, QueueTotals, Snapshot, StatsSampler};
+pub use workers::WorkerInfo;
 
 /// What [`Queue::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,5 +21,6 @@ pub(crate) mod push;
 pub(crate) mod queues;
 pub(crate) mod server;
 pub(crate) mod stream;
+pub(crate) mod workers;
 
 pub(crate) use connection::Conn;

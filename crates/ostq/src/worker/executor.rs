@@ -3,6 +3,7 @@
 //! outcome for the lease keeper. Every user-supplied code path ends in an outcome.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub(super) fn start_job(
     permit: OwnedSemaphorePermit,
 ) {
     let shared = shared.clone();
+    shared.running.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         // Last resort: whatever panics in here (a handler future whose drop panics at a timeout,
         // a bug of ours), the job must end in an outcome. Without one its group would be renewed
@@ -51,6 +53,7 @@ pub(super) fn start_job(
             index,
             settled,
         });
+        shared.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     });
 }

@@ -24,6 +24,7 @@ mod cancellation;
 mod executor;
 mod fetcher;
 mod handler;
+mod heartbeat;
 mod keeper;
 mod monitor;
 mod renewer;
@@ -76,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) idle_wait: Duration,
     pub(crate) strict: bool,
     pub(crate) max_payload: usize,
+    pub(crate) heartbeat: Duration,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
@@ -108,6 +110,7 @@ impl Worker {
                 idle_wait: Duration::from_secs(1),
                 strict: false,
                 max_payload: crate::producer::DEFAULT_MAX_PAYLOAD,
+                heartbeat: Duration::from_secs(5),
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -200,6 +203,21 @@ impl WorkerBuilder {
     /// some other producer, goes to the dead set with the reason instead.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.config.max_payload = bytes;
+        self
+    }
+
+    /// How often the worker renews its registry entry ([`crate::Client::workers`]); default 5 s.
+    /// The entry expires three heartbeats after the last, so a killed worker disappears from the
+    /// registry within that time.
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// use std::time::Duration;
+    /// let builder = ostq::Worker::builder(client).heartbeat(Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.config.heartbeat = every.max(Duration::from_millis(100));
         self
     }
 

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tracing::info;
 use super::cancellation::watch_cancellations;
 use super::fetcher::fetch_loop;
 use super::handler::Handlers;
+use super::heartbeat::{heartbeat_loop, worker_id};
 use super::keeper::lease_keeper;
 use super::monitor::monitor_loop;
 use super::renewer::lease_renewer;
@@ -86,6 +88,10 @@ pub(super) struct Shared {
     pub(super) groups: Mutex<HashMap<(usize, u64), Group>>,
     /// Cancelled when the shutdown grace time is over: running handlers stop, jobs go back.
     pub(super) abort_jobs: CancellationToken,
+    /// This worker's id in the registry.
+    pub(super) worker_id: String,
+    /// Jobs running now (the semaphore also counts slots the fetch loop holds while it waits).
+    pub(super) running: AtomicUsize,
 }
 
 pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -124,6 +130,8 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         events: tx,
         groups: Mutex::new(HashMap::new()),
         abort_jobs: CancellationToken::new(),
+        worker_id: worker_id(),
+        running: AtomicUsize::new(0),
     });
 
     let tasks = Tasks::spawn(&shared, weights, rx, cancel_tx, on_monitor);
@@ -147,6 +155,7 @@ struct Tasks {
     keeper: JoinHandle<()>,
     renewer: JoinHandle<()>,
     canceller: JoinHandle<()>,
+    heart: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
 }
 
@@ -171,6 +180,7 @@ impl Tasks {
                 cancel_tx,
                 background.clone(),
             )),
+            heart: tokio::spawn(heartbeat_loop(shared.clone(), background.clone())),
             monitor: on_monitor.map(|(every, hook)| {
                 tokio::spawn(monitor_loop(shared.clone(), every, hook, background))
             }),
@@ -206,6 +216,7 @@ impl Tasks {
         self.stop_renewing.cancel();
         let _ = self.renewer.await;
         let _ = self.canceller.await;
+        let _ = self.heart.await;
         if let Some(monitor) = self.monitor {
             let _ = monitor.await;
         }

@@ -1,0 +1,76 @@
+//! The heartbeat: registers the worker in the registry (`ostq:workers`, `ostq:worker:<id>`) at
+//! start, renews its entry every `heartbeat` with the number of busy slots, and removes it at a
+//! clean shutdown. An entry expires three heartbeats after the last one, so a killed worker
+//! disappears on its own.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::runtime::Shared;
+use crate::job::now_ms;
+use crate::store::workers;
+
+/// Beats until `stop`, then unregisters.
+pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.config.heartbeat;
+    let ttl_ms = (every * 3).as_millis() as u64;
+    let started = now_ms().to_string();
+    let queues: Vec<&str> = shared.queues.iter().map(|k| k.queue.as_str()).collect();
+    let fixed = [
+        ("host", host_name()),
+        ("pid", std::process::id().to_string()),
+        ("queues", serde_json::to_string(&queues).unwrap_or_default()),
+        ("concurrency", shared.config.concurrency.to_string()),
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("started", started),
+    ];
+    let mut first = true;
+    loop {
+        let busy = shared.running.load(Ordering::Relaxed);
+        let now = now_ms();
+        let mut fields = vec![("busy", busy.to_string()), ("last_seen", now.to_string())];
+        if first {
+            fields.extend(fixed.iter().cloned());
+        }
+        let mut conn = shared.client.conn();
+        match workers::heartbeat(&mut conn, &shared.worker_id, &fields, ttl_ms, now).await {
+            Ok(()) => first = false,
+            // Written again in full next time: the entry may have expired meanwhile.
+            Err(e) => {
+                first = true;
+                debug!(error = %e, "heartbeat failed; will retry");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    let mut conn = shared.client.conn();
+    if let Err(e) = workers::unregister(&mut conn, &shared.worker_id).await {
+        debug!(error = %e, "could not unregister the worker; its entry expires by itself");
+    }
+}
+
+/// A worker id: host, pid and a random part (several workers may share a process).
+pub(super) fn worker_id() -> String {
+    format!(
+        "{}:{}:{:08x}",
+        host_name(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// The machine's host name, as the kernel has it (`unknown` where it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
