@@ -108,6 +108,8 @@ pub enum Command {
     Resume(QueueArg),
     /// List the queues ever pushed to or served
     Queues(QueuesArgs),
+    /// List the live workers: host, pid, queues, busy slots, started, last heartbeat
+    Workers(WorkersArgs),
     /// Play the whole story on a private redis-server: push, work, retry, dead set, delays
     #[command(after_help = DEMO_AFTER)]
     Demo(DemoArgs),
@@ -398,6 +400,9 @@ pub struct QueueArg {
 
 #[derive(Debug, Args)]
 pub struct QueuesArgs {}
+
+#[derive(Debug, Args)]
+pub struct WorkersArgs {}
 
 #[derive(Debug, Args)]
 pub struct ScriptArgs {

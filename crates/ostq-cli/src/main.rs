@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(args) => ops::pause(&global, args, true).await,
         Command::Resume(args) => ops::pause(&global, args, false).await,
         Command::Queues(args) => ops::queues(&global, args).await,
+        Command::Workers(args) => ops::workers(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Script(args) => script(args),

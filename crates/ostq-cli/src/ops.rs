@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
 use crate::cli::{
-    DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RetryArgs,
+    DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RetryArgs, WorkersArgs,
 };
 use crate::output::{job_detail, job_table};
 use crate::util::{check_queue, connect, lib_err};
@@ -266,6 +266,23 @@ pub async fn queues(global: &Global, _args: QueuesArgs) -> anyhow::Result<()> {
         for n in names {
             println!("{n}");
         }
+    }
+    Ok(())
+}
+
+/// `ostq workers`: the live workers (library workers and `ostq worker` alike).
+pub async fn workers(global: &Global, _args: WorkersArgs) -> anyhow::Result<()> {
+    let client = connect(&global.redis_url()).await?;
+    let workers = client
+        .workers()
+        .await
+        .map_err(lib_err("cannot list the workers"))?;
+    if global.json {
+        println!("{}", serde_json::to_string(&workers)?);
+    } else if workers.is_empty() {
+        eprintln!("no live workers: `ostq worker --queue Q -- CMD` starts one");
+    } else {
+        print!("{}", crate::output::worker_table(&workers));
     }
     Ok(())
 }

@@ -128,6 +128,25 @@ pub fn job_detail(job: &ostq::JobInfo) -> String {
     lines.join("\n")
 }
 
+/// The live workers as a table: id, busy/slots, queues, started and last seen (relative).
+pub fn worker_table(workers: &[ostq::admin::WorkerInfo]) -> String {
+    let mut out = format!(
+        "{:<40} {:>9} {:<24} {:>10} {:>10}\n",
+        "WORKER", "BUSY", "QUEUES", "STARTED", "SEEN"
+    );
+    for w in workers {
+        out.push_str(&format!(
+            "{:<40} {:>9} {:<24} {:>10} {:>10}\n",
+            truncate(&w.id, 40),
+            format!("{}/{}", w.busy, w.concurrency),
+            truncate(&w.queues.join(","), 24),
+            relative(w.started_at_ms),
+            relative(w.last_seen_ms),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,3 +296,44 @@ fn jobs_pages_with_a_cursor() {
     );
     assert_one_line_error(&run(&url, &["jobs", "c", "--cursor", "nope"]), "cursor");
 }
+
+/// `ostq workers` lists an `ostq worker` process (its pid, queues and slots) while it runs, and
+/// not after it stops on SIGTERM (a clean stop removes its registry entry at once).
+#[test]
+fn workers_lists_a_running_worker() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let text = run(&url, &["workers"]);
+    assert_success(&text, &["workers with none"]);
+    assert!(String::from_utf8_lossy(&text.stderr).contains("no live workers"));
+    let mut worker = cmd(
+        &url,
+        &["worker", "-q", "wq", "--concurrency", "4", "--", "true"],
+    )
+    .spawn()
+    .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the worker to register",
+        || {
+            json(&url, &["workers"])
+                .as_array()
+                .is_some_and(|w| w.len() == 1)
+        },
+    );
+    let listed = json(&url, &["workers"]);
+    let entry = &listed[0];
+    assert_eq!(entry["pid"], worker.id(), "{listed}");
+    assert_eq!(entry["queues"], serde_json::json!(["wq"]), "{listed}");
+    assert_eq!(entry["concurrency"], 4, "{listed}");
+    let table = ok(&url, &["workers"]);
+    assert!(table.contains("0/4") && table.contains("wq"), "{table}");
+
+    let pid = worker.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(worker.wait().unwrap().success());
+    assert_eq!(json(&url, &["workers"]), serde_json::json!([]));
+}
