@@ -317,6 +317,10 @@ pub struct StatsArgs {
     /// Alert (exit 3) when the next pending job has waited longer than this
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_latency: Option<Duration>,
+
+    /// Alert (exit 3) when a queue has pending jobs and no live worker serves it
+    #[arg(long)]
+    pub require_workers: bool,
 }
 
 #[derive(Debug, Args)]

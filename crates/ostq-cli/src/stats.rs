@@ -51,6 +51,7 @@ struct Thresholds {
     max_pending: Option<u64>,
     max_failure_rate: Option<f64>,
     max_latency: Option<Duration>,
+    require_workers: bool,
 }
 
 fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
@@ -73,6 +74,12 @@ fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
                     max * 100.0
                 ));
             }
+        }
+        if t.require_workers && q.counts.pending > 0 && q.workers == Some(0) {
+            out.push(format!(
+                "queue '{name}' has {} pending jobs and no live worker",
+                q.counts.pending
+            ));
         }
         if let (Some(max), Some(age)) = (t.max_latency, q.oldest_pending_age()) {
             if age > max {
@@ -219,6 +226,7 @@ pub async fn run(global: &Global, args: StatsArgs) -> anyhow::Result<()> {
         max_pending: args.max_pending,
         max_failure_rate: args.max_failure_rate.map(|r| r.0),
         max_latency: args.max_latency,
+        require_workers: args.require_workers,
     };
     let mut collector = Collector::new(&global.redis_url(), args.queues.clone()).await?;
 

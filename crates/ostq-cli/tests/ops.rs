@@ -337,3 +337,38 @@ fn workers_lists_a_running_worker() {
     assert!(worker.wait().unwrap().success());
     assert_eq!(json(&url, &["workers"]), serde_json::json!([]));
 }
+
+/// `ostq stats --require-workers` alerts (exit 3, one line) for a queue with pending jobs and no
+/// live worker, and stops once a worker serves it (the queue is paused so the job stays pending).
+#[test]
+fn stats_alerts_when_pending_jobs_have_no_worker() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "lonely", "1"]);
+    ok(&url, &["pause", "lonely"]);
+    let out = run(&url, &["stats", "--sample", "0", "--require-workers"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("queue 'lonely' has 1 pending jobs and no live worker"),
+        "{stderr}"
+    );
+    // Without the flag, no alert: the check is asked for.
+    assert_eq!(
+        run(&url, &["stats", "--sample", "0"]).status.code(),
+        Some(0)
+    );
+
+    let mut worker = cmd(&url, &["worker", "-q", "lonely", "--", "true"])
+        .spawn()
+        .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the worker to register",
+        || json(&url, &["stats", "--sample", "0"])["queues"]["lonely"]["workers"] == 1,
+    );
+    let out = run(&url, &["stats", "--sample", "0", "--require-workers"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

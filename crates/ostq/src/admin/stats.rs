@@ -75,6 +75,8 @@ pub struct QueueStats {
     pub jobs_per_sec: Option<f64>,
     /// The span jobs per second were measured over, in seconds.
     pub rate_window_secs: Option<f64>,
+    /// Live workers serving the queue (from the registry), when the snapshot read it.
+    pub workers: Option<u64>,
 }
 
 impl QueueStats {
@@ -275,10 +277,13 @@ impl StatsSampler {
         let all = self.sample().await?;
         let newest = self.history.back().map_or_else(Instant::now, |s| s.at);
         let oldest = self.history.front().cloned();
+        let workers = self.client.workers().await?;
         let mut queues = Vec::new();
         for counts in all {
             let queue = self.client.queue(&counts.queue);
             let mut stats = stats_of(&queue, counts).await?;
+            let serving = workers.iter().filter(|w| w.serves(&stats.counts.queue));
+            stats.workers = Some(serving.count() as u64);
             if let Some(oldest) = &oldest {
                 let span = newest.duration_since(oldest.at);
                 if span >= MIN_RATE_SPAN {
@@ -315,6 +320,7 @@ async fn stats_of(queue: &Queue, counts: QueueCounts) -> Result<QueueStats> {
         oldest_pending_age_ms,
         jobs_per_sec: None,
         rate_window_secs: None,
+        workers: None,
     })
 }
 
