@@ -241,7 +241,8 @@ fn script_prints_an_evalable_push() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("push, fetch"));
 }
 
-/// `ostq stats` reaches Redis through the library's client, so every URL the library takes works:
+/// `ostq stats` (and `push`, `jobs`, `job`, `worker`) reach Redis through the library's client, so
+/// every URL the library takes works:
 /// through Sentinel it failed with "bad Redis URL … InvalidClientConfig" while `push` worked.
 /// It shows the version and warns when the eviction policy may delete queue keys.
 #[test]
@@ -259,6 +260,17 @@ fn stats_works_through_sentinel_and_warns_about_eviction() {
         "{stats}"
     );
     assert_eq!(stats["redis"]["maxmemory_policy"], "noeviction");
+    // jobs, job and worker go through the sentinels too.
+    ok(&url, &["push", "videos", "43", "--id", "v-43", "--track"]);
+    assert_eq!(json(&url, &["jobs", "videos"]).as_array().unwrap().len(), 2);
+    assert_eq!(json(&url, &["job", "videos", "v-43"])["state"], "pending");
+    let out = run(
+        &url,
+        &["worker", "--queue", "videos", "--burst", "--", "true"],
+    );
+    assert_success(&out, &["worker --burst through sentinel"]);
+    assert_eq!(json(&url, &["job", "videos", "v-43"])["state"], "completed");
+    assert_eq!(counts(&url, "videos")["pending"], 0);
 
     primary
         .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
