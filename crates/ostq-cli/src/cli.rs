@@ -110,6 +110,9 @@ pub enum Command {
     Queues(QueuesArgs),
     /// List the live workers: host, pid, queues, busy slots, started, last heartbeat
     Workers(WorkersArgs),
+    /// Serve Prometheus metrics on /metrics: queues, workers and Redis, read at each scrape
+    #[command(after_help = METRICS_AFTER)]
+    Metrics(MetricsArgs),
     /// Play the whole story on a private redis-server: push, work, retry, dead set, delays
     #[command(after_help = DEMO_AFTER)]
     Demo(DemoArgs),
@@ -407,6 +410,27 @@ pub struct QueuesArgs {}
 
 #[derive(Debug, Args)]
 pub struct WorkersArgs {}
+
+const METRICS_AFTER: &str = "\
+Each scrape of GET /metrics reads the queues, the live workers and Redis's INFO (nothing is
+cached); while Redis cannot be read it still answers, with ostq_redis_up 0.
+  ostq metrics                                 # every queue, on 127.0.0.1:9808
+  ostq metrics --listen :9808 videos emails    # these queues, on every interface
+docs/observability.md lists the metrics and shows a Prometheus scrape_config.";
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Only these queues (default: all)
+    pub queues: Vec<String>,
+
+    /// Address to serve on: IP:PORT, or :PORT for every interface
+    #[arg(long, default_value = "127.0.0.1:9808", value_parser = crate::metrics::parse_listen, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// How long one scrape may wait for Redis before it answers ostq_redis_up 0
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
 
 #[derive(Debug, Args)]
 pub struct ScriptArgs {

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod demo;
 mod exec;
+mod metrics;
 mod ops;
 mod output;
 mod push;
@@ -68,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => ops::pause(&global, args, false).await,
         Command::Queues(args) => ops::queues(&global, args).await,
         Command::Workers(args) => ops::workers(&global, args).await,
+        Command::Metrics(args) => metrics::run(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Script(args) => script(args),
