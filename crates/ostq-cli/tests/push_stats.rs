@@ -304,3 +304,21 @@ fn the_cli_works_against_a_cluster() {
     assert_eq!(json(&url, &["job", "videos", "v-44"])["state"], "completed");
     assert_eq!(counts(&url, "videos")["pending"], 0);
 }
+
+/// A bare entry (`redis-cli LPUSH`) has no enqueue time: its age is unknown, shown as "-" and
+/// never a latency alert. It used to be read as enqueued at 0 (LATENCY "20783d 6h", and
+/// `--max-latency 5m` exited 3 for ever).
+#[test]
+fn bare_entries_have_an_unknown_latency_not_an_alarm() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    redis
+        .cli(&["LPUSH", "ostq:{bare}:pending", "1", "2", "3"])
+        .unwrap();
+    redis.cli(&["SADD", "ostq:queues", "bare"]).unwrap();
+    let out = run(&url, &["stats", "--sample", "0", "--max-latency", "1ms"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    assert_eq!(stats["queues"]["bare"]["pending"], 3, "{stats}");
+    assert!(stats["queues"]["bare"]["oldest_pending_age_ms"].is_null(), "{stats}");
+}
