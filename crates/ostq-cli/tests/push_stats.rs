@@ -320,5 +320,8 @@ fn bare_entries_have_an_unknown_latency_not_an_alarm() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let stats = json(&url, &["stats", "--sample", "0"]);
     assert_eq!(stats["queues"]["bare"]["pending"], 3, "{stats}");
-    assert!(stats["queues"]["bare"]["oldest_pending_age_ms"].is_null(), "{stats}");
+    assert!(
+        stats["queues"]["bare"]["oldest_pending_age_ms"].is_null(),
+        "{stats}"
+    );
 }
