@@ -168,8 +168,10 @@ Columns: jobs per state; processed/failed attempts since the queue began; failur
 Throughput is measured, not guessed: a one-shot `ostq stats` samples the processed counter over
 --sample (1s), `--watch` over the last minute.
 
-For cron and monitoring, exit code 3 and one line on stderr when a threshold is exceeded:
-  ostq stats --max-pending 10000 --max-failure-rate 0.05 --max-latency 5m";
+For cron and monitoring, exit code 3 and one line on stderr per threshold exceeded:
+  ostq stats --max-pending 10000 --max-failure-rate 0.05 --max-latency 5m
+  ostq stats --max-memory 80% --max-connections 1000 --max-dead 0 --require-workers
+  ostq stats --watch --max-latency 1m          # the same alerts, as ALERT: lines under the table";
 
 const JOBS_AFTER: &str = "\
 States: pending (ready), active (running now), scheduled (delayed), retry (failed, waiting for
@@ -324,6 +326,19 @@ pub struct StatsArgs {
     /// Alert (exit 3) when a queue has pending jobs and no live worker serves it
     #[arg(long)]
     pub require_workers: bool,
+
+    /// Alert (exit 3) when Redis uses more than this share of its maxmemory: 0.8 or 80%
+    /// (a Redis without maxmemory is an alert too: the share cannot be checked)
+    #[arg(long, value_parser = parse_rate, value_name = "PERCENT")]
+    pub max_memory: Option<Rate>,
+
+    /// Alert (exit 3) when Redis has more client connections than this
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+
+    /// Alert (exit 3) when a queue has more dead jobs (out of attempts) than this
+    #[arg(long, value_name = "N")]
+    pub max_dead: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use ostq::admin::{Snapshot, StatsSampler};
+use ostq::admin::{QueueStats, RedisInfo, Snapshot, StatsSampler};
 use serde_json::Value;
 
 use crate::cli::{Global, StatsArgs};
@@ -52,46 +52,91 @@ struct Thresholds {
     max_failure_rate: Option<f64>,
     max_latency: Option<Duration>,
     require_workers: bool,
+    max_memory: Option<f64>,
+    max_connections: Option<u64>,
+    max_dead: Option<u64>,
 }
 
+/// The threshold when `value` exceeds it (`None` when not given or not crossed).
+fn exceeded<T: PartialOrd + Copy>(max: Option<T>, value: T) -> Option<T> {
+    max.filter(|max| value > *max)
+}
+
+/// One line per crossed threshold: Redis's first, then each queue's.
 fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = redis_alerts(&snap.redis, t);
     for q in &snap.queues {
-        let name = &q.counts.queue;
-        if let Some(max) = t.max_pending {
-            if q.counts.pending > max {
+        queue_alerts(q, t, &mut out);
+    }
+    out
+}
+
+/// Memory (share of maxmemory) and client connections.
+fn redis_alerts(redis: &RedisInfo, t: &Thresholds) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(max) = t.max_memory {
+        if redis.maxmemory == 0 {
+            out.push("Redis has no maxmemory: --max-memory cannot be checked".to_string());
+        } else {
+            let share = redis.used_memory as f64 / redis.maxmemory as f64;
+            if share > max {
                 out.push(format!(
-                    "queue '{name}' has {} pending jobs (max {max})",
-                    q.counts.pending
-                ));
-            }
-        }
-        if let (Some(max), Some(rate)) = (t.max_failure_rate, q.failure_rate) {
-            if rate > max {
-                out.push(format!(
-                    "queue '{name}' failure rate is {:.1}% (max {:.1}%)",
-                    rate * 100.0,
+                    "Redis memory is {:.1}% of maxmemory ({} of {} bytes; max {:.1}%)",
+                    share * 100.0,
+                    redis.used_memory,
+                    redis.maxmemory,
                     max * 100.0
                 ));
             }
         }
-        if t.require_workers && q.counts.pending > 0 && q.workers == Some(0) {
-            out.push(format!(
-                "queue '{name}' has {} pending jobs and no live worker",
-                q.counts.pending
-            ));
-        }
-        if let (Some(max), Some(age)) = (t.max_latency, q.oldest_pending_age()) {
-            if age > max {
-                out.push(format!(
-                    "queue '{name}' latency is {} (max {})",
-                    short_duration(age),
-                    short_duration(max)
-                ));
-            }
-        }
+    }
+    if let Some(max) = exceeded(t.max_connections, redis.connected_clients) {
+        out.push(format!(
+            "Redis has {} connected clients (max {max})",
+            redis.connected_clients
+        ));
     }
     out
+}
+
+/// Pending, dead, failure rate, live workers and latency of one queue.
+fn queue_alerts(q: &QueueStats, t: &Thresholds, out: &mut Vec<String>) {
+    let name = &q.counts.queue;
+    let counted = [
+        (t.max_pending, q.counts.pending, "pending"),
+        (t.max_dead, q.counts.dead, "dead"),
+    ];
+    for (max, count, state) in counted {
+        if let Some(max) = exceeded(max, count) {
+            out.push(format!(
+                "queue '{name}' has {count} {state} jobs (max {max})"
+            ));
+        }
+    }
+    if let (Some(max), Some(rate)) = (t.max_failure_rate, q.failure_rate) {
+        if rate > max {
+            out.push(format!(
+                "queue '{name}' failure rate is {:.1}% (max {:.1}%)",
+                rate * 100.0,
+                max * 100.0
+            ));
+        }
+    }
+    if t.require_workers && q.counts.pending > 0 && q.workers == Some(0) {
+        out.push(format!(
+            "queue '{name}' has {} pending jobs and no live worker",
+            q.counts.pending
+        ));
+    }
+    if let (Some(max), Some(age)) = (t.max_latency, q.oldest_pending_age()) {
+        if age > max {
+            out.push(format!(
+                "queue '{name}' latency is {} (max {})",
+                short_duration(age),
+                short_duration(max)
+            ));
+        }
+    }
 }
 
 /// The JSON document of a snapshot: the library's [`Snapshot`] as it serializes, and the alerts.
@@ -227,6 +272,9 @@ pub async fn run(global: &Global, args: StatsArgs) -> anyhow::Result<()> {
         max_failure_rate: args.max_failure_rate.map(|r| r.0),
         max_latency: args.max_latency,
         require_workers: args.require_workers,
+        max_memory: args.max_memory.map(|r| r.0),
+        max_connections: args.max_connections,
+        max_dead: args.max_dead,
     };
     let mut collector = Collector::new(&global.redis_url(), args.queues.clone()).await?;
 
@@ -256,7 +304,11 @@ pub async fn run(global: &Global, args: StatsArgs) -> anyhow::Result<()> {
     if !found.is_empty() {
         return Err(Exit {
             code: 3,
-            message: format!("alert: {}", found.join("; ")),
+            message: found
+                .iter()
+                .map(|a| format!("alert: {a}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
         .into());
     }

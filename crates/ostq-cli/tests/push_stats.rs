@@ -325,3 +325,168 @@ fn bare_entries_have_an_unknown_latency_not_an_alarm() {
         "{stats}"
     );
 }
+
+/// The `alert: …` lines of a run, sorted (one line per crossed threshold).
+fn alert_lines(out: &std::process::Output) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// `--max-memory`: without maxmemory the share cannot be checked (one line, however many
+/// queues); with one, it fires above the share and stays quiet below it.
+#[test]
+fn stats_max_memory_alerts_on_the_share_of_maxmemory() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "a", "1"]);
+    ok(&url, &["push", "b", "1"]);
+    let out = run(&url, &["stats", "--sample", "0", "--max-memory", "80%"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        alert_lines(&out),
+        ["alert: Redis has no maxmemory: --max-memory cannot be checked"]
+    );
+    let out = run(&url, &["stats", "--sample", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // maxmemory at twice what Redis uses now: about 50%, well clear of 10% and 90%.
+    let used = json(&url, &["stats", "--sample", "0"])["redis"]["used_memory"]
+        .as_u64()
+        .unwrap();
+    let max = used * 2;
+    redis
+        .cli(&["CONFIG", "SET", "maxmemory", &max.to_string()])
+        .unwrap();
+    let out = run(&url, &["stats", "--sample", "0", "--max-memory", "0.1"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let lines = alert_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let rest = lines[0]
+        .strip_prefix("alert: Redis memory is ")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let (pct, rest) = rest.split_once("% of maxmemory (").unwrap();
+    let (now, rest) = rest.split_once(" of ").unwrap();
+    assert_eq!(rest, format!("{max} bytes; max 10.0%)"));
+    let now: u64 = now.parse().unwrap();
+    assert_eq!(pct, format!("{:.1}", now as f64 / max as f64 * 100.0));
+    let share: f64 = pct.parse().unwrap();
+    assert!((30.0..70.0).contains(&share), "{share}");
+
+    let out = run(
+        &url,
+        &["--json", "stats", "--sample", "0", "--max-memory", "10%"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["alerts"].as_array().unwrap().len(), 1, "{doc}");
+    assert!(doc["alerts"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("Redis memory is "));
+    let out = run(&url, &["stats", "--sample", "0", "--max-memory", "90%"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(alert_lines(&out).is_empty(), "{out:?}");
+}
+
+/// `--max-connections`: extra clients held open push `connected_clients` over the threshold.
+#[test]
+fn stats_max_connections_counts_the_clients() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let held: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port())).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            let mut reply = [0u8; 7];
+            std::io::Read::read_exact(&mut s, &mut reply).unwrap();
+            assert_eq!(&reply, b"+PONG\r\n");
+            s
+        })
+        .collect();
+    let out = run(
+        &url,
+        &["--json", "stats", "--sample", "0", "--max-connections", "4"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clients = doc["redis"]["connected_clients"].as_u64().unwrap();
+    assert!(clients >= 6, "5 held and ostq's own: {doc}");
+    let line = format!("Redis has {clients} connected clients (max 4)");
+    assert_eq!(doc["alerts"], serde_json::json!([line]), "{doc}");
+    assert_eq!(alert_lines(&out), [format!("alert: {line}")]);
+
+    let out = run(
+        &url,
+        &["stats", "--sample", "0", "--max-connections", "1000"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(alert_lines(&out).is_empty(), "{out:?}");
+    drop(held);
+}
+
+/// `--max-dead` fires per queue over the threshold, quiet at it; several crossed thresholds
+/// give one line each; `--watch` shows the same alerts.
+#[test]
+fn stats_max_dead_alerts_per_queue_and_in_watch() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "bad", "x", "y", "--max-attempts", "1"]);
+    ok(
+        &url,
+        &["worker", "-q", "bad", "--burst", "--", "sh", "-c", "exit 1"],
+    );
+    ok(&url, &["push", "fine", "1", "2"]);
+    assert_eq!(counts(&url, "bad")["dead"], 2);
+
+    let out = run(&url, &["stats", "--sample", "0", "--max-dead", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        alert_lines(&out),
+        ["alert: queue 'bad' has 2 dead jobs (max 1)"]
+    );
+    let out = run(&url, &["stats", "--sample", "0", "--max-dead", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(alert_lines(&out).is_empty(), "{out:?}");
+
+    let args = [
+        "stats",
+        "--sample",
+        "0",
+        "--max-dead",
+        "0",
+        "--max-pending",
+        "0",
+    ];
+    let out = run(&url, &args);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        alert_lines(&out),
+        [
+            "alert: queue 'bad' has 2 dead jobs (max 0)",
+            "alert: queue 'fine' has 2 pending jobs (max 0)",
+        ]
+    );
+    let doc = run(&url, &[&["--json"][..], &args].concat());
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    assert_eq!(doc["alerts"].as_array().unwrap().len(), 2, "{doc}");
+
+    let mut child = cmd(
+        &url,
+        &["stats", "--watch", "--interval", "200ms", "--max-dead", "1"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = lines
+        .take(50)
+        .map(Result::unwrap)
+        .any(|l| l == "ALERT: queue 'bad' has 2 dead jobs (max 1)");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen);
+}
