@@ -20,11 +20,24 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::util::Exit;
 
+/// The library's own log (and each job's `job` span) on stderr, only when `RUST_LOG` asks for it
+/// (`RUST_LOG=info ostq worker …`): the command's output stays as it is otherwise.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return util::report_clap_error(&err),
     };
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -70,6 +70,19 @@ pub(super) enum OutcomeKind {
     GivenBack,
 }
 
+impl OutcomeKind {
+    /// How the attempt ended, as the job's span records it: `completed`, `retry`, `dead` or
+    /// `given_back`.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            OutcomeKind::Completed { .. } => "completed",
+            OutcomeKind::Failed { dead: true, .. } => "dead",
+            OutcomeKind::Failed { .. } => "retry",
+            OutcomeKind::GivenBack => "given_back",
+        }
+    }
+}
+
 pub(super) struct Shared {
     pub(super) client: Client,
     pub(super) queues: Vec<Arc<QueueKeys>>,
