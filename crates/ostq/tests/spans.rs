@@ -32,11 +32,14 @@ impl Visit for Fields {
     }
 }
 
+/// An event's message and the fields of the `job` span it was in, if any.
+type SeenEvent = (String, Option<Fields>);
+
 /// Keeps every closed `job` span's fields, and for every event the `job` span it was in.
 #[derive(Clone, Default)]
 struct Recorder {
     closed: Arc<Mutex<Vec<Fields>>>,
-    events: Arc<Mutex<Vec<(String, Option<Fields>)>>>,
+    events: Arc<Mutex<Vec<SeenEvent>>>,
 }
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
