@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cli::{BenchArgs, Global};
 use crate::util::{check_queue, connect, lib_err, redact, Exit};
 
+/// Whether the bench's workers record history (`--no-history` turns it off, to measure its cost).
+static HISTORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Jobs per `push_bulk` call (the library pipelines them as LPUSHes of 1,000).
 const PUSH_CHUNK: usize = 10_000;
 /// How often the processed counter is read while a worker drains a queue.
@@ -86,6 +89,7 @@ struct Ceiling {
 }
 
 pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> {
+    HISTORY.store(!args.no_history, std::sync::atomic::Ordering::Relaxed);
     let prefix = match &args.queue {
         Some(q) => q.clone(),
         None => format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase()),
@@ -346,6 +350,7 @@ async fn drain(
     let worker = ostq::Worker::builder(worker_client)
         .queue(queue.name())
         .concurrency(concurrency as usize)
+        .history(HISTORY.load(std::sync::atomic::Ordering::Relaxed))
         .shutdown_timeout(Duration::from_secs(5))
         .handler(move |_job: ostq::Job| {
             stamps.stamp();

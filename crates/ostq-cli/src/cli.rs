@@ -110,6 +110,9 @@ pub enum Command {
     Queues(QueuesArgs),
     /// List the live workers: host, pid, queues, busy slots, started, last heartbeat
     Workers(WorkersArgs),
+    /// What each task did per minute or hour: counts, run and wait time percentiles
+    #[command(after_help = HISTORY_AFTER)]
+    History(HistoryArgs),
     /// Serve Prometheus metrics on /metrics: queues, workers and Redis, read at each scrape
     #[command(after_help = METRICS_AFTER)]
     Metrics(MetricsArgs),
@@ -426,6 +429,29 @@ pub struct QueuesArgs {}
 #[derive(Debug, Args)]
 pub struct WorkersArgs {}
 
+const HISTORY_AFTER: &str = "\
+Workers record, per task and per minute (kept 25 hours) and hour (kept 8 days), the attempts
+processed, failed, retried and sent to the dead set, and histograms of run time (start to end of
+an attempt) and wait time (enqueue to first start). Up to 3h is shown per minute, longer per hour;
+percentiles are the upper bounds of log-scale buckets (5ms, 10ms, 20ms, … 5.8h).
+  ostq history videos                          # the last hour, minute by minute
+  ostq history videos --last 7d --task resize  # one task, hour by hour
+  ostq history videos --last 24h --json        # the points as JSON (Queue::history)";
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The queue
+    pub queue: String,
+
+    /// How far back to look: up to 3h per minute, longer per hour (e.g. 30m, 1h, 24h, 7d)
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub last: Duration,
+
+    /// Only this task (`-` for jobs pushed without a name)
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
+}
+
 const METRICS_AFTER: &str = "\
 Each scrape of GET /metrics reads the queues, the live workers and Redis's INFO (nothing is
 cached); while Redis cannot be read it still answers, with ostq_redis_up 0.
@@ -482,4 +508,8 @@ pub struct BenchArgs {
     /// [default: bench-<ulid>]
     #[arg(long, short = 'q', value_name = "PREFIX")]
     pub queue: Option<String>,
+
+    /// Workers record no history (to measure what the history costs)
+    #[arg(long)]
+    pub no_history: bool,
 }

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod demo;
 mod exec;
+mod history;
 mod metrics;
 mod ops;
 mod output;
@@ -82,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => ops::pause(&global, args, false).await,
         Command::Queues(args) => ops::queues(&global, args).await,
         Command::Workers(args) => ops::workers(&global, args).await,
+        Command::History(args) => history::run(&global, args).await,
         Command::Metrics(args) => metrics::run(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,

@@ -146,6 +146,29 @@ impl QueueKeys {
         format!("{}probe", self.prefix)
     }
 
+    /// HASH of per-task history for one minute (`minute` = ⌊unix ms / 60,000⌋ on the server's
+    /// clock): fields `<task>|<figure>` (design §2, "History"). Expires 25 hours after its last
+    /// write.
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::new("q").unwrap();
+    /// assert_eq!(keys.history_minute(28_566_720), "ostq:{q}:hist:m:28566720");
+    /// ```
+    pub fn history_minute(&self, minute: u64) -> String {
+        format!("{}hist:m:{minute}", self.prefix)
+    }
+
+    /// HASH of per-task history for one hour (`hour` = ⌊unix ms / 3,600,000⌋ on the server's
+    /// clock), same fields as [`QueueKeys::history_minute`]. Expires 8 days after its last write.
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::new("q").unwrap();
+    /// assert_eq!(keys.history_hour(476_112), "ostq:{q}:hist:h:476112");
+    /// ```
+    pub fn history_hour(&self, hour: u64) -> String {
+        format!("{}hist:h:{hour}", self.prefix)
+    }
+
     /// A `SCAN MATCH` pattern for every key of the queue, per-job keys included (the queue name
     /// with the pattern's special characters escaped).
     ///

@@ -31,6 +31,9 @@ pub const CRON_FIRE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/cron_fir
 /// Source of `cron_remove.lua`: remove a schedule and its state.
 pub const CRON_REMOVE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/cron_remove.lua"));
 
+/// Source of `history.lua`: add an outcome batch's figures to the per-minute and per-hour history.
+pub const HISTORY: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/history.lua"));
+
 /// Every script by its file name without `.lua` (`"push"`, `"fetch"`, ...), assembled.
 pub const ALL: &[(&str, &str)] = &[
     ("push", PUSH),
@@ -43,6 +46,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("delete", DELETE),
     ("delete_pending", DELETE_PENDING),
     ("progress", PROGRESS),
+    ("history", HISTORY),
     ("cron_register", CRON_REGISTER),
     ("cron_fire", CRON_FIRE),
     ("cron_remove", CRON_REMOVE),

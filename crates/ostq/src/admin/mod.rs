@@ -41,6 +41,7 @@ use crate::Client;
 use crate::{Error, Result};
 
 mod cursor;
+mod history;
 mod jobs;
 pub mod listing;
 mod remove;
@@ -54,6 +55,10 @@ use jobs::{
 };
 
 pub use cursor::Cursor;
+pub use history::{
+    Histogram, HistoryPoint, Resolution, TaskFigures, HISTOGRAM_BUCKETS, MAX_HISTORY_POINTS,
+    UNNAMED_TASK,
+};
 pub use listing::Page;
 pub use remove::{Measure, QueueMemory, Removal};
 pub use server::{CommandStats, Probe, RedisInfo, ServerStats};

@@ -26,6 +26,14 @@ pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(60);
 /// ```
 pub const MIN_RATE_SPAN: Duration = Duration::from_millis(200);
 
+/// The window [`QueueStats::recent_failure_rate`] is measured over (the minute points of the
+/// per-task history covering it).
+///
+/// ```
+/// assert_eq!(ostq::admin::stats::RECENT_FAILURE_WINDOW.as_secs(), 300);
+/// ```
+pub const RECENT_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
 /// A queue's running totals, from one cheap read (`HMGET`): fit for polling.
 ///
 /// ```no_run
@@ -50,8 +58,10 @@ pub struct QueueTotals {
 /// One queue's figures: its counts and what is computed from them.
 ///
 /// JSON: the fields of [`QueueCounts`], then `failure_rate` (0..1 or `null` before the first
-/// attempt), `oldest_pending_age_ms` (how long the job that runs next has waited, or `null`),
-/// `jobs_per_sec` and `rate_window_secs` (`null` until two samples are far enough apart).
+/// attempt), `recent_failure_rate` (the same over the last 5 minutes, or `null` when nothing was
+/// processed in them), `oldest_pending_age_ms` (how long the job that runs next has waited, or
+/// `null`), `jobs_per_sec` and `rate_window_secs` (`null` until two samples are far enough
+/// apart).
 ///
 /// ```no_run
 /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
@@ -69,6 +79,9 @@ pub struct QueueStats {
     pub counts: QueueCounts,
     /// Failed over processed attempts since the queue began.
     pub failure_rate: Option<f64>,
+    /// Failed over processed attempts in the last [`RECENT_FAILURE_WINDOW`] (from the per-task
+    /// history, [`Queue::failure_rate_over`]); `null` when nothing was processed in it.
+    pub recent_failure_rate: Option<f64>,
     /// How long the job that runs next has waited, in ms.
     pub oldest_pending_age_ms: Option<u64>,
     /// Attempts finished per second over `rate_window_secs`.
@@ -314,8 +327,10 @@ async fn stats_of(queue: &Queue, counts: QueueCounts) -> Result<QueueStats> {
     } else {
         None
     };
+    let recent_failure_rate = queue.failure_rate_over(RECENT_FAILURE_WINDOW).await?;
     Ok(QueueStats {
         failure_rate: counts.failure_rate(),
+        recent_failure_rate,
         counts,
         oldest_pending_age_ms,
         jobs_per_sec: None,

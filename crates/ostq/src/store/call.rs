@@ -26,6 +26,7 @@ script!(ENQUEUE_NOW, scripts::ENQUEUE_NOW);
 script!(DELETE, scripts::DELETE);
 script!(DELETE_PENDING, scripts::DELETE_PENDING);
 script!(PROGRESS, scripts::PROGRESS);
+script!(HISTORY, scripts::HISTORY);
 script!(CRON_REGISTER, scripts::CRON_REGISTER);
 script!(CRON_FIRE, scripts::CRON_FIRE);
 script!(CRON_REMOVE, scripts::CRON_REMOVE);

@@ -264,6 +264,21 @@ pub(crate) async fn progress(
     call.run::<u64>(conn).await.map(drop)
 }
 
+/// Adds a batch's `(field, increment)` figures to the queue's per-minute and per-hour history
+/// (`history.lua`).
+pub(crate) async fn record_history(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    fields: &[(String, u64)],
+) -> Result<()> {
+    let mut call = ScriptCall::new(&call::HISTORY, &[]);
+    call.arg(&keys.prefix);
+    for (field, n) in fields {
+        call.arg(field).arg(*n);
+    }
+    call.run::<u64>(conn).await.map(drop)
+}
+
 fn flag(on: bool) -> &'static str {
     if on {
         "1"

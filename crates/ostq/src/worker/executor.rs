@@ -5,7 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -13,10 +13,10 @@ use tracing::field::Empty;
 use tracing::{debug, warn, Instrument};
 
 use super::handler::{panic_message, BoxError, DynHandler, Permanent};
-use super::runtime::{Outcome, OutcomeKind, Settled, Shared};
+use super::runtime::{Figures, Outcome, OutcomeKind, Settled, Shared};
 use super::Failure;
 use crate::envelope::Envelope;
-use crate::job::Job;
+use crate::job::{now_ms, Job};
 use crate::keys::QueueKeys;
 use crate::retry::RetryPolicy;
 use crate::store::lease;
@@ -93,18 +93,14 @@ pub(super) fn panicked_job(
             last_error: error.clone(),
             ..Envelope::default()
         };
-        return Settled {
-            id,
-            tracked: false,
-            unique: String::new(),
-            kind: OutcomeKind::Failed {
-                envelope: wrapped.encode(),
-                dead: true,
-                delay_ms: 0,
-                attempt: 1,
-                error,
-            },
+        let kind = OutcomeKind::Failed {
+            envelope: wrapped.encode(),
+            dead: true,
+            delay_ms: 0,
+            attempt: 1,
+            error,
         };
+        return Settled::new(id, false, String::new(), kind);
     };
     let failures = envelope.attempt.saturating_add(1);
     let max_attempts = if envelope.max_attempts == 0 {
@@ -138,18 +134,24 @@ fn failed_attempt(
 ) -> Settled {
     envelope.attempt = failures;
     envelope.last_error = error.clone();
-    Settled {
-        id: envelope.id.clone(),
-        tracked: envelope.tracked(),
-        unique: envelope.unique.clone(),
-        kind: OutcomeKind::Failed {
-            envelope: envelope.encode(),
-            dead,
-            delay_ms,
-            attempt: failures,
-            error,
-        },
-    }
+    let figures = Figures {
+        task: envelope.name.clone(),
+        ..Figures::default()
+    };
+    let kind = OutcomeKind::Failed {
+        envelope: envelope.encode(),
+        dead,
+        delay_ms,
+        attempt: failures,
+        error,
+    };
+    Settled::new(
+        envelope.id.clone(),
+        envelope.tracked(),
+        envelope.unique.clone(),
+        kind,
+    )
+    .with(figures)
 }
 
 /// A delay in whole milliseconds for the scripts; a custom policy may return anything, and
@@ -168,35 +170,44 @@ pub(super) async fn run_job(
     let keys = &shared.queues[queue];
     let (envelope, handler, default_max) = match accept(shared, keys, group, index, bytes) {
         Ok(accepted) => accepted,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let (id, tracked, unique) = (
         envelope.id.clone(),
         envelope.tracked(),
         envelope.unique.clone(),
     );
-    let settled = |kind| Settled {
-        id,
-        tracked,
-        unique,
-        kind,
+    let mut figures = Figures {
+        task: envelope.name.clone(),
+        ..Figures::default()
     };
+    let enqueued_at_ms = envelope.enqueued_at_ms;
+    let first_attempt = envelope.attempt == 0;
     let job_id = envelope.id.clone();
     let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
     let span = tracing::Span::current();
     span.record("id", tracing::field::display(&job.id));
-    span.record(
-        "task",
-        tracing::field::display(job.name.as_deref().unwrap_or("")),
-    );
+    span.record("task", tracing::field::display(&figures.task));
     span.record("attempt", job.attempt);
     job.context = Some(shared.contexts[queue].clone());
     let context = shared.contexts[queue].clone();
+    let (started_ms, clock) = (now_ms(), Instant::now());
     let Some(ended) = call_handler(shared, &handler, job).await else {
-        return settled(OutcomeKind::GivenBack);
+        return Settled::new(id, tracked, unique, OutcomeKind::GivenBack);
+    };
+    figures.run_ms = Some(clock.elapsed().as_millis() as u64);
+    let known = |since: u64| (enqueued_at_ms > 0).then(|| since.saturating_sub(enqueued_at_ms));
+    figures.wait_ms = if first_attempt {
+        known(started_ms)
+    } else {
+        None
     };
     let (error, permanent) = match ended {
-        Some(Ok(Ok(result))) => return settled(OutcomeKind::Completed { result }),
+        Some(Ok(Ok(result))) => {
+            figures.total_ms = known(now_ms());
+            let kind = OutcomeKind::Completed { result };
+            return Settled::new(id, tracked, unique, kind).with(figures);
+        }
         Some(Ok(Err(error))) if context.cancelled.borrow().contains(&job_id) => {
             // Honoured: forget the request, so a later run of the same id is not cancelled too.
             let mut conn = shared.client.conn();
@@ -217,16 +228,22 @@ pub(super) async fn run_job(
         ),
     };
     // The failure path rebuilds the envelope from the leased bytes, which the handler never saw.
-    match Envelope::decode(bytes) {
+    let settled = match Envelope::decode(bytes) {
         Ok(envelope) => fail(shared, keys, envelope, error, permanent),
-        Err(e) => settled(OutcomeKind::Failed {
-            envelope: bytes.to_vec(),
-            dead: true,
-            delay_ms: 0,
-            attempt: 1,
-            error: e.to_string(),
-        }),
-    }
+        Err(e) => Settled::new(
+            id,
+            tracked,
+            unique,
+            OutcomeKind::Failed {
+                envelope: bytes.to_vec(),
+                dead: true,
+                delay_ms: 0,
+                attempt: 1,
+                error: e.to_string(),
+            },
+        ),
+    };
+    settled.with(figures)
 }
 
 /// Decodes a leased job and finds its handler and attempt limit; a job that cannot run (not an
@@ -237,7 +254,7 @@ fn accept(
     group: u64,
     index: u32,
     bytes: &[u8],
-) -> Result<(Envelope, DynHandler, u32), Settled> {
+) -> Result<(Envelope, DynHandler, u32), Box<Settled>> {
     let envelope = match Envelope::decode(bytes) {
         Ok(env) => env,
         Err(e) => {
@@ -248,7 +265,7 @@ fn accept(
                 last_error: e.to_string(),
                 ..Envelope::default()
             };
-            return Err(fail(shared, keys, env, e.to_string(), true));
+            return Err(Box::new(fail(shared, keys, env, e.to_string(), true)));
         }
     };
     let name = (!envelope.name.is_empty()).then(|| envelope.name.clone());
@@ -259,7 +276,7 @@ fn accept(
         .unwrap_or(shared.config.default_max_attempts);
     let handler = match shared.handlers.pick(name.as_deref()) {
         Ok((handler, _)) => handler,
-        Err(reason) => return Err(fail(shared, keys, envelope, reason, true)),
+        Err(reason) => return Err(Box::new(fail(shared, keys, envelope, reason, true))),
     };
     if envelope.payload.len() > shared.config.max_payload {
         let reason = format!(
@@ -267,7 +284,7 @@ fn accept(
             envelope.payload.len(),
             shared.config.max_payload
         );
-        return Err(fail(shared, keys, envelope, reason, true));
+        return Err(Box::new(fail(shared, keys, envelope, reason, true)));
     }
     Ok((envelope, handler, default_max))
 }

@@ -294,16 +294,17 @@ pub(super) fn give_back(shared: &Shared, queue: usize, fetched: Fetched) {
 /// The outcome that sends a leased job back to its queue without counting an attempt.
 pub(super) fn given_back(queue: usize, group: u64, index: u32, bytes: &[u8]) -> Outcome {
     let envelope = Envelope::decode(bytes).unwrap_or_default();
+    let tracked = envelope.tracked();
     Outcome {
         queue,
         group,
         index,
-        settled: Settled {
-            tracked: envelope.tracked(),
-            unique: envelope.unique,
-            id: envelope.id,
-            kind: OutcomeKind::GivenBack,
-        },
+        settled: Settled::new(
+            envelope.id,
+            tracked,
+            envelope.unique,
+            OutcomeKind::GivenBack,
+        ),
     }
 }
 

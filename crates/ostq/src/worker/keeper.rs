@@ -70,6 +70,10 @@ async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &m
         }
     }
     let written = write_with_retries(shared, queue, outcomes, &finishing, failing).await;
+    if written && shared.config.history {
+        // Only once written, so that a retried write does not count twice.
+        super::history::add(shared, queue, outcomes);
+    }
     let mut held = groups(shared);
     for (group, n) in counts {
         if !written {

@@ -25,6 +25,7 @@ mod executor;
 mod fetcher;
 mod handler;
 mod heartbeat;
+mod history;
 mod keeper;
 mod monitor;
 mod renewer;
@@ -78,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) strict: bool,
     pub(crate) max_payload: usize,
     pub(crate) heartbeat: Duration,
+    pub(crate) history: bool,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
@@ -111,6 +113,7 @@ impl Worker {
                 strict: false,
                 max_payload: crate::producer::DEFAULT_MAX_PAYLOAD,
                 heartbeat: Duration::from_secs(5),
+                history: true,
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -203,6 +206,20 @@ impl WorkerBuilder {
     /// some other producer, goes to the dead set with the reason instead.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.config.max_payload = bytes;
+        self
+    }
+
+    /// Whether the worker records its jobs in the queue's history (per task, per minute and per
+    /// hour: counts and run, wait and total time histograms; `Queue::history` reads it). On by
+    /// default; it costs one script call per outcome batch.
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// let builder = ostq::Worker::builder(client).history(false);
+    /// # }
+    /// ```
+    pub fn history(mut self, on: bool) -> Self {
+        self.config.history = on;
         self
     }
 

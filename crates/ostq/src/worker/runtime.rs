@@ -26,6 +26,7 @@ use super::cancellation::watch_cancellations;
 use super::fetcher::fetch_loop;
 use super::handler::Handlers;
 use super::heartbeat::{heartbeat_loop, worker_id};
+use super::history::{self, history_loop};
 use super::keeper::lease_keeper;
 use super::monitor::monitor_loop;
 use super::renewer::lease_renewer;
@@ -53,6 +54,38 @@ pub(super) struct Settled {
     /// The unique key the job holds until it completes or dies ("" for none).
     pub(super) unique: String,
     pub(super) kind: OutcomeKind,
+    /// What the history records of the attempt (docs/design.md §2, "History").
+    pub(super) figures: Figures,
+}
+
+impl Settled {
+    pub(super) fn new(id: String, tracked: bool, unique: String, kind: OutcomeKind) -> Self {
+        Self {
+            id,
+            tracked,
+            unique,
+            kind,
+            figures: Figures::default(),
+        }
+    }
+
+    pub(super) fn with(mut self, figures: Figures) -> Self {
+        self.figures = figures;
+        self
+    }
+}
+
+/// An attempt's task and durations for the history; `None` where unknown (an attempt refused
+/// before it ran has no run time; a bare entry has no enqueue time).
+#[derive(Debug, Default, Clone)]
+pub(super) struct Figures {
+    /// The job's task name ("" for none).
+    pub(super) task: String,
+    pub(super) run_ms: Option<u64>,
+    /// Enqueue to the start of the first attempt (first attempts only).
+    pub(super) wait_ms: Option<u64>,
+    /// Enqueue to completion (completed jobs only).
+    pub(super) total_ms: Option<u64>,
 }
 
 pub(super) enum OutcomeKind {
@@ -105,6 +138,8 @@ pub(super) struct Shared {
     pub(super) worker_id: String,
     /// Jobs running now (the semaphore also counts slots the fetch loop holds while it waits).
     pub(super) running: AtomicUsize,
+    /// History figures written but not yet sent (see `history.rs`).
+    pub(super) history: history::Pending,
 }
 
 pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -145,6 +180,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         abort_jobs: CancellationToken::new(),
         worker_id: worker_id(),
         running: AtomicUsize::new(0),
+        history: Default::default(),
     });
 
     let tasks = Tasks::spawn(&shared, weights, rx, cancel_tx, on_monitor);
@@ -169,6 +205,7 @@ struct Tasks {
     renewer: JoinHandle<()>,
     canceller: JoinHandle<()>,
     heart: JoinHandle<()>,
+    history: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
 }
 
@@ -194,6 +231,8 @@ impl Tasks {
                 background.clone(),
             )),
             heart: tokio::spawn(heartbeat_loop(shared.clone(), background.clone())),
+            // Stops with the renewer: after the keeper's last writes, whose figures it sends.
+            history: tokio::spawn(history_loop(shared.clone(), stop_renewing.clone())),
             monitor: on_monitor.map(|(every, hook)| {
                 tokio::spawn(monitor_loop(shared.clone(), every, hook, background))
             }),
@@ -228,6 +267,7 @@ impl Tasks {
         // recovered.
         self.stop_renewing.cancel();
         let _ = self.renewer.await;
+        let _ = self.history.await;
         let _ = self.canceller.await;
         let _ = self.heart.await;
         if let Some(monitor) = self.monitor {

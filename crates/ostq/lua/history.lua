@@ -1,0 +1,36 @@
+-- history.lua: add one outcome batch's figures to the queue's history, a hash per minute and a
+-- hash per hour named from the server's clock (docs/design.md §2, "History"). The worker sums
+-- its batch first, so this is one call per batch, never one per job.
+--
+-- KEYS: none. The hashes are <prefix>hist:m:<minute> and <prefix>hist:h:<hour>; the prefix
+--   carries the queue's hash tag, so they live in the queue's slot (as status records do).
+-- ARGV[1] key prefix "ostq:{<queue>}:"
+-- ARGV[2], ARGV[3], ... pairs: field "<task>|<figure>" (1..400 bytes), increment (1..10^14-1)
+-- Returns the number of fields written. Nothing is written unless every pair is valid.
+-- @include lib/args.lua
+local prefix = ARGV[1]
+if type(prefix) ~= 'string' or not string.find(prefix, '^ostq:{.+}:$') then
+  error('ostq: ARGV[1] must be a key prefix "ostq:{<queue>}:"')
+end
+if #ARGV % 2 ~= 1 then
+  error('ostq: history takes field/increment pairs after the prefix')
+end
+for i = 2, #ARGV, 2 do
+  local field = ARGV[i]
+  if #field == 0 or #field > 400 or not string.find(field, '|', 1, true) then
+    error('ostq: ARGV[' .. i .. '] must be a field "<task>|<figure>" of 1..400 bytes')
+  end
+  argv_int(i + 1, 1)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local minute = prefix .. 'hist:m:' .. math.floor(now / 60000)
+local hour = prefix .. 'hist:h:' .. math.floor(now / 3600000)
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', minute, ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', hour, ARGV[i], ARGV[i + 1])
+end
+-- Kept 25 hours (minutes) and 8 days (hours) after the last write.
+redis.call('PEXPIRE', minute, 90000000)
+redis.call('PEXPIRE', hour, 691200000)
+return (#ARGV - 1) / 2
