@@ -1029,3 +1029,65 @@ async fn a_failure_without_a_message_still_says_why() {
     let dead = hget(&mut conn, &keys.jobs, "quiet").await.unwrap();
     assert_eq!(dead_error(&dead), "failed without an error message");
 }
+
+/// `history.lua` checks every field/increment pair and the prefix before its first write: a bad
+/// one anywhere in the call is an error reply and nothing is written, good pairs included.
+#[tokio::test]
+async fn history_lua_refuses_bad_pairs_and_writes_nothing() {
+    let (server, _client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("hist").unwrap();
+    let call = |prefix: &str, pairs: &[&str]| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ostq::scripts::HISTORY).arg(0).arg(prefix);
+        for p in pairs {
+            cmd.arg(*p);
+        }
+        cmd
+    };
+    let long = "x".repeat(400) + "|processed";
+    let bad: Vec<(&str, Vec<&str>)> = vec![
+        ("ostq:{hist}", vec!["a|processed", "1"]),
+        ("elsewhere:", vec!["a|processed", "1"]),
+        (&keys.prefix, vec!["a|processed"]),
+        (&keys.prefix, vec!["a|processed", "1", "b|failed"]),
+        (&keys.prefix, vec!["a|processed", "0"]),
+        (&keys.prefix, vec!["a|processed", "-1"]),
+        (&keys.prefix, vec!["a|processed", "1e3"]),
+        (&keys.prefix, vec!["a|processed", "1.5"]),
+        (&keys.prefix, vec!["a|processed", "100000000000000"]),
+        (&keys.prefix, vec!["a|processed", "1", "", "1"]),
+        (&keys.prefix, vec!["a|processed", "1", "no-bar", "1"]),
+        (&keys.prefix, vec!["a|processed", "1", &long, "1"]),
+    ];
+    let before = snapshot(&mut conn).await;
+    for (prefix, pairs) in &bad {
+        let reply: redis::RedisResult<Value> = call(prefix, pairs).query_async(&mut conn).await;
+        assert!(reply.is_err(), "{prefix} {pairs:?} accepted: {reply:?}");
+        assert_eq!(
+            snapshot(&mut conn).await,
+            before,
+            "{prefix} {pairs:?} wrote"
+        );
+    }
+    let written: u64 = call(&keys.prefix, &["a|processed", "2", "a|run:3", "1"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    let hist: Vec<String> = redis::cmd("KEYS")
+        .arg("ostq:{hist}:hist:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(hist.len(), 2, "{hist:?}");
+    for key in hist {
+        let n: Option<u64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("a|processed")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, Some(2), "{key}");
+    }
+}
