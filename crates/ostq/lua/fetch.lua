@@ -39,6 +39,7 @@ if not string.find(ARGV[8] or '', '^[1-9]%d*$') then error('ostq: fetch.lua ARGV
 -- @include lib/queue.lua
 -- @include lib/envelope.lua
 -- @include lib/file.lua
+-- @include lib/history.lua
 local emit, EVENTS = event_emitter(KEYS[13], KEYS[14], prefix, now)
 local FILE_KEYS = {jobs = KEYS[5], prefix = prefix}
 local QUEUE = {pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[8]}
@@ -97,8 +98,18 @@ end
 -- tells its worker the lease is lost) and finished by the next calls.
 local function recover()
   local groups = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 100)
+  if #groups == 0 then return end
+  -- What recovery adds to the history, per task: recovered, processed and failed (a lost
+  -- attempt is a failed one), then retried or dead.
+  local figures = {}
+  local function count(job, figure)
+    local name = job[4]
+    if name == '' then name = '-' end
+    local field = name .. '|' .. figure
+    figures[field] = (figures[field] or 0) + 1
+  end
   for _, group in ipairs(groups) do
-    if budget_entries <= 0 or budget_bytes <= 0 then return end
+    if budget_entries <= 0 or budget_bytes <= 0 then break end
     local key = prefix .. 'lease:' .. group
     local index = redis.call('LLEN', key)
     local lost = 0
@@ -123,6 +134,8 @@ local function recover()
           env = cmsgpack.pack(job)
           local id = job[1]
           local rec = prefix .. 'job:' .. id
+          count(job, 'recovered'); count(job, 'processed'); count(job, 'failed')
+          count(job, attempt >= max and 'dead' or 'retried')
           if attempt >= max then
             release_unique(prefix, job[10], id)
             id = file_job(FILE_KEYS, KEYS[7], now, id, env, now)
@@ -153,6 +166,9 @@ local function recover()
       redis.call('HINCRBY', KEYS[9], 'failed', lost)
     end
   end
+  local flat = {}
+  for field, n in pairs(figures) do flat[#flat + 1] = field; flat[#flat + 1] = n end
+  history_add(prefix, now, flat)
 end
 
 local function drop_dead(ids)

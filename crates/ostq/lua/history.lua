@@ -6,8 +6,10 @@
 --   carries the queue's hash tag, so they live in the queue's slot (as status records do).
 -- ARGV[1] key prefix "ostq:{<queue>}:"
 -- ARGV[2], ARGV[3], ... pairs: field "<task>|<figure>" (1..400 bytes), increment (1..10^14-1)
--- Returns the number of fields written. Nothing is written unless every pair is valid.
+-- Returns the number of fields written. Nothing is written unless every pair is valid. (fetch.lua
+-- adds the figures of the jobs it recovers from lost workers itself, with the same helper.)
 -- @include lib/args.lua
+-- @include lib/history.lua
 local prefix = ARGV[1]
 if type(prefix) ~= 'string' or not string.find(prefix, '^ostq:{.+}:$') then
   error('ostq: ARGV[1] must be a key prefix "ostq:{<queue>}:"')
@@ -24,13 +26,6 @@ for i = 2, #ARGV, 2 do
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local minute = prefix .. 'hist:m:' .. math.floor(now / 60000)
-local hour = prefix .. 'hist:h:' .. math.floor(now / 3600000)
-for i = 2, #ARGV, 2 do
-  redis.call('HINCRBY', minute, ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', hour, ARGV[i], ARGV[i + 1])
-end
--- Kept 25 hours (minutes) and 8 days (hours) after the last write.
-redis.call('PEXPIRE', minute, 90000000)
-redis.call('PEXPIRE', hour, 691200000)
-return (#ARGV - 1) / 2
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+return history_add(prefix, now, fields)

@@ -379,3 +379,68 @@ async fn history_records_what_workers_did() {
         "{ok:?}"
     );
 }
+
+/// A job whose worker died is recovered by the next fetch, which records it in the history:
+/// recovered, processed, failed and retried for its task (the lost attempt), then completed
+/// when it runs again.
+#[tokio::test]
+async fn recovery_from_a_lost_worker_is_in_the_history() {
+    let (server, client) = setup().await;
+    let queue = client.queue("lost");
+    queue.enqueue(&Fine { n: 1 }).await.unwrap();
+    // The first worker runs on a runtime of its own and is dropped mid-job, as a SIGKILL would.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url();
+    runtime.spawn(async move {
+        let client = ostq::Client::connect(&url).await.unwrap();
+        Worker::builder(client)
+            .queue("lost")
+            .lease(Duration::from_millis(500))
+            .task(|_: Fine| std::future::pending::<Result<(), BoxError>>())
+            .build()
+            .unwrap()
+            .run_until(std::future::pending())
+            .await
+    });
+    wait_counts(&queue, Duration::from_secs(10), |c| c.active == 1).await;
+    runtime.shutdown_background();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("lost")
+            .lease(Duration::from_millis(500))
+            .task(|_: Fine| async { Ok::<_, BoxError>(()) })
+            .build()
+            .unwrap(),
+    );
+    wait_counts(&queue, Duration::from_secs(10), |c| {
+        c.recovered_total == 1 && c.processed_total == 2
+    })
+    .await;
+    running.shutdown().await;
+    let now = SystemTime::now();
+    let points = queue
+        .history(Resolution::Minute, now - Duration::from_secs(300), now)
+        .await
+        .unwrap();
+    let fine = per_task(&points).remove("ok").unwrap_or_default();
+    assert_eq!(
+        (
+            fine.recovered,
+            fine.processed,
+            fine.failed,
+            fine.retried,
+            fine.completed
+        ),
+        (1, 2, 1, 1, 1),
+        "{fine:?}"
+    );
+    assert_eq!(
+        fine.run.count(),
+        1,
+        "only the attempt that ran has a run time"
+    );
+}

@@ -219,7 +219,7 @@ impl Histogram {
 
 /// What one task's jobs did in one minute or hour (or, merged, over several).
 ///
-/// JSON: `{"processed": 4, "completed": 2, "failed": 2, "retried": 1, "dead": 1,
+/// JSON: `{"processed": 4, "completed": 2, "failed": 2, "retried": 1, "dead": 1, "recovered": 0,
 /// "run": [24 counts], "wait": [24 counts], "total": [24 counts]}`.
 ///
 /// ```
@@ -245,6 +245,10 @@ pub struct TaskFigures {
     pub retried: u64,
     /// Failures sent to the dead set.
     pub dead: u64,
+    /// Jobs taken back from workers whose leases expired (counted in `processed` and `failed`
+    /// as well, and in `retried` or `dead`). Written by `fetch.lua` when it recovers them.
+    #[serde(default)]
+    pub recovered: u64,
     /// Run time of attempts: start to end, on the worker's clock.
     pub run: Histogram,
     /// Wait time of jobs: enqueue to the start of their first attempt (jobs with an enqueue
@@ -270,6 +274,7 @@ impl TaskFigures {
         self.failed = self.failed.saturating_add(other.failed);
         self.retried = self.retried.saturating_add(other.retried);
         self.dead = self.dead.saturating_add(other.dead);
+        self.recovered = self.recovered.saturating_add(other.recovered);
         self.run.merge(&other.run);
         self.wait.merge(&other.wait);
         self.total.merge(&other.total);
@@ -293,6 +298,7 @@ impl TaskFigures {
             "failed" => &mut self.failed,
             "retried" => &mut self.retried,
             "dead" => &mut self.dead,
+            "recovered" => &mut self.recovered,
             _ => {
                 let Some((kind, bucket)) = figure.split_once(':') else {
                     return false;
@@ -545,7 +551,7 @@ mod tests {
             ("x|total:03", 9),
             ("x|run:", 9),
             ("x|latency:1", 9),
-            ("x|recovered", 9),
+            ("x|requeued", 9),
             ("noBar", 9),
             ("y|unknown", 9),
         ]
