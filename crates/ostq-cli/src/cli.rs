@@ -174,6 +174,7 @@ Throughput is measured, not guessed: a one-shot `ostq stats` samples the process
 For cron and monitoring, exit code 3 and one line on stderr per threshold exceeded:
   ostq stats --max-pending 10000 --max-failure-rate 0.05 --max-latency 5m
   ostq stats --max-memory 80% --max-connections 1000 --max-dead 0 --require-workers
+  ostq stats --max-recent-failure-rate 10%     # failed/processed over the last 5 minutes only
   ostq stats --watch --max-latency 1m          # the same alerts, as ALERT: lines under the table";
 
 const JOBS_AFTER: &str = "\
@@ -321,6 +322,11 @@ pub struct StatsArgs {
     /// Alert (exit 3) when failed/processed exceeds this: 0.05 or 5%
     #[arg(long, value_parser = parse_rate, value_name = "RATE")]
     pub max_failure_rate: Option<Rate>,
+
+    /// Alert (exit 3) when failed/processed over the last 5 minutes (from the per-minute history)
+    /// exceeds this: 0.1 or 10%; quiet when nothing was processed in them
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
+    pub max_recent_failure_rate: Option<Rate>,
 
     /// Alert (exit 3) when the next pending job has waited longer than this
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use ostq::admin::stats::RECENT_FAILURE_WINDOW;
 use ostq::admin::{QueueStats, RedisInfo, Snapshot, StatsSampler};
 use serde_json::Value;
 
@@ -50,6 +51,7 @@ impl Collector {
 struct Thresholds {
     max_pending: Option<u64>,
     max_failure_rate: Option<f64>,
+    max_recent_failure_rate: Option<f64>,
     max_latency: Option<Duration>,
     require_workers: bool,
     max_memory: Option<f64>,
@@ -99,7 +101,7 @@ fn redis_alerts(redis: &RedisInfo, t: &Thresholds) -> Vec<String> {
     out
 }
 
-/// Pending, dead, failure rate, live workers and latency of one queue.
+/// Pending, dead, failure rates (all-time and recent), live workers and latency of one queue.
 fn queue_alerts(q: &QueueStats, t: &Thresholds, out: &mut Vec<String>) {
     let name = &q.counts.queue;
     let counted = [
@@ -113,10 +115,17 @@ fn queue_alerts(q: &QueueStats, t: &Thresholds, out: &mut Vec<String>) {
             ));
         }
     }
-    if let (Some(max), Some(rate)) = (t.max_failure_rate, q.failure_rate) {
-        if rate > max {
+    // No rate (nothing processed, ever or in the window) is never an alert.
+    let recent = format!(" over the last {}m", RECENT_FAILURE_WINDOW.as_secs() / 60);
+    let rates = [
+        (t.max_failure_rate, q.failure_rate, ""),
+        (t.max_recent_failure_rate, q.recent_failure_rate, &*recent),
+    ];
+    for (max, rate, span) in rates {
+        let Some(rate) = rate else { continue };
+        if let Some(max) = exceeded(max, rate) {
             out.push(format!(
-                "queue '{name}' failure rate is {:.1}% (max {:.1}%)",
+                "queue '{name}' failure rate{span} is {:.1}% (max {:.1}%)",
                 rate * 100.0,
                 max * 100.0
             ));
@@ -270,6 +279,7 @@ pub async fn run(global: &Global, args: StatsArgs) -> anyhow::Result<()> {
     let thresholds = Thresholds {
         max_pending: args.max_pending,
         max_failure_rate: args.max_failure_rate.map(|r| r.0),
+        max_recent_failure_rate: args.max_recent_failure_rate.map(|r| r.0),
         max_latency: args.max_latency,
         require_workers: args.require_workers,
         max_memory: args.max_memory.map(|r| r.0),

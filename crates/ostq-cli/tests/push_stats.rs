@@ -490,3 +490,63 @@ fn stats_max_dead_alerts_per_queue_and_in_watch() {
     child.wait().unwrap();
     assert!(seen);
 }
+
+/// `--max-recent-failure-rate` reads the last 5 minutes of the per-minute history (flushed by
+/// the burst worker as it exits): 2 of 4 attempts failed is 50%, over 40% and under 60%.
+#[test]
+fn stats_max_recent_failure_rate_reads_the_history() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "mixed", "ok", "ok", "--max-attempts", "1"]);
+    ok(
+        &url,
+        &["push", "mixed", "bad", "bad", "--max-attempts", "1"],
+    );
+    ok(&url, &["push", "idle", "1"]);
+    // A threshold with nothing processed in the window is quiet.
+    let out = run(
+        &url,
+        &["stats", "--sample", "0", "--max-recent-failure-rate", "0"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    ok(
+        &url,
+        &[
+            "worker",
+            "-q",
+            "mixed",
+            "--burst",
+            "--",
+            "sh",
+            "-c",
+            r#"read p; [ "$p" != bad ]"#,
+        ],
+    );
+    assert_eq!(counts(&url, "mixed")["dead"], 2);
+
+    let out = run(
+        &url,
+        &["stats", "--sample", "0", "--max-recent-failure-rate", "40%"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        alert_lines(&out),
+        ["alert: queue 'mixed' failure rate over the last 5m is 50.0% (max 40.0%)"]
+    );
+    let out = run(
+        &url,
+        &["stats", "--sample", "0", "--max-recent-failure-rate", "60%"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(alert_lines(&out).is_empty(), "{out:?}");
+
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    assert_eq!(
+        stats["queues"]["mixed"]["recent_failure_rate"], 0.5,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["queues"]["idle"]["recent_failure_rate"],
+        serde_json::Value::Null
+    );
+}
