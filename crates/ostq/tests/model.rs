@@ -530,6 +530,10 @@ struct Obs {
     stats: BTreeMap<String, i64>,
     paused: bool,
     stray: Vec<String>,
+    /// The history hashes summed field by field: (minute hashes, hour hashes); and any of them
+    /// without an expiry.
+    history: (BTreeMap<String, i64>, BTreeMap<String, i64>),
+    history_without_ttl: Vec<String>,
 }
 
 fn observe(r: &mut Redis, keys: &QueueKeys) -> Obs {
@@ -604,6 +608,19 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
             o.uniques.insert(k.to_string(), (text(&content[0]), *ttl));
         } else if let Some(g) = rest.strip_prefix("lease:") {
             o.leases.insert(g.to_string(), content.clone());
+        } else if rest.starts_with("hist:m:") || rest.starts_with("hist:h:") {
+            let sums = if rest.starts_with("hist:m:") {
+                &mut o.history.0
+            } else {
+                &mut o.history.1
+            };
+            for pair in content.chunks(2) {
+                let n: i64 = text(&pair[1]).parse().unwrap_or(i64::MIN);
+                *sums.entry(text(&pair[0])).or_default() += n;
+            }
+            if !*ttl {
+                o.history_without_ttl.push(key.clone());
+            }
         } else {
             o.stray.push(key.clone());
         }
@@ -2882,6 +2899,58 @@ fn check(m: &mut Model, o: &Obs) {
     }
     if !o.stray.is_empty() {
         problem!(m, "STRAY_KEY", "keys nobody owns: {:?}", o.stray);
+    }
+    check_history(m, o);
+}
+
+/// Only recovery writes history here (no worker runs): per task, every recovered job is one
+/// processed and failed attempt, retried or dead; minute and hour hashes agree; each expires; and
+/// no more jobs are in the history as recovered than the stats counted (entries too broken to
+/// name their task are counted there only).
+fn check_history(m: &mut Model, o: &Obs) {
+    let (minutes, hours) = &o.history;
+    if minutes != hours {
+        problem!(
+            m,
+            "HISTORY",
+            "minute sums {minutes:?} differ from hour sums {hours:?}"
+        );
+    }
+    if !o.history_without_ttl.is_empty() {
+        problem!(
+            m,
+            "HISTORY",
+            "history keys without expiry: {:?}",
+            o.history_without_ttl
+        );
+    }
+    let mut tasks: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    for (field, n) in minutes {
+        let (task, figure) = field.rsplit_once('|').unwrap_or(("", field));
+        tasks.entry(task).or_default().insert(figure, *n);
+    }
+    let mut recovered = 0;
+    for (task, figures) in &tasks {
+        let get = |f: &str| figures.get(f).copied().unwrap_or(0);
+        let r = get("recovered");
+        recovered += r;
+        let balanced =
+            get("processed") == r && get("failed") == r && get("retried") + get("dead") == r;
+        if !balanced || figures.len() > 5 {
+            problem!(
+                m,
+                "HISTORY",
+                "task {task:?}: recovery figures do not add up: {figures:?}"
+            );
+        }
+    }
+    let counted = o.stats.get("recovered").copied().unwrap_or(0);
+    if recovered > counted {
+        problem!(
+            m,
+            "HISTORY",
+            "{recovered} recovered in the history, {counted} in the stats"
+        );
     }
 }
 
