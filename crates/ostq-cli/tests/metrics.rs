@@ -98,18 +98,10 @@ impl Parsed {
 }
 
 fn parse(text: &str) -> Parsed {
-    let mut child = Command::new(python())
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = text.to_string();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let mut python = Command::new(python());
+    python.args(["-c", PARSE]);
+    let (out, written) = output_with_stdin(python, text.as_bytes());
+    written.unwrap();
     assert!(
         out.status.success(),
         "prometheus_client could not parse /metrics: {}\n--- body ---\n{text}",

@@ -37,9 +37,16 @@ pub fn run_os<S: AsRef<OsStr>>(url: &str, args: &[S]) -> Output {
     c.output().unwrap()
 }
 
-/// Runs `ostq` feeding `input` on stdin.
+/// Runs `ostq` feeding `input` on stdin (a program may stop reading early: the write's error is
+/// not checked).
 pub fn run_stdin(url: &str, args: &[&str], input: &[u8]) -> Output {
-    let mut child = cmd(url, args)
+    output_with_stdin(cmd(url, args), input).0
+}
+
+/// Runs any program feeding `input` on stdin from a thread (so a large input cannot deadlock
+/// against a full stdout pipe); its output, and how writing stdin went.
+pub fn output_with_stdin(mut command: Command, input: &[u8]) -> (Output, std::io::Result<()>) {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -47,12 +54,9 @@ pub fn run_stdin(url: &str, args: &[&str], input: &[u8]) -> Output {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    (out, writer.join().unwrap())
 }
 
 /// Runs `ostq` and asserts success; returns stdout as text.
