@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use ostq::admin::stats::RECENT_FAILURE_WINDOW;
-use ostq::admin::{QueueStats, RedisInfo, Snapshot, StatsSampler};
+use ostq::admin::alerts::{self, AlertRules};
+use ostq::admin::{Snapshot, StatsSampler};
 use serde_json::Value;
 
 use crate::cli::{Global, StatsArgs};
@@ -47,105 +47,12 @@ impl Collector {
     }
 }
 
-/// The thresholds a snapshot is checked against.
-struct Thresholds {
-    max_pending: Option<u64>,
-    max_failure_rate: Option<f64>,
-    max_recent_failure_rate: Option<f64>,
-    max_latency: Option<Duration>,
-    require_workers: bool,
-    max_memory: Option<f64>,
-    max_connections: Option<u64>,
-    max_dead: Option<u64>,
-}
-
-/// The threshold when `value` exceeds it (`None` when not given or not crossed).
-fn exceeded<T: PartialOrd + Copy>(max: Option<T>, value: T) -> Option<T> {
-    max.filter(|max| value > *max)
-}
-
-/// One line per crossed threshold: Redis's first, then each queue's.
-fn alerts(snap: &Snapshot, t: &Thresholds) -> Vec<String> {
-    let mut out = redis_alerts(&snap.redis, t);
-    for q in &snap.queues {
-        queue_alerts(q, t, &mut out);
-    }
-    out
-}
-
-/// Memory (share of maxmemory) and client connections.
-fn redis_alerts(redis: &RedisInfo, t: &Thresholds) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(max) = t.max_memory {
-        if redis.maxmemory == 0 {
-            out.push("Redis has no maxmemory: --max-memory cannot be checked".to_string());
-        } else {
-            let share = redis.used_memory as f64 / redis.maxmemory as f64;
-            if share > max {
-                out.push(format!(
-                    "Redis memory is {:.1}% of maxmemory ({} of {} bytes; max {:.1}%)",
-                    share * 100.0,
-                    redis.used_memory,
-                    redis.maxmemory,
-                    max * 100.0
-                ));
-            }
-        }
-    }
-    if let Some(max) = exceeded(t.max_connections, redis.connected_clients) {
-        out.push(format!(
-            "Redis has {} connected clients (max {max})",
-            redis.connected_clients
-        ));
-    }
-    out
-}
-
-/// Pending, dead, failure rates (all-time and recent), live workers and latency of one queue.
-fn queue_alerts(q: &QueueStats, t: &Thresholds, out: &mut Vec<String>) {
-    let name = &q.counts.queue;
-    let counted = [
-        (t.max_pending, q.counts.pending, "pending"),
-        (t.max_dead, q.counts.dead, "dead"),
-    ];
-    for (max, count, state) in counted {
-        if let Some(max) = exceeded(max, count) {
-            out.push(format!(
-                "queue '{name}' has {count} {state} jobs (max {max})"
-            ));
-        }
-    }
-    // No rate (nothing processed, ever or in the window) is never an alert.
-    let recent = format!(" over the last {}m", RECENT_FAILURE_WINDOW.as_secs() / 60);
-    let rates = [
-        (t.max_failure_rate, q.failure_rate, ""),
-        (t.max_recent_failure_rate, q.recent_failure_rate, &*recent),
-    ];
-    for (max, rate, span) in rates {
-        let Some(rate) = rate else { continue };
-        if let Some(max) = exceeded(max, rate) {
-            out.push(format!(
-                "queue '{name}' failure rate{span} is {:.1}% (max {:.1}%)",
-                rate * 100.0,
-                max * 100.0
-            ));
-        }
-    }
-    if t.require_workers && q.counts.pending > 0 && q.workers == Some(0) {
-        out.push(format!(
-            "queue '{name}' has {} pending jobs and no live worker",
-            q.counts.pending
-        ));
-    }
-    if let (Some(max), Some(age)) = (t.max_latency, q.oldest_pending_age()) {
-        if age > max {
-            out.push(format!(
-                "queue '{name}' latency is {} (max {})",
-                short_duration(age),
-                short_duration(max)
-            ));
-        }
-    }
+/// One line per crossed threshold, as the library words it.
+fn alerts(snap: &Snapshot, rules: &AlertRules) -> Vec<String> {
+    alerts::check(snap, rules)
+        .into_iter()
+        .map(|a| a.message)
+        .collect()
 }
 
 /// The JSON document of a snapshot: the library's [`Snapshot`] as it serializes, and the alerts.
@@ -246,7 +153,7 @@ pub fn snapshot_text(snap: &Snapshot) -> String {
 
 async fn watch_loop(
     collector: &mut Collector,
-    thresholds: &Thresholds,
+    thresholds: &AlertRules,
     json: bool,
     interval: Duration,
 ) -> anyhow::Result<()> {
@@ -276,7 +183,7 @@ async fn watch_loop(
 }
 
 pub async fn run(global: &Global, args: StatsArgs) -> anyhow::Result<()> {
-    let thresholds = Thresholds {
+    let thresholds = AlertRules {
         max_pending: args.max_pending,
         max_failure_rate: args.max_failure_rate.map(|r| r.0),
         max_recent_failure_rate: args.max_recent_failure_rate.map(|r| r.0),

@@ -219,24 +219,8 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A short human form of a duration: 850ms, 12s, 3m 20s, 2h 5m, 3d 4h.
-pub fn short_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs();
-    if s < 60 {
-        return format!("{:.1}s", d.as_secs_f64());
-    }
-    if s < 3600 {
-        return format!("{}m {}s", s / 60, s % 60);
-    }
-    if s < 86400 {
-        return format!("{}h {}m", s / 3600, (s % 3600) / 60);
-    }
-    format!("{}d {}h", s / 86400, (s % 86400) / 3600)
-}
+/// A short human form of a duration (the library's, so alerts and tables agree).
+pub use ostq::admin::alerts::short_duration;
 
 /// An RFC 3339 UTC time for unix milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {

@@ -348,7 +348,7 @@ fn stats_max_memory_alerts_on_the_share_of_maxmemory() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(
         alert_lines(&out),
-        ["alert: Redis has no maxmemory: --max-memory cannot be checked"]
+        ["alert: Redis has no maxmemory: its memory use cannot be checked against a limit"]
     );
     let out = run(&url, &["stats", "--sample", "0"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -11,7 +11,9 @@
 //!   [`Queue::probe_throughput`];
 //! - `remove`: [`Queue::memory_usage`] and [`Queue::remove`];
 //! - `views`: the stable JSON form of [`JobInfo`];
-//! - `workers`: the live workers ([`Client::workers`], [`WorkerInfo`]).
+//! - `workers`: the live workers ([`Client::workers`], [`WorkerInfo`]);
+//! - [`alerts`]: thresholds checked against a [`Snapshot`] ([`alerts::AlertRules`],
+//!   [`alerts::check`]), for `ostq stats` and the dashboard alike.
 //!
 //! Every type here serializes to a stable JSON form (documented on each): fields may be added,
 //! none is renamed or removed. `ostq … --json` prints exactly these. A job ([`JobInfo`]) comes
@@ -40,6 +42,7 @@ use crate::store::queues as stored;
 use crate::Client;
 use crate::{Error, Result};
 
+pub mod alerts;
 mod cursor;
 mod history;
 mod jobs;
