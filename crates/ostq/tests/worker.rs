@@ -336,6 +336,43 @@ async fn typed_tasks_dispatch_by_name_and_bad_ones_die_with_a_reason() {
     );
 }
 
+/// A named job that no typed handler claims runs on the default handler, which sees its name
+/// (one BullMQ processor serves every name); it used to go dead with "no handler for task".
+#[tokio::test]
+async fn the_default_handler_runs_named_jobs_no_typed_handler_claims() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("named");
+    queue
+        .push_with("r1", &PushOptions::new().name("resize"))
+        .await
+        .unwrap();
+    queue.push("plain").await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("named")
+            .handler(move |job: Job| {
+                let seen = seen2.clone();
+                async move {
+                    let name = job.name.clone().unwrap_or_default();
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("{name}:{}", job.payload_str()?));
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let counts = wait_counts(&queue, WAIT, |c| c.processed_total == 2).await;
+    running.shutdown().await;
+    assert_eq!((counts.dead, counts.failed_total), (0, 0));
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, [":plain", "resize:r1"]);
+}
+
 #[tokio::test]
 async fn priorities_run_highest_first_and_fifo_among_equals() {
     let (_server, client) = setup().await;

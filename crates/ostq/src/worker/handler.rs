@@ -152,20 +152,26 @@ pub(crate) struct Handlers {
 }
 
 impl Handlers {
-    /// The handler for a job's name and its retry policy, or why there is none.
+    /// The handler for a job's name and its retry policy, or why there is none: the typed
+    /// handler of that name, else the default handler (named jobs included).
     pub(crate) fn pick(
         &self,
         name: Option<&str>,
     ) -> Result<(DynHandler, Option<RetryPolicy>), String> {
         match name {
-            Some(name) => self.by_name.get(name).cloned().ok_or_else(|| {
-                let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                format!(
-                    "no handler for task '{name}' (this worker handles: {})",
-                    known.join(", ")
-                )
-            }),
+            Some(name) => self
+                .by_name
+                .get(name)
+                .cloned()
+                .or_else(|| self.default.clone().map(|h| (h, None)))
+                .ok_or_else(|| {
+                    let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    format!(
+                        "no handler for task '{name}' (this worker handles: {})",
+                        known.join(", ")
+                    )
+                }),
             None => self.default.clone().map(|h| (h, None)).ok_or_else(|| {
                 "job has no task name and this worker has no default handler".to_string()
             }),
