@@ -4,6 +4,8 @@
 //! 0.0.4). Nothing is cached between scrapes, so a queue, a worker or a latency that is gone is
 //! gone from the next scrape too.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use axum::Router;
 use futures::{StreamExt, TryStreamExt};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use ostq::admin::{RedisInfo, WorkerInfo};
+use ostq::admin::{Histogram, RedisInfo, TaskFigures, WorkerInfo};
 use ostq::{Client, QueueCounts};
 
 use crate::cli::{Global, MetricsArgs};
@@ -46,6 +48,8 @@ struct Exporter {
 /// One queue as a scrape read it.
 struct QueueReading {
     counts: QueueCounts,
+    /// Per task, since the history began (`Queue::history_totals`).
+    tasks: BTreeMap<String, TaskFigures>,
     /// The age of the job that runs next; `None` when nothing is pending or it is unknown (a
     /// bare entry has no enqueue time).
     latency: Option<Duration>,
@@ -189,13 +193,17 @@ impl Exporter {
 
 async fn read_queue(client: &Client, name: String) -> ostq::Result<QueueReading> {
     let queue = client.queue(&name);
-    let counts = queue.counts().await?;
+    let (counts, tasks) = tokio::try_join!(queue.counts(), queue.history_totals())?;
     let latency = if counts.pending > 0 {
         queue.oldest_pending_age().await?
     } else {
         None
     };
-    Ok(QueueReading { counts, latency })
+    Ok(QueueReading {
+        counts,
+        tasks,
+        latency,
+    })
 }
 
 /// A label value as `metrics-exporter-prometheus` wants it: its sanitizer takes a backslash
@@ -217,7 +225,11 @@ fn render(reading: Option<&Reading>, started: Instant) -> String {
         }
         gauge!("ostq_scrape_duration_seconds").set(started.elapsed().as_secs_f64());
     });
-    handle.render()
+    let mut text = handle.render();
+    if let Some(reading) = reading {
+        render_histograms(reading, &mut text);
+    }
+    text
 }
 
 /// HELP (and so TYPE) of every metric.
@@ -236,15 +248,27 @@ fn describe() {
     );
     describe_counter!(
         "ostq_jobs_processed_total",
-        "Attempts that finished, successful or not, since the queue began."
+        "Attempts that ended, successful or not, by task (from the queue's history)."
+    );
+    describe_counter!(
+        "ostq_jobs_completed_total",
+        "Attempts that completed, by task (from the queue's history)."
     );
     describe_counter!(
         "ostq_jobs_failed_total",
-        "Attempts that failed (errors, panics, timeouts, lost workers) since the queue began."
+        "Attempts that failed (errors, panics, timeouts, lost workers), by task."
+    );
+    describe_counter!(
+        "ostq_jobs_retried_total",
+        "Failed attempts sent to retry, by task."
+    );
+    describe_counter!(
+        "ostq_jobs_dead_total",
+        "Failed attempts sent to the dead set, by task."
     );
     describe_counter!(
         "ostq_jobs_recovered_total",
-        "Jobs taken back from workers whose leases expired, since the queue began."
+        "Jobs taken back from workers whose leases expired, by task."
     );
     describe_gauge!("ostq_workers", "Live workers serving the queue.");
     describe_gauge!(
@@ -307,9 +331,19 @@ fn record(reading: &Reading) {
             gauge!("ostq_queue_latency_seconds", "queue" => name.clone()).set(age.as_secs_f64());
         }
         gauge!("ostq_queue_paused", "queue" => name.clone()).set(if c.paused { 1.0 } else { 0.0 });
-        counter!("ostq_jobs_processed_total", "queue" => name.clone()).absolute(c.processed_total);
-        counter!("ostq_jobs_failed_total", "queue" => name.clone()).absolute(c.failed_total);
-        counter!("ostq_jobs_recovered_total", "queue" => name.clone()).absolute(c.recovered_total);
+        for (task, f) in &q.tasks {
+            let task = label(task);
+            for (metric, n) in [
+                ("ostq_jobs_processed_total", f.processed),
+                ("ostq_jobs_completed_total", f.completed),
+                ("ostq_jobs_failed_total", f.failed),
+                ("ostq_jobs_retried_total", f.retried),
+                ("ostq_jobs_dead_total", f.dead),
+                ("ostq_jobs_recovered_total", f.recovered),
+            ] {
+                counter!(metric, "queue" => name.clone(), "task" => task.clone()).absolute(n);
+            }
+        }
         let serving = reading
             .workers
             .iter()
@@ -322,6 +356,67 @@ fn record(reading: &Reading) {
     gauge!("ostq_redis_used_memory_bytes").set(redis.used_memory as f64);
     gauge!("ostq_redis_maxmemory_bytes").set(redis.maxmemory as f64);
     gauge!("ostq_redis_connected_clients").set(redis.connected_clients as f64);
+}
+
+/// The duration histograms, as text appended to the recorder's rendering: the history holds
+/// them already bucketed, which the `metrics` facade (it records one observation at a time)
+/// cannot express. Bucket `b` of the history is `le = 0.005 · 2^b` seconds; its last bucket is
+/// `+Inf`. A series is written only for tasks that have counted durations.
+fn render_histograms(reading: &Reading, out: &mut String) {
+    type Pick = fn(&TaskFigures) -> (&Histogram, u64);
+    let families: [(&str, &str, Pick); 3] = [
+        (
+            "ostq_job_run_duration_seconds",
+            "How long attempts ran, start to end, by task (from the queue's history).",
+            |f| (&f.run, f.run_sum_ms),
+        ),
+        (
+            "ostq_job_wait_duration_seconds",
+            "How long jobs waited from enqueue to the start of their first attempt, by task (jobs with an enqueue time only).",
+            |f| (&f.wait, f.wait_sum_ms),
+        ),
+        (
+            "ostq_job_total_duration_seconds",
+            "How long completed jobs took from enqueue to completion, by task (jobs with an enqueue time only).",
+            |f| (&f.total, f.total_sum_ms),
+        ),
+    ];
+    for (name, help, pick) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for q in &reading.queues {
+            for (task, figures) in &q.tasks {
+                let (histogram, sum_ms) = pick(figures);
+                if histogram.count() == 0 {
+                    continue;
+                }
+                let labels = format!(
+                    "queue=\"{}\",task=\"{}\"",
+                    escape_label(&q.counts.queue),
+                    escape_label(task)
+                );
+                let mut cumulative = 0u64;
+                for (b, n) in histogram.buckets.iter().enumerate() {
+                    cumulative = cumulative.saturating_add(*n);
+                    let le = match Histogram::upper_bound(b) {
+                        Some(bound) => bound.as_secs_f64().to_string(),
+                        None => "+Inf".to_string(),
+                    };
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                }
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum_ms as f64 / 1000.0);
+                let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// A label value in the text format: backslash, double quote and line feed escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

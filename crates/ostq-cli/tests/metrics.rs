@@ -243,7 +243,7 @@ fn check_families(parsed: &Parsed, expected: &[(&str, &str)]) {
         );
         for label in labels.keys() {
             assert!(
-                label == "queue" || label == "state",
+                ["queue", "state", "task", "le"].contains(&label.as_str()),
                 "unexpected label {label} on {sample}"
             );
         }
@@ -256,8 +256,14 @@ const FAMILIES: &[(&str, &str)] = &[
     ("ostq_queue_latency_seconds", "gauge"),
     ("ostq_queue_paused", "gauge"),
     ("ostq_jobs_processed", "counter"),
+    ("ostq_jobs_completed", "counter"),
     ("ostq_jobs_failed", "counter"),
+    ("ostq_jobs_retried", "counter"),
+    ("ostq_jobs_dead", "counter"),
     ("ostq_jobs_recovered", "counter"),
+    ("ostq_job_run_duration_seconds", "histogram"),
+    ("ostq_job_wait_duration_seconds", "histogram"),
+    ("ostq_job_total_duration_seconds", "histogram"),
     ("ostq_workers", "gauge"),
     ("ostq_worker_slots", "gauge"),
     ("ostq_worker_slots_busy", "gauge"),
@@ -283,8 +289,10 @@ fn metrics_match_what_was_done_and_redis_down_says_up_0() {
     let mut redis = RedisServer::start_with(&["--maxmemory", "104857600"]).unwrap();
     let url = redis.url();
 
-    // Queue "work": 4 jobs succeed, 2 tracked ones too (completed), 3 fail for good (dead).
+    // Queue "work": 4 jobs succeed, 2 tracked ones too (completed), 3 fail for good (dead), and
+    // one named "resize" succeeds: 10 attempts.
     ok(&url, &["push", "work", "ok1", "ok2", "ok3", "ok4"]);
+    push_named(&url, "work", "resize", "r1");
     ok(&url, &["push", "work", "t1", "t2", "--track"]);
     ok(
         &url,
@@ -344,9 +352,34 @@ fn metrics_match_what_was_done_and_redis_down_says_up_0() {
     assert_eq!(jobs("work", "completed"), 2.0);
     assert_eq!(jobs("work", "active"), 0.0);
     assert_eq!(jobs("work", "retry"), 0.0);
-    assert_eq!(m.get("ostq_jobs_processed_total", &work), 9.0);
-    assert_eq!(m.get("ostq_jobs_failed_total", &work), 3.0);
-    assert_eq!(m.get("ostq_jobs_recovered_total", &work), 0.0);
+    let unnamed = [("queue", "work"), ("task", "-")];
+    let resize = [("queue", "work"), ("task", "resize")];
+    for (counter, want_unnamed, want_resize) in [
+        ("ostq_jobs_processed_total", 9.0, 1.0),
+        ("ostq_jobs_completed_total", 6.0, 1.0),
+        ("ostq_jobs_failed_total", 3.0, 0.0),
+        ("ostq_jobs_retried_total", 0.0, 0.0),
+        ("ostq_jobs_dead_total", 3.0, 0.0),
+        ("ostq_jobs_recovered_total", 0.0, 0.0),
+    ] {
+        assert_eq!(m.get(counter, &unnamed), want_unnamed, "{counter}\n{body}");
+        assert_eq!(m.get(counter, &resize), want_resize, "{counter}");
+    }
+    // Histograms: every attempt ran, every job waited once, completed jobs have a total.
+    for (family, want_unnamed, want_resize) in [
+        ("ostq_job_run_duration_seconds", 9.0, 1.0),
+        ("ostq_job_wait_duration_seconds", 9.0, 1.0),
+        ("ostq_job_total_duration_seconds", 6.0, 1.0),
+    ] {
+        check_histogram(&m, family, &unnamed, want_unnamed);
+        check_histogram(&m, family, &resize, want_resize);
+    }
+    // The worker started after the pushes, so every job waited (the sum is in seconds).
+    let waited = m.get("ostq_job_wait_duration_seconds_sum", &unnamed);
+    assert!(
+        (0.0..600.0 * 9.0).contains(&waited) && waited > 0.0,
+        "{waited}"
+    );
     assert_eq!(m.get("ostq_queue_paused", &work), 1.0);
     assert_eq!(m.get("ostq_workers", &work), 1.0);
     let latency = m.get("ostq_queue_latency_seconds", &work);
@@ -424,6 +457,41 @@ fn metrics_match_what_was_done_and_redis_down_says_up_0() {
     wait_until(Duration::from_secs(20), "ostq_redis_up 1 again", || {
         scrape(port).1.value("ostq_redis_up", &[]) == Some(1.0)
     });
+}
+
+/// Pushes one job named `task` through the library (the CLI pushes unnamed jobs).
+fn push_named(url: &str, queue: &str, task: &str, payload: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = ostq::Client::connect(url).await.unwrap();
+        let opts = ostq::PushOptions::new().name(task);
+        client.queue(queue).push_with(payload, &opts).await.unwrap();
+    });
+}
+
+/// One histogram series: `count` observations, cumulative buckets at the history's bounds
+/// (0.005 s doubling, then +Inf) that never decrease and end at the count.
+fn check_histogram(m: &Parsed, family: &str, labels: &[(&str, &str)], count: f64) {
+    assert_eq!(m.get(&format!("{family}_count"), labels), count, "{family}");
+    assert!(m.get(&format!("{family}_sum"), labels) >= 0.0);
+    let bucket = format!("{family}_bucket");
+    let mut previous = 0.0;
+    for b in 0..24u32 {
+        let le = if b == 23 {
+            "+Inf".to_string()
+        } else {
+            format!("{}", (5u64 << b) as f64 / 1000.0)
+        };
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        let n = m.get(&bucket, &with_le);
+        assert!(n >= previous, "{family} bucket le={le} decreases");
+        previous = n;
+    }
+    assert_eq!(previous, count, "{family}: +Inf bucket is the count");
 }
 
 #[test]

@@ -1,9 +1,10 @@
--- history.lua: add one outcome batch's figures to the queue's history, a hash per minute and a
--- hash per hour named from the server's clock (docs/design.md §2, "History"). The worker sums
--- its batch first, so this is one call per batch, never one per job.
+-- history.lua: add a worker's tally of outcomes to the queue's history: a hash per minute and a
+-- hash per hour named from the server's clock, and the queue's totals (docs/design.md §2,
+-- "History"). Workers sum what they wrote and send it once a second per queue, never per job.
 --
--- KEYS: none. The hashes are <prefix>hist:m:<minute> and <prefix>hist:h:<hour>; the prefix
---   carries the queue's hash tag, so they live in the queue's slot (as status records do).
+-- KEYS: none. The hashes are <prefix>hist:m:<minute>, <prefix>hist:h:<hour> and
+--   <prefix>hist:all; the prefix carries the queue's hash tag, so they live in the queue's slot
+--   (as status records do).
 -- ARGV[1] key prefix "ostq:{<queue>}:"
 -- ARGV[2], ARGV[3], ... pairs: field "<task>|<figure>" (1..400 bytes), increment (1..10^14-1)
 -- Returns the number of fields written. Nothing is written unless every pair is valid. (fetch.lua

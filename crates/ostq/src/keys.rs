@@ -169,6 +169,18 @@ impl QueueKeys {
         format!("{}hist:h:{hour}", self.prefix)
     }
 
+    /// HASH of the queue's per-task totals since the history began, same fields as
+    /// [`QueueKeys::history_minute`] (what `/metrics` exports as counters and histograms). No
+    /// expiry; at most 20,000 fields (design §2, "History").
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::new("q").unwrap();
+    /// assert_eq!(keys.history_totals(), "ostq:{q}:hist:all");
+    /// ```
+    pub fn history_totals(&self) -> String {
+        format!("{}hist:all", self.prefix)
+    }
+
     /// A `SCAN MATCH` pattern for every key of the queue, per-job keys included (the queue name
     /// with the pattern's special characters escaped).
     ///

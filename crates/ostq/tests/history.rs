@@ -317,7 +317,10 @@ async fn history_records_what_workers_did() {
         Worker::builder(client.clone())
             .queue("recorded")
             .retry(RetryPolicy::fixed(Duration::from_millis(20)))
-            .task(|_: Fine| async { Ok::<_, BoxError>(()) })
+            .task(|_: Fine| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, BoxError>(())
+            })
             .task(|t: Doomed| async move { Err::<(), BoxError>(format!("{} fails", t.n).into()) })
             .build()
             .unwrap(),
@@ -378,6 +381,12 @@ async fn history_records_what_workers_did() {
         ok.run.quantile_bucket(1.0).is_some_and(|b| b < 12),
         "{ok:?}"
     );
+    // Each "ok" attempt slept 20 ms: the run time sum says so (and is not wildly more).
+    assert!((60..10_000).contains(&ok.run_sum_ms), "{ok:?}");
+    assert!(ok.total_sum_ms >= ok.run_sum_ms, "{ok:?}");
+    // The totals hash holds the same figures (the test is far shorter than a day).
+    let totals = queue.history_totals().await.unwrap();
+    assert_eq!(totals, tasks);
 }
 
 /// A job whose worker died is recovered by the next fetch, which records it in the history:

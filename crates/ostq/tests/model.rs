@@ -533,6 +533,10 @@ struct Obs {
     /// The history hashes summed field by field: (minute hashes, hour hashes); and any of them
     /// without an expiry.
     history: (BTreeMap<String, i64>, BTreeMap<String, i64>),
+    /// The totals hash (`hist:all`), field by field, and whether it has an expiry (it must
+    /// not).
+    history_totals: BTreeMap<String, i64>,
+    history_totals_ttl: bool,
     history_without_ttl: Vec<String>,
 }
 
@@ -608,6 +612,12 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
             o.uniques.insert(k.to_string(), (text(&content[0]), *ttl));
         } else if let Some(g) = rest.strip_prefix("lease:") {
             o.leases.insert(g.to_string(), content.clone());
+        } else if rest == "hist:all" {
+            for pair in content.chunks(2) {
+                let n: i64 = text(&pair[1]).parse().unwrap_or(i64::MIN);
+                *o.history_totals.entry(text(&pair[0])).or_default() += n;
+            }
+            o.history_totals_ttl = *ttl;
         } else if rest.starts_with("hist:m:") || rest.starts_with("hist:h:") {
             let sums = if rest.starts_with("hist:m:") {
                 &mut o.history.0
@@ -2904,7 +2914,8 @@ fn check(m: &mut Model, o: &Obs) {
 }
 
 /// Only recovery writes history here (no worker runs): per task, every recovered job is one
-/// processed and failed attempt, retried or dead; minute and hour hashes agree; each expires; and
+/// processed and failed attempt, retried or dead; minute and hour hashes and the totals agree
+/// (the run is far shorter than a day); minute and hour hashes expire, the totals do not; and
 /// no more jobs are in the history as recovered than the stats counted (entries too broken to
 /// name their task are counted there only).
 fn check_history(m: &mut Model, o: &Obs) {
@@ -2915,6 +2926,17 @@ fn check_history(m: &mut Model, o: &Obs) {
             "HISTORY",
             "minute sums {minutes:?} differ from hour sums {hours:?}"
         );
+    }
+    if &o.history_totals != minutes {
+        problem!(
+            m,
+            "HISTORY",
+            "totals {:?} differ from minute sums {minutes:?}",
+            o.history_totals
+        );
+    }
+    if o.history_totals_ttl {
+        problem!(m, "HISTORY", "the history totals have an expiry");
     }
     if !o.history_without_ttl.is_empty() {
         problem!(

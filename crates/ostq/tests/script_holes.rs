@@ -1080,7 +1080,7 @@ async fn history_lua_refuses_bad_pairs_and_writes_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(hist.len(), 2, "{hist:?}");
+    assert_eq!(hist.len(), 3, "minute, hour and totals: {hist:?}");
     for key in hist {
         let n: Option<u64> = redis::cmd("HGET")
             .arg(&key)
@@ -1089,5 +1089,86 @@ async fn history_lua_refuses_bad_pairs_and_writes_nothing() {
             .await
             .unwrap();
         assert_eq!(n, Some(2), "{key}");
+    }
+}
+
+/// The totals hash is bounded: once it holds 20,000 fields, a field it does not have is counted
+/// under `~other` in the totals, minute and hour hashes alike, while known fields still count
+/// where they are.
+#[tokio::test]
+async fn history_totals_fold_new_task_names_into_other_once_full() {
+    let (server, _client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("capped").unwrap();
+    let all = keys.history_totals();
+    let mut fill = redis::cmd("HSET");
+    fill.arg(&all);
+    for i in 0..19_999 {
+        fill.arg(format!("t{i}|processed")).arg(1);
+    }
+    let _: u64 = fill.query_async(&mut conn).await.unwrap();
+    let call = |pairs: &[&str]| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ostq::scripts::HISTORY).arg(0).arg(&keys.prefix);
+        for p in pairs {
+            cmd.arg(*p);
+        }
+        cmd
+    };
+    // One field short of full: a new name still gets its own field, and fills the hash.
+    let _: u64 = call(&["fresh|processed", "2"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Full: a known field counts in place, new ones go to ~other.
+    let _: u64 = call(&[
+        "fresh|processed",
+        "1",
+        "t7|processed",
+        "1",
+        "new|processed",
+        "5",
+        "new|run:3",
+        "1",
+    ])
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+    let hget = |key: String, field: &'static str| {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg(field);
+        cmd
+    };
+    let get = |field: &'static str| hget(all.clone(), field);
+    let n: Option<u64> = get("fresh|processed").query_async(&mut conn).await.unwrap();
+    assert_eq!(n, Some(3));
+    let n: Option<u64> = get("t7|processed").query_async(&mut conn).await.unwrap();
+    assert_eq!(n, Some(2));
+    let n: Option<u64> = get("new|processed").query_async(&mut conn).await.unwrap();
+    assert_eq!(n, None, "a new name past the bound gets no field");
+    let n: Option<u64> = get("~other|processed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, Some(5));
+    let n: Option<u64> = get("~other|run:3").query_async(&mut conn).await.unwrap();
+    assert_eq!(n, Some(1));
+    let len: u64 = redis::cmd("HLEN")
+        .arg(&all)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 20_002);
+    let minutes: Vec<String> = redis::cmd("KEYS")
+        .arg("ostq:{capped}:hist:m:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in minutes {
+        let n: Option<u64> = hget(key.clone(), "~other|processed")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, Some(5), "{key}");
     }
 }

@@ -256,6 +256,15 @@ pub struct TaskFigures {
     pub wait: Histogram,
     /// Total time of completed jobs: enqueue to completion (jobs with an enqueue time only).
     pub total: Histogram,
+    /// The run times counted in `run`, summed, in ms.
+    #[serde(default)]
+    pub run_sum_ms: u64,
+    /// The wait times counted in `wait`, summed, in ms.
+    #[serde(default)]
+    pub wait_sum_ms: u64,
+    /// The total times counted in `total`, summed, in ms.
+    #[serde(default)]
+    pub total_sum_ms: u64,
 }
 
 impl TaskFigures {
@@ -278,6 +287,9 @@ impl TaskFigures {
         self.run.merge(&other.run);
         self.wait.merge(&other.wait);
         self.total.merge(&other.total);
+        self.run_sum_ms = self.run_sum_ms.saturating_add(other.run_sum_ms);
+        self.wait_sum_ms = self.wait_sum_ms.saturating_add(other.wait_sum_ms);
+        self.total_sum_ms = self.total_sum_ms.saturating_add(other.total_sum_ms);
     }
 
     /// Failed over processed attempts; `None` when nothing was processed.
@@ -303,12 +315,16 @@ impl TaskFigures {
                 let Some((kind, bucket)) = figure.split_once(':') else {
                     return false;
                 };
-                let histogram = match kind {
-                    "run" => &mut self.run,
-                    "wait" => &mut self.wait,
-                    "total" => &mut self.total,
+                let (histogram, sum) = match kind {
+                    "run" => (&mut self.run, &mut self.run_sum_ms),
+                    "wait" => (&mut self.wait, &mut self.wait_sum_ms),
+                    "total" => (&mut self.total, &mut self.total_sum_ms),
                     _ => return false,
                 };
+                if bucket == "sum" {
+                    *sum = sum.saturating_add(n);
+                    return true;
+                }
                 // Only the canonical decimal form ("0".."23"), as `history.lua` writes it.
                 let b = match bucket.parse::<usize>() {
                     Ok(b) if b < HISTOGRAM_BUCKETS && bucket == b.to_string() => b,
@@ -450,6 +466,27 @@ impl Queue {
             .into_iter()
             .map(|(bucket, fields)| HistoryPoint::from_fields(bucket * step, fields))
             .collect())
+    }
+
+    /// What each task's jobs did since the queue's history began (the `hist:all` hash, design
+    /// §2 "History"): counts, histograms and the sums of their durations, by task name, in one
+    /// round trip. These only grow, so they are what Prometheus counters and histograms are
+    /// made of (`ostq metrics` exports them). Workers built with `history(false)` add nothing;
+    /// once the hash is full (20,000 fields), new task names are counted under `~other`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// for (task, figures) in client.queue("videos").history_totals().await? {
+    ///     println!("{task}: {} processed, {} dead, run p99 {:?}",
+    ///              figures.processed, figures.dead, figures.run.quantile(0.99));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn history_totals(&self) -> Result<BTreeMap<String, TaskFigures>> {
+        let keys = self.keys()?;
+        let mut conn = self.client_ref().conn();
+        let fields = stored::read_totals(&mut conn, keys).await?;
+        Ok(HistoryPoint::from_fields(0, fields).tasks)
     }
 
     /// Failed over processed attempts, every task together, in the minute points covering the

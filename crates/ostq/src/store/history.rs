@@ -44,6 +44,13 @@ pub(crate) async fn read(
         .collect())
 }
 
+/// The queue's totals hash (`hist:all`), in one round trip; read as [`read`] reads a bucket.
+pub(crate) async fn read_totals(conn: &mut Conn, keys: &QueueKeys) -> Result<HashMap<String, u64>> {
+    let raw: HashMap<Vec<u8>, Vec<u8>> =
+        super::call::query(redis::cmd("HGETALL").arg(keys.history_totals()), conn).await?;
+    Ok(numeric_fields(raw))
+}
+
 /// The fields whose values are unsigned integers, names as text.
 fn numeric_fields(raw: HashMap<Vec<u8>, Vec<u8>>) -> HashMap<String, u64> {
     raw.into_iter()

@@ -106,9 +106,15 @@ pub(super) fn tally(outcomes: &[Outcome]) -> Vec<(String, u64)> {
             sum.counts[count] += 1;
         }
         let durations = [figures.run_ms, figures.wait_ms, figures.total_ms];
-        for (histogram, ms) in sum.histograms.iter_mut().zip(durations) {
+        for ((histogram, total_ms), ms) in sum
+            .histograms
+            .iter_mut()
+            .zip(&mut sum.sums_ms)
+            .zip(durations)
+        {
             if let Some(ms) = ms {
                 histogram[bucket(ms) as usize] += 1;
+                *total_ms = total_ms.saturating_add(ms);
             }
         }
     }
@@ -129,6 +135,8 @@ struct TaskSums<'a> {
     counts: [u64; 5],
     /// Run, wait and total time, by bucket.
     histograms: [[u64; BUCKETS as usize]; 3],
+    /// Run, wait and total time summed, in ms (a Prometheus histogram's `_sum`).
+    sums_ms: [u64; 3],
 }
 
 impl<'a> TaskSums<'a> {
@@ -137,6 +145,7 @@ impl<'a> TaskSums<'a> {
             task,
             counts: [0; 5],
             histograms: [[0; BUCKETS as usize]; 3],
+            sums_ms: [0; 3],
         }
     }
 
@@ -148,9 +157,17 @@ impl<'a> TaskSums<'a> {
             .filter(|(_, n)| *n > 0)
             .map(|(name, n)| (format!("{task}|{name}"), n))
             .collect();
-        for (name, histogram) in HISTOGRAM_NAMES.iter().zip(&self.histograms) {
+        for ((name, histogram), &sum) in HISTOGRAM_NAMES
+            .iter()
+            .zip(&self.histograms)
+            .zip(&self.sums_ms)
+        {
             for (b, &n) in histogram.iter().enumerate().filter(|(_, n)| **n > 0) {
                 fields.push((format!("{task}|{name}:{b}"), n));
+            }
+            // Durations of 0 ms add nothing: the field exists only with a non-zero sum.
+            if sum > 0 {
+                fields.push((format!("{task}|{name}:sum"), sum));
             }
         }
         fields
