@@ -34,6 +34,7 @@ mod error;
 pub mod events;
 pub mod job;
 pub mod keys;
+pub mod metrics;
 pub mod producer;
 pub mod results;
 pub mod retry;

@@ -29,6 +29,9 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
     ];
     let mut first = true;
     loop {
+        if shared.config.metrics {
+            super::metrics::record_slots(&shared);
+        }
         let busy = shared.running.load(Ordering::Relaxed);
         let now = now_ms();
         let mut fields = vec![("busy", busy.to_string()), ("last_seen", now.to_string())];

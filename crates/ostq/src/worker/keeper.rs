@@ -74,6 +74,9 @@ async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &m
         // Only once written, so that a retried write does not count twice.
         super::history::add(shared, queue, outcomes);
     }
+    if written && shared.config.metrics {
+        super::metrics::record(shared, queue, outcomes);
+    }
     let mut held = groups(shared);
     for (group, n) in counts {
         if !written {

@@ -27,6 +27,7 @@ mod handler;
 mod heartbeat;
 mod history;
 mod keeper;
+mod metrics;
 mod monitor;
 mod renewer;
 mod runtime;
@@ -80,6 +81,7 @@ pub(crate) struct Config {
     pub(crate) max_payload: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) history: bool,
+    pub(crate) metrics: bool,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
@@ -114,6 +116,7 @@ impl Worker {
                 max_payload: crate::producer::DEFAULT_MAX_PAYLOAD,
                 heartbeat: Duration::from_secs(5),
                 history: true,
+                metrics: true,
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -223,6 +226,21 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether the worker reports its jobs through the `metrics` facade ([`crate::metrics`]
+    /// lists the names): counts and run and wait time histograms per queue and task, and its
+    /// slots. On by default; it records nothing until the application installs a recorder, and
+    /// costs a few lookups per outcome batch when it has.
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// let builder = ostq::Worker::builder(client).metrics(false);
+    /// # }
+    /// ```
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.config.metrics = on;
+        self
+    }
+
     /// How often the worker renews its registry entry ([`crate::Client::workers`]); default 5 s.
     /// The entry expires three heartbeats after the last, so a killed worker disappears from the
     /// registry within that time.
@@ -244,7 +262,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// The handler for jobs without a task name (plain pushes: ids, bytes).
+    /// The handler for jobs without a task name (plain pushes: ids, bytes), and for named jobs
+    /// that no typed handler ([`WorkerBuilder::task`]) claims: it reads the name in
+    /// [`Job::name`], as one BullMQ processor serves every job name. Without it, such a job
+    /// fails with "no handler for task …" and goes to the dead set.
     pub fn handler<F, Fut, O, E>(mut self, f: F) -> Self
     where
         F: Fn(Job) -> Fut + Send + Sync + 'static,
