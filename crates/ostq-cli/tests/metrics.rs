@@ -342,6 +342,7 @@ fn metrics_match_what_was_done_and_redis_down_says_up_0() {
     let (exporter, port) = start_exporter(&url, &[]);
     let (body, m) = scrape(port);
     check_families(&m, FAMILIES);
+    promtool_check_metrics(&body);
 
     let jobs =
         |queue: &str, state: &str| m.get("ostq_queue_jobs", &[("queue", queue), ("state", state)]);
@@ -457,6 +458,58 @@ fn metrics_match_what_was_done_and_redis_down_says_up_0() {
     wait_until(Duration::from_secs(20), "ostq_redis_up 1 again", || {
         scrape(port).1.value("ostq_redis_up", &[]) == Some(1.0)
     });
+}
+
+/// Prometheus's own linter (`promtool check metrics`, Debian's `prometheus` package, installed
+/// by scripts/test) finds nothing to say about a scrape: names, units, HELP, TYPE, histograms.
+fn promtool_check_metrics(body: &str) {
+    require_promtool();
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let (out, written) = output_with_stdin(promtool, body.as_bytes());
+    written.unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n--- body ---\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const PROMTOOL_MISSING: &str = "promtool not found: install Debian's prometheus package \
+     (apt-get install --no-install-recommends prometheus; scripts/test does it)";
+
+/// Fails (never skips) without promtool.
+fn require_promtool() {
+    if let Err(e) = Command::new("promtool").arg("--version").output() {
+        panic!("{PROMTOOL_MISSING}: {e}");
+    }
+}
+
+/// The example alerting rules of docs/prometheus/ load (`promtool check rules`) and their unit
+/// tests pass (`promtool test rules`): each alert fires when its threshold is crossed for its
+/// `for:` time, and not below it.
+#[test]
+fn the_example_alert_rules_pass_promtool() {
+    require_promtool();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/prometheus");
+    for args in [
+        ["check", "rules", "ostq-alerts.yml"],
+        ["test", "rules", "ostq-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{PROMTOOL_MISSING}: {e}"));
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Pushes one job named `task` through the library (the CLI pushes unnamed jobs).
