@@ -332,7 +332,8 @@ pub struct StatsArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_latency: Option<Duration>,
 
-    /// Alert (exit 3) when a queue has pending jobs and no live worker serves it
+    /// Alert (exit 3) when a queue has pending jobs and no live worker serves it (paused queues
+    /// are left out)
     #[arg(long)]
     pub require_workers: bool,
 

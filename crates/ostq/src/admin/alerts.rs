@@ -54,7 +54,7 @@ pub struct AlertRules {
     pub max_recent_failure_rate: Option<f64>,
     /// The next job has waited longer than this.
     pub max_latency: Option<Duration>,
-    /// A queue with pending jobs has no live worker.
+    /// A queue with pending jobs has no live worker (paused queues are left out).
     pub require_workers: bool,
     /// Redis memory as a share of `maxmemory` (0..1) above this. With no `maxmemory` set, the
     /// rule itself raises [`AlertKind::MemoryUnchecked`]: nothing bounds the memory then.
@@ -262,7 +262,8 @@ fn queue_alerts(q: &QueueStats, rules: &AlertRules, out: &mut Vec<Alert>) {
             );
         }
     }
-    if rules.require_workers && q.counts.pending > 0 && q.workers == Some(0) {
+    // A paused queue is meant not to be served.
+    if rules.require_workers && q.counts.pending > 0 && q.workers == Some(0) && !q.counts.paused {
         push(
             AlertKind::NoWorkers,
             format!(
@@ -392,6 +393,23 @@ mod tests {
                 AlertKind::Latency,
             ]
         );
+    }
+
+    #[test]
+    fn a_paused_queue_without_workers_is_no_alert() {
+        let mut q = queue("held");
+        q.counts.pending = 3;
+        q.counts.paused = true;
+        q.workers = Some(0);
+        let snapshot = Snapshot {
+            queues: vec![q],
+            ..Snapshot::default()
+        };
+        let rules = AlertRules {
+            require_workers: true,
+            ..AlertRules::default()
+        };
+        assert_eq!(check(&snapshot, &rules), Vec::new());
     }
 
     #[test]
