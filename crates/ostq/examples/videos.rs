@@ -38,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
         .on_error(
             |job, failure| tracing::warn!(id = %job.id, error = %failure.error, "transcode failed"),
         )
-        .on_monitor(Duration::from_millis(500), move |counts| {
-            let c = &counts[0];
+        .on_monitor(Duration::from_millis(500), move |report| {
+            let c = &report.snapshot.queues[0].counts;
             tracing::info!(
                 pending = c.pending,
                 active = c.active,

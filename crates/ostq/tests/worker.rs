@@ -485,7 +485,7 @@ async fn delayed_jobs_fire_on_time_while_the_worker_idles() {
 }
 
 #[tokio::test]
-async fn hooks_see_failures_and_counts() {
+async fn hooks_see_failures_and_the_monitor_sees_everything() {
     let (_server, client) = setup().await;
     let queue = client.queue("hooked");
     queue
@@ -508,30 +508,49 @@ async fn hooks_see_failures_and_counts() {
             .on_error(move |job, failure| {
                 f2.lock().unwrap().push((job.payload.clone(), failure.dead))
             })
-            .on_monitor(Duration::from_millis(50), move |counts| {
-                s2.lock().unwrap().push(counts.to_vec())
+            .on_monitor(Duration::from_millis(50), move |report| {
+                s2.lock().unwrap().push(report.clone())
             })
             .build()
             .unwrap(),
     );
     wait_counts(&queue, WAIT, |c| c.processed_total == 5).await;
+    // The history (and so the recent failure rate) is sent once a second.
     assert!(
         common::wait_until(WAIT, || async {
-            snapshots
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|s| s[0].processed_total == 5)
+            snapshots.lock().unwrap().iter().any(|r| {
+                let q = &r.snapshot.queues[0];
+                q.counts.processed_total == 5 && q.recent_failure_rate.is_some()
+            })
         })
         .await
     );
     running.shutdown().await;
     assert_eq!(*failures.lock().unwrap(), vec![(b"bad".to_vec(), true)]);
     let last = snapshots.lock().unwrap().last().cloned().unwrap();
+    let q = &last.snapshot.queues[0];
     assert_eq!(
-        (last[0].queue.as_str(), last[0].dead, last[0].failed_total),
+        (
+            q.counts.queue.as_str(),
+            q.counts.dead,
+            q.counts.failed_total
+        ),
         ("hooked", 1, 1)
     );
+    assert_eq!(q.failure_rate, Some(0.2));
+    assert_eq!(q.recent_failure_rate, Some(0.2));
+    assert_eq!(q.workers, Some(1), "this worker, from the registry");
+    assert!(q.jobs_per_sec.is_some(), "measured between reports");
+    assert!(!last.snapshot.redis.version.is_empty());
+    assert!(
+        last.alerts.iter().all(|a| a.queue.is_none()),
+        "{:?}",
+        last.alerts
+    );
+    let me = &last.worker;
+    assert_eq!((me.completed, me.retried, me.dead), (4, 0, 1));
+    assert_eq!((me.concurrency, me.busy), (10, 0));
+    assert!(me.id.contains(':'), "{}", me.id);
 }
 
 #[tokio::test]

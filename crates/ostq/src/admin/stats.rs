@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::server::RedisInfo;
@@ -25,6 +26,10 @@ pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(60);
 /// assert_eq!(ostq::admin::stats::MIN_RATE_SPAN.as_millis(), 200);
 /// ```
 pub const MIN_RATE_SPAN: Duration = Duration::from_millis(200);
+
+/// Queues read at once: their commands are pipelined over the client's multiplexed connection,
+/// so a snapshot of many queues takes a few round trips per 64 queues, not per queue.
+const QUEUES_IN_FLIGHT: usize = 64;
 
 /// The window [`QueueStats::recent_failure_rate`] is measured over (the minute points of the
 /// per-task history covering it).
@@ -256,10 +261,12 @@ impl StatsSampler {
     /// # Ok(()) }
     /// ```
     pub async fn sample(&mut self) -> Result<Vec<QueueCounts>> {
-        let mut all = Vec::new();
-        for name in self.queue_names().await? {
-            all.push(self.client.queue(&name).counts().await?);
-        }
+        let client = &self.client;
+        let all: Vec<QueueCounts> = futures::stream::iter(self.queue_names().await?)
+            .map(|name| async move { client.queue(&name).counts().await })
+            .buffered(QUEUES_IN_FLIGHT)
+            .try_collect()
+            .await?;
         let at = Instant::now();
         let processed = all
             .iter()
@@ -290,11 +297,15 @@ impl StatsSampler {
         let all = self.sample().await?;
         let newest = self.history.back().map_or_else(Instant::now, |s| s.at);
         let oldest = self.history.front().cloned();
-        let workers = self.client.workers().await?;
-        let mut queues = Vec::new();
-        for counts in all {
-            let queue = self.client.queue(&counts.queue);
-            let mut stats = stats_of(&queue, counts).await?;
+        let (workers, redis) = tokio::try_join!(self.client.workers(), self.client.redis_info())?;
+        let client = &self.client;
+        let read: Vec<QueueStats> = futures::stream::iter(all)
+            .map(|counts| async move { stats_of(&client.queue(&counts.queue), counts).await })
+            .buffered(QUEUES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut queues = Vec::with_capacity(read.len());
+        for mut stats in read {
             let serving = workers.iter().filter(|w| w.serves(&stats.counts.queue));
             stats.workers = Some(serving.count() as u64);
             if let Some(oldest) = &oldest {
@@ -311,7 +322,7 @@ impl StatsSampler {
         }
         Ok(Snapshot {
             queues,
-            redis: self.client.redis_info().await?,
+            redis,
             taken_at_ms: now_ms(),
         })
     }

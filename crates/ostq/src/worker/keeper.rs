@@ -48,6 +48,24 @@ pub(super) async fn lease_keeper(
     }
 }
 
+/// Adds a written batch to the worker's own totals (completed, retried, dead).
+fn count_ended(shared: &Shared, outcomes: &[Outcome]) {
+    let mut ended = [0u64; 3];
+    for outcome in outcomes {
+        match outcome.settled.kind {
+            OutcomeKind::Completed { .. } => ended[0] += 1,
+            OutcomeKind::Failed { dead: false, .. } => ended[1] += 1,
+            OutcomeKind::Failed { dead: true, .. } => ended[2] += 1,
+            OutcomeKind::GivenBack => {}
+        }
+    }
+    for (total, n) in shared.ended.iter().zip(ended) {
+        if n > 0 {
+            total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Writes one queue's outcomes (retrying through outages for up to a lease) and settles their
 /// groups in the table: finished or given-up groups leave it, the others count their settled jobs.
 async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &mut bool) {
@@ -73,6 +91,9 @@ async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &m
     if written && shared.config.history {
         // Only once written, so that a retried write does not count twice.
         super::history::add(shared, queue, outcomes);
+    }
+    if written {
+        count_ended(shared, outcomes);
     }
     if written && shared.config.metrics {
         super::metrics::record(shared, queue, outcomes);

@@ -13,7 +13,7 @@
 //!         Ok::<_, ostq::BoxError>(())
 //!     })
 //!     .on_error(|job, failure| eprintln!("job {} failed: {}", job.id, failure.error))
-//!     .on_monitor(Duration::from_secs(10), |counts| eprintln!("{counts:?}"))
+//!     .on_monitor(Duration::from_secs(10), |report| eprintln!("{:?}", report.snapshot.queues))
 //!     .build()?
 //!     .run() // until ctrl-c or SIGTERM
 //!     .await
@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use handler::{BoxError, IntoOutput, Permanent};
+pub use monitor::{MonitorReport, WorkerFigures};
 
-use crate::admin::QueueCounts;
 use crate::job::Job;
 use crate::keys::QueueKeys;
 use crate::retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
@@ -61,7 +61,7 @@ pub struct Failure {
 }
 
 type ErrorHook = Arc<dyn Fn(&Job, &Failure) + Send + Sync>;
-type MonitorHook = Arc<dyn Fn(&[QueueCounts]) + Send + Sync>;
+type MonitorHook = Arc<dyn Fn(&MonitorReport) + Send + Sync>;
 
 /// Settings of a worker.
 #[derive(Clone)]
@@ -338,11 +338,16 @@ impl WorkerBuilder {
         self
     }
 
-    /// Called every `interval` with the counts of each served queue.
+    /// Called every `interval` with a [`MonitorReport`]: the served queues as `ostq stats` sees
+    /// them (counts, jobs per second, failure rates all-time and over 5 minutes, the age of the
+    /// next job, live workers), Redis's figures (memory, clients, version), the alerts of
+    /// [`AlertRules::recommended`](crate::admin::alerts::AlertRules::recommended), and this
+    /// worker's own figures (busy slots, attempts it ended). The hook runs on the monitor's
+    /// task: keep it short. A few round trips per report, whatever the number of queues.
     pub fn on_monitor(
         mut self,
         interval: Duration,
-        hook: impl Fn(&[QueueCounts]) + Send + Sync + 'static,
+        hook: impl Fn(&MonitorReport) + Send + Sync + 'static,
     ) -> Self {
         self.on_monitor = Some((interval, Arc::new(hook)));
         self

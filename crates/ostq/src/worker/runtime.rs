@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -140,6 +140,8 @@ pub(super) struct Shared {
     pub(super) running: AtomicUsize,
     /// History figures written but not yet sent (see `history.rs`).
     pub(super) history: history::Pending,
+    /// Attempts this worker ended and wrote: completed, retried, dead (the monitor's report).
+    pub(super) ended: [AtomicU64; 3],
 }
 
 pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -181,6 +183,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         worker_id: worker_id(),
         running: AtomicUsize::new(0),
         history: Default::default(),
+        ended: Default::default(),
     });
 
     let tasks = Tasks::spawn(&shared, weights, rx, cancel_tx, on_monitor);
