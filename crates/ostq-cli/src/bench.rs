@@ -21,6 +21,10 @@ use crate::util::{check_queue, connect, lib_err, redact, Exit};
 
 /// Whether the bench's workers record history (`--no-history` turns it off, to measure its cost).
 static HISTORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+/// Whether they report through the `metrics` facade (`--no-metrics` turns it off).
+static METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+/// Whether a Prometheus recorder receives what they report (`--prometheus`).
+static PROMETHEUS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Jobs per `push_bulk` call (the library pipelines them as LPUSHes of 1,000).
 const PUSH_CHUNK: usize = 10_000;
@@ -90,6 +94,18 @@ struct Ceiling {
 
 pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> {
     HISTORY.store(!args.no_history, std::sync::atomic::Ordering::Relaxed);
+    METRICS.store(!args.no_metrics, std::sync::atomic::Ordering::Relaxed);
+    if args.prometheus {
+        // Held for the process's life: the workers record into it as an exporting app's would.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Prefix("ostq_".into()),
+                &ostq::metrics::DURATION_BUCKETS,
+            )
+            .and_then(|b| b.install_recorder())
+            .map_err(|e| anyhow::anyhow!("cannot install the Prometheus recorder: {e}"))?;
+        PROMETHEUS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let prefix = match &args.queue {
         Some(q) => q.clone(),
         None => format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase()),
@@ -351,6 +367,7 @@ async fn drain(
         .queue(queue.name())
         .concurrency(concurrency as usize)
         .history(HISTORY.load(std::sync::atomic::Ordering::Relaxed))
+        .metrics(METRICS.load(std::sync::atomic::Ordering::Relaxed))
         .shutdown_timeout(Duration::from_secs(5))
         .handler(move |_job: ostq::Job| {
             stamps.stamp();
@@ -589,6 +606,9 @@ fn report_json(r: &Report) -> serde_json::Value {
     json!({
         "jobs": r.jobs,
         "concurrency": r.concurrency,
+        "history": HISTORY.load(std::sync::atomic::Ordering::Relaxed),
+        "metrics": METRICS.load(std::sync::atomic::Ordering::Relaxed),
+        "prometheus_recorder": PROMETHEUS.load(std::sync::atomic::Ordering::Relaxed),
         "payload_bytes": r.payload_bytes,
         "envelope_bytes": r.envelope_bytes,
         "redis_version": r.redis_version,

@@ -519,4 +519,13 @@ pub struct BenchArgs {
     /// Workers record no history (to measure what the history costs)
     #[arg(long)]
     pub no_history: bool,
+
+    /// Workers report nothing through the `metrics` facade (to measure what it costs)
+    #[arg(long, conflicts_with = "prometheus")]
+    pub no_metrics: bool,
+
+    /// Install a Prometheus recorder in the bench process, so the workers' metrics are recorded
+    /// as in an application that exports them (without it the facade has no recorder)
+    #[arg(long)]
+    pub prometheus: bool,
 }

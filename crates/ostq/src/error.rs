@@ -139,6 +139,19 @@ impl Error {
             Error::Unreachable { .. } | Error::OutOfMemory(_) | Error::Timeout(_)
         )
     }
+
+    /// Whether Redis refused the command under the connection's ACL user (`NOPERM`).
+    pub(crate) fn is_no_permission(&self) -> bool {
+        let Error::Redis { source, message } = self else {
+            return false;
+        };
+        let code = source
+            .downcast_ref::<redis::RedisError>()
+            .and_then(|e| e.code().map(str::to_owned));
+        code.as_deref() == Some("NOPERM")
+            || message.contains("NOPERM")
+            || message.contains("NoPerm")
+    }
 }
 
 /// Shorthand for results of this crate.

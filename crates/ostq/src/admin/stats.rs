@@ -195,6 +195,7 @@ pub struct StatsSampler {
     names: Vec<String>,
     window: Duration,
     history: VecDeque<Sample>,
+    redis_figures: bool,
 }
 
 impl StatsSampler {
@@ -211,7 +212,21 @@ impl StatsSampler {
             names: Vec::new(),
             window: DEFAULT_RATE_WINDOW,
             history: VecDeque::new(),
+            redis_figures: true,
         }
+    }
+
+    /// Whether snapshots read Redis's figures (`INFO`); on by default. Off, [`Snapshot::redis`]
+    /// is left empty: for an ACL user without `+info` (a worker's user need not have it).
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// let sampler = ostq::admin::StatsSampler::new(&client).redis_figures(false);
+    /// # }
+    /// ```
+    pub fn redis_figures(mut self, on: bool) -> Self {
+        self.redis_figures = on;
+        self
     }
 
     /// Only these queues, in this order (an empty list: every known queue, by name).
@@ -297,7 +312,14 @@ impl StatsSampler {
         let all = self.sample().await?;
         let newest = self.history.back().map_or_else(Instant::now, |s| s.at);
         let oldest = self.history.front().cloned();
-        let (workers, redis) = tokio::try_join!(self.client.workers(), self.client.redis_info())?;
+        let redis = async {
+            if self.redis_figures {
+                self.client.redis_info().await
+            } else {
+                Ok(RedisInfo::default())
+            }
+        };
+        let (workers, redis) = tokio::try_join!(self.client.workers(), redis)?;
         let client = &self.client;
         let read: Vec<QueueStats> = futures::stream::iter(all)
             .map(|counts| async move { stats_of(&client.queue(&counts.queue), counts).await })

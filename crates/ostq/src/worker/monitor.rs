@@ -100,6 +100,15 @@ pub(super) async fn monitor_loop(
         }
         let snapshot = match sampler.snapshot().await {
             Ok(snapshot) => snapshot,
+            // A worker's ACL user need not have +info: report without Redis's figures.
+            Err(e) if e.is_no_permission() => {
+                warn!(
+                    "the monitor may not run INFO under this ACL user: its reports carry no Redis \
+                     figures from now on (grant +info to have them)"
+                );
+                sampler = sampler.redis_figures(false);
+                continue;
+            }
             Err(e) => {
                 debug!(error = %e, "monitor could not read the queues");
                 continue;
