@@ -357,6 +357,20 @@ fn command_for(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // The job's trace context (the producer's span) for the program, as TRACEPARENT/TRACESTATE:
+    // its spans then join the producer's trace. (Not this worker's `job` span: `ostq worker`
+    // exports no spans, so a child of it would point at a span no collector ever receives.) The
+    // worker's own variables are not passed on: they belong to no job.
+    #[cfg(feature = "opentelemetry")]
+    {
+        cmd.env_remove("TRACEPARENT").env_remove("TRACESTATE");
+        if let Some(trace) = job.trace() {
+            cmd.env("TRACEPARENT", trace.traceparent());
+            if !trace.tracestate().is_empty() {
+                cmd.env("TRACESTATE", trace.tracestate());
+            }
+        }
+    }
     #[cfg(unix)]
     cmd.process_group(0);
 

@@ -48,6 +48,10 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
     if let Some(id) = &args.id {
         opts = opts.id(id.clone());
     }
+    #[cfg(feature = "opentelemetry")]
+    if let Some(trace) = trace_from_env() {
+        opts = opts.trace(trace);
+    }
 
     let url = global.redis_url();
     let client = connect(&url).await?;
@@ -84,6 +88,33 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
     }
     eprintln!("{}", summary(count, &args.queue, elapsed));
     Ok(())
+}
+
+/// The trace context of the `TRACEPARENT` and `TRACESTATE` environment variables (the usual way
+/// to hand one to a process): the jobs pushed continue that trace. A malformed value is left out
+/// with a warning rather than failing the push (a bad tracestate alone drops only the tracestate).
+#[cfg(feature = "opentelemetry")]
+fn trace_from_env() -> Option<ostq::otel::TraceContext> {
+    use ostq::otel::TraceContext;
+    let parent = std::env::var("TRACEPARENT").unwrap_or_default();
+    let parent = parent.trim();
+    if parent.is_empty() {
+        return None;
+    }
+    let state = std::env::var("TRACESTATE").unwrap_or_default();
+    match TraceContext::parse(parent, state.trim()) {
+        Ok(trace) => Some(trace),
+        Err(e) => match TraceContext::parse(parent, "") {
+            Ok(trace) => {
+                eprintln!("warning: TRACESTATE left out: {e}");
+                Some(trace)
+            }
+            Err(e) => {
+                eprintln!("warning: TRACEPARENT left out: {e}");
+                None
+            }
+        },
+    }
 }
 
 fn summary(n: usize, queue: &str, elapsed: Duration) -> String {

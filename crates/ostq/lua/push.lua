@@ -14,6 +14,12 @@
 --   priority (-1000..1000, higher runs first), delay ms (0 = none), run-at unix ms (0 = none),
 --   flags (1 = keep a status record), unique key ("" = none),
 --   unique ttl ms (0 = the key is held until the job completes or dies; > 0 = it expires then)
+-- and, optionally, after the last job's fields, the W3C trace context of the span that pushes:
+--   a traceparent, then optionally a tracestate. Every job of the call carries them (in its
+--   envelope's 11th and 12th fields), and the worker's span for the job continues that trace.
+--   The traceparent must be a W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>", lowercase, ids
+--   not all zeros; a later version may append "-..."), the tracestate at most 512 printable
+--   ASCII characters ("" = none). A call without them (exactly 10 fields per job) is unchanged.
 -- Numbers are decimal integers ("" counts as 0); anything else (NaN, inf, 1.5, 0x10, out of
 -- range) is an error reply, and so is a bad id, name or field count: nothing of the call is
 -- written then. Limits: id and unique key at most 200 bytes; priority -1000..1000; max attempts
@@ -49,13 +55,46 @@ local function int_arg(i, what, lo, hi)
   return n
 end
 local MAX_MS = MAX_ARG -- 10^14 - 1 ms: about 3,170 years
+-- Whether s is a W3C traceparent, for the trace argument (the same check as is_traceparent in
+-- otel.rs): "vv-<32>-<16>-<2>" in lowercase hex, version not ff, ids not all zeros; version 00
+-- has exactly these four parts, a later one may append "-" and more; printable ASCII, at most
+-- 512 bytes.
+local HEX32 = string.rep('[0-9a-f]', 32)
+local HEX16 = string.rep('[0-9a-f]', 16)
+local TRACEPARENT = '^[0-9a-f][0-9a-f]%-' .. HEX32 .. '%-' .. HEX16 .. '%-[0-9a-f][0-9a-f]'
+local function is_traceparent(s)
+  if type(s) ~= 'string' or #s < 55 or #s > MAX_TRACE or string.find(s, '[^\32-\126]') then return false end
+  if not string.find(s, TRACEPARENT) then return false end
+  local version = string.sub(s, 1, 2)
+  if version == 'ff' or string.find(string.sub(s, 4, 35), '^0+$') or string.find(string.sub(s, 37, 52), '^0+$') then
+    return false
+  end
+  if #s == 55 then return true end
+  return version ~= '00' and string.sub(s, 56, 56) == '-'
+end
+
+-- Whether s can be a tracestate push.lua takes: printable ASCII, at most 512 bytes ('' = none).
+local function is_tracestate(s)
+  return type(s) == 'string' and #s <= MAX_TRACE and not string.find(s, '[^\32-\126]')
+end
+
+-- The trace arguments after the jobs' fields (0, 1 or 2 of them), and where the jobs' end.
+local EXTRA = (#ARGV - 1) % 10
+local LAST = #ARGV - EXTRA
+local traceparent, tracestate = ARGV[LAST + 1], ARGV[LAST + 2]
 -- The numbers of each job, by the index of its first field, as checked.
 local numbers = {}
 local function check_all()
-  if (#ARGV - 1) % 10 ~= 0 or #ARGV < 2 then
-    error({err = 'ERR ostq: push.lua takes the prefix and then 10 fields per job'})
+  if EXTRA > 2 or LAST < 11 then
+    error({err = 'ERR ostq: push.lua takes the prefix, then 10 fields per job, then optionally a traceparent and a tracestate'})
   end
-  for i = 2, #ARGV, 10 do
+  if traceparent ~= nil and not is_traceparent(traceparent) then
+    error({err = 'ERR ostq: the argument after the jobs "' .. string.sub(traceparent, 1, 80) .. '" is not a W3C traceparent'})
+  end
+  if tracestate ~= nil and not is_tracestate(tracestate) then
+    error({err = 'ERR ostq: the tracestate must be at most 512 printable ASCII characters'})
+  end
+  for i = 2, LAST, 10 do
     local job = math.floor((i - 2) / 10 + 1)
     if #ARGV[i] > 200 then error({err = 'ERR ostq: job ' .. job .. ': job id longer than 200 bytes'}) end
     if string.sub(ARGV[i], 1, 1) == '~' then
@@ -112,7 +151,7 @@ end
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local earliest = tonumber(first[2])
 local out = {}
-for i = 2, #ARGV, 10 do
+for i = 2, LAST, 10 do
   local id, payload, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local n = numbers[i]
   local max_attempts, priority, flags = n.max_attempts, n.priority, n.flags
@@ -143,7 +182,7 @@ for i = 2, #ARGV, 10 do
   else
     -- A key with a ttl is not the job's to release.
     local env = new_envelope(id, flags, payload, name, max_attempts, priority, now,
-      unique_ttl <= 0 and unique or nil)
+      unique_ttl <= 0 and unique or nil, traceparent, tracestate)
     local due = 0
     if run_at > 0 then due = run_at elseif delay > 0 then due = now + delay end
     local state

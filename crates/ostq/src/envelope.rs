@@ -2,7 +2,11 @@
 //! and any language can read and write it:
 //!
 //! `[id, flags, payload, name, attempt, max_attempts, priority, enqueued_at_ms, last_error]`
-//! and, only for jobs that hold a unique key until they finish, a tenth field: that key.
+//! and, only for jobs that hold a unique key until they finish, a tenth field: that key. A job
+//! pushed inside a traced span also carries its W3C trace context: the `traceparent` as an
+//! eleventh field (the tenth is then `""` when the job holds no unique key, never nil, because
+//! the scripts keep the fields after the tenth only up to the first nil) and, when not empty, the
+//! `tracestate` as a twelfth. Jobs without a trace are not one byte longer.
 //!
 //! Strings, the payload included, use MessagePack's str family even for non-UTF-8 bytes, because
 //! Redis's `cmsgpack` cannot decode the bin family. A payload written as bin (Python's msgpack
@@ -15,6 +19,12 @@
 //! flags 0..=127, priority -1000..=1000, attempts and the attempt limit fit in a u32, and id,
 //! name, last error and unique key are UTF-8. An envelope outside these limits is refused by
 //! workers and by scripts alike, and filed in the dead set with the reason.
+//!
+//! The trace fields are the exception, since a trace is only a diagnostic: a trace field must be
+//! a str (or nil: no trace) like every other field, but a str that is over [`MAX_TRACE_LEN`]
+//! bytes or not UTF-8 does not make the job invalid. The job runs without a parent span: here
+//! the field reads as empty, and the scripts replace it with `""` when they rewrite the job. (A
+//! `tracestate` is dropped with its `traceparent`.)
 
 use crate::{Error, Result};
 
@@ -29,6 +39,12 @@ pub const MAX_ENVELOPE_ID_LEN: usize = 255;
 pub const MAX_FLAGS: u64 = 127;
 /// Lua numbers are doubles: every whole number up to 2^53 is exact.
 const MAX_ENQUEUED_AT_MS: u64 = 1 << 53;
+/// Longest `traceparent` or `tracestate` a job keeps (a version-00 traceparent is 55 bytes; the
+/// W3C recommends that tracestate be at most 512 characters). A longer one is ignored: the job
+/// runs without a parent span.
+pub const MAX_TRACE_LEN: usize = 512;
+/// MessagePack's nil.
+const NIL: u8 = 0xc0;
 
 /// A job as stored in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,6 +69,11 @@ pub struct Envelope {
     pub last_error: String,
     /// The unique key this job holds until it completes or dies; empty when none.
     pub unique: String,
+    /// The W3C `traceparent` of the span that pushed the job (field 11); empty when none. Kept
+    /// across retries, so that every attempt continues the producer's trace.
+    pub traceparent: String,
+    /// The W3C `tracestate` that came with [`Envelope::traceparent`] (field 12); empty when none.
+    pub tracestate: String,
 }
 
 impl Envelope {
@@ -65,10 +86,12 @@ impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.id.len() + self.payload.len() + self.name.len());
         // Writes into a Vec cannot fail; the Results below only exist for io::Write in general.
-        let fields = if self.unique.is_empty() {
-            FIELDS
-        } else {
-            FIELDS + 1
+        // The unique key is written when there is one or when trace fields follow it ("" then).
+        let fields = match (self.traceparent.is_empty(), self.tracestate.is_empty()) {
+            (false, false) => FIELDS + 3,
+            (false, true) => FIELDS + 2,
+            (true, _) if !self.unique.is_empty() => FIELDS + 1,
+            (true, _) => FIELDS,
         };
         let _ = rmp::encode::write_array_len(&mut out, fields);
         write_str(&mut out, self.id.as_bytes());
@@ -80,8 +103,14 @@ impl Envelope {
         let _ = rmp::encode::write_sint(&mut out, i64::from(self.priority));
         let _ = rmp::encode::write_uint(&mut out, self.enqueued_at_ms);
         write_str(&mut out, self.last_error.as_bytes());
-        if !self.unique.is_empty() {
+        if fields > FIELDS {
             write_str(&mut out, self.unique.as_bytes());
+        }
+        if fields > FIELDS + 1 {
+            write_str(&mut out, self.traceparent.as_bytes());
+        }
+        if fields > FIELDS + 2 {
+            write_str(&mut out, self.tracestate.as_bytes());
         }
         out
     }
@@ -121,14 +150,12 @@ impl Envelope {
         }
         let last_error = read_string(&mut rd, "last_error")?;
         // The tenth field is the unique key: a string, or nil for none (as lib/envelope.lua reads
-        // it; anything else is refused there too).
-        let unique = if len > FIELDS && rd.first() == Some(&0xc0) {
-            String::new()
-        } else if len > FIELDS {
-            read_string(&mut rd, "unique")?
-        } else {
-            String::new()
-        };
+        // it; anything else is refused there too). The scripts keep the fields after the tenth
+        // only up to the first nil, so a trace after a nil is no trace here either.
+        let (unique, traceparent, tracestate) = read_tail(&mut rd, len)?;
+        let unique =
+            String::from_utf8(unique.to_vec()).map_err(|_| bad("unique is not UTF-8".into()))?;
+        let (traceparent, tracestate) = (traceparent.to_string(), tracestate.to_string());
         Ok(Self {
             id,
             flags,
@@ -140,8 +167,71 @@ impl Envelope {
             enqueued_at_ms,
             last_error,
             unique,
+            traceparent,
+            tracestate,
         })
     }
+}
+
+impl Envelope {
+    /// The trace fields of an encoded envelope, `(traceparent, tracestate)`, read without
+    /// decoding (or copying) the rest; `None` when it carries no trace or is not an envelope.
+    /// The worker reads them as it makes the job's span, before it decodes the job.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn peek_trace(bytes: &[u8]) -> Option<(&str, &str)> {
+        // Only envelopes of 11 fields or more carry a trace: one byte tells.
+        if !matches!(bytes.first(), Some(0x9b..=0x9f)) {
+            return None;
+        }
+        let mut rd = bytes;
+        let len = rmp::decode::read_array_len(&mut rd).ok()?;
+        read_bytes(&mut rd, "id", false).ok()?;
+        read_int::<u64>(&mut rd, "flags").ok()?;
+        read_bytes(&mut rd, "payload", true).ok()?;
+        read_bytes(&mut rd, "name", false).ok()?;
+        read_int::<u32>(&mut rd, "attempt").ok()?;
+        read_int::<u32>(&mut rd, "max_attempts").ok()?;
+        read_int::<i32>(&mut rd, "priority").ok()?;
+        read_int::<u64>(&mut rd, "enqueued_at").ok()?;
+        read_bytes(&mut rd, "last_error", false).ok()?;
+        let (_, traceparent, tracestate) = read_tail(&mut rd, len).ok()?;
+        (!traceparent.is_empty()).then_some((traceparent, tracestate))
+    }
+}
+
+/// Fields 10 to 12 of an envelope of `len` fields, after the ninth: the unique key (not yet
+/// checked for UTF-8) and the trace fields, `""` for each one absent or not kept.
+///
+/// The scripts keep the fields after the tenth only up to the first nil, so a trace after a nil
+/// is no trace here either. A trace field that is not a str is a bad field, as everywhere; one
+/// that is over [`MAX_TRACE_LEN`] bytes or not UTF-8 is not kept (nor is a tracestate without
+/// its traceparent), as in lua/lib/envelope.lua, which blanks it.
+fn read_tail<'a>(rd: &mut &'a [u8], len: u32) -> Result<(&'a [u8], &'a str, &'a str)> {
+    let kept = |bytes: &'a [u8]| -> &'a str {
+        if bytes.len() > MAX_TRACE_LEN {
+            return "";
+        }
+        std::str::from_utf8(bytes).unwrap_or_default()
+    };
+    let present = |rd: &&[u8], field: u32| len >= field && rd.first() != Some(&NIL);
+    let mut tail: (&[u8], &str, &str) = (&[], "", "");
+    if !present(rd, FIELDS + 1) {
+        return Ok(tail);
+    }
+    tail.0 = read_bytes(rd, "unique", false)?;
+    if !present(rd, FIELDS + 2) {
+        return Ok(tail);
+    }
+    let traceparent = kept(read_bytes(rd, "traceparent", false)?);
+    let tracestate = if present(rd, FIELDS + 3) {
+        kept(read_bytes(rd, "tracestate", false)?)
+    } else {
+        ""
+    };
+    if !traceparent.is_empty() {
+        (tail.1, tail.2) = (traceparent, tracestate);
+    }
+    Ok(tail)
 }
 
 fn bad(msg: String) -> Error {
@@ -242,7 +332,108 @@ mod tests {
             enqueued_at_ms: 1_700_000_000_123,
             last_error: "boom".into(),
             unique: String::new(),
+            traceparent: String::new(),
+            tracestate: String::new(),
         }
+    }
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_trace_is_an_eleventh_field_after_an_empty_unique_key() {
+        let env = Envelope {
+            traceparent: TRACEPARENT.into(),
+            ..sample()
+        };
+        let bytes = env.encode();
+        assert_eq!(bytes[0], 0x9b, "fixarray of 11");
+        let mut tail = vec![0xa0, 0xd9, 55];
+        tail.extend_from_slice(TRACEPARENT.as_bytes());
+        assert!(bytes.ends_with(&tail), "\"\" then the traceparent");
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+
+        let both = Envelope {
+            unique: "video-42".into(),
+            traceparent: TRACEPARENT.into(),
+            tracestate: "congo=t61rcWkgMzE".into(),
+            ..sample()
+        };
+        let bytes = both.encode();
+        assert_eq!(bytes[0], 0x9c, "fixarray of 12");
+        assert_eq!(Envelope::decode(&bytes).unwrap(), both);
+
+        // No traceparent: no trace fields at all (a tracestate alone means nothing).
+        let none = Envelope {
+            tracestate: "congo=t61rcWkgMzE".into(),
+            ..sample()
+        };
+        assert_eq!(none.encode(), sample().encode());
+    }
+
+    /// What the worker reads before it decodes the job is what decode reads.
+    #[cfg(feature = "opentelemetry")]
+    #[test]
+    fn peek_trace_reads_what_decode_reads() {
+        assert_eq!(Envelope::peek_trace(&sample().encode()), None);
+        let env = Envelope {
+            traceparent: TRACEPARENT.into(),
+            tracestate: "k=v".into(),
+            ..sample() // a negative priority and a binary payload on the way
+        };
+        assert_eq!(
+            Envelope::peek_trace(&env.encode()),
+            Some((TRACEPARENT, "k=v"))
+        );
+        for (_, _, bytes, why) in vectors() {
+            let peeked = Envelope::peek_trace(&bytes);
+            if let Ok(env) = Envelope::decode(&bytes) {
+                let decoded = (!env.traceparent.is_empty())
+                    .then_some((env.traceparent.as_str(), env.tracestate.as_str()));
+                assert_eq!(peeked, decoded, "{why}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_trace_is_ignored_not_fatal() {
+        let with = |parent: &[u8], state: Option<&[u8]>| {
+            let mut bytes = sample().encode();
+            bytes[0] = if state.is_some() { 0x9c } else { 0x9b };
+            write_str(&mut bytes, b"");
+            write_str(&mut bytes, parent);
+            if let Some(state) = state {
+                write_str(&mut bytes, state);
+            }
+            Envelope::decode(&bytes)
+        };
+        let long = vec![b'a'; MAX_TRACE_LEN + 1];
+        for parent in [&long[..], b"\xff\xfe", b""] {
+            let env = with(parent, Some(b"k=v")).unwrap();
+            assert_eq!(
+                (env.traceparent.as_str(), env.tracestate.as_str()),
+                ("", "")
+            );
+        }
+        let env = with(TRACEPARENT.as_bytes(), Some(&long)).unwrap();
+        assert_eq!(
+            (env.traceparent.as_str(), env.tracestate.as_str()),
+            (TRACEPARENT, "")
+        );
+        let longest = vec![b'a'; MAX_TRACE_LEN];
+        let env = with(&longest, None).unwrap();
+        assert_eq!(env.traceparent.len(), MAX_TRACE_LEN);
+        // A trace after a nil tenth field is not kept (the scripts stop at the first nil).
+        let mut bytes = sample().encode();
+        bytes[0] = 0x9b;
+        bytes.push(NIL);
+        write_str(&mut bytes, TRACEPARENT.as_bytes());
+        assert_eq!(Envelope::decode(&bytes).unwrap(), sample());
+        // A trace field that is not a string is a bad field, as everywhere else.
+        let mut bytes = sample().encode();
+        bytes[0] = 0x9b;
+        write_str(&mut bytes, b"");
+        bytes.push(0x05);
+        assert!(Envelope::decode(&bytes).is_err());
     }
 
     #[test]

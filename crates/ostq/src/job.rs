@@ -47,6 +47,8 @@ pub struct Job {
     /// Whether a status record is kept for it.
     pub tracked: bool,
     pub(crate) context: Option<Arc<JobContext>>,
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) trace: Option<crate::otel::TraceContext>,
 }
 
 /// What a running job can reach: its queue, to report progress, and the worker's view of the
@@ -84,7 +86,26 @@ impl Job {
             enqueued_at: from_ms(env.enqueued_at_ms),
             last_error: (!env.last_error.is_empty()).then_some(env.last_error),
             context: None,
+            #[cfg(feature = "opentelemetry")]
+            trace: crate::otel::TraceContext::of_envelope(env.traceparent, env.tracestate),
         }
+    }
+
+    /// The W3C trace context the job was pushed with (feature `opentelemetry`): the producer's
+    /// span, which the worker's `job` span already continues; `None` when it was pushed without
+    /// one (or with one that is not W3C syntax). For handing on to what the handler starts, as
+    /// `ostq worker -- CMD` does with the `TRACEPARENT` environment variable.
+    ///
+    /// ```
+    /// # fn handle(job: &ostq::Job) {
+    /// if let Some(trace) = job.trace() {
+    ///     println!("pushed from span {}", trace.traceparent());
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace(&self) -> Option<&crate::otel::TraceContext> {
+        self.trace.as_ref()
     }
 
     /// Reports progress: a number or a small JSON value. Tracked jobs keep the latest in their

@@ -35,6 +35,8 @@ pub mod events;
 pub mod job;
 pub mod keys;
 pub mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 pub mod producer;
 pub mod results;
 pub mod retry;

@@ -47,6 +47,8 @@ pub struct PushOptions {
     track: bool,
     name: Option<String>,
     unique: Option<(String, Option<Duration>)>,
+    #[cfg(feature = "opentelemetry")]
+    trace: Option<crate::otel::TraceContext>,
 }
 
 impl PushOptions {
@@ -125,6 +127,25 @@ impl PushOptions {
     /// Set the task type name (typed tasks set it for you).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Store this W3C trace context in the jobs instead of the current span's (feature
+    /// `opentelemetry`). Without it, a push stores the trace context of the span it is made in,
+    /// if that span has one ([`crate::otel::TraceContext::current`]).
+    ///
+    /// ```
+    /// // What `ostq push` does with a TRACEPARENT environment variable.
+    /// let trace = ostq::otel::TraceContext::parse(
+    ///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ///     "",
+    /// )?;
+    /// let opts = ostq::PushOptions::new().trace(trace);
+    /// # Ok::<(), ostq::Error>(())
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace(mut self, trace: crate::otel::TraceContext) -> Self {
+        self.trace = Some(trace);
         self
     }
 
@@ -332,12 +353,25 @@ impl Queue {
             return Ok(Vec::new());
         }
         let given_id = if single { opts.id.clone() } else { None };
+        // The trace context the jobs carry (the current span's, unless given): "" for none.
+        #[cfg(feature = "opentelemetry")]
+        let trace = opts
+            .trace
+            .clone()
+            .or_else(crate::otel::TraceContext::current);
+        #[cfg(feature = "opentelemetry")]
+        let trace = trace
+            .as_ref()
+            .map(|t| Trace(t.traceparent(), t.tracestate()))
+            .unwrap_or_default();
+        #[cfg(not(feature = "opentelemetry"))]
+        let trace = Trace::default();
         // Plain LPUSH emits no `pushed` event: with events on, every push goes through push.lua.
         if opts.is_plain() && !self.events_on().await? {
-            self.push_plain(keys, payloads.into_iter(), opts, given_id)
+            self.push_plain(keys, payloads.into_iter(), opts, given_id, trace)
                 .await
         } else {
-            self.push_scripted(keys, payloads.into_iter(), opts, given_id)
+            self.push_scripted(keys, payloads.into_iter(), opts, given_id, trace)
                 .await
         }
     }
@@ -348,6 +382,7 @@ impl Queue {
         payloads: impl Iterator<Item = &'p [u8]>,
         opts: &PushOptions,
         given_id: Option<String>,
+        trace: Trace<'_>,
     ) -> Result<Vec<String>> {
         let enqueued_at_ms = now_ms();
         let mut ids = Vec::new();
@@ -365,6 +400,8 @@ impl Queue {
                 enqueued_at_ms,
                 last_error: String::new(),
                 unique: String::new(),
+                traceparent: trace.0.to_string(),
+                tracestate: trace.1.to_string(),
             };
             envelopes.push(env.encode());
             ids.push(id);
@@ -379,6 +416,7 @@ impl Queue {
         payloads: impl Iterator<Item = &'p [u8]>,
         opts: &PushOptions,
         given_id: Option<String>,
+        trace: Trace<'_>,
     ) -> Result<Vec<String>> {
         let run_at_ms = opts
             .run_at
@@ -401,6 +439,8 @@ impl Queue {
             flags: if opts.track { FLAG_TRACKED } else { 0 },
             unique,
             unique_ttl_ms,
+            traceparent: trace.0,
+            tracestate: trace.1,
         };
         let jobs: Vec<(String, &[u8])> = payloads
             .map(|payload| (given_id.clone().unwrap_or_else(new_id), payload))
@@ -426,6 +466,12 @@ impl Queue {
         Ok(ids)
     }
 }
+
+/// The W3C trace context a push stores in its jobs, `(traceparent, tracestate)`; empty (the
+/// default, and always without the `opentelemetry` feature) for none: then the envelopes are
+/// exactly what they would be without the feature.
+#[derive(Clone, Copy, Default)]
+struct Trace<'a>(&'a str, &'a str);
 
 /// A new job id: a ULID, sortable by creation time.
 pub(crate) fn new_id() -> String {

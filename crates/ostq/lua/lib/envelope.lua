@@ -9,10 +9,17 @@
 --   [5] attempt: int 0..4294967295                     [6] max_attempts: int 0..4294967295
 --   [7] priority: int -1000..1000                      [8] enqueued_at_ms: int 0..2^53
 --   [9] last_error: UTF-8 str                          [10] unique key (optional): UTF-8 str
--- Fields after the tenth are kept (later versions may append), up to the first nil.
+--   [11] traceparent (optional): str                   [12] tracestate (optional): str
+-- Fields after the tenth are kept (later versions may append), up to the first nil. A job
+-- pushed inside a traced span carries the producer's W3C trace context in [11] and [12]; [10]
+-- is then '' when it holds no unique key (never nil, which would hide [11] from every script).
+-- A trace field must be a str like any other field, but one that is over 512 bytes or not
+-- UTF-8 does not make the job invalid: it is blanked (''), and the job runs without a parent
+-- span; a blanked traceparent takes its tracestate with it. (envelope.rs reads them the same.)
 
 local MAX_U32 = 4294967295
 local MAX_MS = 9007199254740992 -- 2^53: every whole number up to it is exact in a Lua double
+local MAX_TRACE = 512 -- bytes of a traceparent or tracestate (MAX_TRACE_LEN in envelope.rs)
 
 local function is_int(v, lo, hi)
   return type(v) == 'number' and v == v and v >= lo and v <= hi and math.floor(v) == v
@@ -96,6 +103,10 @@ local function decode_job(env)
   if not is_int(job[8], 0, MAX_MS) then return nil, 'enqueued_at must be an integer >= 0' end
   if not is_text(job[9]) then return nil, 'last_error must be a UTF-8 string' end
   if job[10] ~= nil and not is_text(job[10]) then return nil, 'the unique key must be a UTF-8 string' end
+  if job[10] ~= nil and job[11] ~= nil then
+    if type(job[11]) ~= 'string' then return nil, 'the traceparent must be a string' end
+    if job[12] ~= nil and type(job[12]) ~= 'string' then return nil, 'the tracestate must be a string' end
+  end
   -- A copy without holes: cmsgpack packs a table with a nil inside as a map, which no reader
   -- takes for an envelope. Later fields are kept up to the first nil.
   local clean = {job[1], job[2], job[3], job[4], job[5], job[6], job[7], job[8], job[9], job[10]}
@@ -105,16 +116,29 @@ local function decode_job(env)
       clean[k] = job[k]
       k = k + 1
     end
+    -- A trace field that is too long or not UTF-8 is blanked, its tracestate with it.
+    if clean[11] ~= nil and not (clean[11] ~= '' and is_text(clean[11], MAX_TRACE)) then
+      clean[11] = ''
+      if clean[12] ~= nil then clean[12] = '' end
+    end
+    if clean[12] ~= nil and not is_text(clean[12], MAX_TRACE) then clean[12] = '' end
   end
   return clean
 end
 
 -- A new job's envelope (see envelope.rs for the field order), the same bytes Rust builds. The
 -- unique key travels with the job (a tenth field) only when given: when the job must release it
--- as it finishes.
-local function new_envelope(id, flags, payload, name, max_attempts, priority, now, unique)
+-- as it finishes. A W3C trace context (traceparent, tracestate; '' or nil for none) follows as
+-- the eleventh and twelfth fields, the tenth then '' when there is no unique key.
+local function new_envelope(id, flags, payload, name, max_attempts, priority, now, unique,
+                            traceparent, tracestate)
   local job = {id, flags, payload, name, 0, max_attempts, priority, now, ''}
   if unique and unique ~= '' then job[10] = unique end
+  if traceparent and traceparent ~= '' then
+    job[10] = job[10] or ''
+    job[11] = traceparent
+    if tracestate and tracestate ~= '' then job[12] = tracestate end
+  end
   return cmsgpack.pack(job)
 end
 

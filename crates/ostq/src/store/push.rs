@@ -35,6 +35,10 @@ pub(crate) struct PushFields<'a> {
     pub(crate) flags: u64,
     pub(crate) unique: &'a str,
     pub(crate) unique_ttl_ms: u64,
+    /// The W3C trace context every job of the call carries: push.lua's optional arguments after
+    /// the jobs' fields ("" = none: they are not sent).
+    pub(crate) traceparent: &'a str,
+    pub(crate) tracestate: &'a str,
 }
 
 /// `push.lua`'s answer for one job.
@@ -69,6 +73,12 @@ pub(crate) async fn push_scripted(
                     .arg(fields.flags)
                     .arg(fields.unique)
                     .arg(fields.unique_ttl_ms);
+            }
+            if !fields.traceparent.is_empty() {
+                call.arg(fields.traceparent);
+                if !fields.tracestate.is_empty() {
+                    call.arg(fields.tracestate);
+                }
             }
             call
         })

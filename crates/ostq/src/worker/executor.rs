@@ -46,6 +46,11 @@ pub(super) fn start_job(
         attempt = Empty,
         outcome = Empty,
     );
+    // Feature `opentelemetry`: the span continues the trace the job was pushed in (its envelope's
+    // traceparent), so every attempt is a child of the producer's span. Set before the span is
+    // first entered: the OpenTelemetry layer starts its span then, and its parent is fixed.
+    #[cfg(feature = "opentelemetry")]
+    crate::otel::continue_trace(&span, &envelope);
     let task = async move {
         // Last resort: whatever panics in here (a handler future whose drop panics at a timeout,
         // a bug of ours), the job must end in an outcome. Without one its group would be renewed
