@@ -153,7 +153,7 @@ How the program gets the payload:
   ostq worker -q lines -- ./consume              # no {}: the payload is written to stdin
 
 The program is started directly, never through a shell: a payload such as `$(rm -rf ~)` arrives as
-those bytes and nothing runs it. Each run sees OSTQ_JOB_ID, OSTQ_QUEUE and OSTQ_ATTEMPT (from 1).
+those bytes and nothing runs it. Each run sees OSTQ_JOB_ID, OSTQ_QUEUE, OSTQ_ATTEMPT (from 1) and OSTQ_TASK (the job's task name, empty for none).
 
 Exit status 0 completes the job; its stdout (the first 64 KiB) becomes the job's result, readable
 with `ostq job` for jobs pushed with --track. Any other status fails the attempt with the exit

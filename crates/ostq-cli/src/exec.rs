@@ -354,6 +354,8 @@ fn command_for(
     cmd.env("OSTQ_JOB_ID", &job.id)
         .env("OSTQ_QUEUE", &job.queue)
         .env("OSTQ_ATTEMPT", job.attempt.to_string())
+        // The task name ("" for jobs pushed without one): one program can serve every name.
+        .env("OSTQ_TASK", job.name.as_deref().unwrap_or(""))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -184,6 +184,58 @@ fn environment_and_placeholder_inside_an_argument() {
     );
 }
 
+/// A job pushed with a task name (here by `push.lua` from redis-cli, as another language would)
+/// runs like any other, and the program reads the name in OSTQ_TASK. (Named jobs used to go
+/// dead: "no handler for task".)
+#[test]
+fn named_jobs_run_and_the_program_sees_their_task_name() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let script = ok(&url, &["script", "push"]);
+    let pushed = redis
+        .cli(&[
+            "EVAL",
+            &script,
+            "5",
+            "ostq:{named}:pending",
+            "ostq:{named}:prioritized",
+            "ostq:{named}:scheduled",
+            "ostq:{named}:jobs",
+            "ostq:{named}:seq",
+            "ostq:{named}:",
+            "job-1",
+            "7",
+            "resize",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "",
+            "0",
+        ])
+        .unwrap();
+    assert!(pushed.contains("job-1"), "{pushed}");
+    let out = worker_burst(
+        &url,
+        "named",
+        &[],
+        &[
+            "sh",
+            "-c",
+            r#"printf '%s|%s' "$OSTQ_TASK" "$1" > "$0/$OSTQ_JOB_ID""#,
+            dir.path().to_str().unwrap(),
+            "{}",
+        ],
+    );
+    assert_success(&out, &["worker named"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("job-1")).unwrap(),
+        "resize|7"
+    );
+}
+
 #[test]
 fn a_failing_program_fails_the_job_with_exit_code_and_stderr() {
     let redis = RedisServer::start().unwrap();
