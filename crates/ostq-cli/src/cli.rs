@@ -116,6 +116,9 @@ pub enum Command {
     /// Serve Prometheus metrics on /metrics: queues, workers and Redis, read at each scrape
     #[command(after_help = METRICS_AFTER)]
     Metrics(MetricsArgs),
+    /// Serve the web dashboard: queues, jobs, workers, bulk actions (a token off loopback)
+    #[command(after_help = DASHBOARD_AFTER)]
+    Dashboard(DashboardArgs),
     /// Play the whole story on a private redis-server: push, work, retry, dead set, delays
     #[command(after_help = DEMO_AFTER)]
     Demo(DemoArgs),
@@ -250,6 +253,22 @@ pub struct PushArgs {
     /// Use this job id instead of a generated one (one payload only)
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
+
+    /// The task name of the jobs (what typed workers dispatch on; `ostq worker` hands it to the
+    /// program as OSTQ_TASK)
+    #[arg(long, value_name = "TASK")]
+    pub name: Option<String>,
+
+    /// Don't push while another job holding this key is pending, scheduled, retrying or running
+    /// (one payload only): the holder's id is printed instead. The key is released when its job
+    /// completes or dies
+    #[arg(long, value_name = "KEY")]
+    pub unique: Option<String>,
+
+    /// With --unique, hold the key this long from the push, whatever becomes of the job (at most
+    /// one such job per period): 10m, 1h
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "unique")]
+    pub unique_for: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +310,23 @@ pub struct WorkerArgs {
     /// Print a line for every completed job too (failures are always printed)
     #[arg(long, short = 'v')]
     pub verbose: bool,
+
+    /// Serve only jobs with this task name (repeat for several; `-` for jobs without one).
+    /// Jobs with other names fail their attempt and are retried with backoff, so a worker that
+    /// serves them can take them meanwhile. Default: every name
+    #[arg(long = "task", value_name = "NAME")]
+    pub tasks: Vec<String>,
+
+    /// Exit 0 once the queues have had nothing pending or running for this long (scheduled and
+    /// retry jobs not yet due do not count): 30s, 1m
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "burst")]
+    pub idle_exit: Option<Duration>,
+
+    /// Don't pass the programs' stdout and stderr through (stdout still becomes the result of
+    /// tracked jobs, and the end of stderr is still in failure messages). By default each line
+    /// is passed through as it comes, prefixed with `[job id]` when --concurrency is above 1
+    #[arg(long)]
+    pub no_output: bool,
 
     /// The program and its arguments; `{}` in an argument is replaced by the payload, without
     /// `{}` the payload goes to the program's stdin
@@ -479,6 +515,41 @@ pub struct MetricsArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
+
+// --- ostq dashboard (crates/ostq-cli/src/dashboard.rs) ---
+const DASHBOARD_AFTER: &str = "\
+The dashboard reads and changes queues through the admin API only. Without a token it listens on
+loopback only; to listen elsewhere give it a token of at least 16 characters in
+$OSTQ_DASHBOARD_TOKEN or a file (never on the command line, where `ps` shows it):
+  ostq dashboard                                        # http://127.0.0.1:7777/, no token
+  OSTQ_DASHBOARD_TOKEN=$(cat /run/secrets/ostq) ostq dashboard --listen :7777
+  ostq dashboard --token-file /etc/ostq/token --read-only --listen 10.0.0.5:7777
+docs/dashboard.md describes the pages and the security model.";
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to serve on: IP:PORT, or :PORT for every interface (a non-loopback address needs
+    /// a token)
+    #[arg(long, default_value = "127.0.0.1:7777", value_parser = crate::metrics::parse_listen, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// Read the token from this file [default: $OSTQ_DASHBOARD_TOKEN; none: loopback only]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Hide every action and refuse every change (405)
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// The path browsers reach the dashboard at, behind a proxy that strips it (e.g. /ops/queues)
+    #[arg(long, value_name = "PATH")]
+    pub base_path: Option<String>,
+
+    /// Mark the session cookie Secure (when served over HTTPS by a proxy)
+    #[arg(long)]
+    pub secure_cookie: bool,
+}
+// --- end ostq dashboard ---
 
 #[derive(Debug, Args)]
 pub struct ScriptArgs {

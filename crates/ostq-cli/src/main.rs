@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod dashboard;
 mod demo;
 mod exec;
 mod history;
@@ -85,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers(args) => ops::workers(&global, args).await,
         Command::History(args) => history::run(&global, args).await,
         Command::Metrics(args) => metrics::run(&global, args).await,
+        Command::Dashboard(args) => dashboard::run(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Script(args) => script(args),

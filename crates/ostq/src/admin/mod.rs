@@ -48,6 +48,7 @@ mod history;
 mod jobs;
 pub mod listing;
 mod remove;
+pub mod search;
 pub mod server;
 pub mod stats;
 pub(crate) mod views;

@@ -20,6 +20,7 @@ pub(crate) mod history;
 pub(crate) mod lease;
 pub(crate) mod push;
 pub(crate) mod queues;
+pub(crate) mod search;
 pub(crate) mod server;
 pub(crate) mod stream;
 pub(crate) mod workers;
