@@ -29,6 +29,19 @@ struct ExecSpec {
     /// Some argument contains `{}`: the payload goes into the arguments, not stdin.
     placeholder: bool,
     timeout: Option<Duration>,
+    /// Pass the program's output through, and with a `[job id]` prefix or not.
+    output: Output,
+    /// Only these task names (`-` for none); empty: every name.
+    tasks: Vec<String>,
+}
+
+/// What becomes of a program's output besides the result and the error message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Hidden,
+    Plain,
+    /// Each line prefixed with the job's id (several programs run at once).
+    Prefixed,
 }
 
 #[derive(Default)]
@@ -54,18 +67,28 @@ pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         args.concurrency,
         describe_command(&spec),
         if args.burst {
-            " (--burst: exits when drained)"
+            " (--burst: exits when drained)".to_string()
+        } else if let Some(idle) = args.idle_exit {
+            format!(" (--idle-exit: exits after {} idle)", short_duration(idle))
         } else {
-            " (ctrl-c to stop)"
+            " (ctrl-c to stop)".to_string()
         }
     );
 
-    let (burst, burst_wait) = (args.burst, args.burst_wait);
+    let (burst, burst_wait, idle_exit) = (args.burst, args.burst_wait, args.idle_exit);
     let shutdown = async move {
         if burst {
             tokio::select! {
                 _ = shutdown_signal() => eprintln!("ostq worker: stopping (signal)"),
                 _ = drained(&queues, burst_wait) => eprintln!("ostq worker: queues drained"),
+            }
+        } else if let Some(idle) = idle_exit {
+            tokio::select! {
+                _ = shutdown_signal() => eprintln!("ostq worker: stopping (signal)"),
+                _ = idle_for(&queues, idle) => eprintln!(
+                    "ostq worker: nothing to do for {}: stopping (--idle-exit)",
+                    short_duration(idle)
+                ),
             }
         } else {
             shutdown_signal().await;
@@ -95,11 +118,20 @@ fn exec_spec(args: &WorkerArgs) -> anyhow::Result<ExecSpec> {
     let program = resolve_program(program)?;
     let rest: Vec<OsString> = command.cloned().collect();
     let placeholder = rest.iter().any(|a| contains_placeholder(a));
+    let output = if args.no_output {
+        Output::Hidden
+    } else if args.concurrency > 1 {
+        Output::Prefixed
+    } else {
+        Output::Plain
+    };
     Ok(ExecSpec {
         program: program.into_os_string(),
         args: rest,
         placeholder,
         timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+        output,
+        tasks: args.tasks.clone(),
     })
 }
 
@@ -129,6 +161,7 @@ fn build_worker(
             let counters = counters.clone();
             async move {
                 let started = Instant::now();
+                check_task(&spec.tasks, &job)?;
                 let out = run_job(&spec, &job).await?;
                 counters.completed.fetch_add(1, Ordering::Relaxed);
                 if verbose {
@@ -149,6 +182,20 @@ fn build_worker(
         })
         .build()
         .map_err(lib_err("cannot start the worker"))
+}
+
+/// With `--task`, a job whose name is not served fails its attempt (and is retried): another
+/// worker may serve it, or this one after a deploy.
+fn check_task(tasks: &[String], job: &ostq::Job) -> Result<(), ostq::BoxError> {
+    let name = job.name.as_deref().unwrap_or("-");
+    if tasks.is_empty() || tasks.iter().any(|t| t == name) {
+        return Ok(());
+    }
+    Err(format!(
+        "this worker serves only the tasks {} (--task), not '{name}'",
+        tasks.join(", ")
+    )
+    .into())
 }
 
 /// One line on stderr per failed attempt.
@@ -215,6 +262,33 @@ async fn drained(queues: &[ostq::Queue], wait: Duration) {
         }
         tokio::time::sleep(BURST_POLL).await;
     }
+}
+
+/// Completes once no queue has had a pending or running job for `idle` (read every
+/// `idle`/10, between 200 ms and 1 s; a failed read counts as work, never as idleness).
+async fn idle_for(queues: &[ostq::Queue], idle: Duration) {
+    let poll = (idle / 10).clamp(BURST_POLL, Duration::from_secs(1));
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let empty = is_idle(queues).await.unwrap_or(false);
+        let now = Instant::now();
+        if !empty {
+            idle_since = None;
+        } else if now.duration_since(*idle_since.get_or_insert(now)) >= idle {
+            return;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn is_idle(queues: &[ostq::Queue]) -> anyhow::Result<bool> {
+    for q in queues {
+        let c = q.counts().await?;
+        if c.pending > 0 || c.active > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn is_drained(queues: &[ostq::Queue], wait: Duration) -> anyhow::Result<bool> {
@@ -392,11 +466,26 @@ async fn run_job(spec: &ExecSpec, job: &ostq::Job) -> Result<Option<Vec<u8>>, os
     let mut out = Vec::new();
     let mut err = Vec::new();
     let run = async {
+        let prefix = (spec.output == Output::Prefixed).then(|| format!("[{}] ", job.id));
+        let echo =
+            |stream| (spec.output != Output::Hidden).then(|| Echo::new(stream, prefix.clone()));
         let io = async {
             tokio::join!(
                 feed(stdin, &job.payload),
-                drain(stdout, &mut out, MAX_RESULT, Keep::Head),
-                drain(stderr, &mut err, STDERR_TAIL, Keep::Tail),
+                drain(
+                    stdout,
+                    &mut out,
+                    MAX_RESULT,
+                    Keep::Head,
+                    echo(Stream::Stdout)
+                ),
+                drain(
+                    stderr,
+                    &mut err,
+                    STDERR_TAIL,
+                    Keep::Tail,
+                    echo(Stream::Stderr)
+                ),
             )
         };
         tokio::pin!(io);
@@ -480,13 +569,95 @@ enum Keep {
     Tail,
 }
 
-/// Reads `r` to its end, keeping at most about `limit` bytes: the first ones or the last ones.
-async fn drain(r: Option<impl AsyncRead + Unpin>, out: &mut Vec<u8>, limit: usize, keep: Keep) {
+/// This process's stdout or stderr.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Passes a program's output through, whole lines at a time (so that the lines of programs
+/// running at once do not mix), each with an optional prefix.
+struct Echo {
+    stream: Stream,
+    prefix: Option<String>,
+    /// The start of a line not yet ended.
+    partial: Vec<u8>,
+}
+
+/// A line longer than this is passed through in pieces rather than held back.
+const ECHO_LINE_MAX: usize = 64 * 1024;
+
+impl Echo {
+    fn new(stream: Stream, prefix: Option<String>) -> Self {
+        Self {
+            stream,
+            prefix,
+            partial: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        let cut = match self.partial.iter().rposition(|b| *b == b'\n') {
+            Some(end) => end + 1,
+            None if self.partial.len() > ECHO_LINE_MAX => self.partial.len(),
+            None => return,
+        };
+        let complete: Vec<u8> = self.partial.drain(..cut).collect();
+        self.emit(&complete);
+    }
+
+    /// At the end of the stream: a last line without its line feed gets one.
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            let mut rest = std::mem::take(&mut self.partial);
+            rest.push(b'\n');
+            self.emit(&rest);
+        }
+    }
+
+    fn emit(&self, lines: &[u8]) {
+        let mut text = Vec::with_capacity(lines.len() + 32);
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            if let Some(prefix) = &self.prefix {
+                text.extend_from_slice(prefix.as_bytes());
+            }
+            text.extend_from_slice(line);
+        }
+        // One write per batch of lines; an error (a closed pipe) is not the job's concern.
+        let _ = match self.stream {
+            Stream::Stdout => std::io::Write::write_all(&mut std::io::stdout().lock(), &text),
+            Stream::Stderr => std::io::Write::write_all(&mut std::io::stderr().lock(), &text),
+        };
+    }
+}
+
+/// Reads `r` to its end, keeping at most about `limit` bytes: the first ones or the last ones;
+/// with `echo`, passing everything through as well.
+async fn drain(
+    r: Option<impl AsyncRead + Unpin>,
+    out: &mut Vec<u8>,
+    limit: usize,
+    keep: Keep,
+    mut echo: Option<Echo>,
+) {
     let Some(mut r) = r else { return };
     let mut buf = [0u8; 8192];
     loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+        let read = r.read(&mut buf).await;
+        if let (Ok(n), Some(echo)) = (&read, echo.as_mut()) {
+            if *n > 0 {
+                echo.write(&buf[..*n]);
+            }
+        }
+        match read {
+            Ok(0) | Err(_) => {
+                if let Some(echo) = echo.as_mut() {
+                    echo.finish();
+                }
+                return;
+            }
             Ok(n) => match keep {
                 Keep::Head => {
                     let room = limit.saturating_sub(out.len());

@@ -26,8 +26,12 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
     if args.file.is_none() && args.payloads.is_empty() {
         bail!("nothing to push: give payloads as arguments, or --file FILE (--file - reads stdin)");
     }
-    if args.id.is_some() && (args.file.is_some() || args.payloads.len() > 1) {
+    let single = args.file.is_none() && args.payloads.len() == 1;
+    if args.id.is_some() && !single {
         bail!("--id names one job: push a single payload with it");
+    }
+    if args.unique.is_some() && !single {
+        bail!("--unique keys one job: push a single payload with it");
     }
     let mut opts = ostq::PushOptions::new();
     if let Some(d) = args.delay {
@@ -48,6 +52,14 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
     if let Some(id) = &args.id {
         opts = opts.id(id.clone());
     }
+    if let Some(name) = &args.name {
+        opts = opts.name(name.clone());
+    }
+    match (&args.unique, args.unique_for) {
+        (Some(key), Some(ttl)) => opts = opts.unique_for(key.clone(), ttl),
+        (Some(key), None) => opts = opts.unique(key.clone()),
+        _ => {}
+    }
     #[cfg(feature = "opentelemetry")]
     if let Some(trace) = trace_from_env() {
         opts = opts.trace(trace);
@@ -61,12 +73,25 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
     let (count, ids) = match &args.file {
         None => {
             let payloads: Vec<Vec<u8>> = args.payloads.into_iter().map(os_bytes).collect();
-            let ids = if args.id.is_some() {
+            let ids = if args.id.is_some() || args.unique.is_some() {
                 let payload = payloads.first().cloned().unwrap_or_default();
-                vec![queue
-                    .push_with(payload, &opts)
-                    .await
-                    .map_err(lib_err("push failed"))?]
+                match queue.push_with(payload, &opts).await {
+                    Ok(id) => vec![id],
+                    // Deduplicated, as asked: the job that holds the key stands for this one.
+                    Err(ostq::Error::Duplicate { existing_id, key }) => {
+                        eprintln!(
+                            "not pushed: job {existing_id} holds the unique key {key:?} on '{}'",
+                            args.queue
+                        );
+                        if global.json {
+                            println!("{}", serde_json::to_string(&[&existing_id])?);
+                        } else {
+                            println!("{existing_id}");
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => return Err(lib_err("push failed")(e)),
+                }
             } else {
                 queue
                     .push_bulk_with(&payloads, &opts)

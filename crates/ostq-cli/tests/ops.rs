@@ -339,18 +339,18 @@ fn workers_lists_a_running_worker() {
 }
 
 /// `ostq stats --require-workers` alerts (exit 3, one line) for a queue with pending jobs and no
-/// live worker, and stops once a worker serves it (the queue is paused so the job stays pending).
+/// live worker, not for a paused one (it is meant not to be served), and stops once a worker
+/// serves it (busy with one job, so the other stays pending).
 #[test]
 fn stats_alerts_when_pending_jobs_have_no_worker() {
     let redis = RedisServer::start().unwrap();
     let url = redis.url();
-    ok(&url, &["push", "lonely", "1"]);
-    ok(&url, &["pause", "lonely"]);
+    ok(&url, &["push", "lonely", "1", "2"]);
     let out = run(&url, &["stats", "--sample", "0", "--require-workers"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("queue 'lonely' has 1 pending jobs and no live worker"),
+        stderr.contains("queue 'lonely' has 2 pending jobs and no live worker"),
         "{stderr}"
     );
     // Without the flag, no alert: the check is asked for.
@@ -358,14 +358,25 @@ fn stats_alerts_when_pending_jobs_have_no_worker() {
         run(&url, &["stats", "--sample", "0"]).status.code(),
         Some(0)
     );
+    // Paused: no alert.
+    ok(&url, &["pause", "lonely"]);
+    let out = run(&url, &["stats", "--sample", "0", "--require-workers"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    ok(&url, &["resume", "lonely"]);
 
-    let mut worker = cmd(&url, &["worker", "-q", "lonely", "--", "true"])
-        .spawn()
-        .unwrap();
+    let mut worker = cmd(
+        &url,
+        &["worker", "-q", "lonely", "-c", "1", "--", "sleep", "30"],
+    )
+    .spawn()
+    .unwrap();
     wait_until(
         std::time::Duration::from_secs(10),
-        "the worker to register",
-        || json(&url, &["stats", "--sample", "0"])["queues"]["lonely"]["workers"] == 1,
+        "the worker to register and take a job",
+        || {
+            let stats = json(&url, &["stats", "--sample", "0"]);
+            stats["queues"]["lonely"]["workers"] == 1 && stats["queues"]["lonely"]["active"] == 1
+        },
     );
     let out = run(&url, &["stats", "--sample", "0", "--require-workers"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

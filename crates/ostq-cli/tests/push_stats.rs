@@ -550,3 +550,57 @@ fn stats_max_recent_failure_rate_reads_the_history() {
         serde_json::Value::Null
     );
 }
+
+/// `ostq push --unique KEY`: a second push while the first job holds the key pushes nothing and
+/// prints the holder's id; `--unique-for` needs `--unique`; a key names one job.
+#[test]
+fn push_unique_prints_the_holder_instead_of_pushing_twice() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let first = ok(
+        &url,
+        &[
+            "push",
+            "uq",
+            "a",
+            "--unique",
+            "report:42",
+            "--name",
+            "report",
+        ],
+    );
+    let first = first.trim();
+    let again = run(&url, &["push", "uq", "b", "--unique", "report:42"]);
+    assert_success(&again, &["push again"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), first);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!(
+            "not pushed: job {first} holds the unique key \"report:42\""
+        )),
+        "{again:?}"
+    );
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    assert_eq!(stats["queues"]["uq"]["pending"], 1);
+    let job = json(&url, &["job", first]);
+    assert_eq!(job["name"], "report", "{job}");
+
+    let held = ok(
+        &url,
+        &[
+            "push",
+            "uq",
+            "c",
+            "--unique",
+            "hourly",
+            "--unique-for",
+            "1h",
+        ],
+    );
+    let out = run(&url, &["push", "uq", "d", "--unique", "hourly"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), held.trim());
+
+    let out = run(&url, &["push", "uq", "x", "y", "--unique", "k"]);
+    assert_one_line_error(&out, "--unique keys one job");
+    let out = run(&url, &["push", "uq", "x", "--unique-for", "1h"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -502,3 +502,113 @@ fn burst_on_empty_queues_exits_at_once_and_waits_for_due_retries_only() {
     assert_eq!(c["scheduled"], 0);
     assert_eq!(c["processed_total"], 1);
 }
+
+/// The programs' output goes through, line by line: plain with one program at a time, prefixed
+/// with the job id when several run at once; stdout is still the result of a tracked job;
+/// `--no-output` keeps it all in.
+#[test]
+fn program_output_goes_through_prefixed_when_several_run() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let program = [
+        "sh",
+        "-c",
+        r#"printf 'out %s\nsecond line' "$1"; printf 'err %s\n' "$1" >&2"#,
+        "sh",
+        "{}",
+    ];
+    let jobs = push_each(&url, "loud", &[b"a".to_vec(), b"b".to_vec()], &["--track"]);
+    let out = worker_burst(&url, "loud", &["-c", "2"], &program);
+    assert_success(&out, &["worker loud"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (id, payload) in &jobs {
+        let p = String::from_utf8_lossy(payload);
+        // The last line had no line feed: it gets one, and its prefix.
+        for line in [format!("[{id}] out {p}"), format!("[{id}] second line")] {
+            assert!(stdout.lines().any(|l| l == line), "{line:?} in {stdout}");
+        }
+        let line = format!("[{id}] err {p}");
+        assert!(stderr.lines().any(|l| l == line), "{line:?} in {stderr}");
+        let job = json(&url, &["job", id]);
+        assert_eq!(job["result"], format!("out {p}\nsecond line"), "{job}");
+    }
+
+    push_each(&url, "plain", &[b"c".to_vec()], &[]);
+    let out = worker_burst(&url, "plain", &["-c", "1"], &program);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, "out c\nsecond line\n");
+
+    push_each(&url, "quiet", &[b"d".to_vec()], &[]);
+    let out = worker_burst(&url, "quiet", &["-c", "2", "--no-output"], &program);
+    assert_success(&out, &["worker quiet"]);
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("err d"));
+}
+
+/// `--task` serves only the names given (`-` for jobs without one); other jobs fail their
+/// attempt with a reason and are retried, for a worker that serves them.
+#[test]
+fn task_filter_serves_only_its_names_and_leaves_the_rest_to_retry() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "mixed", "r1", "--name", "resize"]);
+    ok(&url, &["push", "mixed", "e1", "--name", "email"]);
+    ok(&url, &["push", "mixed", "plain"]);
+    let out = worker_burst(
+        &url,
+        "mixed",
+        &["--task", "resize", "--task", "-", "--burst-wait", "0s"],
+        &["true"],
+    );
+    assert_success(&out, &["worker --task"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("serves only the tasks resize, - (--task), not 'email'"),
+        "{stderr}"
+    );
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    let q = &stats["queues"]["mixed"];
+    // Waiting to retry, or already due again and pending; never dead.
+    let waiting = q["retry"].as_u64().unwrap() + q["pending"].as_u64().unwrap();
+    assert_eq!((waiting, q["dead"].as_u64()), (1, Some(0)), "{q}");
+    assert_eq!(q["processed_total"], 3, "{q}");
+
+    // A worker serving "email" runs it once it is due (--burst waits for it).
+    let out = worker_burst(&url, "mixed", &["--task", "email"], &["true"]);
+    assert_success(&out, &["worker email"]);
+    let q = &json(&url, &["stats", "--sample", "0"])["queues"]["mixed"];
+    assert_eq!(
+        (q["retry"].as_u64(), q["failed_total"].as_u64()),
+        (Some(0), Some(1)),
+        "{q}"
+    );
+}
+
+/// `--idle-exit`: the worker runs what comes, and exits 0 once nothing has been pending or
+/// running for that long.
+#[test]
+fn idle_exit_stops_a_worker_once_the_queue_stays_empty() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "tide", "1", "2"]);
+    let started = Instant::now();
+    let out = run(
+        &url,
+        &["worker", "-q", "tide", "--idle-exit", "1s", "--", "true"],
+    );
+    let took = started.elapsed();
+    assert_success(&out, &["worker --idle-exit"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to do for 1.0s"),
+        "{out:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(
+        json(&url, &["stats", "--sample", "0"])["queues"]["tide"]["processed_total"],
+        2
+    );
+}
