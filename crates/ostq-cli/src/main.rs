@@ -40,6 +40,21 @@ fn main() -> ExitCode {
         Err(err) => return util::report_clap_error(&err),
     };
     init_logging();
+    // Commands that print and exit end quietly when their reader goes (`ostq jobs … | head`),
+    // as Unix tools do, instead of panicking on a broken pipe. Not the long-running ones: a
+    // worker writes to its programs' stdin, servers to sockets; a peer closing those is normal.
+    if matches!(
+        cli.command,
+        Command::Jobs(_)
+            | Command::Job(_)
+            | Command::Queues(_)
+            | Command::Workers(_)
+            | Command::History(_)
+            | Command::Stats(_)
+            | Command::Script(_)
+    ) {
+        sigpipe::reset();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

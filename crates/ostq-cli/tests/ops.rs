@@ -383,3 +383,28 @@ fn stats_alerts_when_pending_jobs_have_no_worker() {
     worker.kill().unwrap();
     worker.wait().unwrap();
 }
+
+/// `ostq jobs … | head`: the command ends quietly when its reader goes, as Unix tools do (it
+/// panicked with "failed printing to stdout: Broken pipe").
+#[test]
+fn listing_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let payloads: Vec<String> = (0..3000).map(|i| i.to_string()).collect();
+    let mut args = vec!["push", "long"];
+    args.extend(payloads.iter().map(String::as_str));
+    ok(&url, &args);
+    let mut child = cmd(&url, &["--json", "jobs", "long", "--limit", "3000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The reader is gone (dropped above).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{out:?}");
+}
