@@ -41,6 +41,7 @@ mod auth;
 mod html;
 mod job;
 mod overview;
+pub mod prometheus;
 mod queue;
 mod workers;
 
@@ -461,6 +462,7 @@ pub fn router(client: Client, options: Options) -> Router {
         .route("/api/overview", get(api::overview))
         .route("/api/totals", get(api::totals))
         .route("/api/queues/{queue}/search", get(api::search))
+        .route("/metrics", get(prometheus::serve))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/assets/{file}", get(assets::serve))

@@ -20,6 +20,7 @@ async fn a_token_is_required_and_checked() {
         "/queues/videos",
         "/api/overview",
         "/api/totals",
+        "/metrics",
     ] {
         let answer = http.get(path).await;
         assert_eq!(answer.status, 401, "{path} without a token");
@@ -54,6 +55,25 @@ async fn a_token_is_required_and_checked() {
         .await;
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("videos"));
+    // Prometheus scrapes /metrics with the same header: the text of `ostq metrics`.
+    let answer = http
+        .request("GET", "/metrics", &[("Authorization", &bearer)], "")
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|t| t.contains("version=0.0.4")),
+        "{answer:?}"
+    );
+    assert!(answer.body.contains("ostq_redis_up 1"), "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains(r#"ostq_queue_jobs{queue="videos",state="pending"}"#),
+        "{}",
+        answer.body
+    );
 
     // The right token by the form: a session cookie, HttpOnly and SameSite=Strict.
     let answer = http.post("/login", &[("token", TOKEN)], &[]).await;
