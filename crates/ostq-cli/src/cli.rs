@@ -128,7 +128,41 @@ pub enum Command {
     /// Print a Lua script as Redis runs it (for EVAL from redis-cli or another language)
     #[command(after_help = SCRIPT_AFTER)]
     Script(ScriptArgs),
+    /// Timed jobs: add, list and remove schedules (`ostq scheduler` or `ostq worker --cron`
+    /// fires them)
+    #[command(after_help = CRON_AFTER)]
+    Cron(CronArgs),
+    /// Fire the jobs of every registered schedule on time, exactly once per tick however many
+    /// schedulers run
+    #[command(after_help = CRON_AFTER)]
+    Scheduler(SchedulerArgs),
+    /// Print a queue's events as they happen (pushed, started, completed, failed, dead, …)
+    #[command(after_help = EVENTS_AFTER)]
+    Events(EventsArgs),
 }
+
+const CRON_AFTER: &str = "\
+Examples:
+  ostq cron add reports nightly --cron '30 2 * * *' --tz Europe/Paris --payload full
+  ostq cron add feeds poll --every 10s --payload rss --task fetch
+  ostq cron list                      # every schedule of every queue: next and last tick
+  ostq cron remove reports nightly
+  ostq scheduler                      # fires them (run two or more: each tick fires once)
+  ostq worker -q reports --cron -- ./report.sh   # or let workers fire them too
+
+A schedule lives in Redis, in its queue's registry: any process may fire it, and each tick is
+enqueued exactly once however many do (the job id is cron:<name>:<tick>). Ticks missed while no
+scheduler ran are skipped, or the last one is fired once with --run-missed. Schedules registered
+by the library's Scheduler are listed and fired the same way.";
+
+const EVENTS_AFTER: &str = "\
+Examples:
+  ostq events videos --enable      # turn the queue's events on (stream and pub/sub), then tail
+  ostq events videos --from-start  # everything the stream still holds (about 10,000), then tail
+  ostq --json events videos        # one JSON object per line
+
+Events cost nothing while off (the default); --enable turns them on for every producer and
+worker of the queue (they notice within a second), --disable turns them off again.";
 
 const SCRIPT_AFTER: &str = "\
 Examples:
@@ -217,6 +251,114 @@ the end; $REDIS_URL is not used, so a bench never loads a Redis by accident.
   ostq bench                                   # 100,000 jobs on a private redis-server
   ostq bench --url redis://127.0.0.1:6379 --jobs 20000 --json
   scripts/bench-vs-peers                       # beside BullMQ and bee-queue, on one server";
+
+#[derive(Debug, Args)]
+pub struct CronArgs {
+    #[command(subcommand)]
+    pub action: CronAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronAction {
+    /// Register a schedule (replaces one of the same name on the queue)
+    Add(CronAddArgs),
+    /// List the schedules: when, next and last tick, ticks fired
+    List(CronListArgs),
+    /// Remove a schedule: no process fires it any more
+    Remove(CronRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CronAddArgs {
+    /// The queue its jobs go to
+    pub queue: String,
+
+    /// The schedule's name, unique within the queue
+    pub name: String,
+
+    /// A cron expression: `min hour day month weekday`, or with seconds first
+    #[arg(
+        long,
+        value_name = "EXPR",
+        required_unless_present = "every",
+        conflicts_with = "every"
+    )]
+    pub cron: Option<String>,
+
+    /// A fixed interval instead, aligned to the Unix epoch: 10s, 5m, 1h
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub every: Option<Duration>,
+
+    /// The job's payload
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub payload: String,
+
+    /// The job's task name
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
+
+    /// The IANA time zone the cron expression is read in
+    #[arg(long, default_value = "UTC", value_name = "ZONE")]
+    pub tz: String,
+
+    /// Fire the last tick missed while no scheduler ran, once, when one starts (default: skip)
+    #[arg(long)]
+    pub run_missed: bool,
+
+    /// The job's priority, -1000..=1000
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub priority: i32,
+
+    /// The job's attempts in all (default: the worker's)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+
+    /// Keep a status record for each job
+    #[arg(long)]
+    pub track: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CronListArgs {
+    /// Only these queues (default: every known queue)
+    pub queues: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CronRemoveArgs {
+    /// The queue
+    pub queue: String,
+    /// The schedule's name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Only the schedules of these queues (default: every known queue)
+    pub queues: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The queue
+    pub queue: String,
+
+    /// Turn the queue's events on first (stream and pub/sub)
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+
+    /// Turn the queue's events off and exit
+    #[arg(long)]
+    pub disable: bool,
+
+    /// Start with everything the stream still holds, not only what happens from now
+    #[arg(long)]
+    pub from_start: bool,
+
+    /// Exit after this many events
+    #[arg(long, short = 'n', value_name = "N")]
+    pub count: Option<u64>,
+}
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -316,6 +458,11 @@ pub struct WorkerArgs {
     /// serves them can take them meanwhile. Default: every name
     #[arg(long = "task", value_name = "NAME")]
     pub tasks: Vec<String>,
+
+    /// Fire the registered schedules too, as `ostq scheduler` does (each tick still fires once,
+    /// however many workers do)
+    #[arg(long)]
+    pub cron: bool,
 
     /// Exit 0 once the queues have had nothing pending or running for this long (scheduled and
     /// retry jobs not yet due do not count): 30s, 1m

@@ -97,10 +97,27 @@ pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
             );
         }
     };
-    worker
-        .run_until(shutdown)
-        .await
-        .map_err(lib_err("worker failed"))?;
+    // --cron: the registered schedules of every queue fire from this process too, until the
+    // worker stops.
+    let (stop_cron, cron_stop) = tokio::sync::watch::channel(false);
+    let cron = args.cron.then(|| {
+        eprintln!("ostq worker: firing the registered schedules too (--cron)");
+        tokio::spawn(crate::cron::run_registered(
+            client.clone(),
+            Vec::new(),
+            cron_stop,
+        ))
+    });
+    let worked = worker.run_until(shutdown).await;
+    if let Some(cron) = cron {
+        let _ = stop_cron.send(true);
+        match cron.await {
+            Ok(Err(e)) => eprintln!("warning: the schedules stopped firing: {e:#}"),
+            Err(e) => eprintln!("warning: the scheduler task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    worked.map_err(lib_err("worker failed"))?;
     eprintln!(
         "ostq worker: stopped after {} completed and {} failed attempts",
         counters.completed.load(Ordering::Relaxed),

@@ -3,8 +3,10 @@
 
 mod bench;
 mod cli;
+mod cron;
 mod dashboard;
 mod demo;
+mod events;
 mod exec;
 mod history;
 mod metrics;
@@ -102,6 +104,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => history::run(&global, args).await,
         Command::Metrics(args) => metrics::run(&global, args).await,
         Command::Dashboard(args) => dashboard::run(&global, args).await,
+        Command::Cron(args) => cron::run(&global, args).await,
+        Command::Scheduler(args) => cron::scheduler(&global, args).await,
+        Command::Events(args) => events::run(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Script(args) => script(args),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use std::collections::VecDeque;
 
 use futures::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::keys::QueueKeys;
 use crate::producer::Queue;
@@ -50,7 +50,7 @@ impl EventSink {
 }
 
 /// What happened to a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// Enqueued (now or for later: see `state`).
@@ -71,8 +71,9 @@ pub enum EventKind {
     Progress,
 }
 
-/// One job event.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One job event. JSON: its fields as they are in the stream (`ostq --json events` prints one
+/// per line), without `stream_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Event {
     /// What happened.

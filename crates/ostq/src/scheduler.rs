@@ -294,6 +294,47 @@ impl Schedule {
         Self::new(name, queue, Timing::Every(interval))
     }
 
+    /// The schedule a registry entry describes ([`Client::schedules`]), to run schedules that
+    /// another process (or `ostq cron add`) registered: it registers the same spec again, byte
+    /// for byte, so every process agrees on it. A spec with neither a cron expression nor an
+    /// interval gives a schedule that [`SchedulerBuilder::build`] refuses.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// let mut builder = ostq::Scheduler::builder(client.clone());
+    /// for info in client.schedules("reports").await? {
+    ///     builder = builder.schedule(ostq::Schedule::from_info(&info));
+    /// }
+    /// builder.build()?.run().await
+    /// # }
+    /// ```
+    pub fn from_info(info: &ScheduleInfo) -> Self {
+        let spec = &info.spec;
+        let timing = match (&spec.cron, spec.every_ms) {
+            (Some(expr), _) => Timing::Cron(expr.clone()),
+            (None, Some(ms)) => Timing::Every(Duration::from_millis(ms)),
+            (None, None) => Timing::Cron(String::new()),
+        };
+        let mut schedule = Self::new(&info.name, &info.queue, timing);
+        if spec.cron.is_none() && spec.every_ms.is_none() {
+            schedule.error =
+                Some("the registry entry has neither a cron expression nor an interval".into());
+        }
+        if spec.payload_hex && from_hex(&spec.payload).is_none() {
+            schedule.error = Some("the registry entry's payload is not hex".into());
+        }
+        if !spec.time_zone.is_empty() {
+            schedule.time_zone = spec.time_zone.clone();
+        }
+        schedule.missed = spec.missed;
+        schedule.payload = spec.payload_bytes();
+        schedule.task_name = spec.task_name.clone();
+        schedule.priority = spec.priority;
+        schedule.max_attempts = spec.max_attempts;
+        schedule.track = spec.track;
+        schedule
+    }
+
     /// The job's payload (empty by default).
     pub fn payload(mut self, payload: impl AsRef<[u8]>) -> Self {
         self.payload = payload.as_ref().to_vec();
@@ -1165,5 +1206,50 @@ mod tests {
         assert_eq!(spec.payload_bytes(), vec![0, 255, 10]);
         assert_eq!(spec.every_ms, Some(1000));
         assert_eq!(spec.time_zone, "UTC");
+    }
+
+    /// A registry entry read back gives the same spec, byte for byte: processes running
+    /// schedules they did not define (`ostq scheduler`) agree with the one that registered them.
+    #[test]
+    fn a_schedule_from_its_registry_entry_registers_the_same_spec() {
+        let originals = [
+            Schedule::cron("nightly", "reports", "30 2 * * *")
+                .time_zone("Europe/Paris")
+                .missed(MissedTicks::RunOnce)
+                .payload(r#"{"kind":"full"}"#)
+                .task_name("report")
+                .priority(5)
+                .max_attempts(3)
+                .track(),
+            Schedule::every("poll", "feeds", Duration::from_millis(1500)).payload([0u8, 255]),
+        ];
+        for original in originals {
+            let compiled = original.compile().unwrap();
+            let info = ScheduleInfo {
+                name: compiled.name.clone(),
+                queue: compiled.keys.queue.clone(),
+                spec: serde_json::from_str(&compiled.spec_json).unwrap(),
+                created_ms: None,
+                last_tick_ms: None,
+                next_tick_ms: None,
+                last_job_id: None,
+                fired: 0,
+            };
+            let again = Schedule::from_info(&info).compile().unwrap();
+            assert_eq!(again.spec_json, compiled.spec_json);
+        }
+        let mut broken: ScheduleSpec = serde_json::from_str("{}").unwrap();
+        broken.payload = "zz".into();
+        let info = ScheduleInfo {
+            name: "b".into(),
+            queue: "q".into(),
+            spec: broken,
+            created_ms: None,
+            last_tick_ms: None,
+            next_tick_ms: None,
+            last_job_id: None,
+            fired: 0,
+        };
+        assert!(Schedule::from_info(&info).compile().is_err());
     }
 }
