@@ -604,3 +604,69 @@ fn push_unique_prints_the_holder_instead_of_pushing_twice() {
     let out = run(&url, &["push", "uq", "x", "--unique-for", "1h"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// Latency over jobs from every source at once: a `push.lua` job from redis-cli (oldest, so it
+/// runs next), an `ostq push` job and a bare `LPUSH` (newest). The age is the next job's: real,
+/// and an alert exactly when it crosses the threshold; once only bare entries are left, unknown
+/// and never an alert.
+#[test]
+fn latency_over_pushes_from_every_source_is_the_next_jobs_age() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let script = ok(&url, &["script", "push"]);
+    let p = |k: &str| format!("ostq:{{mixed}}:{k}");
+    let keys = [
+        p("pending"),
+        p("prioritized"),
+        p("scheduled"),
+        p("jobs"),
+        p("seq"),
+    ];
+    let mut eval = vec!["EVAL", script.as_str(), "5"];
+    eval.extend(keys.iter().map(String::as_str));
+    let prefix = p("");
+    eval.extend([
+        prefix.as_str(),
+        "",
+        "from-lua",
+        "",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "",
+        "0",
+    ]);
+    redis.cli(&eval).unwrap();
+    redis.cli(&["SADD", "ostq:queues", "mixed"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&url, &["push", "mixed", "from-cli"]);
+    redis.cli(&["LPUSH", &p("pending"), "bare"]).unwrap();
+
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    let age = stats["queues"]["mixed"]["oldest_pending_age_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (300..60_000).contains(&age),
+        "the push.lua job's age: {age} ms"
+    );
+    let out = run(&url, &["stats", "--sample", "0", "--max-latency", "250ms"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue 'mixed' latency is"));
+    let out = run(&url, &["stats", "--sample", "0", "--max-latency", "1m"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // The test's shortcut (never do this to a live queue: design §14): take the two jobs with
+    // an enqueue time off the list, so the bare entry is next.
+    redis.cli(&["RPOP", &p("pending"), "2"]).unwrap();
+    let stats = json(&url, &["stats", "--sample", "0"]);
+    assert_eq!(stats["queues"]["mixed"]["pending"], 1, "{stats}");
+    assert!(
+        stats["queues"]["mixed"]["oldest_pending_age_ms"].is_null(),
+        "{stats}"
+    );
+    let out = run(&url, &["stats", "--sample", "0", "--max-latency", "1ms"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
