@@ -135,6 +135,7 @@ pub(crate) enum Nav {
     Overview,
     Queue,
     Workers,
+    Schedules,
     None,
 }
 
@@ -171,6 +172,7 @@ pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: &str) -> String {
 <nav>
 <a href="{home}"{overview}>Overview</a>
 <a href="{base}/workers"{workers}>Workers</a>
+<a href="{base}/schedules"{schedules}>Schedules</a>
 </nav>
 <span class="redis" title="Redis">{redis}</span>
 {mode}{logout}
@@ -186,6 +188,7 @@ pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: &str) -> String {
         home = esc(&ctx.home()),
         overview = current(Nav::Overview),
         workers = current(Nav::Workers),
+        schedules = current(Nav::Schedules),
         redis = esc(&ctx.redis_label),
         mode = if ctx.read_only {
             r#"<span class="badge" id="read-only">read-only</span>"#

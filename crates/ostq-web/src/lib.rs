@@ -43,6 +43,7 @@ mod job;
 mod overview;
 pub mod prometheus;
 mod queue;
+mod schedules;
 mod workers;
 
 pub use auth::SESSION_TTL;
@@ -449,6 +450,8 @@ pub fn router(client: Client, options: Options) -> Router {
     Router::new()
         .route("/", get(overview::page))
         .route("/workers", get(workers::page))
+        .route("/schedules", get(schedules::page))
+        .route("/schedules/remove", post(schedules::remove))
         .route("/queues/{queue}", get(queue::page))
         .route("/queues/{queue}/pause", post(actions::pause))
         .route("/queues/{queue}/resume", post(actions::resume))
