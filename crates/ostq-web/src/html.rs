@@ -136,6 +136,7 @@ pub(crate) enum Nav {
     Queue,
     Workers,
     Schedules,
+    Metrics,
     None,
 }
 
@@ -173,6 +174,7 @@ pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: &str) -> String {
 <a href="{home}"{overview}>Overview</a>
 <a href="{base}/workers"{workers}>Workers</a>
 <a href="{base}/schedules"{schedules}>Schedules</a>
+<a href="{base}/metrics-page"{metrics}>Metrics</a>
 </nav>
 <span class="redis" title="Redis">{redis}</span>
 {mode}{logout}
@@ -189,6 +191,7 @@ pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: &str) -> String {
         overview = current(Nav::Overview),
         workers = current(Nav::Workers),
         schedules = current(Nav::Schedules),
+        metrics = current(Nav::Metrics),
         redis = esc(&ctx.redis_label),
         mode = if ctx.read_only {
             r#"<span class="badge" id="read-only">read-only</span>"#

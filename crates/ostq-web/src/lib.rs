@@ -40,6 +40,7 @@ mod assets;
 mod auth;
 mod html;
 mod job;
+mod metrics_page;
 mod overview;
 pub mod prometheus;
 mod queue;
@@ -452,6 +453,7 @@ pub fn router(client: Client, options: Options) -> Router {
         .route("/workers", get(workers::page))
         .route("/schedules", get(schedules::page))
         .route("/schedules/remove", post(schedules::remove))
+        .route("/metrics-page", get(metrics_page::page))
         .route("/queues/{queue}", get(queue::page))
         .route("/queues/{queue}/pause", post(actions::pause))
         .route("/queues/{queue}/resume", post(actions::resume))
