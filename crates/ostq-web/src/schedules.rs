@@ -54,11 +54,19 @@ fn timing(schedule: &ScheduleInfo) -> String {
     let spec = &schedule.spec;
     match (&spec.cron, spec.every_ms) {
         (Some(cron), _) => format!("cron {cron} ({})", spec.time_zone),
-        (None, Some(ms)) => format!(
-            "every {}",
-            html::duration(std::time::Duration::from_millis(ms))
-        ),
+        (None, Some(ms)) => format!("every {}", interval(ms)),
         (None, None) => "never (no cron expression or interval)".to_string(),
+    }
+}
+
+/// An interval in the largest whole unit: `1s`, `15m`, `250ms`.
+fn interval(ms: u64) -> String {
+    match ms {
+        0 => "0ms".to_string(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -194,4 +202,18 @@ pub(crate) async fn remove(
         name = esc(name),
     );
     Html(html::page(&ctx, "Remove schedule", Nav::Schedules, &body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interval;
+
+    #[test]
+    fn intervals_read_in_whole_units() {
+        assert_eq!(interval(1000), "1s");
+        assert_eq!(interval(90_000), "90s");
+        assert_eq!(interval(900_000), "15m");
+        assert_eq!(interval(7_200_000), "2h");
+        assert_eq!(interval(250), "250ms");
+    }
 }
