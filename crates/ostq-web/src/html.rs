@@ -72,6 +72,11 @@ pub(crate) fn count(n: u64) -> String {
     out
 }
 
+/// A count with its noun: `1 queue`, `2 queues`, `1,000 jobs`.
+pub(crate) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
+}
+
 /// A short duration for people: 850ms, 12.3s, 3m 20s, 2h 5m, 3d 4h.
 pub(crate) fn duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -237,6 +242,8 @@ mod tests {
     fn figures_read_well() {
         assert_eq!(count(0), "0");
         assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(counted(1, "queue", "queues"), "1 queue");
+        assert_eq!(counted(0, "queue", "queues"), "0 queues");
         assert_eq!(duration(Duration::from_millis(850)), "850ms");
         assert_eq!(duration(Duration::from_secs(200)), "3m 20s");
         assert_eq!(time(0), "1970-01-01 00:00:00Z");

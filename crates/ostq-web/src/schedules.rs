@@ -93,10 +93,10 @@ pub(crate) async fn page(
     }
     let _ = write!(
         body,
-        r#"<p id="schedules-summary">{} schedules on {} queues. They are fired by <code>ostq scheduler</code>, <code>ostq worker --cron</code> or an <code>ostq::Scheduler</code> in an application; each tick is enqueued once, whichever process fires it. A schedule cannot be paused, only removed.</p>
+        r#"<p id="schedules-summary">{} on {}. They are fired by <code>ostq scheduler</code>, <code>ostq worker --cron</code> or an <code>ostq::Scheduler</code> in an application; each tick is enqueued once, whichever process fires it. A schedule cannot be paused, only removed.</p>
 <table id="schedules"><thead><tr><th>Schedule</th><th>Queue</th><th>When</th><th>Task</th><th>Payload</th><th>Next tick</th><th>Last tick</th><th>Last job</th><th class="num">Fired</th>{action_head}</tr></thead><tbody>"#,
-        count(schedules.len() as u64),
-        count(queues.len() as u64),
+        html::counted(schedules.len() as u64, "schedule", "schedules"),
+        html::counted(queues.len() as u64, "queue", "queues"),
         action_head = if ctx.read_only { "" } else { "<th></th>" },
     );
     if schedules.is_empty() {
