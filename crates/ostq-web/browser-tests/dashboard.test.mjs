@@ -141,6 +141,8 @@ before(async () => {
   // videos: 120 jobs for paging (and a live worker later). emails: jobs that die with errors,
   // two of them hostile.
   ostq(["push", "videos", ...Array.from({ length: 120 }, (_, i) => `v-${i}`)]);
+  // emails keeps its events in its stream, so job pages list the error of every attempt.
+  ostq(["events", "emails", "--enable", "-n", "0"], { stdio: "ignore" });
   ostq([
     "push",
     "emails",
@@ -296,6 +298,8 @@ test("dead jobs are filtered by error text and retried by filter with a count", 
   await page.click("form.find button");
   await page.locator("#job-error").waitFor();
   assert.match(await page.locator("#job-error").textContent(), /timed out after 5s/);
+  const attempt = page.locator('#attempt-errors tr[data-attempt="1"]');
+  assert.match(await attempt.textContent(), /failed, dead.*timed out after 5s/s);
   assert.match(await page.locator("#job-payload").textContent(), /mail-timeout-\d/);
   await screenshot(page, "job");
   await page.goBack();
