@@ -1,9 +1,10 @@
 //! # ostq-web: the ostq dashboard
 //!
 //! An axum [`Router`] that shows an ostq deployment to its operators (queues, counts, throughput,
-//! latency, Redis's health, alerts, jobs by state with filters, one job, the live workers) and
-//! lets them act (pause, resume, rate limits, retry, delete, cancel, in bulk with a confirmation
-//! that says how many). Server-rendered HTML with a little JavaScript, every asset embedded: the
+//! latency, Redis's health, alerts, jobs by state with filters, one job with the error of every
+//! attempt, the live workers, the cron and interval schedules, run / wait / total-time histograms
+//! per task) and lets them act (pause, resume, rate limits, retry, delete, cancel, in bulk with a
+//! confirmation that says how many; remove a schedule). Server-rendered HTML with a little JavaScript, every asset embedded: the
 //! page makes no request outside its own origin and works offline. Everything goes through the
 //! library's admin API ([`ostq::admin`]).
 //!

@@ -23,6 +23,16 @@ use crate::Result;
 pub const MAX_EVENTS_READ: usize = 20_000;
 
 /// One failed attempt of a job, from its event.
+///
+/// ```
+/// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+/// let found = client.queue("emails").attempt_errors("01HZX…").await?;
+/// if let Some(first) = found.errors.first() {
+///     assert_eq!(first.attempt, Some(1));
+///     println!("{:?}: {}", first.kind, first.error);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct AttemptError {
@@ -37,6 +47,11 @@ pub struct AttemptError {
 }
 
 /// What [`Queue::attempt_errors`] found.
+///
+/// ```
+/// let nothing = ostq::admin::attempt_errors::AttemptErrors::default();
+/// assert!(nothing.errors.is_empty() && !nothing.stream_on && !nothing.truncated);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct AttemptErrors {
