@@ -102,9 +102,11 @@ async function startDashboard(args = [], env = {}) {
   return { url, child };
 }
 
+/** A PNG of what a 1280×800 window shows (small enough for docs/images/). */
 async function screenshot(page, name) {
   mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: false });
 }
 
 /** A page that fails the test on any dialog (an XSS payload's alert) or script error. */
@@ -139,6 +141,8 @@ before(async () => {
   // videos: 120 jobs for paging (and a live worker later). emails: jobs that die with errors,
   // two of them hostile.
   ostq(["push", "videos", ...Array.from({ length: 120 }, (_, i) => `v-${i}`)]);
+  // emails keeps its events in its stream, so job pages list the error of every attempt.
+  ostq(["events", "emails", "--enable", "-n", "0"], { stdio: "ignore" });
   ostq([
     "push",
     "emails",
@@ -294,6 +298,8 @@ test("dead jobs are filtered by error text and retried by filter with a count", 
   await page.click("form.find button");
   await page.locator("#job-error").waitFor();
   assert.match(await page.locator("#job-error").textContent(), /timed out after 5s/);
+  const attempt = page.locator('#attempt-errors tr[data-attempt="1"]');
+  assert.match(await attempt.textContent(), /failed, dead.*timed out after 5s/s);
   assert.match(await page.locator("#job-payload").textContent(), /mail-timeout-\d/);
   await screenshot(page, "job");
   await page.goBack();
@@ -423,6 +429,102 @@ test("read-only mode shows no action and refuses a direct POST", async () => {
   });
   assert.equal(status, 405);
   assert.equal(counts("emails").dead, 2);
+  await context.close();
+});
+
+test("schedules: ticks fired by a live `ostq scheduler` are shown; Remove asks, then removes", async () => {
+  ostq(["cron", "add", "reports", "heartbeat", "--every", "1s", "--payload", '{"check":"disk"}', "--task", "health_check"]);
+  ostq(["cron", "add", "reports", "nightly", "--cron", "0 2 * * *", "--tz", "Europe/Paris", "--payload", "full", "--task", "build_report"]);
+  const heartbeat = () => JSON.parse(ostq(["cron", "list", "reports", "--json"])).find((s) => s.name === "heartbeat");
+  let scheduler = startProcess(["scheduler", "reports"]);
+  const context = await browser.newContext();
+  try {
+    await eventually(`the scheduler fires the 1 s schedule twice (${scheduler.output})`, () => heartbeat()?.fired >= 2);
+    const page = await newPage(context);
+    await page.goto(open.url + "/");
+    await page.click('header nav a:has-text("Schedules")');
+    const row = page.locator('#schedules tr[data-schedule="heartbeat"]');
+    await row.waitFor();
+    const cell = async (r, field) => (await r.locator(`[data-field="${field}"]`).textContent()).trim();
+    assert.equal(await cell(row, "when"), "every 1s");
+    assert.equal(await cell(row, "task"), "health_check");
+    assert.equal(await cell(row, "payload"), '{"check":"disk"}');
+    const nightly = page.locator('#schedules tr[data-schedule="nightly"]');
+    assert.equal(await cell(nightly, "when"), "cron 0 2 * * * (Europe/Paris)");
+    assert.equal(await cell(nightly, "last"), "never");
+    assert.equal(await cell(nightly, "fired"), "0");
+    await screenshot(page, "schedules");
+
+    // With the scheduler stopped the registry holds still: the page shows exactly what it holds,
+    // and flags the next tick as overdue once it has passed.
+    await stop(scheduler);
+    await sleep(2200);
+    await page.reload();
+    const info = heartbeat();
+    assert.equal(await cell(row, "fired"), String(info.fired));
+    assert.match(await cell(row, "next"), /overdue/);
+    const lastJob = (await row.locator('[data-field="last-job"] code').textContent()).trim();
+    assert.equal(lastJob, info.last_job_id);
+    await row.locator('[data-field="last-job"] a').click();
+    await page.locator("#job-id").waitFor();
+    assert.equal(await page.locator("#job-id").textContent(), lastJob);
+    await page.goBack();
+
+    // Remove, with a scheduler running again: a confirmation first (nothing removed yet), then
+    // gone, and the running scheduler fires it no more; nightly stays.
+    scheduler = startProcess(["scheduler", "reports"]);
+    await eventually("the restarted scheduler fires again", () => heartbeat().fired > info.fired);
+    await page.locator('#schedules tr[data-schedule="heartbeat"] button:has-text("Remove")').click();
+    await page.locator("#confirm-text").waitFor();
+    assert.equal((await page.locator("h1").textContent()).trim(), "Remove schedule heartbeat?");
+    assert.ok(heartbeat(), "still registered before confirming");
+    await page.click("#confirm-button");
+    await page.locator("#notice").waitFor();
+    assert.match(await page.locator("#notice").textContent(), /Schedule removed/);
+    assert.equal(heartbeat(), undefined);
+    assert.equal(await page.locator('#schedules tr[data-schedule="heartbeat"]').count(), 0);
+    assert.equal(await page.locator('#schedules tr[data-schedule="nightly"]').count(), 1);
+    await sleep(300); // a tick being enqueued as Remove ran lands first
+    const jobsBefore = counts("reports").pending;
+    await sleep(2500);
+    assert.equal(counts("reports").pending, jobsBefore, "a removed schedule fires nothing");
+    assert.equal(page.scriptError, undefined);
+  } finally {
+    await stop(scheduler);
+    await context.close();
+  }
+});
+
+test("metrics: a real worker's history per task, failed attempts counted in the run time", async () => {
+  // Before the tests, `ostq worker --burst` ran the 6 emails jobs: 1 completed, 5 failed for good.
+  const context = await browser.newContext();
+  const page = await newPage(context);
+  await page.goto(open.url + "/queues/emails");
+  await page.click("#queue-metrics");
+  const all = page.locator('#metrics-counts tr[data-scope="all"]');
+  await all.waitFor();
+  const cell = async (row, field) => (await row.locator(`[data-field="${field}"]`).textContent()).trim();
+  assert.equal(await cell(all, "processed"), "6");
+  assert.equal(await cell(all, "completed"), "1");
+  assert.equal(await cell(all, "failed"), "5");
+  assert.equal(await cell(all, "dead"), "5");
+  const run = page.locator('#metrics-durations tr[data-scope="all"][data-kind="run"]');
+  assert.equal(await cell(run, "count"), "6", "the failed attempts are in the run histogram");
+  assert.match(await cell(run, "p95"), /^≤ \d/);
+  const total = page.locator('#metrics-durations tr[data-scope="all"][data-kind="total"]');
+  assert.equal(await cell(total, "count"), "1", "total time counts completed jobs only");
+  assert.equal(await run.locator("svg.hist rect.bar").count() >= 1, true);
+  await screenshot(page, "metrics");
+
+  // The videos queue, whose live worker ran `sleep 0.2`: runs of at least 200 ms.
+  await page.click('#metrics-queues a:has-text("videos")');
+  const videosRun = page.locator('#metrics-durations tr[data-scope="all"][data-kind="run"]');
+  await videosRun.waitFor();
+  assert.ok(Number((await cell(videosRun, "count")).replace(/,/g, "")) > 0);
+  assert.match(await cell(videosRun, "p50"), /^≤ (320ms|640ms|1\.\ds|2\.\ds)$/);
+  await page.click('#metrics-windows a:has-text("last 7d")');
+  await page.locator('#metrics-windows a[aria-current="page"]:has-text("last 7d")').waitFor();
+  assert.equal(page.scriptError, undefined);
   await context.close();
 });
 

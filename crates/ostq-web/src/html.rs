@@ -72,6 +72,11 @@ pub(crate) fn count(n: u64) -> String {
     out
 }
 
+/// A count with its noun: `1 queue`, `2 queues`, `1,000 jobs`.
+pub(crate) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
+}
+
 /// A short duration for people: 850ms, 12.3s, 3m 20s, 2h 5m, 3d 4h.
 pub(crate) fn duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -135,6 +140,8 @@ pub(crate) enum Nav {
     Overview,
     Queue,
     Workers,
+    Schedules,
+    Metrics,
     None,
 }
 
@@ -171,6 +178,8 @@ pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: &str) -> String {
 <nav>
 <a href="{home}"{overview}>Overview</a>
 <a href="{base}/workers"{workers}>Workers</a>
+<a href="{base}/schedules"{schedules}>Schedules</a>
+<a href="{base}/metrics-page"{metrics}>Metrics</a>
 </nav>
 <span class="redis" title="Redis">{redis}</span>
 {mode}{logout}
@@ -186,6 +195,8 @@ pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: &str) -> String {
         home = esc(&ctx.home()),
         overview = current(Nav::Overview),
         workers = current(Nav::Workers),
+        schedules = current(Nav::Schedules),
+        metrics = current(Nav::Metrics),
         redis = esc(&ctx.redis_label),
         mode = if ctx.read_only {
             r#"<span class="badge" id="read-only">read-only</span>"#
@@ -231,6 +242,8 @@ mod tests {
     fn figures_read_well() {
         assert_eq!(count(0), "0");
         assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(counted(1, "queue", "queues"), "1 queue");
+        assert_eq!(counted(0, "queue", "queues"), "0 queues");
         assert_eq!(duration(Duration::from_millis(850)), "850ms");
         assert_eq!(duration(Duration::from_secs(200)), "3m 20s");
         assert_eq!(time(0), "1970-01-01 00:00:00Z");

@@ -8,6 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
+use ostq::admin::attempt_errors::AttemptErrors;
+use ostq::events::EventKind;
 use ostq::{JobInfo, JobState};
 
 use crate::actions::notice;
@@ -63,6 +65,60 @@ fn hex_dump(bytes: &[u8]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The error of every attempt still in the queue's event stream, or why there is none to show.
+fn attempt_errors(queue: &str, found: &AttemptErrors, out: &mut String) {
+    let enable = format!("ostq events {queue} --enable");
+    if found.errors.is_empty() {
+        let why = if found.stream_on {
+            "The queue's event stream holds no failed attempt of this job any more (it keeps about the last 10,000 events): only the last error is known.".to_string()
+        } else {
+            format!("Only the last error is kept. With the queue's events going to its stream (`{enable}`), this page lists the error of every attempt.")
+        };
+        let _ = write!(
+            out,
+            r#"<p class="hint" id="attempt-errors-none">{}</p>"#,
+            esc(&why)
+        );
+        return;
+    }
+    let now = html::now_ms();
+    let _ = write!(
+        out,
+        r#"<section><h2>Errors of every attempt</h2><table id="attempt-errors"><thead><tr><th class="num">Attempt</th><th>When</th><th>Outcome</th><th>Error</th></tr></thead><tbody>"#
+    );
+    for e in &found.errors {
+        let outcome = match e.kind {
+            EventKind::Failed => "failed, retried",
+            EventKind::Dead => "failed, dead",
+            EventKind::Recovered => "worker lost, taken back",
+            _ => "failed",
+        };
+        let _ = write!(
+            out,
+            r#"<tr data-attempt="{attempt}"><td class="num">{attempt}</td><td>{when}</td><td>{outcome}</td><td class="error"><pre>{error}</pre></td></tr>"#,
+            attempt = e.attempt.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            when = esc(&html::time_ago(e.at_ms, now)),
+            error = esc(&e.error),
+        );
+    }
+    out.push_str("</tbody></table>");
+    let mut note = String::from("From the queue's event stream");
+    if let Some(since) = found.kept_since_ms {
+        let _ = write!(note, ", which keeps events since {}", html::time(since));
+    }
+    note.push_str(": attempts before that are not listed.");
+    if !found.stream_on {
+        let _ = write!(
+            note,
+            " The stream is off now (`{enable}` turns it on): later attempts will not be added."
+        );
+    }
+    if found.truncated {
+        note.push_str(" Only the oldest part of the stream was read.");
+    }
+    let _ = write!(out, r#"<p class="hint">{}</p></section>"#, esc(&note));
 }
 
 /// `GET /queues/{queue}/jobs/{id}`.
@@ -126,9 +182,17 @@ pub(crate) async fn page(
     if let Some(error) = &job.last_error {
         let _ = write!(
             body,
-            r#"<section><h2>Last error</h2><pre class="error" id="job-error">{}</pre><p class="hint">The admin API keeps the latest error of a job; earlier attempts' errors are not stored.</p></section>"#,
+            r#"<section><h2>Last error</h2><pre class="error" id="job-error">{}</pre></section>"#,
             esc(error)
         );
+        // Earlier attempts' errors live only in the queue's event stream, when it is on.
+        match queue.attempt_errors(&job.id).await {
+            Ok(found) => attempt_errors(&queue_name, &found, &mut body),
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: reading the attempts' errors failed");
+                body.push_str(r#"<p class="hint" id="attempt-errors-unavailable">The errors of earlier attempts could not be read from the queue's event stream.</p>"#);
+            }
+        }
     }
     if let Some(progress) = &job.progress {
         let (kind, text) = render_bytes(progress.as_bytes());

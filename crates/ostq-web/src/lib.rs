@@ -1,9 +1,10 @@
 //! # ostq-web: the ostq dashboard
 //!
 //! An axum [`Router`] that shows an ostq deployment to its operators (queues, counts, throughput,
-//! latency, Redis's health, alerts, jobs by state with filters, one job, the live workers) and
-//! lets them act (pause, resume, rate limits, retry, delete, cancel, in bulk with a confirmation
-//! that says how many). Server-rendered HTML with a little JavaScript, every asset embedded: the
+//! latency, Redis's health, alerts, jobs by state with filters, one job with the error of every
+//! attempt, the live workers, the cron and interval schedules, run / wait / total-time histograms
+//! per task) and lets them act (pause, resume, rate limits, retry, delete, cancel, in bulk with a
+//! confirmation that says how many; remove a schedule). Server-rendered HTML with a little JavaScript, every asset embedded: the
 //! page makes no request outside its own origin and works offline. Everything goes through the
 //! library's admin API ([`ostq::admin`]).
 //!
@@ -40,9 +41,11 @@ mod assets;
 mod auth;
 mod html;
 mod job;
+mod metrics_page;
 mod overview;
 pub mod prometheus;
 mod queue;
+mod schedules;
 mod workers;
 
 pub use auth::SESSION_TTL;
@@ -449,6 +452,9 @@ pub fn router(client: Client, options: Options) -> Router {
     Router::new()
         .route("/", get(overview::page))
         .route("/workers", get(workers::page))
+        .route("/schedules", get(schedules::page))
+        .route("/schedules/remove", post(schedules::remove))
+        .route("/metrics-page", get(metrics_page::page))
         .route("/queues/{queue}", get(queue::page))
         .route("/queues/{queue}/pause", post(actions::pause))
         .route("/queues/{queue}/resume", post(actions::resume))

@@ -24,7 +24,7 @@ pub(crate) enum Range {
 }
 
 impl Range {
-    fn parse(text: Option<&str>) -> Range {
+    pub(crate) fn parse(text: Option<&str>) -> Range {
         match text {
             Some("24h") => Range::Day,
             Some("7d") => Range::Week,
@@ -32,7 +32,7 @@ impl Range {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Range::Hour => "1h",
             Range::Day => "24h",
@@ -41,7 +41,7 @@ impl Range {
     }
 
     /// (resolution, span, points per bar)
-    fn plan(self) -> (Resolution, Duration, usize) {
+    pub(crate) fn plan(self) -> (Resolution, Duration, usize) {
         match self {
             Range::Hour => (Resolution::Minute, Duration::from_secs(59 * 60), 1),
             Range::Day => (Resolution::Minute, Duration::from_secs(24 * 3600 - 60), 15),

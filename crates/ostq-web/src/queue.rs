@@ -185,9 +185,14 @@ pub(crate) async fn page(
     let mut body = String::new();
     let _ = write!(
         body,
-        r#"<p class="crumbs"><a href="{home}">Overview</a> ›</p><h1 id="queue-name">{name}{paused}</h1>"#,
+        r#"<p class="crumbs"><a href="{home}">Overview</a> ›</p><h1 id="queue-name">{name}{paused}</h1><p><a href="{metrics}" id="queue-metrics">Run, wait and total times of this queue</a></p>"#,
         home = esc(&ctx.home()),
         name = esc(&name),
+        metrics = esc(&crate::metrics_page::metrics_url(
+            &ctx,
+            &name,
+            crate::overview::Range::Hour
+        )),
         paused = if counts.paused {
             r#" <span class="badge paused" id="paused-badge">paused</span>"#
         } else {

@@ -43,6 +43,7 @@ use crate::Client;
 use crate::{Error, Result};
 
 pub mod alerts;
+pub mod attempt_errors;
 mod cursor;
 mod history;
 mod jobs;
