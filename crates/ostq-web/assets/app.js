@@ -109,6 +109,13 @@
           var badge = row.querySelector('[data-field="paused"]');
           if (badge) badge.hidden = !q.paused;
         });
+        // The workers card, refreshed with the table (it said 0 while the table said 1).
+        var live = document.getElementById("workers-live");
+        if (live && doc.workers) {
+          if (live.textContent !== count(doc.workers.live)) live.textContent = count(doc.workers.live);
+          var busy = document.getElementById("workers-busy");
+          if (busy) busy.textContent = count(doc.workers.busy);
+        }
         var alerts = document.getElementById("alerts");
         if (alerts) {
           var keep = document.getElementById("eviction-warning");

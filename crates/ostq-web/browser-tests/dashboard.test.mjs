@@ -229,6 +229,10 @@ test("the overview shows every queue, Redis and counts that change while a worke
   await eventually("the workers column counts the live worker", async () => {
     return (await videos.locator('[data-field="workers"]').textContent()).trim() === "1";
   });
+  // The workers card moves with the table (it stayed at the page's first figure).
+  await eventually("the workers card counts the live worker", async () => {
+    return (await page.locator("#workers-live").textContent()).trim() === "1";
+  });
   await screenshot(page, "overview");
   assert.deepEqual(external, [], "no request outside the dashboard's origin");
   assert.equal(page.scriptError, undefined);

@@ -29,17 +29,37 @@ fn failure(err: &ostq::Error) -> Response {
 /// it raises.
 pub(crate) async fn overview(State(app): State<Arc<App>>) -> Response {
     #[derive(Serialize)]
+    struct Workers {
+        live: usize,
+        busy: u64,
+    }
+    #[derive(Serialize)]
     struct Document {
         #[serde(flatten)]
         snapshot: Snapshot,
         alerts: Vec<Alert>,
+        /// The workers card: live workers and the jobs they run, summed.
+        workers: Workers,
     }
     let snapshot = match app.sampler.lock().await.snapshot().await {
         Ok(snapshot) => snapshot,
         Err(e) => return failure(&e),
     };
+    let registry = match app.client.workers().await {
+        Ok(registry) => registry,
+        Err(e) => return failure(&e),
+    };
+    let workers = Workers {
+        live: registry.len(),
+        busy: registry.iter().map(|w| w.busy).sum(),
+    };
     let alerts = alerts::check(&snapshot, &app.options.alert_rules);
-    Json(Document { snapshot, alerts }).into_response()
+    Json(Document {
+        snapshot,
+        alerts,
+        workers,
+    })
+    .into_response()
 }
 
 /// `GET /api/totals`: every queue's running totals (processed and failed attempts since it
