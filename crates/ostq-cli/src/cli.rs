@@ -139,6 +139,34 @@ pub enum Command {
     /// Print a queue's events as they happen (pushed, started, completed, failed, dead, …)
     #[command(after_help = EVENTS_AFTER)]
     Events(EventsArgs),
+    /// Check the Redis deployment and the queues: eviction, persistence, memory, ACL, Cluster,
+    /// clock, workers; PASS / WARN / FAIL with the fix for each
+    #[command(after_help = DOCTOR_AFTER)]
+    Doctor(DoctorArgs),
+}
+
+const DOCTOR_AFTER: &str = "\
+Examples:
+  ostq doctor                          # one line per check, the fix under each that did not pass
+  ostq doctor --json                   # the report as JSON (ostq::admin::doctor::Report)
+  ostq doctor --strict && ./deploy.sh  # refuse to go on with warnings too
+
+Checks: server (Redis, Valkey, Dragonfly, KeyDB; version 6.2 or later), eviction
+(maxmemory-policy must be noeviction), persistence (AOF, appendfsync), memory (headroom to
+maxmemory), acl (ACL DRYRUN of every command ostq needs on ostq:*, Redis 7), cluster (every slot
+assigned), scripts (live workers of another ostq version), clock (skew to Redis TIME above 1 s),
+workers (queues with pending jobs and no live worker). A check that cannot get its answers (a
+command the ACL user may not run) says \"cannot check\" and warns.
+
+Exit codes: 0 every check passed or only warned, 3 a check failed (jobs can be lost or workers
+cannot run), 4 with --strict when the worst is a warning, 1 Redis could not be asked.";
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Exit 4 when a check warns (without it, warnings exit 0: they are trade-offs, such as no
+    /// maxmemory on a default redis-server)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 const CRON_AFTER: &str = "\

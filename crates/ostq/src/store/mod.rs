@@ -16,6 +16,7 @@
 pub(crate) mod call;
 pub mod connection;
 pub(crate) mod cron;
+pub(crate) mod doctor;
 pub(crate) mod history;
 pub(crate) mod lease;
 pub(crate) mod push;
