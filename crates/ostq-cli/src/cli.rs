@@ -143,6 +143,64 @@ pub enum Command {
     /// clock, workers; PASS / WARN / FAIL with the fix for each
     #[command(after_help = DOCTOR_AFTER)]
     Doctor(DoctorArgs),
+    /// Write every job of some queues (all states), their settings, to a JSON Lines file
+    #[command(after_help = BACKUP_AFTER)]
+    Export(ExportArgs),
+    /// Read an export file into this Redis; a job whose id is already there is left alone
+    #[command(after_help = BACKUP_AFTER)]
+    Import(ImportArgs),
+}
+
+const BACKUP_AFTER: &str = "\
+Examples:
+  ostq export -o backup.jsonl                       # every queue
+  ostq export videos thumbs --pause -o v.jsonl      # these queues, paused while exported
+  ostq --url redis://b:6379 import v.jsonl          # restore into another Redis
+  ostq import v.jsonl --rename videos=videos-copy   # under another queue name
+  ostq import dirty.jsonl --skip-bad                # skip (and list) malformed lines
+
+The format (one JSON object per line, a header first) is in docs/backup.md. Import reads the
+whole file once to check every line before it writes anything: a malformed line stops it with
+its line number and nothing written, unless --skip-bad. Importing the same file twice adds
+nothing: jobs are matched by id.";
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The queues (default: every queue)
+    pub queues: Vec<String>,
+
+    /// Write to this file instead of stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Pause the queues while exporting (resumed after, unless they were paused before), so
+    /// that workers move no job between states meanwhile
+    #[arg(long)]
+    pub pause: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The export file (`-` for stdin is not supported: the file is read twice)
+    pub file: PathBuf,
+
+    /// Import the queue OLD as NEW (repeatable)
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_rename)]
+    pub rename: Vec<(String, String)>,
+
+    /// Skip malformed lines (listed on stderr) instead of stopping before any write
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+fn parse_rename(text: &str) -> Result<(String, String), String> {
+    let (old, new) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected OLD=NEW"))?;
+    for name in [old, new] {
+        ostq::keys::validate_queue_name(name).map_err(|e| e.to_string())?;
+    }
+    Ok((old.to_string(), new.to_string()))
 }
 
 const DOCTOR_AFTER: &str = "\

@@ -1,6 +1,7 @@
 //! `ostq`: the command line of the ostq task queue. Push jobs, turn any program into a worker,
 //! watch the queues, and operate on jobs (retry, delete, purge, pause, resume).
 
+mod backup;
 mod bench;
 mod cli;
 mod cron;
@@ -110,6 +111,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => cron::scheduler(&global, args).await,
         Command::Events(args) => events::run(&global, args).await,
         Command::Doctor(args) => doctor::run(&global, args).await,
+        Command::Export(args) => backup::export(&global, args).await,
+        Command::Import(args) => backup::import(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Script(args) => script(args),

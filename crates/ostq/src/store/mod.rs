@@ -13,6 +13,7 @@
 //! A new script goes in `lua/` with its KEYS in `keys.rs` and one function here; a new state is a
 //! new key in `keys.rs` and the scripts that move jobs through it.
 
+pub(crate) mod backup;
 pub(crate) mod call;
 pub mod connection;
 pub(crate) mod cron;
