@@ -269,3 +269,52 @@ async fn a_round_trip_into_a_cluster() {
     ok(&url, &["export", "-o", c_file.to_str().unwrap()]);
     assert_eq!(body(&c_file), body(&a_file));
 }
+
+/// A running job is exported as `active` and imported as pending, ready to run again.
+#[tokio::test]
+async fn an_active_job_is_imported_as_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.jsonl");
+    let a = RedisServer::start().unwrap();
+    let b = RedisServer::start().unwrap();
+    let client = ostq::Client::connect(&a.url()).await.unwrap();
+    let queue = client.queue("long");
+    queue.push("forever").await.unwrap();
+    let worker = ostq::Worker::builder(client.clone())
+        .queue("long")
+        .shutdown_timeout(std::time::Duration::from_millis(100))
+        .handler(|_job: ostq::Job| async {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            Ok::<(), ostq::BoxError>(())
+        })
+        .build()
+        .unwrap();
+    let path = file.clone();
+    let url = a.url();
+    let probe = queue.clone();
+    worker
+        .run_until(async move {
+            while probe.counts().await.map(|c| c.active).ok() != Some(1) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let out = run(&url, &["export", "-o", path.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        })
+        .await
+        .unwrap();
+    let lines = body(&file);
+    assert!(
+        lines[1].contains("\"state\":\"active\"") && lines[1].contains("\"payload\":\"forever\""),
+        "{lines:#?}"
+    );
+    ok(&b.url(), &["import", file.to_str().unwrap()]);
+    let target = ostq::Client::connect(&b.url()).await.unwrap();
+    let counts = target.queue("long").counts().await.unwrap();
+    assert_eq!((counts.pending, counts.active), (1, 0), "{counts:?}");
+    let pending = target
+        .queue("long")
+        .page(ostq::JobState::Pending, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.jobs[0].payload.as_deref(), Some(&b"forever"[..]));
+}
