@@ -188,11 +188,13 @@ pub async fn import(global: &Global, args: ImportArgs) -> anyhow::Result<()> {
         println!("{json}");
     } else {
         eprintln!(
-            "imported {} job(s), {} already present (left as they were), {} malformed line(s) skipped, settings of {} queue(s)",
+            "imported {} job(s), {} already present (left as they were), {} malformed line(s) skipped, settings of {} queue(s), {} schedule(s) added, {} already there",
             counts.imported,
             counts.present,
             bad.len(),
-            counts.queues
+            counts.queues,
+            counts.schedules,
+            counts.schedules_present
         );
     }
     Ok(())

@@ -73,6 +73,21 @@ async fn fill(url: &str) {
         &["push", "videos", "urgent", "--priority", "5", "--track"],
     );
     ok(url, &["push", "videos", "later", "--delay", "1h"]);
+    ok(
+        url,
+        &[
+            "cron",
+            "add",
+            "videos",
+            "nightly",
+            "--cron",
+            "0 2 * * *",
+            "--payload",
+            "report",
+            "--tz",
+            "Europe/Paris",
+        ],
+    );
     videos
         .set_rate_limit(10, std::time::Duration::from_secs(1))
         .await
@@ -126,10 +141,30 @@ async fn a_round_trip_keeps_every_state_and_importing_twice_adds_nothing() {
     ok(&b.url(), &["export", "-o", b_file.to_str().unwrap()]);
     assert_eq!(body(&b_file), exported);
 
+    let schedule = exported
+        .iter()
+        .find(|l| l.starts_with("{\"type\":\"schedule\""));
+    assert!(
+        schedule.is_some_and(|l| l.contains("Europe/Paris")),
+        "{exported:#?}"
+    );
+    let schedules = ostq::Client::connect(&b.url())
+        .await
+        .unwrap()
+        .schedules("videos")
+        .await
+        .unwrap();
+    assert_eq!(schedules.len(), 1);
+    assert_eq!(schedules[0].spec.cron.as_deref(), Some("0 2 * * *"));
+
     // Twice: nothing new, every job counted as present.
     let said = ok(&b.url(), &["import", a_file.to_str().unwrap()]);
     assert!(
         said.contains("imported 0 job(s), 8 already present"),
+        "{said}"
+    );
+    assert!(
+        said.contains("0 schedule(s) added, 1 already there"),
         "{said}"
     );
     ok(&b.url(), &["export", "-o", b_file.to_str().unwrap()]);

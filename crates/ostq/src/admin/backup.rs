@@ -1,8 +1,8 @@
 //! Export and import of queues as JSON Lines (`ostq export`, `ostq import`; the format is
 //! documented in docs/backup.md).
 //!
-//! A file is a [`Line::Header`] first, then per queue a [`Line::Queue`] (its settings) followed
-//! by one [`Line::Job`] per job ([`JobInfo`]'s stable JSON form: payload as text, or
+//! A file is a [`Line::Header`] first, then per queue a [`Line::Queue`] (its settings), one
+//! [`Line::Schedule`] per cron or interval schedule, and one [`Line::Job`] per job ([`JobInfo`]'s stable JSON form: payload as text, or
 //! `payload_base64` when it is not UTF-8):
 //!
 //! ```json
@@ -25,6 +25,7 @@ use crate::envelope::{Envelope, FLAG_TRACKED};
 use crate::job::{JobInfo, JobState};
 use crate::keys::QueueKeys;
 use crate::producer::Queue;
+use crate::scheduler::{Schedule, ScheduleInfo, ScheduleSpec, Scheduler};
 use crate::store::backup::{self as stored, JobWrite, Slot};
 use crate::{Client, Result};
 
@@ -98,6 +99,22 @@ pub enum Line {
     Queue(QueueSettings),
     /// One job.
     Job(JobInfo),
+    /// A cron or interval schedule of the queue (after its settings, before its jobs).
+    Schedule(ScheduleLine),
+}
+
+/// A schedule as exported: its queue, name and the registry's spec (cron or interval, payload,
+/// time zone, task, priority…). Its firing state (last tick) is not carried: the target's
+/// schedulers start from the next tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ScheduleLine {
+    /// The queue its jobs go to.
+    pub queue: String,
+    /// The schedule's name.
+    pub name: String,
+    /// What it fires and when, as registered.
+    pub spec: ScheduleSpec,
 }
 
 impl Line {
@@ -142,8 +159,30 @@ impl Line {
                 }
             }
             Line::Job(job) => check_job(job)?,
+            Line::Schedule(line) => {
+                // The checks of building a scheduler: name, queue, expression, time zone,
+                // interval, payload, priority.
+                Schedule::from_info(&line.to_info())
+                    .check()
+                    .map_err(|e| e.to_string())?;
+            }
         }
         Ok(line)
+    }
+}
+
+impl ScheduleLine {
+    fn to_info(&self) -> ScheduleInfo {
+        ScheduleInfo {
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            spec: self.spec.clone(),
+            created_ms: None,
+            last_tick_ms: None,
+            next_tick_ms: None,
+            last_job_id: None,
+            fired: 0,
+        }
     }
 }
 
@@ -225,11 +264,20 @@ impl Exporter {
                     max,
                     period_ms: period.as_millis() as u64,
                 });
-            return Ok(Some(vec![Line::Queue(QueueSettings {
+            let mut lines = vec![Line::Queue(QueueSettings {
                 queue: self.queue.name().to_string(),
                 paused: counts.paused,
                 rate_limit,
-            })]));
+            })];
+            let schedules = self.queue.client_ref().schedules(self.queue.name()).await?;
+            lines.extend(schedules.into_iter().map(|info| {
+                Line::Schedule(ScheduleLine {
+                    queue: info.queue,
+                    name: info.name,
+                    spec: info.spec,
+                })
+            }));
+            return Ok(Some(lines));
         }
         loop {
             let state = match self.state {
@@ -267,7 +315,7 @@ impl Exporter {
 
 /// What an import did.
 ///
-/// JSON: `{"queues": 1, "imported": 10, "present": 2}`.
+/// JSON: `{"queues": 1, "imported": 10, "present": 2, "schedules": 1, "schedules_present": 0}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ImportCounts {
@@ -277,6 +325,10 @@ pub struct ImportCounts {
     pub imported: u64,
     /// Jobs left alone because the target already had a job with their id.
     pub present: u64,
+    /// Schedules registered.
+    pub schedules: u64,
+    /// Schedules left alone because the target queue had one of that name.
+    pub schedules_present: u64,
 }
 
 /// Writes validated lines into a Redis (see [`Client::importer`]).
@@ -341,6 +393,7 @@ impl Importer {
                     self.client.register_queue(&settings.queue).await?;
                     self.counts.queues += 1;
                 }
+                Line::Schedule(line) => self.write_schedule(line).await?,
                 Line::Job(job) => match per_queue.iter_mut().find(|(q, _)| *q == job.queue) {
                     Some((_, jobs)) => jobs.push(job),
                     None => per_queue.push((job.queue.clone(), vec![job])),
@@ -350,6 +403,22 @@ impl Importer {
         for (queue, jobs) in per_queue {
             self.write_queue(&queue, &jobs).await?;
         }
+        Ok(())
+    }
+
+    /// Registers a schedule unless the target queue has one of that name (left as it is).
+    async fn write_schedule(&mut self, line: &ScheduleLine) -> Result<()> {
+        let existing = self.client.schedules(&line.queue).await?;
+        if existing.iter().any(|s| s.name == line.name) {
+            self.counts.schedules_present += 1;
+            return Ok(());
+        }
+        Scheduler::builder(self.client.clone())
+            .schedule(Schedule::from_info(&line.to_info()))
+            .build()?
+            .register()
+            .await?;
+        self.counts.schedules += 1;
         Ok(())
     }
 
@@ -502,8 +571,33 @@ pub fn rename(line: &mut Line, renames: &[(String, String)]) {
         Line::Header { .. } => return,
         Line::Queue(settings) => &mut settings.queue,
         Line::Job(job) => &mut job.queue,
+        Line::Schedule(schedule) => &mut schedule.queue,
     };
     if let Some((_, new)) = renames.iter().find(|(old, _)| old == name) {
         *name = new.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_are_checked_like_a_scheduler_checks_them() {
+        let line = |cron: &str| {
+            format!(
+                r#"{{"type":"schedule","queue":"q","name":"n","spec":{{"cron":"{cron}","payload":"","payload_hex":false,"tz":"UTC","priority":0,"max_attempts":0,"track":false,"missed":"skip"}}}}"#
+            )
+        };
+        let good = Line::parse(&line("0 2 * * *"));
+        assert!(matches!(good, Ok(Line::Schedule(_))), "{good:?}");
+        let bad = Line::parse(&line("61 * * * *")).unwrap_err();
+        assert!(bad.contains("bad cron expression"), "{bad}");
+    }
+
+    #[test]
+    fn a_later_format_version_is_refused() {
+        let text = r#"{"type":"header","format":"ostq-export","version":2,"ostq_version":"9","exported_at_ms":1}"#;
+        assert!(Line::parse(text).unwrap_err().contains("format version 2"));
     }
 }
