@@ -213,7 +213,9 @@ Checks: server (Redis, Valkey, Dragonfly, KeyDB; version 6.2 or later), eviction
 (maxmemory-policy must be noeviction), persistence (AOF, appendfsync), memory (headroom to
 maxmemory), acl (ACL DRYRUN of every command ostq needs on ostq:*, Redis 7), cluster (every slot
 assigned), scripts (live workers of another ostq version), clock (skew to Redis TIME above 1 s),
-workers (queues with pending jobs and no live worker). A check that cannot get its answers (a
+workers (queues with pending jobs and no live worker), leases (lease groups over a minute past
+their deadline: nobody fetches to recover them), dead (dead sets near the default cap of
+10,000). A check that cannot get its answers (a
 command the ACL user may not run) says \"cannot check\" and warns.
 
 Exit codes: 0 every check passed or only warned, 3 a check failed (jobs can be lost or workers

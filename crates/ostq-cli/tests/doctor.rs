@@ -66,7 +66,9 @@ fn warnings_exit_0_unless_strict_and_json_has_every_check() {
             "acl",
             "scripts",
             "clock",
-            "workers"
+            "workers",
+            "leases",
+            "dead"
         ]
     );
     assert_eq!(report["checks"][3]["status"], "warn");

@@ -304,3 +304,45 @@ async fn a_cluster_with_an_unassigned_slot_fails() {
     assert_eq!(workers.status, Status::Warn, "{workers:?}");
     assert!(workers.summary.starts_with("cannot check"), "{workers:?}");
 }
+
+#[tokio::test]
+async fn stale_leases_and_a_crowded_dead_set_warn() {
+    let server = RedisServer::start().unwrap();
+    let client = ostq::Client::connect(&server.url()).await.unwrap();
+    client.queue("videos").push("42").await.unwrap();
+    client.queue("thumbs").push("1").await.unwrap();
+    let report = client.doctor().await.unwrap();
+    assert_eq!(status(&report, "leases"), Status::Pass, "{report:#?}");
+    assert_eq!(status(&report, "dead"), Status::Pass, "{report:#?}");
+
+    // A lease group whose deadline passed two minutes ago, as a dead worker leaves it when no
+    // other worker fetches from the queue.
+    let now: u64 = server
+        .cli(&["TIME"])
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deadline = (now * 1000 - 120_000).to_string();
+    server
+        .cli(&["ZADD", "ostq:{videos}:active", &deadline, "12345"])
+        .unwrap();
+    // 8,000 dead jobs: 80 % of the default cap.
+    server
+        .cli(&[
+            "EVAL",
+            "for i = 1, 8000 do redis.call('ZADD', KEYS[1], i, 'id' .. i) end",
+            "1",
+            "ostq:{thumbs}:dead",
+        ])
+        .unwrap();
+    let report = client.doctor().await.unwrap();
+    let leases = report.check("leases").unwrap();
+    assert_eq!(leases.status, Status::Warn, "{leases:?}");
+    assert!(leases.summary.contains("videos (1)"), "{leases:?}");
+    let dead = report.check("dead").unwrap();
+    assert_eq!(dead.status, Status::Warn, "{dead:?}");
+    assert!(dead.summary.contains("thumbs (8000)"), "{dead:?}");
+}

@@ -69,8 +69,8 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Check {
-    /// Which check: `server`, `eviction`, `persistence`, `memory`, `acl`, `cluster`, `scripts`,
-    /// `clock`, `workers`.
+    /// Which check: `server`, `eviction`, `persistence`, `memory`, `cluster`, `acl`, `scripts`,
+    /// `clock`, `workers`, `leases`, `dead`.
     pub name: String,
     /// How it came out.
     pub status: Status,
@@ -156,6 +156,16 @@ pub const MEMORY_WARN_RATIO: f64 = 0.75;
 /// Share of `maxmemory` in use from which the memory check fails: with `noeviction`, pushes are
 /// refused at the limit.
 pub const MEMORY_FAIL_RATIO: f64 = 0.90;
+
+/// How far past its deadline a lease group must be for the leases check to warn: recovery
+/// happens at the next fetch of any worker on the queue, within seconds when one runs.
+pub const STALE_LEASE_MS: u64 = 60_000;
+
+/// The dead set's cap when workers keep the default (`WorkerBuilder::dead_set`); the real cap
+/// is each worker's setting, which Redis does not hold.
+pub const DEFAULT_DEAD_SET_CAP: u64 = 10_000;
+/// Share of [`DEFAULT_DEAD_SET_CAP`] from which the dead check warns.
+pub const DEAD_SET_WARN_RATIO: f64 = 0.8;
 
 /// Who needs a command of [`REQUIRED_COMMANDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,6 +661,10 @@ impl Client {
         checks.push(could_not("scripts", self.scripts_check().await));
         checks.push(could_not("clock", self.clock_check().await));
         checks.push(could_not("workers", self.workers_check().await));
+        match self.queue_checks().await {
+            Ok(more) => checks.extend(more),
+            Err(e) => checks.push(could_not("leases", Err(e))),
+        }
         Ok(Report::new(checks))
     }
 
@@ -903,6 +917,63 @@ impl Client {
             }
         }
         Ok(clock_check(&skews))
+    }
+
+    /// Lease groups long past their deadline (nobody fetches from the queue, so nobody
+    /// recovers them) and dead sets near the workers' default cap.
+    async fn queue_checks(&self) -> Result<Vec<Check>> {
+        let mut stale = Vec::new();
+        let mut crowded = Vec::new();
+        let mut conn = self.conn();
+        for name in self.queues().await? {
+            let keys = crate::keys::QueueKeys::new(&name)?;
+            let (late, _) = stored::leases_due_before(&mut conn, &keys, STALE_LEASE_MS).await?;
+            if late > 0 {
+                stale.push(format!("{name} ({late})"));
+            }
+            let dead = self.queue(&name).counts().await?.dead;
+            if dead as f64 >= DEAD_SET_WARN_RATIO * DEFAULT_DEAD_SET_CAP as f64 {
+                crowded.push(format!("{name} ({dead})"));
+            }
+        }
+        let leases = if stale.is_empty() {
+            Check::new(
+                "leases",
+                Status::Pass,
+                "no lease group is more than a minute past its deadline",
+            )
+        } else {
+            Check::new(
+                "leases",
+                Status::Warn,
+                format!(
+                    "lease groups over a minute past their deadline, so no worker is fetching to recover their jobs: {}",
+                    stale.join(", ")
+                ),
+            )
+            .with_fix("start a worker on those queues (its first fetch recovers them), or resume them if paused")
+        };
+        let dead = if crowded.is_empty() {
+            Check::new(
+                "dead",
+                Status::Pass,
+                format!(
+                    "every dead set is under {:.0}% of the default cap ({DEFAULT_DEAD_SET_CAP})",
+                    DEAD_SET_WARN_RATIO * 100.0
+                ),
+            )
+        } else {
+            Check::new(
+                "dead",
+                Status::Warn,
+                format!(
+                    "dead sets near the workers' default cap of {DEFAULT_DEAD_SET_CAP} (the oldest are trimmed, reasons and all): {}",
+                    crowded.join(", ")
+                ),
+            )
+            .with_fix("look at why they died (ostq jobs Q --state dead), retry or purge them; or raise the cap (WorkerBuilder::dead_set)")
+        };
+        Ok(vec![leases, dead])
     }
 
     async fn workers_check(&self) -> Result<Check> {

@@ -122,3 +122,25 @@ pub(crate) fn flags_of(value: &Value) -> Option<Vec<bool>> {
         })
         .collect()
 }
+
+/// How many lease groups of a queue are more than `margin_ms` past their deadline (on the
+/// server's clock, as deadlines are), and the server's time in unix ms.
+pub(crate) async fn leases_due_before(
+    conn: &mut Conn,
+    keys: &crate::keys::QueueKeys,
+    margin_ms: u64,
+) -> Result<(u64, u64)> {
+    let time: Value = query(&redis::cmd("TIME"), conn).await?;
+    let now_ms =
+        time_micros(&time).ok_or_else(|| Error::Protocol(format!("{time:?} for TIME")))? / 1000;
+    let before = now_ms.saturating_sub(margin_ms);
+    let stale: u64 = query(
+        redis::cmd("ZCOUNT")
+            .arg(&keys.active)
+            .arg("-inf")
+            .arg(format!("({before}")),
+        conn,
+    )
+    .await?;
+    Ok((stale, now_ms))
+}
