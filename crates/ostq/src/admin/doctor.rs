@@ -546,9 +546,9 @@ fn memory_check(facts: &[NodeFacts]) -> Check {
                 "memory",
                 Status::Warn,
                 format!(
-                    "no maxmemory{} ({} MiB used): Redis grows until the OS swaps or kills it, losing everything since the last save",
+                    "no maxmemory{} ({} used): Redis grows until the OS swaps or kills it, losing everything since the last save",
                     node.on(),
-                    used / 1_048_576
+                    node.info("used_memory_human").unwrap_or("?")
                 ),
             )
             .with_fix("CONFIG SET maxmemory <about 3/4 of the machine's RAM> with maxmemory-policy noeviction")
@@ -1005,7 +1005,7 @@ impl Client {
                 "workers",
                 Status::Pass,
                 format!(
-                    "{} live worker(s); every queue with pending jobs has one ({} queue(s))",
+                    "{} live worker(s), {} queue(s): no pending job waits on a queue without a worker",
                     workers.len(),
                     queues.len()
                 ),
