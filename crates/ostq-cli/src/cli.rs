@@ -139,6 +139,94 @@ pub enum Command {
     /// Print a queue's events as they happen (pushed, started, completed, failed, dead, …)
     #[command(after_help = EVENTS_AFTER)]
     Events(EventsArgs),
+    /// Check the Redis deployment and the queues: eviction, persistence, memory, ACL, Cluster,
+    /// clock, workers; PASS / WARN / FAIL with the fix for each
+    #[command(after_help = DOCTOR_AFTER)]
+    Doctor(DoctorArgs),
+    /// Write every job of some queues (all states), their settings, to a JSON Lines file
+    #[command(after_help = BACKUP_AFTER)]
+    Export(ExportArgs),
+    /// Read an export file into this Redis; a job whose id is already there is left alone
+    #[command(after_help = BACKUP_AFTER)]
+    Import(ImportArgs),
+}
+
+const BACKUP_AFTER: &str = "\
+Examples:
+  ostq export -o backup.jsonl                       # every queue
+  ostq export videos thumbs --pause -o v.jsonl      # these queues, paused while exported
+  ostq --url redis://b:6379 import v.jsonl          # restore into another Redis
+  ostq import v.jsonl --rename videos=videos-copy   # under another queue name
+  ostq import dirty.jsonl --skip-bad                # skip (and list) malformed lines
+
+The format (one JSON object per line, a header first) is in docs/backup.md. Import reads the
+whole file once to check every line before it writes anything: a malformed line stops it with
+its line number and nothing written, unless --skip-bad. Importing the same file twice adds
+nothing: jobs are matched by id.";
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The queues (default: every queue)
+    pub queues: Vec<String>,
+
+    /// Write to this file instead of stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Pause the queues while exporting (resumed after, unless they were paused before), so
+    /// that workers move no job between states meanwhile
+    #[arg(long)]
+    pub pause: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The export file (`-` for stdin is not supported: the file is read twice)
+    pub file: PathBuf,
+
+    /// Import the queue OLD as NEW (repeatable)
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_rename)]
+    pub rename: Vec<(String, String)>,
+
+    /// Skip malformed lines (listed on stderr) instead of stopping before any write
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+fn parse_rename(text: &str) -> Result<(String, String), String> {
+    let (old, new) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected OLD=NEW"))?;
+    for name in [old, new] {
+        ostq::keys::validate_queue_name(name).map_err(|e| e.to_string())?;
+    }
+    Ok((old.to_string(), new.to_string()))
+}
+
+const DOCTOR_AFTER: &str = "\
+Examples:
+  ostq doctor                          # one line per check, the fix under each that did not pass
+  ostq doctor --json                   # the report as JSON (ostq::admin::doctor::Report)
+  ostq doctor --strict && ./deploy.sh  # refuse to go on with warnings too
+
+Checks: server (Redis, Valkey, Dragonfly, KeyDB; version 6.2 or later), eviction
+(maxmemory-policy must be noeviction), persistence (AOF, appendfsync), memory (headroom to
+maxmemory), acl (ACL DRYRUN of every command ostq needs on ostq:*, Redis 7), cluster (every slot
+assigned), scripts (live workers of another ostq version), clock (skew to Redis TIME above 1 s),
+workers (queues with pending jobs and no live worker), leases (lease groups over a minute past
+their deadline: nobody fetches to recover them), dead (dead sets near the default cap of
+10,000). A check that cannot get its answers (a
+command the ACL user may not run) says \"cannot check\" and warns.
+
+Exit codes: 0 every check passed or only warned, 3 a check failed (jobs can be lost or workers
+cannot run), 4 with --strict when the worst is a warning, 1 Redis could not be asked.";
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Exit 4 when a check warns (without it, warnings exit 0: they are trade-offs, such as no
+    /// maxmemory on a default redis-server)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 const CRON_AFTER: &str = "\

@@ -1,11 +1,13 @@
 //! `ostq`: the command line of the ostq task queue. Push jobs, turn any program into a worker,
 //! watch the queues, and operate on jobs (retry, delete, purge, pause, resume).
 
+mod backup;
 mod bench;
 mod cli;
 mod cron;
 mod dashboard;
 mod demo;
+mod doctor;
 mod events;
 mod exec;
 mod history;
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
             | Command::History(_)
             | Command::Stats(_)
             | Command::Script(_)
+            | Command::Doctor(_)
     ) {
         sigpipe::reset();
     }
@@ -107,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cron(args) => cron::run(&global, args).await,
         Command::Scheduler(args) => cron::scheduler(&global, args).await,
         Command::Events(args) => events::run(&global, args).await,
+        Command::Doctor(args) => doctor::run(&global, args).await,
+        Command::Export(args) => backup::export(&global, args).await,
+        Command::Import(args) => backup::import(&global, args).await,
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Bench(args) => bench::run(&global, args).await,
         Command::Script(args) => script(args),

@@ -400,6 +400,12 @@ impl Schedule {
         self
     }
 
+    /// Checks the schedule as [`SchedulerBuilder::build`] does, without a client (import
+    /// validates schedules read from a file before writing anything).
+    pub(crate) fn check(self) -> Result<()> {
+        self.compile().map(drop)
+    }
+
     fn compile(self) -> Result<Compiled> {
         let bad = |msg: String| Error::Config(format!("schedule {:?}: {msg}", self.name));
         if let Some(e) = &self.error {

@@ -12,6 +12,9 @@
 //! - `remove`: [`Queue::memory_usage`] and [`Queue::remove`];
 //! - `views`: the stable JSON form of [`JobInfo`];
 //! - `workers`: the live workers ([`Client::workers`], [`WorkerInfo`]);
+//! - [`backup`]: export and import as JSON Lines ([`Queue::exporter`], [`Client::importer`]);
+//! - [`doctor`]: checks of the deployment and the queues, PASS/WARN/FAIL with their fixes
+//!   ([`Client::doctor`], `ostq doctor`);
 //! - [`alerts`]: thresholds checked against a [`Snapshot`] ([`alerts::AlertRules`],
 //!   [`alerts::check`]), for `ostq stats` and the dashboard alike.
 //!
@@ -44,7 +47,9 @@ use crate::{Error, Result};
 
 pub mod alerts;
 pub mod attempt_errors;
+pub mod backup;
 mod cursor;
+pub mod doctor;
 mod history;
 mod jobs;
 pub mod listing;

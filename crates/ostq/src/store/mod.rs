@@ -13,9 +13,11 @@
 //! A new script goes in `lua/` with its KEYS in `keys.rs` and one function here; a new state is a
 //! new key in `keys.rs` and the scripts that move jobs through it.
 
+pub(crate) mod backup;
 pub(crate) mod call;
 pub mod connection;
 pub(crate) mod cron;
+pub(crate) mod doctor;
 pub(crate) mod history;
 pub(crate) mod lease;
 pub(crate) mod push;
