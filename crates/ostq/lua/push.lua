@@ -49,8 +49,8 @@ local function int_arg(i, what, lo, hi)
   if v == '' then return 0 end
   local n = parse_int(v, lo, hi)
   if not n then
-    error({err = 'ERR ostq: job ' .. math.floor((i - 2) / 10 + 1) .. ': ' .. what .. ' "' ..
-      string.sub(v, 1, 40) .. '" is not an integer in ' .. lo .. '..' .. hi})
+    error({err = 'ERR ostq: job ' .. math.floor((i - 2) / 10 + 1) .. ': ' .. what .. ' ' ..
+      quoted_arg(v, 40) .. ' is not an integer in ' .. lo .. '..' .. hi})
   end
   return n
 end
@@ -89,7 +89,7 @@ local function check_all()
     error({err = 'ERR ostq: push.lua takes the prefix, then 10 fields per job, then optionally a traceparent and a tracestate'})
   end
   if traceparent ~= nil and not is_traceparent(traceparent) then
-    error({err = 'ERR ostq: the argument after the jobs "' .. string.sub(traceparent, 1, 80) .. '" is not a W3C traceparent'})
+    error({err = 'ERR ostq: the argument after the jobs ' .. quoted_arg(traceparent, 80) .. ' is not a W3C traceparent'})
   end
   if tracestate ~= nil and not is_tracestate(tracestate) then
     error({err = 'ERR ostq: the tracestate must be at most 512 printable ASCII characters'})

@@ -1172,3 +1172,59 @@ async fn history_totals_fold_new_task_names_into_other_once_full() {
         assert_eq!(n, Some(5), "{key}");
     }
 }
+
+/// Bytes that are not text, where `push.lua` expects a number or a traceparent, are refused with
+/// an error a client can read: the message quotes printable arguments only. It used to quote
+/// them raw, and an error line that is not UTF-8 made redis-rs fail to read the reply (the
+/// script fuzzer's next command on that connection failed too).
+#[tokio::test]
+async fn push_lua_errors_about_binary_arguments_are_readable() {
+    let (server, _client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("binary-args").unwrap();
+    let binary: &[u8] = b"\xff\xfe\x80 not text";
+    let job = |priority: &[u8]| -> Vec<Vec<u8>> {
+        let fields: [&[u8]; 10] = [b"", b"x", b"", b"0", priority, b"0", b"0", b"0", b"", b"0"];
+        fields.iter().map(|f| f.to_vec()).collect()
+    };
+    let call = |fields: Vec<Vec<u8>>| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ostq::scripts::PUSH)
+            .arg(5)
+            .arg(&keys.pending)
+            .arg(&keys.prioritized)
+            .arg(&keys.scheduled)
+            .arg(&keys.jobs)
+            .arg(&keys.seq)
+            .arg(&keys.prefix);
+        for f in fields {
+            cmd.arg(f);
+        }
+        cmd
+    };
+    let mut as_traceparent = job(b"0");
+    as_traceparent.push(binary.to_vec());
+    for (fields, what) in [
+        (
+            job(binary),
+            "priority of 12 bytes (not printable) is not an integer",
+        ),
+        (
+            as_traceparent,
+            "after the jobs of 12 bytes (not printable) is not a W3C",
+        ),
+    ] {
+        let reply: redis::RedisResult<Value> = call(fields).query_async(&mut conn).await;
+        let err = reply.expect_err("refused");
+        assert!(err.to_string().contains(what), "{err}");
+        // The connection reads the next reply as usual.
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+    let pending: u64 = redis::cmd("LLEN")
+        .arg(&keys.pending)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "nothing written");
+}

@@ -22,3 +22,13 @@ local function argv_int(i, lo, hi)
   end
   return v
 end
+
+-- An argument as an error message may quote it: in double quotes when it is printable ASCII (cut
+-- to max bytes), else only its length. An error reply is a status line, which clients read as
+-- text: raw bytes that are not UTF-8 there make them fail to read the reply at all (and the
+-- connection with it).
+local function quoted_arg(s, max)
+  if type(s) ~= 'string' then return 'of type ' .. type(s) end
+  if string.find(s, '^[\32-\126]*$') then return '"' .. string.sub(s, 1, max) .. '"' end
+  return 'of ' .. #s .. ' bytes (not printable)'
+end
