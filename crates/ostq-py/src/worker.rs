@@ -219,7 +219,7 @@ fn failed(py: Python<'_>, error: &PyErr) -> Outcome {
 
 fn error_text(py: Python<'_>, error: &PyErr) -> String {
     support(py, "format_exception")
-        .and_then(|format| format.call1((error.value(py),)))
+        .and_then(|format| format.call1((error.value(py), error.traceback(py))))
         .and_then(|text| text.extract::<String>())
         .unwrap_or_else(|_| error.to_string())
 }

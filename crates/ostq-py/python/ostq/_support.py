@@ -37,9 +37,10 @@ def takes_job(func: Callable[..., Any]) -> bool:
     return positional >= 2
 
 
-def format_exception(error: BaseException) -> str:
-    """The traceback of ``error`` as Python prints it: what a failed job keeps as its error."""
-    lines = traceback.format_exception(type(error), error, error.__traceback__)
+def format_exception(error: BaseException, trace: Any = None) -> str:
+    """The traceback of ``error`` (``trace``, else its own) as Python prints it: what a failed
+    job keeps as its error."""
+    lines = traceback.format_exception(type(error), error, trace or error.__traceback__)
     return "".join(lines).rstrip()
 
 
