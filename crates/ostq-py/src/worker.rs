@@ -244,7 +244,9 @@ struct ThreadPool {
     /// `None` once shut: the threads see the channel close and end.
     calls: Mutex<Option<crossbeam_channel::Sender<Call>>>,
     receiver: crossbeam_channel::Receiver<Call>,
-    idle: Arc<AtomicUsize>,
+    /// Jobs submitted and not finished (waiting or running): each deserves a thread, up to the
+    /// limit, since a running handler may block for as long as it likes.
+    unfinished: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     limit: usize,
 }
@@ -255,25 +257,27 @@ impl ThreadPool {
         Self {
             calls: Mutex::new(Some(calls)),
             receiver,
-            idle: Arc::default(),
+            unfinished: Arc::default(),
             threads: Mutex::default(),
             limit: limit.max(1),
         }
     }
 
     fn submit(&self, call: Call) {
+        let unfinished = self.unfinished.fetch_add(1, Ordering::AcqRel) + 1;
         let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.idle.load(Ordering::Acquire) == 0 && threads.len() < self.limit {
+        if unfinished > threads.len() && threads.len() < self.limit {
             let receiver = self.receiver.clone();
-            let idle = self.idle.clone();
+            let unfinished = self.unfinished.clone();
             let spawned = std::thread::Builder::new()
                 .name("ostq-handler".into())
-                .spawn(move || pool_thread(&receiver, &idle));
+                .spawn(move || pool_thread(&receiver, &unfinished));
             match spawned {
                 Ok(thread) => threads.push(thread),
                 // No new thread: the job waits for one of the others.
                 Err(_) if !threads.is_empty() => {}
                 Err(e) => {
+                    self.unfinished.fetch_sub(1, Ordering::AcqRel);
                     let _ = call
                         .reply
                         .send(Err(format!("cannot start a handler thread: {e}").into()));
@@ -284,8 +288,11 @@ impl ThreadPool {
         drop(threads);
         let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
         // Shut (or closed): the reply is dropped with the call and the job fails.
-        if let Some(calls) = calls.as_ref() {
-            let _ = calls.send(call);
+        match calls.as_ref().map(|calls| calls.send(call)) {
+            Some(Ok(())) => {}
+            _ => {
+                self.unfinished.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -304,17 +311,15 @@ impl ThreadPool {
     }
 }
 
-fn pool_thread(calls: &crossbeam_channel::Receiver<Call>, idle: &AtomicUsize) {
-    loop {
-        idle.fetch_add(1, Ordering::AcqRel);
-        let next = calls.recv();
-        idle.fetch_sub(1, Ordering::AcqRel);
-        let Ok(call) = next else { return };
+fn pool_thread(calls: &crossbeam_channel::Receiver<Call>, unfinished: &AtomicUsize) {
+    while let Ok(call) = calls.recv() {
         Python::attach(|py| {
             run_plain(py, call);
+            unfinished.fetch_sub(1, Ordering::AcqRel);
             // Keep the GIL while more jobs wait: one hand-over per burst, not per job.
             while let Ok(call) = calls.try_recv() {
                 run_plain(py, call);
+                unfinished.fetch_sub(1, Ordering::AcqRel);
             }
         });
     }
