@@ -19,27 +19,37 @@ use crate::runtime::{awaitable, wait};
 ///     if event.event == "dead":
 ///         print(f"job {event.id} died: {event.error}")
 /// ```
-#[pyclass(frozen, get_all, module = "ostq")]
+#[pyclass(frozen, module = "ostq")]
 pub(crate) struct Event {
     /// "pushed", "started", "completed", "failed", "retried", "dead", "recovered" or "progress".
+    #[pyo3(get)]
     event: String,
     /// The queue.
+    #[pyo3(get)]
     queue: String,
     /// The job.
+    #[pyo3(get)]
     id: String,
     /// When, Unix milliseconds (Redis server clock).
+    #[pyo3(get)]
     ts: u64,
     /// The attempt it concerns (failed, dead, recovered).
+    #[pyo3(get)]
     attempt: Option<u32>,
     /// The error (failed, dead, recovered).
+    #[pyo3(get)]
     error: Option<String>,
     /// For "pushed": "pending" or "scheduled".
+    #[pyo3(get)]
     state: Option<String>,
     /// For "failed": milliseconds until the next attempt.
+    #[pyo3(get)]
     retry_in_ms: Option<u64>,
     /// For "retried" by hand: where the job came from (scheduled, retry or dead).
+    #[pyo3(get)]
     from_: Option<String>,
     /// The stream entry id: `queue.events(start=stream_id)` resumes after it.
+    #[pyo3(get)]
     stream_id: String,
     progress_json: Option<String>,
 }

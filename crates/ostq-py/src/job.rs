@@ -187,10 +187,11 @@ impl Job {
     }
 }
 
-/// A progress value as the library takes it (any JSON).
-fn progress_value(value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+/// A progress value as the library takes it: the JSON text Python's `json` wrote, passed on
+/// verbatim (a `serde_json::Value` would reorder the keys).
+fn progress_value(value: &Bound<'_, PyAny>) -> PyResult<Box<serde_json::value::RawValue>> {
     let text = convert::to_json(value, "progress")?;
-    serde_json::from_str(&text)
+    serde_json::value::RawValue::from_string(text)
         .map_err(|e| crate::errors::payload_error(format!("progress is not JSON: {e}")))
 }
 

@@ -264,9 +264,12 @@ impl ThreadPool {
     }
 
     fn submit(&self, call: Call) {
-        let unfinished = self.unfinished.fetch_add(1, Ordering::AcqRel) + 1;
+        self.unfinished.fetch_add(1, Ordering::AcqRel);
         let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
-        if unfinished > threads.len() && threads.len() < self.limit {
+        // Read under the lock: submissions from several runtime threads race, and each must
+        // see the others' jobs, or a job could wait behind handlers that block for long.
+        while self.unfinished.load(Ordering::Acquire) > threads.len() && threads.len() < self.limit
+        {
             let receiver = self.receiver.clone();
             let unfinished = self.unfinished.clone();
             let spawned = std::thread::Builder::new()
@@ -275,7 +278,7 @@ impl ThreadPool {
             match spawned {
                 Ok(thread) => threads.push(thread),
                 // No new thread: the job waits for one of the others.
-                Err(_) if !threads.is_empty() => {}
+                Err(_) if !threads.is_empty() => break,
                 Err(e) => {
                     self.unfinished.fetch_sub(1, Ordering::AcqRel);
                     let _ = call
@@ -288,11 +291,9 @@ impl ThreadPool {
         drop(threads);
         let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
         // Shut (or closed): the reply is dropped with the call and the job fails.
-        match calls.as_ref().map(|calls| calls.send(call)) {
-            Some(Ok(())) => {}
-            _ => {
-                self.unfinished.fetch_sub(1, Ordering::AcqRel);
-            }
+        let sent = calls.as_ref().is_some_and(|calls| calls.send(call).is_ok());
+        if !sent {
+            self.unfinished.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
