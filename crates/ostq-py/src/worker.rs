@@ -12,10 +12,11 @@
 //! job no handler claims.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::prelude::*;
@@ -239,90 +240,175 @@ fn run_plain(py: Python<'_>, call: Call) {
     let _ = call.reply.send(outcome);
 }
 
-/// The threads that run plain functions: started as jobs need them, up to `concurrency`.
+/// How long a handler may hold a pool thread before the pool starts another one for the jobs
+/// waiting behind it.
+const BLOCKED_AFTER: Duration = Duration::from_millis(5);
+
+/// The threads that run plain functions. One thread runs jobs back to back while it holds the
+/// GIL (no hand-over between threads per job, which costs more than a short handler); another
+/// is started whenever jobs wait and every thread has been inside one handler for longer than
+/// [`BLOCKED_AFTER`] (a handler sleeping or blocked on I/O), up to `concurrency` threads.
+#[derive(Clone)]
 struct ThreadPool {
-    /// `None` once shut: the threads see the channel close and end.
-    calls: Mutex<Option<crossbeam_channel::Sender<Call>>>,
-    receiver: crossbeam_channel::Receiver<Call>,
-    /// Jobs submitted and not finished (waiting or running): each deserves a thread, up to the
-    /// limit, since a running handler may block for as long as it likes.
-    unfinished: Arc<AtomicUsize>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    state: Mutex<PoolState>,
+    /// Idle threads wait here for jobs.
+    ready: Condvar,
     limit: usize,
+    /// When the pool started: the clock of `Runner::started_at`.
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct PoolState {
+    queue: VecDeque<Call>,
+    idle: usize,
+    runners: Vec<Arc<Runner>>,
+    threads: Vec<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// One pool thread, as the others see it.
+#[derive(Default)]
+struct Runner {
+    /// Microseconds since the pool's epoch at which its current handler started; 0 between jobs.
+    started_at: AtomicU64,
 }
 
 impl ThreadPool {
     fn new(limit: usize) -> Self {
-        let (calls, receiver) = crossbeam_channel::unbounded();
-        Self {
-            calls: Mutex::new(Some(calls)),
-            receiver,
-            unfinished: Arc::default(),
-            threads: Mutex::default(),
-            limit: limit.max(1),
-        }
+        let pool = Self {
+            inner: Arc::new(PoolInner {
+                state: Mutex::default(),
+                ready: Condvar::new(),
+                limit: limit.max(1),
+                epoch: Instant::now(),
+            }),
+        };
+        // The watchdog: jobs waiting behind handlers that block get threads of their own.
+        let watched = pool.clone();
+        runtime().spawn(async move {
+            loop {
+                tokio::time::sleep(BLOCKED_AFTER).await;
+                let mut state = watched.state();
+                if state.closed {
+                    return;
+                }
+                watched.grow(&mut state);
+            }
+        });
+        pool
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_micros(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     fn submit(&self, call: Call) {
-        self.unfinished.fetch_add(1, Ordering::AcqRel);
-        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
-        // Read under the lock: submissions from several runtime threads race, and each must
-        // see the others' jobs, or a job could wait behind handlers that block for long.
-        while self.unfinished.load(Ordering::Acquire) > threads.len() && threads.len() < self.limit
-        {
-            let receiver = self.receiver.clone();
-            let unfinished = self.unfinished.clone();
+        let mut state = self.state();
+        if state.closed {
+            return; // the reply is dropped with the call: the job fails and is retried
+        }
+        state.queue.push_back(call);
+        if state.idle > 0 {
+            self.inner.ready.notify_one();
+        } else {
+            self.grow(&mut state);
+        }
+    }
+
+    /// Starts threads for waiting jobs: the first one, or more while every thread is blocked.
+    fn grow(&self, state: &mut PoolState) {
+        let now = self.now_micros();
+        let blocked_after = BLOCKED_AFTER.as_micros() as u64;
+        let blocked = |runner: &Arc<Runner>| {
+            let started = runner.started_at.load(Ordering::Acquire);
+            started != 0 && now.saturating_sub(started) >= blocked_after
+        };
+        let mut wanted = state.queue.len().saturating_sub(state.idle);
+        if !state.runners.iter().all(blocked) {
+            // A thread is free or about to be: it takes the next job.
+            wanted = wanted.min(usize::from(state.runners.is_empty()));
+        }
+        while wanted > 0 && state.runners.len() < self.inner.limit {
+            let runner = Arc::new(Runner::default());
+            let pool = self.clone();
+            let mine = runner.clone();
             let spawned = std::thread::Builder::new()
                 .name("ostq-handler".into())
-                .spawn(move || pool_thread(&receiver, &unfinished));
+                .spawn(move || pool.run_jobs(&mine));
             match spawned {
-                Ok(thread) => threads.push(thread),
-                // No new thread: the job waits for one of the others.
-                Err(_) if !threads.is_empty() => break,
-                Err(e) => {
-                    self.unfinished.fetch_sub(1, Ordering::AcqRel);
-                    let _ = call
-                        .reply
-                        .send(Err(format!("cannot start a handler thread: {e}").into()));
-                    return;
+                Ok(thread) => {
+                    state.runners.push(runner);
+                    state.threads.push(thread);
                 }
+                // No thread to be had now: the watchdog tries again; with none at all, the jobs
+                // wait until one can be started.
+                Err(_) => break,
             }
+            wanted -= 1;
         }
-        drop(threads);
-        let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        // Shut (or closed): the reply is dropped with the call and the job fails.
-        let sent = calls.as_ref().is_some_and(|calls| calls.send(call).is_ok());
-        if !sent {
-            self.unfinished.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A pool thread: takes jobs (without the GIL) and runs them back to back (with it).
+    fn run_jobs(&self, runner: &Runner) {
+        while let Some(first) = self.next_call() {
+            Python::attach(|py| {
+                let mut call = Some(first);
+                while let Some(current) = call.take() {
+                    runner
+                        .started_at
+                        .store(self.now_micros().max(1), Ordering::Release);
+                    run_plain(py, current);
+                    runner.started_at.store(0, Ordering::Release);
+                    call = self.state().queue.pop_front();
+                }
+            });
+        }
+    }
+
+    /// The next job, waiting for one; `None` once the pool is shut and drained.
+    fn next_call(&self) -> Option<Call> {
+        let mut state = self.state();
+        loop {
+            if let Some(call) = state.queue.pop_front() {
+                return Some(call);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle += 1;
+            state = self
+                .inner
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
         }
     }
 
     /// Closes the pool and waits for its threads to finish what they hold (call it without the
     /// GIL: they need it to finish).
     fn shut(&self) {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let threads = {
+            let mut state = self.state();
+            state.closed = true;
+            std::mem::take(&mut state.threads)
+        };
+        self.inner.ready.notify_all();
         for thread in threads {
             let _ = thread.join();
         }
-    }
-}
-
-fn pool_thread(calls: &crossbeam_channel::Receiver<Call>, unfinished: &AtomicUsize) {
-    while let Ok(call) = calls.recv() {
-        Python::attach(|py| {
-            run_plain(py, call);
-            unfinished.fetch_sub(1, Ordering::AcqRel);
-            // Keep the GIL while more jobs wait: one hand-over per burst, not per job.
-            while let Ok(call) = calls.try_recv() {
-                run_plain(py, call);
-                unfinished.fetch_sub(1, Ordering::AcqRel);
-            }
-        });
     }
 }
 
