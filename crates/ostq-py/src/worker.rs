@@ -173,6 +173,46 @@ struct Call {
     handler: Arc<PyHandler>,
     as_task: bool,
     reply: oneshot::Sender<Outcome>,
+    /// For a coroutine: where the drain puts its asyncio task, for [`CancelOnDrop`].
+    task: Option<Arc<TaskSlot>>,
+}
+
+/// A coroutine handler's asyncio task, once it has one.
+type TaskSlot = Mutex<Option<Py<PyAny>>>;
+
+/// Cancels a coroutine handler's task when the worker stops waiting for it (the attempt timed
+/// out, or shutdown gave the job back): a coroutine is cancellable, as a Rust future is by
+/// being dropped. Disarmed once the handler has answered.
+struct CancelOnDrop {
+    task: Arc<TaskSlot>,
+    event_loop: Arc<Py<PyAny>>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return; // not started: the drain sees the closed reply and skips the job
+        };
+        Python::attach(|py| {
+            let cancel = task.bind(py).getattr("cancel");
+            if let Ok(cancel) = cancel {
+                // Err: the loop is closed, and the task with it.
+                let _ = self
+                    .event_loop
+                    .bind(py)
+                    .call_method1("call_soon_threadsafe", (cancel,));
+            }
+        });
+    }
 }
 
 impl Call {
@@ -414,7 +454,7 @@ impl ThreadPool {
 
 /// The asyncio side: jobs for coroutine handlers, handed to the loop in batches.
 struct Bridge {
-    event_loop: Py<PyAny>,
+    event_loop: Arc<Py<PyAny>>,
     calls: crossbeam_channel::Sender<Call>,
     drain: Py<Drain>,
     wake_pending: Arc<AtomicBool>,
@@ -433,7 +473,7 @@ impl Bridge {
             },
         )?;
         Ok(Self {
-            event_loop: event_loop.clone().unbind(),
+            event_loop: Arc::new(event_loop.clone().unbind()),
             calls,
             drain,
             wake_pending,
@@ -503,6 +543,14 @@ impl Drain {
                 .and_then(|coroutine| event_loop.call_method1("create_task", (coroutine,)));
             match started {
                 Ok(task) => {
+                    if let Some(slot) = &call.task {
+                        *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(task.clone().unbind());
+                    }
+                    if call.reply.is_closed() {
+                        // Given up on between the check above and now: stop it at once.
+                        let _ = task.call_method0("cancel");
+                    }
                     let completion = Completion {
                         reply: Mutex::new(Some(call.reply)),
                     };
@@ -569,20 +617,35 @@ impl Dispatch {
             .pick(job.name.as_deref())
             .map_err(|reason| Box::new(ostq::Permanent::new(reason)) as ostq::BoxError)?;
         let (reply, outcome) = oneshot::channel();
-        let call = Call {
+        let mut call = Call {
             job,
             handler,
             as_task,
             reply,
+            task: None,
         };
+        let mut guard = None;
         match (call.handler.coroutine, &self.threads, &self.bridge) {
-            (true, _, Some(bridge)) => bridge.submit(call),
+            (true, _, Some(bridge)) => {
+                let task = Arc::new(TaskSlot::default());
+                call.task = Some(task.clone());
+                guard = Some(CancelOnDrop {
+                    task,
+                    event_loop: bridge.event_loop.clone(),
+                    armed: true,
+                });
+                bridge.submit(call);
+            }
             (false, Some(threads), _) => threads.submit(call),
             _ => return Err("no way to run this handler (worker misconfigured)".into()),
         }
-        outcome
+        let outcome = outcome
             .await
-            .unwrap_or_else(|_| Err("the handler was not run: the worker is stopping".into()))
+            .unwrap_or_else(|_| Err("the handler was not run: the worker is stopping".into()));
+        if let Some(guard) = guard.as_mut() {
+            guard.armed = false;
+        }
+        outcome
     }
 }
 

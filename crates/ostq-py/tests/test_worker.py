@@ -111,6 +111,24 @@ def test_permanent_failures_and_timeouts(client: ostq.Client) -> None:
     assert calls.count("bad input") == 1 and calls.count("slow") == 2
 
 
+def test_a_coroutine_that_times_out_is_cancelled(client: ostq.Client) -> None:
+    tasks = client.queue("tasks")
+    cancelled = threading.Event()
+
+    async def slow(job: ostq.Job) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with running(tasks.worker(slow, timeout=0.3)):
+        job_id = tasks.push("x", track=True, max_attempts=1)
+        with pytest.raises(ostq.JobFailed, match="timed out after 300ms"):
+            tasks.wait_for(job_id, 10)
+        assert cancelled.wait(5), "the coroutine kept running after its attempt timed out"
+
+
 def test_progress_and_cancellation(client: ostq.Client) -> None:
     tasks = client.queue("tasks")
 
