@@ -809,11 +809,15 @@ impl Worker {
 }
 
 fn call_error_hook(hook: &Py<PyAny>, job: &ostq::Job, failure: &ostq::Failure) {
-    Python::attach(|py| {
-        let job = Job { inner: job.clone() };
-        if let Err(error) = hook.bind(py).call1((job, Failure::from(failure))) {
-            error.write_unraisable(py, Some(hook.bind(py)));
-        }
+    // Off the runtime's worker role: the hook may use the sync API (push to another queue, say),
+    // which blocks on the runtime, and waiting for the GIL must not hold up other tasks.
+    tokio::task::block_in_place(|| {
+        Python::attach(|py| {
+            let job = Job { inner: job.clone() };
+            if let Err(error) = hook.bind(py).call1((job, Failure::from(failure))) {
+                error.write_unraisable(py, Some(hook.bind(py)));
+            }
+        })
     });
 }
 
@@ -821,12 +825,15 @@ fn call_monitor_hook(hook: &Py<PyAny>, report: &ostq::worker::MonitorReport) {
     let Ok(json) = serde_json::to_vec(report) else {
         return;
     };
-    Python::attach(|py| {
-        let called =
-            convert::from_json(py, &json).and_then(|report| hook.bind(py).call1((report,)));
-        if let Err(error) = called {
-            error.write_unraisable(py, Some(hook.bind(py)));
-        }
+    // As for the error hook: the monitor hook may block and use the sync API.
+    tokio::task::block_in_place(|| {
+        Python::attach(|py| {
+            let called =
+                convert::from_json(py, &json).and_then(|report| hook.bind(py).call1((report,)));
+            if let Err(error) = called {
+                error.write_unraisable(py, Some(hook.bind(py)));
+            }
+        })
     });
 }
 

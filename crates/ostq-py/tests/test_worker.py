@@ -74,7 +74,11 @@ def test_an_exception_retries_with_backoff_then_the_dead_set_keeps_the_traceback
     def transcode(job: ostq.Job) -> None:
         raise ValueError(f"cannot transcode {job.text}")
 
-    worker = tasks.worker(transcode, lambda job, failure: failures.append((job.id, job.attempt, failure)))
+    def on_error(job: ostq.Job, failure: ostq.Failure) -> None:
+        failures.append((job.id, job.attempt, failure))
+        client.queue("failures").push(job.id)  # the sync API works inside a hook
+
+    worker = tasks.worker(transcode, on_error)
     with running(worker):
         job_id = tasks.push("video-42", max_attempts=2, track=True)
         with pytest.raises(ostq.JobFailed):
@@ -89,6 +93,7 @@ def test_an_exception_retries_with_backoff_then_the_dead_set_keeps_the_traceback
     assert 'in transcode\n    raise ValueError(f"cannot transcode {job.text}")' in error
     assert error.endswith("ValueError: cannot transcode video-42")
     assert failures[0][2].error == error
+    assert client.queue("failures").counts().pending == 2
 
 
 def test_permanent_failures_and_timeouts(client: ostq.Client) -> None:
@@ -166,7 +171,12 @@ def test_progress_and_cancellation(client: ostq.Client) -> None:
 def test_the_monitor_hook_gets_the_report_as_a_dict(client: ostq.Client) -> None:
     tasks = client.queue("tasks")
     reports: list[dict] = []
-    worker = tasks.worker(lambda job: None, on_monitor=reports.append, monitor_interval=0.2,
+
+    def on_monitor(report: dict) -> None:
+        reports.append(report)
+        assert tasks.counts().queue == "tasks"  # the sync API works inside a hook
+
+    worker = tasks.worker(lambda job: None, on_monitor=on_monitor, monitor_interval=0.2,
                           concurrency=3)
     tasks.push_bulk(["a", "b", "c"])
     with running(worker):
