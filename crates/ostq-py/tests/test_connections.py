@@ -5,6 +5,8 @@ certificate (`rediss://`, `ca_file=`, `client_cert=`/`client_key=`) and Redis Cl
 from __future__ import annotations
 
 import pathlib
+import random
+import socket
 import subprocess
 import time
 from typing import Iterator
@@ -69,10 +71,28 @@ def _connect(url: str, certs: pathlib.Path):
         return None
 
 
+def free_cluster_port(taken: list[int]) -> int:
+    """A port that is free with its cluster bus port (port + 10000): an ephemeral port from the
+    kernel can be above 55535, where the bus port does not exist."""
+    while True:
+        port = random.randrange(20000, 45000)
+        if any(abs(port - other) in (0, 10000) for other in taken):
+            continue
+        try:
+            with socket.socket() as s, socket.socket() as bus:
+                s.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
 @pytest.fixture
 def cluster(tmp_path: pathlib.Path) -> Iterator[list[int]]:
     """A three-primary Redis Cluster."""
-    ports = [free_port() for _ in range(3)]
+    ports: list[int] = []
+    for _ in range(3):
+        ports.append(free_cluster_port(ports))
     servers = []
     for port in ports:
         folder = tmp_path / str(port)
