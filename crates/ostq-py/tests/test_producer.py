@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -177,3 +180,30 @@ def test_asyncio_api(redis_url: str) -> None:
         assert await tasks.purge() == 4
 
     asyncio.run(main())
+
+
+BLOCKED_WAIT = """
+import sys, ostq
+tasks = ostq.Client(sys.argv[1]).queue("tasks")
+job_id = tasks.push("nobody works", track=True)
+print("waiting", flush=True)
+try:
+    tasks.wait_for(job_id, 60)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_blocking_call(redis_url: str) -> None:
+    waiter = subprocess.Popen([sys.executable, "-c", BLOCKED_WAIT, redis_url],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline() == "waiting\n"
+        time.sleep(0.3)
+        started = time.monotonic()
+        waiter.send_signal(signal.SIGINT)
+        out, _ = waiter.communicate(timeout=10)
+        assert time.monotonic() - started < 2  # not the 60 s of the wait
+    finally:
+        waiter.kill()
+    assert out == "interrupted\n" and waiter.returncode == 0
