@@ -121,7 +121,7 @@ def test_a_sigkilled_python_worker_loses_nothing(client: ostq.Client, redis_url:
     with running(tasks.worker(lambda job: reruns.append((job.id, job.attempt)) or job.text)):
         assert [tasks.wait_for(i, 15) for i in ids] == [b"a", b"b", b"c"]
     assert sorted(reruns) == sorted((i, 2) for i in ids)
-    assert time.monotonic() - killed_at < 6
+    assert time.monotonic() - killed_at < 10  # about a lease (1 s) and an idle wait, with room for a busy machine
     counts = tasks.counts()
     assert (counts.recovered_total, counts.active, counts.pending, counts.completed) == (3, 0, 0, 3)
 
