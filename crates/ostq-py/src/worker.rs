@@ -928,7 +928,8 @@ impl SigtermGuard {
 impl Worker {
     /// Registers `handler` for jobs named `name` (`queue.enqueue(name, params)`, or a Rust
     /// `Task` whose `NAME` it is); it is called with the params decoded from JSON, and the job
-    /// too if it takes two arguments. Without `handler`, returns a decorator.
+    /// too if it takes two arguments. Without `handler`, returns a decorator. Register tasks
+    /// before `run()`: a run dispatches on the tasks it started with.
     ///
     /// ```python
     /// @worker.task("generate_log_file")

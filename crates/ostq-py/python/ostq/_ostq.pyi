@@ -393,7 +393,8 @@ class Worker:
 
     @overload
     def task(self, name: str) -> TaskDecorator:
-        """A decorator registering the function it decorates for jobs named ``name``."""
+        """A decorator registering the function it decorates for jobs named ``name`` (before
+        ``run()``: a run dispatches on the tasks it started with)."""
     @overload
     def task(self, name: str, handler: F) -> F:
         """Registers ``handler`` for jobs named ``name``."""
