@@ -174,10 +174,10 @@ impl<'a> TaskSums<'a> {
     }
 }
 
-/// Jobs without a task name are filed under `-`.
-fn task_label(task: &str) -> &str {
+/// Jobs without a task name are filed under `-` ([`crate::admin::UNNAMED_TASK`]).
+pub(super) fn task_label(task: &str) -> &str {
     if task.is_empty() {
-        "-"
+        crate::admin::UNNAMED_TASK
     } else {
         task
     }

@@ -12,10 +12,8 @@ use crate::metrics::{BUSY, JOBS, RUN_DURATION, SLOTS, WAIT_DURATION};
 /// The `task` label of a job: its name when a typed handler is registered for it, `-` without a
 /// name, `~other` otherwise (producers choose names; label sets must stay bounded).
 fn task_label<'a>(shared: &'a Shared, task: &'a str) -> &'a str {
-    if task.is_empty() {
-        "-"
-    } else if shared.handlers.by_name.contains_key(task) {
-        task
+    if task.is_empty() || shared.handlers.by_name.contains_key(task) {
+        super::history::task_label(task)
     } else {
         "~other"
     }
