@@ -64,32 +64,40 @@ fn checked_queue(app: &App, name: &str) -> ostq::Result<Queue> {
 
 /// `POST /queues/{queue}/pause`.
 pub(crate) async fn pause(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<Ctx>,
-    Path(name): Path<String>,
+    state: State<Arc<App>>,
+    ctx: Extension<Ctx>,
+    name: Path<String>,
 ) -> Response {
-    let queue = match checked_queue(&app, &name) {
-        Ok(queue) => queue,
-        Err(e) => return pages::library_error(&ctx, &e),
-    };
-    match queue.pause().await {
-        Ok(()) => see_other(&format!("{}?done=paused", queue_url(&ctx, &name))),
-        Err(e) => pages::library_error(&ctx, &e),
-    }
+    set_paused(state, ctx, name, true).await
 }
 
 /// `POST /queues/{queue}/resume`.
 pub(crate) async fn resume(
+    state: State<Arc<App>>,
+    ctx: Extension<Ctx>,
+    name: Path<String>,
+) -> Response {
+    set_paused(state, ctx, name, false).await
+}
+
+/// Pauses or resumes the queue, then back to its page saying which.
+async fn set_paused(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<Ctx>,
     Path(name): Path<String>,
+    paused: bool,
 ) -> Response {
     let queue = match checked_queue(&app, &name) {
         Ok(queue) => queue,
         Err(e) => return pages::library_error(&ctx, &e),
     };
-    match queue.resume().await {
-        Ok(()) => see_other(&format!("{}?done=resumed", queue_url(&ctx, &name))),
+    let (done, what) = if paused {
+        (queue.pause().await, "paused")
+    } else {
+        (queue.resume().await, "resumed")
+    };
+    match done {
+        Ok(()) => see_other(&format!("{}?done={what}", queue_url(&ctx, &name))),
         Err(e) => pages::library_error(&ctx, &e),
     }
 }
