@@ -265,7 +265,8 @@ impl WorkerBuilder {
     /// The handler for jobs without a task name (plain pushes: ids, bytes), and for named jobs
     /// that no typed handler ([`WorkerBuilder::task`]) claims: it reads the name in
     /// [`Job::name`], as one BullMQ processor serves every job name. Without it, such a job
-    /// fails with "no handler for task …" and goes to the dead set.
+    /// fails an attempt with "no handler for task …" and retries (a worker that knows the name
+    /// may take it, as in a rolling deploy) until its attempts run out.
     pub fn handler<F, Fut, O, E>(mut self, f: F) -> Self
     where
         F: Fn(Job) -> Fut + Send + Sync + 'static,
