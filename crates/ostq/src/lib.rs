@@ -29,6 +29,7 @@
 //! Every Redis command is issued by one private storage layer beneath them.
 
 pub mod admin;
+pub mod durability;
 pub mod envelope;
 mod error;
 pub mod events;
@@ -47,6 +48,7 @@ pub mod task;
 pub mod worker;
 
 pub use admin::{Cancel, Cursor, Page, QueueCounts, QueueStats, RedisInfo};
+pub use durability::Durability;
 pub use error::{Error, Result};
 pub use job::{Job, JobInfo, JobState};
 pub use producer::{PushOptions, Queue};
