@@ -167,6 +167,9 @@ fn build_worker(
         .timeout(library_timeout)
         .shutdown_timeout(args.shutdown_timeout)
         .retry(ostq::RetryPolicy::default().max_attempts(args.max_attempts));
+    if let Some(durability) = args.durable_outcomes {
+        builder = builder.durable_outcomes(durability);
+    }
     for q in &args.queues {
         builder = builder.queue(q);
     }
