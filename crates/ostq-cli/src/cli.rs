@@ -576,6 +576,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "OSTQ_DURABLE_OUTCOMES", value_parser = parse_durability, value_name = "N[:TIMEOUT]")]
     pub durable_outcomes: Option<ostq::Durability>,
 
+    /// Skip the deployment checks at start (those of `ostq doctor` that need no scan: eviction
+    /// policy, persistence, memory, server, replicas), whose warnings are printed otherwise
+    #[arg(long)]
+    pub no_doctor: bool,
+
     /// The program and its arguments; `{}` in an argument is replaced by the payload, without
     /// `{}` the payload goes to the program's stdin
     #[arg(required = true, last = true, value_name = "CMD")]

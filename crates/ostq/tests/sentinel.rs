@@ -435,6 +435,33 @@ async fn durable_pushes_survive_repeated_failovers() {
     );
 }
 
+/// Through Sentinel, the doctor checks the replicas of the primary the sentinels name, and says
+/// when acknowledged pushes can be lost across a failover.
+#[tokio::test]
+async fn the_doctor_checks_the_replicas_behind_sentinel() {
+    use ostq::admin::doctor::Status;
+    let (primary, _replica, sentinel) = start_group(&[]);
+    let url = format!("redis+sentinel://{}/{SERVICE}", sentinel.addr());
+    let client = ostq::Client::connect(&url).await.unwrap();
+    let report = client.quick_doctor().await.unwrap();
+    let check = report.check("replication").unwrap();
+    assert_eq!(check.status, Status::Warn, "{check:?}");
+    assert!(check.summary.contains("1 replicas"), "{check:?}");
+    assert!(
+        check.summary.contains("min-replicas-to-write 0"),
+        "{check:?}"
+    );
+    primary
+        .cli(&["CONFIG", "SET", "min-replicas-to-write", "1"])
+        .unwrap();
+    let report = client.doctor().await.unwrap();
+    assert_eq!(
+        report.check("replication").unwrap().status,
+        Status::Pass,
+        "{report:#?}"
+    );
+}
+
 fn distinct(ran: &Arc<Mutex<Vec<String>>>) -> HashSet<String> {
     ran.lock().unwrap().iter().cloned().collect()
 }

@@ -822,6 +822,11 @@ impl Client {
         });
     }
 
+    /// Whether this client finds its primary through Sentinel.
+    pub(crate) fn is_sentinel(&self) -> bool {
+        matches!(self.inner.target, Target::Sentinel(_))
+    }
+
     /// Whether this client talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.target, Target::Cluster(_))

@@ -83,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) history: bool,
     pub(crate) metrics: bool,
     pub(crate) durable_outcomes: crate::Durability,
+    pub(crate) doctor: bool,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
@@ -119,6 +120,7 @@ impl Worker {
                 history: true,
                 metrics: true,
                 durable_outcomes: crate::Durability::Async,
+                doctor: true,
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -264,6 +266,23 @@ impl WorkerBuilder {
     /// ```
     pub fn durable_outcomes(mut self, durability: crate::Durability) -> Self {
         self.config.durable_outcomes = durability;
+        self
+    }
+
+    /// Whether the worker checks the Redis deployment when it starts ([`Client::quick_doctor`]:
+    /// eviction policy, persistence, memory headroom, server version, replicas) and logs each
+    /// warning or failure with its fix as a `tracing` warning, as BullMQ and Sidekiq warn about
+    /// the eviction policy. It never refuses to start; it runs in the background (one round trip
+    /// to a single server), so a worker whose Redis is not up yet starts all the same. On by
+    /// default.
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// let builder = ostq::Worker::builder(client).doctor(false); // checked elsewhere
+    /// # }
+    /// ```
+    pub fn doctor(mut self, on: bool) -> Self {
+        self.config.doctor = on;
         self
     }
 
@@ -446,7 +465,29 @@ impl Worker {
     /// stops fetching, lets running jobs finish within the shutdown timeout, and gives the rest
     /// back to their queues at once.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        if self.config.doctor {
+            tokio::spawn(startup_checks(self.client.clone()));
+        }
         runtime::run(self, shutdown).await
+    }
+}
+
+/// The deployment checks a worker runs at start: each warning or failure becomes a log line.
+async fn startup_checks(client: Client) {
+    use crate::admin::doctor::Status;
+    match client.quick_doctor().await {
+        Ok(report) => {
+            for check in report.checks.iter().filter(|c| c.status != Status::Pass) {
+                tracing::warn!(
+                    check = %check.name,
+                    status = check.status.label(),
+                    fix = check.fix.as_deref().unwrap_or_default(),
+                    "doctor: {}",
+                    check.summary
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "doctor: the start-up checks could not run"),
     }
 }
 
