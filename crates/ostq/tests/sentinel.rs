@@ -446,7 +446,7 @@ async fn the_doctor_checks_the_replicas_behind_sentinel() {
     let report = client.quick_doctor().await.unwrap();
     let check = report.check("replication").unwrap();
     assert_eq!(check.status, Status::Warn, "{check:?}");
-    assert!(check.summary.contains("1 replicas"), "{check:?}");
+    assert!(check.summary.contains("1 replica,"), "{check:?}");
     assert!(
         check.summary.contains("min-replicas-to-write 0"),
         "{check:?}"

@@ -620,6 +620,10 @@ fn node_replication(node: &NodeFacts, via_sentinel: bool) -> Option<Check> {
         })
         .collect();
     let count = replicas.len();
+    let count_said = match count {
+        1 => "1 replica".to_string(),
+        n => format!("{n} replicas"),
+    };
     let check = match min_to_write {
         Some(min) if min as usize > good => Check::new(
             NAME,
@@ -634,14 +638,14 @@ fn node_replication(node: &NodeFacts, via_sentinel: bool) -> Option<Check> {
         _ if !lagging.is_empty() => Check::new(
             NAME,
             Status::Warn,
-            format!("{count} replicas{on}, {}: a failover to one of them loses what it has not received", lagging.join(", ")),
+            format!("{count_said}{on}, {}: a failover to one of them loses what it has not received", lagging.join(", ")),
         )
         .with_fix("check the replicas' links and load (INFO replication on each)"),
         Some(0) => Check::new(
             NAME,
             Status::Warn,
             format!(
-                "{count} replicas{on}, min-replicas-to-write 0: pushes the primary acknowledged \
+                "{count_said}{on}, min-replicas-to-write 0: pushes the primary acknowledged \
                  but had not yet replicated are lost when it fails over (about a third of a \
                  steady producer's pushes during each failover in tests/sentinel.rs)"
             ),
@@ -651,14 +655,14 @@ fn node_replication(node: &NodeFacts, via_sentinel: bool) -> Option<Check> {
             NAME,
             Status::Pass,
             format!(
-                "{count} replicas{on} in step, min-replicas-to-write {min} (max lag {max_lag} s): \
+                "{count_said}{on} in step, min-replicas-to-write {min} (max lag {max_lag} s): \
                  a failover loses at most the replication lag's writes, none of the durable pushes"
             ),
         ),
         None => Check::new(
             NAME,
             Status::Warn,
-            format!("{count} replicas{on} in step; min-replicas-to-write unknown (CONFIG GET not permitted)"),
+            format!("{count_said}{on} in step; min-replicas-to-write unknown (CONFIG GET not permitted)"),
         )
         .with_fix("check min-replicas-to-write by hand, or use durable pushes"),
     };
