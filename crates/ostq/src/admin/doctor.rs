@@ -780,7 +780,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn doctor(&self) -> Result<Report> {
-        let facts = self.node_facts().await?;
+        let facts = self.node_facts(false).await?;
         let mut checks = self.fact_checks(&facts);
         // From here a check that cannot get its answers (a Cluster missing slots times out
         // key-routed commands, say) says so and the others still run.
@@ -799,9 +799,20 @@ impl Client {
     }
 
     /// `INFO` and the settings the checks read, from every server: one round trip to a single
-    /// server (one pipeline), one per command to a Cluster.
-    async fn node_facts(&self) -> Result<Vec<NodeFacts>> {
+    /// server (one pipeline), one per command to a Cluster. With `info_first`, `INFO` goes
+    /// alone first and the settings only when it was permitted (two round trips), so that a user
+    /// limited to the commands producers and workers need (§15) gets one refusal, not five.
+    async fn node_facts(&self, info_first: bool) -> Result<Vec<NodeFacts>> {
         let mut conn = self.conn();
+        if info_first {
+            let replies = stored::on_every_node(&mut conn, &["INFO"]).await?;
+            if replies
+                .iter()
+                .all(|r| matches!(&r.reply, Err(e) if e.is_no_permission()))
+            {
+                return Ok(Vec::new());
+            }
+        }
         // One name per CONFIG GET: Redis 6.2 takes only one.
         const SETTINGS: [&str; 4] = [
             "appendfsync",
@@ -847,7 +858,7 @@ impl Client {
         Ok(facts)
     }
 
-    /// The checks that need only `INFO` and `CONFIG GET` (one round trip to a single server):
+    /// The checks that need only `INFO` and `CONFIG GET` (two round trips to a single server):
     /// server, eviction, persistence, memory and, with replicas or Sentinel, replication. What a
     /// worker runs at start ([`crate::WorkerBuilder::doctor`]) and `ostq worker` prints.
     ///
@@ -861,8 +872,23 @@ impl Client {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// `INFO` is sent first, alone: when the user may not run it (a worker's user limited to
+    /// the commands of docs/design.md §15), the report is one `server` warning saying so, and
+    /// nothing else is sent.
     pub async fn quick_doctor(&self) -> Result<Report> {
-        let facts = self.node_facts().await?;
+        let facts = self.node_facts(true).await?;
+        if facts.is_empty() {
+            return Ok(Report::new(vec![Check::new(
+                "server",
+                Status::Warn,
+                "cannot check: the user may not run INFO",
+            )
+            .with_fix(
+                "grant +info +config|get to check at start, or turn the start-up checks off \
+                 (ostq worker --no-doctor, WorkerBuilder::doctor(false))",
+            )]));
+        }
         Ok(Report::new(self.fact_checks(&facts)))
     }
 

@@ -272,7 +272,7 @@ impl WorkerBuilder {
     /// Whether the worker checks the Redis deployment when it starts ([`Client::quick_doctor`]:
     /// eviction policy, persistence, memory headroom, server version, replicas) and logs each
     /// warning or failure with its fix as a `tracing` warning, as BullMQ and Sidekiq warn about
-    /// the eviction policy. It never refuses to start; it runs in the background (one round trip
+    /// the eviction policy. It never refuses to start; it runs in the background (two round trips
     /// to a single server), so a worker whose Redis is not up yet starts all the same. On by
     /// default.
     ///
