@@ -25,7 +25,8 @@
 //! The modules follow the design (`docs/design.md`): [`connection`] (Redis: single, Sentinel,
 //! Cluster, TLS), [`keys`] (the key layout), [`envelope`] and [`job`] (the job model), [`scripts`]
 //! (one Lua script per state transition), [`producer`], [`worker`], [`retry`], [`task`] (typed
-//! tasks), [`scheduler`], [`events`] and [`admin`] (the data API under the CLI and dashboard).
+//! tasks), [`scheduler`], [`events`], [`durability`] (pushes and outcomes that wait for replicas:
+//! `WAIT`, `WAITAOF`) and [`admin`] (the data API under the CLI and dashboard).
 //! Every Redis command is issued by one private storage layer beneath them.
 
 pub mod admin;
