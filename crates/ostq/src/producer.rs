@@ -449,7 +449,7 @@ impl Queue {
         opts: &PushOptions,
         given_id: Option<String>,
         trace: Trace<'_>,
-        wait: Option<&redis::Cmd>,
+        wait: Option<&store::durable::WaitFor>,
     ) -> Result<(Vec<String>, Option<Acked>)> {
         let enqueued_at_ms = now_ms();
         let mut ids = Vec::new();
@@ -486,7 +486,7 @@ impl Queue {
         opts: &PushOptions,
         given_id: Option<String>,
         trace: Trace<'_>,
-        wait: Option<&redis::Cmd>,
+        wait: Option<&store::durable::WaitFor>,
     ) -> Result<(Vec<String>, Option<Acked>)> {
         let run_at_ms = opts
             .run_at
@@ -539,7 +539,7 @@ impl Queue {
 /// A durable push's connection and wait, chosen before anything is written.
 struct Durable {
     conn: store::Conn,
-    wait: Option<redis::Cmd>,
+    wait: Option<store::durable::WaitFor>,
     durability: Durability,
 }
 

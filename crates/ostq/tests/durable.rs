@@ -110,12 +110,14 @@ async fn too_few_replicas_is_a_typed_error_and_the_job_is_on_the_primary() {
     else {
         panic!("{err}")
     };
-    assert_eq!((*acked, *wanted, ids.len()), (1, 2, 1));
+    // The one replica confirms, unless a loaded machine keeps it past the 100 ms.
+    assert!(*acked <= 1, "{err}");
+    assert_eq!((*wanted, ids.len()), (2, 1));
     assert!(
         started.elapsed() >= Duration::from_millis(100),
         "WAIT did not wait"
     );
-    assert!(err.to_string().contains("1 of 2 replicas"), "{err}");
+    assert!(err.to_string().contains(" of 2 replicas"), "{err}");
     assert_eq!(primary.cli(&["LLEN", "ostq:{short}:pending"]).unwrap(), "1");
     // Retrying a tracked push with the same id: the first one survived, so it is refused.
     let opts = PushOptions::new().track().id("order-7").durable(two);

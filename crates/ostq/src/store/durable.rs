@@ -12,14 +12,19 @@ use super::Conn;
 use crate::durability::{Acked, Durability};
 use crate::{Error, Result};
 
+/// The `WAIT` or `WAITAOF` a durable write is followed by, built once per write from its
+/// [`Durability`]; the domain holds it without knowing the command.
+#[derive(Clone)]
+pub(crate) struct WaitFor(Cmd);
+
 /// The command that waits for `durability` (none for [`Durability::Async`]).
-pub(crate) fn wait_cmd(durability: &Durability) -> Option<Cmd> {
-    match *durability {
-        Durability::Async => None,
+pub(crate) fn wait_cmd(durability: &Durability) -> Option<WaitFor> {
+    let cmd = match *durability {
+        Durability::Async => return None,
         Durability::Replicas { count, timeout } => {
             let mut cmd = redis::cmd("WAIT");
             cmd.arg(count).arg(timeout_ms(timeout));
-            Some(cmd)
+            cmd
         }
         Durability::Aof {
             local,
@@ -30,9 +35,10 @@ pub(crate) fn wait_cmd(durability: &Durability) -> Option<Cmd> {
             cmd.arg(u8::from(local))
                 .arg(replicas)
                 .arg(timeout_ms(timeout));
-            Some(cmd)
+            cmd
         }
-    }
+    };
+    Some(WaitFor(cmd))
 }
 
 fn timeout_ms(timeout: std::time::Duration) -> u64 {
@@ -54,7 +60,7 @@ pub(crate) async fn write_and_wait(
     conn: &mut Conn,
     cmds: &[Cmd],
     atomic: bool,
-    wait: &Cmd,
+    wait: &WaitFor,
 ) -> Result<Written> {
     let mut pipe = redis::pipe();
     // Every reply comes back as a value, so the wait's count is read even when a command of a
@@ -69,7 +75,7 @@ pub(crate) async fn write_and_wait(
     if atomic {
         pipe.cmd("EXEC");
     }
-    pipe.add_command(wait.clone());
+    pipe.add_command(wait.0.clone());
     let mut replies: Vec<Value> = pipe.query_async(conn).await.map_err(Error::from_redis)?;
     let wait_reply = replies
         .pop()
@@ -106,7 +112,7 @@ pub(crate) async fn write_and_wait(
 pub(crate) async fn run_and_wait(
     conn: &mut Conn,
     call: &ScriptCall,
-    wait: &Cmd,
+    wait: &WaitFor,
 ) -> Result<Written> {
     match write_and_wait(conn, std::slice::from_ref(call.cmd()), false, wait).await {
         Err(Error::Redis { source, .. })
@@ -180,7 +186,7 @@ pub(crate) async fn supports_waitaof(conn: &mut Conn) -> Result<bool> {
 
 /// `WAIT` (or `WAITAOF`) alone, on the connection that just wrote, for writes that could not be
 /// pipelined with it (a worker's outcome batch of several script calls).
-pub(crate) async fn wait_alone(conn: &mut Conn, wait: &Cmd) -> Result<Acked> {
-    let reply: Value = super::call::query(wait, conn).await?;
+pub(crate) async fn wait_alone(conn: &mut Conn, wait: &WaitFor) -> Result<Acked> {
+    let reply: Value = super::call::query(&wait.0, conn).await?;
     parse_ack(reply)
 }

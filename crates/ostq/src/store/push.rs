@@ -3,7 +3,8 @@
 use redis::{Cmd, FromRedisValue, Value};
 
 use super::call::{self, query_pipe, run_atomic, ScriptCall};
-use super::{durable, Conn};
+use super::durable::{self, WaitFor};
+use super::Conn;
 use crate::durability::Acked;
 use crate::keys::QueueKeys;
 use crate::{Error, Result};
@@ -19,7 +20,7 @@ pub(crate) async fn lpush(
     conn: &mut Conn,
     keys: &QueueKeys,
     envelopes: &[Vec<u8>],
-    wait: Option<&Cmd>,
+    wait: Option<&WaitFor>,
 ) -> Result<Option<Acked>> {
     let cmds: Vec<Cmd> = envelopes
         .chunks(BULK_CHUNK)
@@ -78,7 +79,7 @@ pub(crate) async fn push_scripted(
     keys: &QueueKeys,
     jobs: &[(String, &[u8])],
     fields: &PushFields<'_>,
-    wait: Option<&Cmd>,
+    wait: Option<&WaitFor>,
 ) -> Result<(Vec<Pushed>, Option<Acked>)> {
     let calls: Vec<ScriptCall> = jobs
         .chunks(BULK_CHUNK)
