@@ -102,6 +102,9 @@ pub enum Command {
     /// Delete every job of a queue, or every job in one state
     #[command(after_help = PURGE_AFTER)]
     Purge(PurgeArgs),
+    /// Remove a queue: its jobs, counters, settings and history, and its name from the list
+    #[command(after_help = REMOVE_AFTER)]
+    Remove(RemoveArgs),
     /// Stop workers from taking jobs from a queue (pushes are still accepted)
     Pause(QueueArg),
     /// Let workers take jobs from a paused queue again
@@ -322,6 +325,12 @@ const PURGE_AFTER: &str = "\
 Asks for confirmation when run on a terminal; --yes skips the question (scripts).
 Active jobs are never purged: their workers own them (purge or delete them once they finish).
   ostq purge videos --state dead --yes";
+
+const REMOVE_AFTER: &str = "\
+Refused while workers hold jobs of the queue (nothing is deleted) unless --force; then the held
+jobs run to their end but nothing is recorded of them. Stop the queue's workers first: a worker
+still serving it recreates its counters. Asks for confirmation on a terminal; --yes skips it.
+  ostq remove drill-queue --yes";
 
 const DEMO_AFTER: &str = "\
 Uses the Redis at --url / $OSTQ_URL / $REDIS_URL when one answers (on a queue of its own that is
@@ -707,6 +716,20 @@ pub struct PurgeArgs {
     /// Only jobs in this state: pending, scheduled, retry, dead, completed (default: all of them)
     #[arg(long, short = 's', value_parser = parse_state)]
     pub state: Option<ostq::JobState>,
+
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The queue
+    pub queue: String,
+
+    /// Remove it even while workers hold some of its jobs
+    #[arg(long)]
+    pub force: bool,
 
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]

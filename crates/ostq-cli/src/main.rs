@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retry(args) => ops::retry(&global, args).await,
         Command::Delete(args) => ops::delete(&global, args).await,
         Command::Purge(args) => ops::purge(&global, args).await,
+        Command::Remove(args) => ops::remove(&global, args).await,
         Command::Pause(args) => ops::pause(&global, args, true).await,
         Command::Resume(args) => ops::pause(&global, args, false).await,
         Command::Queues(args) => ops::queues(&global, args).await,

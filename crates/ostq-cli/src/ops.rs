@@ -6,7 +6,8 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
 use crate::cli::{
-    DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RetryArgs, WorkersArgs,
+    DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RemoveArgs, RetryArgs,
+    WorkersArgs,
 };
 use crate::output::{job_detail, job_table};
 use crate::util::{check_queue, connect, lib_err};
@@ -230,6 +231,58 @@ pub async fn purge(global: &Global, args: PurgeArgs) -> anyhow::Result<()> {
         println!("purged {removed} jobs from '{}'", args.queue);
     }
     Ok(())
+}
+
+pub async fn remove(global: &Global, args: RemoveArgs) -> anyhow::Result<()> {
+    let queue = queue_handle(global, &args.queue).await?;
+    if !args.yes && std::io::stdin().is_terminal() {
+        let counts = queue
+            .counts()
+            .await
+            .map_err(lib_err("cannot read the queue"))?;
+        let jobs =
+            counts.pending + counts.scheduled + counts.retry + counts.dead + counts.completed;
+        eprint!(
+            "remove queue '{}' with {jobs} jobs, its counters, settings and history? [y/N] ",
+            args.queue
+        );
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("cannot read the answer")?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            bail!("remove cancelled: nothing was deleted");
+        }
+    }
+    let removal = queue
+        .remove(args.force)
+        .await
+        .map_err(lib_err("cannot remove the queue"))?;
+    match removal {
+        ostq::admin::Removal::Removed { keys, active } => {
+            if global.json {
+                println!(
+                    "{}",
+                    json!({ "removed": true, "keys": keys, "active": active })
+                );
+            } else if active > 0 {
+                println!(
+                    "removed '{}' ({keys} keys); {active} jobs workers held run to their end unrecorded",
+                    args.queue
+                );
+            } else {
+                println!("removed '{}' ({keys} keys)", args.queue);
+            }
+            Ok(())
+        }
+        ostq::admin::Removal::Busy { active } => bail!(
+            "workers hold {active} jobs of '{}': nothing was deleted (stop them first, or --force)",
+            args.queue
+        ),
+        other => bail!("the queue was not removed: {other:?}"),
+    }
 }
 
 pub async fn pause(global: &Global, args: QueueArg, pause: bool) -> anyhow::Result<()> {

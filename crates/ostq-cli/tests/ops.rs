@@ -408,3 +408,54 @@ fn listing_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{out:?}");
 }
+
+/// `ostq remove` deletes a queue's jobs and its name; it refuses while a worker holds a job of
+/// it (nothing deleted) unless --force.
+#[test]
+fn remove_deletes_a_queue_and_refuses_while_workers_hold_its_jobs() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "gone", "a", "b"]);
+    ok(&url, &["push", "kept", "c"]);
+    let text = ok(&url, &["remove", "gone", "--yes"]);
+    assert!(text.starts_with("removed 'gone' ("), "{text}");
+    let queues = json(&url, &["queues"]);
+    let names: Vec<&str> = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().or(q.as_str()).unwrap())
+        .collect();
+    assert_eq!(names, ["kept"], "{queues}");
+
+    // A worker holds a job of 'busy' (its program sleeps): refused, then forced.
+    ok(&url, &["push", "busy", "x"]);
+    ok(&url, &["push", "busy", "later", "--delay", "1h"]);
+    let mut worker = cmd(
+        &url,
+        &["worker", "-q", "busy", "-c", "1", "--", "sleep", "30"],
+    )
+    .spawn()
+    .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the worker to hold a job",
+        || counts(&url, "busy")["active"] == 1,
+    );
+    let out = run(&url, &["remove", "busy", "--yes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("workers hold 1 jobs of 'busy': nothing was deleted"),
+        "{err}"
+    );
+    assert_eq!(counts(&url, "busy")["scheduled"], 1);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let forced = json(&url, &["remove", "busy", "--force", "--yes"]);
+    assert_eq!(
+        (forced["removed"].clone(), forced["active"].clone()),
+        (true.into(), 1.into())
+    );
+    assert_eq!(counts(&url, "busy")["scheduled"], 0);
+}
