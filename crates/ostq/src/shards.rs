@@ -244,6 +244,7 @@ impl Queue {
             }
         }
         let paused = self.counts().await?.paused;
+        let events = self.events_sink().await?;
         let mut conn = self.client_ref().conn();
         let slots = store::shards::slot_map(&mut conn).await?;
         let owner = |name: &str| -> Option<&str> {
@@ -312,6 +313,9 @@ impl Queue {
         }
         if let Some((max, period)) = limit {
             self.set_rate_limit(max, period).await?;
+        }
+        if events != crate::events::EventSink::Off {
+            self.set_events(events).await?;
         }
         Ok(layout)
     }

@@ -215,6 +215,27 @@ impl Queue {
     /// ```
     pub async fn jobs(&self, state: JobState, offset: usize, limit: usize) -> Result<Vec<JobInfo>> {
         let keys = self.keys()?;
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): shard 0's jobs, then shard 1's, and so on; offsets
+            // count over that concatenation, so each shard lists at most offset + limit jobs.
+            let mut out = Vec::new();
+            let mut skip = offset;
+            for shard in shards {
+                if out.len() >= limit {
+                    break;
+                }
+                let got = Box::pin(shard.jobs(state, 0, skip + limit - out.len())).await?;
+                let n = got.len();
+                out.extend(got.into_iter().skip(skip).map(|mut job| {
+                    job.queue = keys.queue.clone();
+                    job
+                }));
+                skip = skip.saturating_sub(n);
+            }
+            out.truncate(limit);
+            return Ok(out);
+        }
         let mut conn = self.client_ref().conn();
         let queue = keys.queue.as_str();
         if limit == 0 {
@@ -292,19 +313,43 @@ impl Queue {
                 Found::NotFound | Found::StoppedEarly { .. } => Ok(None),
             };
         }
-        // A sharded queue: the shard the id names first (one lookup), then the others (a given
-        // id pushed with an ordering or unique key, or a job of a former layout).
+        Ok(self.holder(id, shards).await?.map(|(_, mut job)| {
+            job.queue = self.name().to_string();
+            job
+        }))
+    }
+
+    /// The shard of a sharded queue that holds job `id`, and the job: the shard the id names
+    /// first (one lookup), then the others (a given id pushed with an ordering or unique key,
+    /// or a job of a former layout).
+    async fn holder(&self, id: &str, shards: Vec<Queue>) -> Result<Option<(Queue, JobInfo)>> {
         let layout = self.shards().await?;
         let first = layout.shard_of_id(id);
         let order = std::iter::once(first).chain((0..shards.len()).filter(|&i| i != first));
         for i in order {
             if let Some(shard) = shards.get(i) {
                 if let Found::Job { job, .. } = shard.find_job(id, JobLookup::whole()).await? {
-                    return Ok(Some(*job));
+                    return Ok(Some((shard.clone(), *job)));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// For a sharded queue, the shard handles holding each of `ids` (ids not found left out);
+    /// `None` for an unsharded queue.
+    async fn holders(&self, ids: &[&str]) -> Result<Option<Vec<(Queue, String)>>> {
+        let shards = self.shard_queues().await?;
+        if shards.len() == 1 {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some((shard, _)) = self.holder(id, shards.clone()).await? {
+                out.push((shard, (*id).to_string()));
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Cancels a job: one that has not started (pending, scheduled, waiting to retry) is removed;
@@ -323,6 +368,12 @@ impl Queue {
     /// ```
     pub async fn cancel(&self, id: &str) -> Result<Cancel> {
         let keys = self.keys()?;
+        if let Some(holders) = self.holders(&[id]).await? {
+            return match holders.into_iter().next() {
+                Some((shard, id)) => Box::pin(shard.cancel(&id)).await,
+                None => Ok(Cancel::NotFound),
+            };
+        }
         let Some(info) = self.job(id).await? else {
             return Ok(Cancel::NotFound);
         };
@@ -346,6 +397,13 @@ impl Queue {
     /// Returns how many moved.
     pub async fn retry_now(&self, ids: &[&str]) -> Result<u64> {
         let keys = self.keys()?;
+        if let Some(holders) = self.holders(ids).await? {
+            let mut moved = 0;
+            for (shard, id) in holders {
+                moved += Box::pin(shard.retry_now(&[&id])).await?;
+            }
+            return Ok(moved);
+        }
         stored::enqueue_now(&mut self.client_ref().conn(), keys, ids).await
     }
 
@@ -380,6 +438,13 @@ impl Queue {
     /// finishes; delete it afterwards). Returns how many were found and deleted.
     pub async fn delete(&self, ids: &[&str]) -> Result<u64> {
         let keys = self.keys()?;
+        if let Some(holders) = self.holders(ids).await? {
+            let mut removed = 0;
+            for (shard, id) in holders {
+                removed += Box::pin(shard.delete(&[&id])).await?;
+            }
+            return Ok(removed);
+        }
         let mut conn = self.client_ref().conn();
         let mut removed = 0;
         for id in ids {
@@ -418,6 +483,14 @@ impl Queue {
             ],
         };
         let keys = self.keys()?;
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            let mut removed = 0;
+            for shard in shards {
+                removed += Box::pin(shard.purge(state)).await?;
+            }
+            return Ok(removed);
+        }
         let mut conn = self.client_ref().conn();
         let mut removed = 0;
         for state in states {
