@@ -155,7 +155,7 @@ async fn resharding_one_three_two_does_every_job_once() {
     })
     .await;
     running.shutdown().await;
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 150);
     assert!(seen.values().all(|&n| n == 1), "every job exactly once");
     // The drained shard is forgotten by the next change.
