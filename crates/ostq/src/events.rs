@@ -132,6 +132,11 @@ impl Queue {
         for shard in self.shard_queues().await? {
             stream::set_setting(&mut conn, shard.keys()?, "events", sink.as_str()).await?;
         }
+        // Reading the shards cached the settings from before this write: this handle's next
+        // push reads them again.
+        if let Ok(mut cache) = self.config_cache.lock() {
+            *cache = None;
+        }
         Ok(())
     }
 
