@@ -277,3 +277,71 @@ async fn a_sharded_queue_spans_every_primary() {
         "FIFO per key"
     );
 }
+
+/// Resharding a live queue on the cluster, 1 → 3 → 2: new pushes follow the layout, the dropped
+/// shard drains, and every job is done exactly once.
+#[tokio::test]
+async fn resharding_on_a_cluster_does_every_job_once() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let cluster = RedisCluster::start(3).unwrap();
+    let client = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+    let queue = client.queue("resharded");
+    queue
+        .push_bulk((0..60).map(|i| format!("a{i}")))
+        .await
+        .unwrap();
+    let three = queue.set_shards(3).await.unwrap();
+    queue
+        .push_bulk((0..90).map(|i| format!("b{i}")))
+        .await
+        .unwrap();
+    let two = queue.set_shards(2).await.unwrap();
+    assert_eq!(two.shards, three.shards[..2]);
+    assert_eq!(two.draining, three.shards[2..]);
+    assert_eq!(
+        where_is(&cluster, &three.shards[2]).1,
+        30,
+        "the dropped shard"
+    );
+    queue
+        .push_bulk((0..50).map(|i| format!("c{i}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        where_is(&cluster, &three.shards[2]).1,
+        30,
+        "no new pushes there"
+    );
+    assert_eq!(queue.counts().await.unwrap().pending, 200);
+
+    let seen = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let log = seen.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("resharded")
+            .concurrency(8)
+            .handler(move |job: Job| {
+                let log = log.clone();
+                async move {
+                    *log.lock()
+                        .unwrap()
+                        .entry(job.payload_str()?.to_string())
+                        .or_default() += 1;
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    wait_counts(&queue, Duration::from_secs(20), |c| {
+        c.processed_total == 200 && c.pending == 0 && c.active == 0
+    })
+    .await;
+    running.shutdown().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 200);
+    assert!(seen.values().all(|&n| n == 1), "every job exactly once");
+    assert!(queue.set_shards(2).await.unwrap().draining.is_empty());
+}
