@@ -41,7 +41,7 @@ async fn shard_names_are_reserved_and_counts_are_checked() {
 
 #[tokio::test]
 async fn the_admin_api_sees_one_queue() {
-    let (_server, client) = setup().await;
+    let (server, client) = setup().await;
     let queue = client.queue("q");
     let layout = queue.set_shards(3).await.unwrap();
     assert_eq!(layout.count(), 3);
@@ -103,6 +103,22 @@ async fn the_admin_api_sees_one_queue() {
     wait_counts(&queue, Duration::from_secs(10), |c| c.processed_total == 29).await;
     running.shutdown().await;
     assert_eq!(queue.purge(None).await.unwrap(), 0);
+    // Removing the queue removes every shard's keys, the layout last.
+    queue.push_bulk(["x", "y", "z"]).await.unwrap();
+    assert!(
+        queue
+            .memory_usage(ostq::admin::Measure::Exact)
+            .await
+            .unwrap()
+            .keys["pending"]
+            > 0
+    );
+    assert!(matches!(
+        queue.remove(false).await.unwrap(),
+        ostq::admin::Removal::Removed { .. }
+    ));
+    let left = server.cli(&["KEYS", "ostq:{q*"]).unwrap();
+    assert!(left.trim().is_empty(), "{left}");
 }
 
 #[tokio::test]
