@@ -277,7 +277,8 @@ pub struct Queue {
     pub(crate) config_cache: ConfigCache,
     /// A shard's own handle (the admin API's per-shard calls): never sharded itself.
     shard: bool,
-    /// The round-robin position over the shards, shared by clones of this handle.
+    /// The round-robin position over the shards, shared by clones of this handle; it starts at
+    /// a random shard.
     round_robin: Arc<AtomicUsize>,
 }
 
@@ -296,7 +297,8 @@ impl Client {
             max_payload: DEFAULT_MAX_PAYLOAD,
             config_cache: Arc::default(),
             shard: false,
-            round_robin: Arc::default(),
+            // A random start: code that makes a new handle per push still spreads its jobs.
+            round_robin: Arc::new(AtomicUsize::new(ulid::Ulid::new().random() as usize)),
         }
     }
 }
