@@ -3,7 +3,8 @@
 //! the jobs and of Redis CPU time (`used_cpu_sys + used_cpu_user` from `INFO cpu`, per node), and
 //! the projected ceiling of the logical queue, Σ over primaries of 1 / (CPU s per job there). On
 //! this 2-core machine the worker shares the cores with three Redis servers, so the wall-clock
-//! rate shows little; the CPU projection is the figure. Prints, asserts nothing.
+//! rate shows little; the CPU projection is the figure. Then the idle latency: 50 pushes 100 ms
+//! apart, each timed from the push to its handler's start. Prints, asserts nothing.
 //!
 //! ```sh
 //! cargo run --release -p ostq --example shard_cost            # 20,000 jobs per phase
@@ -49,27 +50,46 @@ async fn phase(
     }
     let pushed = start.elapsed();
     let stop = CancellationToken::new();
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let worker = Worker::builder(client.clone())
         .queue(name)
         .concurrency(50)
         .doctor(false)
-        .handler(|_job: Job| async move { Ok::<_, BoxError>(()) })
+        .handler(move |job: Job| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(job.payload.to_vec());
+                Ok::<_, BoxError>(())
+            }
+        })
         .build()?;
     let running = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
     while queue.counts().await?.processed_total < jobs as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = start.elapsed();
-    stop.cancel();
-    running.await??;
     let after = cpu(cluster)?;
-
     // Jobs per primary: each shard's processed counter, read on the node that holds it.
     let mut per_node = [0u64; 3];
     for shard in &layout.shards {
         let (node, processed) = processed_on(cluster, shard)?;
         per_node[node] += processed;
     }
+    // Idle latency: the worker waits in Redis; one push every 100 ms, to its handler's start.
+    while started.try_recv().is_ok() {}
+    let mut latencies = Vec::new();
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let payload = format!("latency-{i}");
+        let sent = Instant::now();
+        queue.push(&payload).await?;
+        while started.recv().await.as_deref() != Some(payload.as_bytes()) {}
+        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies.sort_by(f64::total_cmp);
+    stop.cancel();
+    running.await??;
+
     println!(
         "\n{name}: {shards} shard(s), pushed in {:.2} s, pushed and drained in {:.2} s ({:.0} jobs/s)",
         pushed.as_secs_f64(),
@@ -103,6 +123,12 @@ async fn phase(
     }
     println!(
         "  projected ceiling Σ 1/(CPU s per job): {ceiling:.0} jobs/s; limited by the busiest primary: {slowest:.0} jobs/s"
+    );
+    println!(
+        "  idle latency, push to handler start (50 pushes): p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 9 / 10],
+        latencies[latencies.len() - 1]
     );
     Ok(())
 }
