@@ -109,6 +109,9 @@ pub enum Command {
     Pause(QueueArg),
     /// Let workers take jobs from a paused queue again
     Resume(QueueArg),
+    /// Show a queue's shards, or give it N shards (one logical queue over N physical queues,
+    /// spread over a Redis Cluster's primaries; workers pick up a new count when they restart)
+    Shards(ShardsArgs),
     /// List the queues ever pushed to or served
     Queues(QueuesArgs),
     /// List the live workers: host, pid, queues, busy slots, started, last heartbeat
@@ -744,6 +747,14 @@ pub struct QueueArg {
 
 #[derive(Debug, Args)]
 pub struct QueuesArgs {}
+
+#[derive(Debug, Args)]
+pub struct ShardsArgs {
+    /// The queue
+    pub queue: String,
+    /// The number of shards to give it (1..=64); without it, show the current ones
+    pub count: Option<usize>,
+}
 
 #[derive(Debug, Args)]
 pub struct WorkersArgs {}

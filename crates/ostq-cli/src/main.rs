@@ -103,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(args) => ops::remove(&global, args).await,
         Command::Pause(args) => ops::pause(&global, args, true).await,
         Command::Resume(args) => ops::pause(&global, args, false).await,
+        Command::Shards(args) => ops::shards(&global, args).await,
         Command::Queues(args) => ops::queues(&global, args).await,
         Command::Workers(args) => ops::workers(&global, args).await,
         Command::History(args) => history::run(&global, args).await,

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{
     DeleteArgs, Global, JobArgs, JobsArgs, PurgeArgs, QueueArg, QueuesArgs, RemoveArgs, RetryArgs,
-    WorkersArgs,
+    ShardsArgs, WorkersArgs,
 };
 use crate::output::{job_detail, job_table};
 use crate::util::{check_queue, connect, lib_err};
@@ -301,6 +301,41 @@ pub async fn pause(global: &Global, args: QueueArg, pause: bool) -> anyhow::Resu
         );
     } else {
         println!("resumed '{}'", args.queue);
+    }
+    Ok(())
+}
+
+pub async fn shards(global: &Global, args: ShardsArgs) -> anyhow::Result<()> {
+    let queue = queue_handle(global, &args.queue).await?;
+    let layout = match args.count {
+        Some(count) => queue
+            .set_shards(count)
+            .await
+            .map_err(lib_err("cannot set the shards"))?,
+        None => queue
+            .shards()
+            .await
+            .map_err(lib_err("cannot read the shards"))?,
+    };
+    if global.json {
+        println!(
+            "{}",
+            json!({ "queue": args.queue, "shards": layout.shards, "draining": layout.draining })
+        );
+        return Ok(());
+    }
+    println!("'{}' has {} shard(s):", args.queue, layout.count());
+    for (i, name) in layout.shards.iter().enumerate() {
+        println!("  {i}  {name}  (slot {})", ostq::keys::slot_of_queue(name));
+    }
+    for name in &layout.draining {
+        println!(
+            "  draining  {name}  (slot {})",
+            ostq::keys::slot_of_queue(name)
+        );
+    }
+    if args.count.is_some() {
+        println!("producers use it within a second; restart workers to serve new shards");
     }
     Ok(())
 }

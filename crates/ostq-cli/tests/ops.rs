@@ -459,3 +459,32 @@ fn remove_deletes_a_queue_and_refuses_while_workers_hold_its_jobs() {
     );
     assert_eq!(counts(&url, "busy")["scheduled"], 0);
 }
+
+/// `ostq shards`: sets and shows a queue's shards; pushes spread over them, `stats` and `queues`
+/// show one logical queue, and a worker serves every shard.
+#[test]
+fn shards_make_one_logical_queue() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let set = json(&url, &["shards", "sq", "3"]);
+    assert_eq!(set["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(set["shards"][0], "sq");
+    let text = ok(&url, &["shards", "sq"]);
+    assert!(text.starts_with("'sq' has 3 shard(s):"), "{text}");
+    let err = run(&url, &["shards", "sq", "0"]);
+    assert!(!err.status.success());
+    let payloads: Vec<String> = (0..9).map(|i| format!("s{i}")).collect();
+    let mut args = vec!["push", "sq"];
+    args.extend(payloads.iter().map(String::as_str));
+    ok(&url, &args);
+    assert_eq!(counts(&url, "sq")["pending"], 9);
+    assert_eq!(json(&url, &["queues"]), serde_json::json!(["sq"]));
+    let stats = ok(&url, &["stats", "--sample", "0"]);
+    assert!(stats.contains("sq"), "{stats}");
+    ok(&url, &["worker", "-q", "sq", "--burst", "--", "true"]);
+    let after = counts(&url, "sq");
+    assert_eq!(
+        (after["pending"].clone(), after["processed_total"].clone()),
+        (0.into(), 9.into())
+    );
+}

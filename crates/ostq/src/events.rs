@@ -3,8 +3,6 @@
 //! the capped stream of the same name for listeners that come back later. Both are off unless
 //! turned on per queue, because they cost Redis work on every job (see docs/design.md).
 
-use std::time::{Duration, Instant};
-
 use std::collections::VecDeque;
 
 use futures::Stream;
@@ -118,9 +116,6 @@ pub enum EventsFrom {
     After(String),
 }
 
-/// How long a `Queue` trusts its cached view of the queue's event setting.
-pub(crate) const CONFIG_CACHE: Duration = Duration::from_secs(1);
-
 impl Queue {
     /// Turns the queue's events on or off, for every producer and worker (they notice within a
     /// second).
@@ -131,9 +126,18 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn set_events(&self, sink: EventSink) -> Result<()> {
-        let keys = self.keys()?;
+        self.keys()?;
         let mut conn = self.client_ref().conn();
-        stream::set_setting(&mut conn, keys, "events", sink.as_str()).await
+        // Every shard's scripts read the setting from their own settings hash.
+        for shard in self.shard_queues().await? {
+            stream::set_setting(&mut conn, shard.keys()?, "events", sink.as_str()).await?;
+        }
+        // Reading the shards cached the settings from before this write: this handle's next
+        // push reads them again.
+        if let Ok(mut cache) = self.config_cache.lock() {
+            *cache = None;
+        }
+        Ok(())
     }
 
     /// Where the queue's events go now.
@@ -142,22 +146,6 @@ impl Queue {
         let mut conn = self.client_ref().conn();
         let value = stream::setting(&mut conn, keys, "events").await?;
         Ok(EventSink::parse(value.as_deref().unwrap_or("")))
-    }
-
-    /// Whether pushes must go through `push.lua` so that they emit `pushed` events; cached.
-    pub(crate) async fn events_on(&self) -> Result<bool> {
-        if let Ok(cache) = self.events_cache.lock() {
-            if let Some((at, on)) = *cache {
-                if at.elapsed() < CONFIG_CACHE {
-                    return Ok(on);
-                }
-            }
-        }
-        let on = self.events_sink().await? != EventSink::Off;
-        if let Ok(mut cache) = self.events_cache.lock() {
-            *cache = Some((Instant::now(), on));
-        }
-        Ok(on)
     }
 }
 

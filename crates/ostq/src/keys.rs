@@ -68,12 +68,45 @@ pub struct QueueKeys {
 }
 
 impl QueueKeys {
-    /// The keys of `queue`; the name must be 1..=200 bytes without `{`, `}` or whitespace.
+    /// The keys of `queue`; the name must be 1..=200 bytes without `{`, `}`, `#` or whitespace.
     pub fn new(queue: &str) -> crate::Result<Self> {
         validate_queue_name(queue)?;
+        Ok(Self::unchecked(queue))
+    }
+
+    /// The keys of a physical queue: a user's queue, or one shard of a sharded queue, whose name
+    /// is `<queue>#<index>.<salt>` ([`shard_name`]); `#` is refused in user names.
+    ///
+    /// ```
+    /// let keys = ostq::keys::QueueKeys::physical("videos#1.7").unwrap();
+    /// assert_eq!(keys.pending, "ostq:{videos#1.7}:pending");
+    /// assert!(ostq::keys::QueueKeys::new("videos#1.7").is_err());
+    /// ```
+    pub fn physical(queue: &str) -> crate::Result<Self> {
+        match queue.split_once(SHARD_MARK) {
+            None => Self::new(queue),
+            Some((base, rest)) => {
+                validate_queue_name(base)?;
+                let ok = rest.split_once('.').is_some_and(|(i, salt)| {
+                    !i.is_empty()
+                        && !salt.is_empty()
+                        && i.bytes().all(|b| b.is_ascii_digit())
+                        && salt.bytes().all(|b| b.is_ascii_digit())
+                });
+                if !ok || rest.len() > 24 {
+                    return Err(crate::Error::Config(format!(
+                        "{queue:?} is not a shard name (<queue>#<index>.<salt>)"
+                    )));
+                }
+                Ok(Self::unchecked(queue))
+            }
+        }
+    }
+
+    fn unchecked(queue: &str) -> Self {
         let prefix = format!("ostq:{{{queue}}}:");
         let key = |part: &str| format!("{prefix}{part}");
-        Ok(Self {
+        Self {
             queue: queue.to_string(),
             pending: key("pending"),
             prioritized: key("prioritized"),
@@ -91,7 +124,7 @@ impl QueueKeys {
             events: key("events"),
             cancel: key("cancel"),
             prefix,
-        })
+        }
     }
 
     /// The status record of a tracked job, a HASH that expires after its retention.
@@ -334,16 +367,53 @@ impl QueueKeys {
     }
 }
 
-/// Checks a queue name: 1..=200 bytes, no braces (they would break the hash tag), no whitespace.
+/// The character that separates a sharded queue's name from a shard's index and salt in the
+/// shards' physical names (`videos#1.7`); refused in the names users give queues.
+pub const SHARD_MARK: char = '#';
+
+/// The physical name of shard `index` (1 or more; shard 0 is the queue itself) of `queue`, with
+/// the `salt` that puts its hash tag on the primary chosen for it (design §19).
+///
+/// ```
+/// assert_eq!(ostq::keys::shard_name("videos", 2, 41), "videos#2.41");
+/// ```
+pub fn shard_name(queue: &str, index: usize, salt: u32) -> String {
+    format!("{queue}{SHARD_MARK}{index}.{salt}")
+}
+
+/// The Redis Cluster slot of every key of the (physical) queue `queue`: CRC16 (XMODEM) of its
+/// hash tag, the name, modulo 16384.
+///
+/// ```
+/// // design §2: the cluster test's queues land in slots 3973, 7290 and 12682.
+/// assert_eq!(ostq::keys::slot_of_queue("videos"), 3973);
+/// ```
+pub fn slot_of_queue(queue: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in queue.as_bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Checks a queue name: 1..=200 bytes, no braces (they would break the hash tag), no `#` (it marks
+/// the shards of a sharded queue), no whitespace.
 pub fn validate_queue_name(queue: &str) -> crate::Result<()> {
     let bad = queue.is_empty()
         || queue.len() > MAX_QUEUE_NAME
-        || queue
-            .chars()
-            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
+        || queue.chars().any(|c| {
+            c == '{' || c == '}' || c == SHARD_MARK || c.is_whitespace() || c.is_control()
+        });
     if bad {
         return Err(crate::Error::Config(format!(
-            "queue name {queue:?} must be 1..={MAX_QUEUE_NAME} bytes without braces, whitespace or control characters"
+            "queue name {queue:?} must be 1..={MAX_QUEUE_NAME} bytes without braces, #, whitespace or control characters"
         )));
     }
     Ok(())
@@ -356,7 +426,7 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(QueueKeys::new("videos").is_ok());
-        for bad in ["", "a{b", "a}b", "a b", "x\n"] {
+        for bad in ["", "a{b", "a}b", "a b", "x\n", "a#1.2"] {
             assert!(QueueKeys::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(QueueKeys::new(&"q".repeat(201)).is_err());

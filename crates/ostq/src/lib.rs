@@ -44,6 +44,7 @@ pub mod results;
 pub mod retry;
 pub mod scheduler;
 pub mod scripts;
+pub mod shards;
 mod store;
 pub mod task;
 pub mod worker;

@@ -4,13 +4,15 @@
 //! many per command, pipelined. Jobs with a delay, a priority or a status record go through
 //! `push.lua`, which also builds envelopes for producers written in other languages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::durability::{Acked, Durability};
 use crate::envelope::{Envelope, FLAG_TRACKED};
 use crate::job::now_ms;
-use crate::keys::QueueKeys;
+use crate::keys::{QueueKeys, SHARD_MARK};
+use crate::shards::CachedConfig;
 use crate::store::{self, push::PushFields};
 use crate::task::Task;
 use crate::Client;
@@ -48,6 +50,7 @@ pub struct PushOptions {
     track: bool,
     name: Option<String>,
     unique: Option<(String, Option<Duration>)>,
+    key: Option<String>,
     durable: Option<Durability>,
     #[cfg(feature = "opentelemetry")]
     trace: Option<crate::otel::TraceContext>,
@@ -171,6 +174,19 @@ impl PushOptions {
         self
     }
 
+    /// An ordering key: on a sharded queue (design §19) every job with the same key goes to the
+    /// same shard, so jobs with one key are fetched in the order they were pushed (FIFO per
+    /// key). Without it jobs go round-robin over the shards. On an unsharded queue it changes
+    /// nothing.
+    ///
+    /// ```
+    /// let opts = ostq::PushOptions::new().key("customer-17");
+    /// ```
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
     fn is_plain(&self) -> bool {
         // A given id goes through push.lua, which refuses an id a waiting job already has.
         self.id.is_none()
@@ -199,6 +215,13 @@ impl PushOptions {
             if key.is_empty() || key.len() > MAX_ID_LEN {
                 return Err(Error::Config(format!(
                     "unique key must be 1..={MAX_ID_LEN} bytes"
+                )));
+            }
+        }
+        if let Some(key) = &self.key {
+            if key.is_empty() || key.len() > MAX_ID_LEN {
+                return Err(Error::Config(format!(
+                    "ordering key must be 1..={MAX_ID_LEN} bytes"
                 )));
             }
         }
@@ -250,8 +273,16 @@ pub struct Queue {
     keys: std::result::Result<Arc<QueueKeys>, String>,
     max_payload: usize,
     /// When the queue's event setting was last read, and whether events were on.
-    pub(crate) events_cache: Arc<std::sync::Mutex<Option<(std::time::Instant, bool)>>>,
+    /// The queue's settings (events, shards) and when they were read.
+    pub(crate) config_cache: ConfigCache,
+    /// A shard's own handle (the admin API's per-shard calls): never sharded itself.
+    shard: bool,
+    /// The round-robin position over the shards, shared by clones of this handle; it starts at
+    /// a random shard.
+    round_robin: Arc<AtomicUsize>,
 }
+
+type ConfigCache = Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<CachedConfig>)>>>;
 
 impl Client {
     /// A handle on the queue `name` (1..=200 bytes, no braces or whitespace; a bad name is
@@ -264,7 +295,10 @@ impl Client {
                 .map(Arc::new)
                 .map_err(|e| e.to_string()),
             max_payload: DEFAULT_MAX_PAYLOAD,
-            events_cache: Arc::default(),
+            config_cache: Arc::default(),
+            shard: false,
+            // A random start: code that makes a new handle per push still spreads its jobs.
+            round_robin: Arc::new(AtomicUsize::new(ulid::Ulid::new().random() as usize)),
         }
     }
 }
@@ -284,6 +318,24 @@ impl Queue {
 
     pub(crate) fn client_ref(&self) -> &Client {
         &self.client
+    }
+
+    /// Whether this handle is one shard of a sharded queue (design §19).
+    pub(crate) fn is_shard(&self) -> bool {
+        self.shard
+    }
+
+    /// The handle of physical queue `name` (a shard of this queue, or the queue itself).
+    pub(crate) fn shard(&self, name: &str) -> Result<Queue> {
+        Ok(Queue {
+            client: self.client.clone(),
+            name: name.to_string(),
+            keys: Ok(Arc::new(QueueKeys::physical(name)?)),
+            max_payload: self.max_payload,
+            config_cache: Arc::default(),
+            shard: true,
+            round_robin: Arc::default(),
+        })
     }
 
     pub(crate) fn keys(&self) -> Result<&QueueKeys> {
@@ -402,41 +454,78 @@ impl Queue {
             .unwrap_or_default();
         #[cfg(not(feature = "opentelemetry"))]
         let trace = Trace::default();
+        // Cached for a second: no read per push.
+        let config = self.config().await?;
         // Plain LPUSH emits no `pushed` event: with events on, every push goes through push.lua.
-        let plain = opts.is_plain() && !self.events_on().await?;
+        let plain = opts.is_plain() && !config.events_on;
         let mut conn = match &durable {
             Some(durable) => durable.conn.clone(),
             None => self.client.conn(),
         };
         let wait = durable.as_ref().and_then(|d| d.wait.as_ref());
-        let (ids, acked) = if plain {
-            self.push_plain(
-                &mut conn,
-                keys,
-                payloads.into_iter(),
-                opts,
-                given_id,
-                trace,
-                wait,
-            )
-            .await?
-        } else {
-            self.push_scripted(
-                &mut conn,
-                keys,
-                payloads.into_iter(),
-                opts,
-                given_id,
-                trace,
-                wait,
-            )
-            .await?
-        };
-        match (durable, acked) {
-            (Some(durable), Some(acked)) if !acked.satisfies(&durable.durability) => {
-                Err(acked.shortfall(&durable.durability, ids))
+        // Each job's shard and id (design §19): by ordering key, by unique key, by a given id,
+        // or round-robin; a generated id carries its shard after `#`.
+        let layout = &config.layout;
+        let count = layout.count();
+        let mut routes = Vec::with_capacity(payloads.len());
+        let mut ids = Vec::with_capacity(payloads.len());
+        for _ in 0..payloads.len() {
+            if count == 1 {
+                routes.push(0);
+                ids.push(given_id.clone().unwrap_or_else(new_id));
+                continue;
             }
-            _ => Ok(ids),
+            let shard = if let Some(key) = &opts.key {
+                layout.shard_of_key(key)
+            } else if let Some((unique, _)) = &opts.unique {
+                layout.shard_of_key(unique)
+            } else if let Some(id) = &given_id {
+                layout.shard_of_id(id)
+            } else {
+                self.round_robin.fetch_add(1, Ordering::Relaxed) % count
+            };
+            routes.push(shard);
+            ids.push(
+                given_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}{SHARD_MARK}{shard}", new_id())),
+            );
+        }
+        let mut out = vec![String::new(); payloads.len()];
+        let mut short = None;
+        for shard in 0..count {
+            let members: Vec<usize> = (0..routes.len()).filter(|&j| routes[j] == shard).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let shard_keys;
+            let keys = if count == 1 {
+                keys
+            } else {
+                shard_keys = QueueKeys::physical(&layout.shards[shard])?;
+                &shard_keys
+            };
+            let group = members.iter().map(|&j| payloads[j]);
+            let group_ids = members.iter().map(|&j| ids[j].clone()).collect();
+            let (pushed, acked) = if plain {
+                self.push_plain(&mut conn, keys, group, opts, group_ids, trace, wait)
+                    .await?
+            } else {
+                self.push_scripted(&mut conn, keys, group, opts, group_ids, trace, wait)
+                    .await?
+            };
+            for (&j, id) in members.iter().zip(pushed) {
+                out[j] = id;
+            }
+            if let (Some(durable), Some(acked)) = (&durable, acked) {
+                if short.is_none() && !acked.satisfies(&durable.durability) {
+                    short = Some(acked);
+                }
+            }
+        }
+        match (durable, short) {
+            (Some(durable), Some(acked)) => Err(acked.shortfall(&durable.durability, out)),
+            _ => Ok(out),
         }
     }
 
@@ -447,15 +536,14 @@ impl Queue {
         keys: &QueueKeys,
         payloads: impl Iterator<Item = &'p [u8]>,
         opts: &PushOptions,
-        given_id: Option<String>,
+        given_ids: Vec<String>,
         trace: Trace<'_>,
         wait: Option<&store::durable::WaitFor>,
     ) -> Result<(Vec<String>, Option<Acked>)> {
         let enqueued_at_ms = now_ms();
         let mut ids = Vec::new();
         let mut envelopes = Vec::new();
-        for payload in payloads {
-            let id = given_id.clone().unwrap_or_else(new_id);
+        for (payload, id) in payloads.zip(given_ids) {
             let env = Envelope {
                 id: id.clone(),
                 flags: 0,
@@ -484,7 +572,7 @@ impl Queue {
         keys: &QueueKeys,
         payloads: impl Iterator<Item = &'p [u8]>,
         opts: &PushOptions,
-        given_id: Option<String>,
+        given_ids: Vec<String>,
         trace: Trace<'_>,
         wait: Option<&store::durable::WaitFor>,
     ) -> Result<(Vec<String>, Option<Acked>)> {
@@ -512,9 +600,7 @@ impl Queue {
             traceparent: trace.0,
             tracestate: trace.1,
         };
-        let jobs: Vec<(String, &[u8])> = payloads
-            .map(|payload| (given_id.clone().unwrap_or_else(new_id), payload))
-            .collect();
+        let jobs: Vec<(String, &[u8])> = given_ids.into_iter().zip(payloads).collect();
         let (pushed, acked) = store::push::push_scripted(conn, keys, &jobs, &fields, wait).await?;
         let mut ids = Vec::with_capacity(pushed.len());
         for job in pushed {

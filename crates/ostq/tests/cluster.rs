@@ -145,3 +145,203 @@ async fn coordination_features_work_on_a_cluster() {
         (first.as_str(), "billing")
     );
 }
+
+/// The node (index) that serves physical queue `name` and the length of its pending list there.
+fn where_is(cluster: &RedisCluster, name: &str) -> (usize, u64) {
+    let slot = ostq::keys::slot_of_queue(name).to_string();
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        let owned = node.cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot]).unwrap();
+        if owned.trim() != "0" {
+            let key = format!("ostq:{{{name}}}:pending");
+            let len = node.cli(&["LLEN", &key]).unwrap();
+            return (i, len.trim().parse().unwrap());
+        }
+    }
+    panic!("no node holds {name}");
+}
+
+/// Issue 15: one queue over the three primaries. Shards land on distinct primaries, pushes
+/// spread evenly, a key keeps FIFO order on one shard, ids find their shard, counts, pause and
+/// unique keys span the shards, and a worker does every job exactly once.
+#[tokio::test]
+async fn a_sharded_queue_spans_every_primary() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let client = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+    let queue = client.queue("hot");
+    queue.push("before sharding").await.unwrap();
+    let layout = queue.set_shards(3).await.unwrap();
+    assert_eq!(layout.shards[0], "hot");
+    assert_eq!(layout.count(), 3);
+
+    // Balance: 300 round-robin pushes, 100 per shard (shard 0 holds the earlier job too), one
+    // shard per primary.
+    let ids = queue
+        .push_bulk((0..300).map(|i| format!("job-{i}")))
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for (i, name) in layout.shards.iter().enumerate() {
+        let (node, len) = where_is(&cluster, name);
+        assert_eq!(len, 100 + u64::from(i == 0), "{name}");
+        nodes.push(node);
+    }
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "shards on distinct primaries: {layout:?}");
+    assert_eq!(queue.counts().await.unwrap().pending, 301);
+    assert_eq!(client.queues().await.unwrap(), ["hot"]);
+
+    // O(1) lookup: a generated id names its shard.
+    let found = queue.job(&ids[4]).await.unwrap().unwrap();
+    assert_eq!(found.payload.as_deref(), Some(&b"job-4"[..]));
+    let shard = layout.shard_of_id(&ids[4]);
+    assert!(ids[4].ends_with(&format!("#{shard}")));
+    let given = queue
+        .push_with("given", &PushOptions::new().id("order-9"))
+        .await
+        .unwrap();
+    assert_eq!(queue.job(&given).await.unwrap().unwrap().id, "order-9");
+
+    // Unique keys route by the key, so they stay unique over the shards.
+    let unique = PushOptions::new().unique("invoice-1");
+    queue.push_with("a", &unique).await.unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            queue.push_with("a", &unique).await,
+            Err(ostq::Error::Duplicate { .. })
+        ));
+    }
+
+    // Rate limit: split over the shards, summed back.
+    queue
+        .set_rate_limit(1000, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.rate_limit().await.unwrap(),
+        Some((1000, Duration::from_secs(1)))
+    );
+    let (_, second) = layout.shards.split_first().unwrap();
+    let per_shard = client.queue("hot").shards().await.unwrap();
+    assert_eq!(per_shard, layout);
+    assert!(second.iter().all(|n| n.starts_with("hot#")));
+    queue.clear_rate_limit().await.unwrap();
+
+    // Pause stops every shard.
+    queue.pause().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("hot")
+            .concurrency(1)
+            .handler(move |job: Job| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(job.payload_str()?.to_string());
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = queue.counts().await.unwrap();
+    assert!(counts.paused);
+    assert_eq!(counts.processed_total, 0, "paused");
+    // FIFO per key: 30 jobs with one key, pushed while paused, all on one shard.
+    for i in 0..30 {
+        queue
+            .push_with(format!("k-{i}"), &PushOptions::new().key("customer-1"))
+            .await
+            .unwrap();
+    }
+    queue.resume().await.unwrap();
+    let total = 301 + 1 + 1 + 30;
+    wait_counts(&queue, Duration::from_secs(30), |c| {
+        c.processed_total == total && c.pending == 0 && c.active == 0
+    })
+    .await;
+    running.shutdown().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, total, "every job exactly once");
+    let mut unique_seen = seen.clone();
+    unique_seen.sort();
+    unique_seen.dedup();
+    assert_eq!(unique_seen.len() as u64, total);
+    let keyed: Vec<&String> = seen.iter().filter(|p| p.starts_with("k-")).collect();
+    let expected: Vec<String> = (0..30).map(|i| format!("k-{i}")).collect();
+    assert_eq!(
+        keyed.into_iter().cloned().collect::<Vec<_>>(),
+        expected,
+        "FIFO per key"
+    );
+}
+
+/// Resharding a live queue on the cluster, 1 → 3 → 2: new pushes follow the layout, the dropped
+/// shard drains, and every job is done exactly once.
+#[tokio::test]
+async fn resharding_on_a_cluster_does_every_job_once() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let cluster = RedisCluster::start(3).unwrap();
+    let client = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+    let queue = client.queue("resharded");
+    queue
+        .push_bulk((0..60).map(|i| format!("a{i}")))
+        .await
+        .unwrap();
+    let three = queue.set_shards(3).await.unwrap();
+    queue
+        .push_bulk((0..90).map(|i| format!("b{i}")))
+        .await
+        .unwrap();
+    let two = queue.set_shards(2).await.unwrap();
+    assert_eq!(two.shards, three.shards[..2]);
+    assert_eq!(two.draining, three.shards[2..]);
+    assert_eq!(
+        where_is(&cluster, &three.shards[2]).1,
+        30,
+        "the dropped shard"
+    );
+    queue
+        .push_bulk((0..50).map(|i| format!("c{i}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        where_is(&cluster, &three.shards[2]).1,
+        30,
+        "no new pushes there"
+    );
+    assert_eq!(queue.counts().await.unwrap().pending, 200);
+
+    let seen = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let log = seen.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("resharded")
+            .concurrency(8)
+            .handler(move |job: Job| {
+                let log = log.clone();
+                async move {
+                    *log.lock()
+                        .unwrap()
+                        .entry(job.payload_str()?.to_string())
+                        .or_default() += 1;
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    wait_counts(&queue, Duration::from_secs(20), |c| {
+        c.processed_total == 200 && c.pending == 0 && c.active == 0
+    })
+    .await;
+    running.shutdown().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 200);
+    assert!(seen.values().all(|&n| n == 1), "every job exactly once");
+    assert!(queue.set_shards(2).await.unwrap().draining.is_empty());
+}

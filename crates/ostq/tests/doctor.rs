@@ -208,7 +208,13 @@ async fn an_acl_user_missing_a_command_fails_naming_it() {
     assert!(acl.summary.contains("blmove"), "{acl:?}");
     assert!(acl.fix.as_deref().unwrap().contains("+blmove"), "{acl:?}");
 
-    let operator = ["+zcount", "+scan", "+memory|usage", "+ping"];
+    let operator = [
+        "+zcount",
+        "+scan",
+        "+memory|usage",
+        "+ping",
+        "+cluster|slots",
+    ];
     let all: Vec<&str> = doctor_rights
         .iter()
         .chain(operator.iter())

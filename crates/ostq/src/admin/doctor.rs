@@ -259,6 +259,8 @@ pub const REQUIRED_COMMANDS: &[(&str, NeededBy, &[&str])] = {
         ("scan", O, &["SCAN", "0"]),
         ("memory|usage", O, &["MEMORY", "USAGE", K]),
         ("ping", O, &["PING"]),
+        // `Queue::set_shards` reads the slot map on a Cluster (design §19).
+        ("cluster|slots", O, &["CLUSTER", "SLOTS"]),
     ]
 };
 

@@ -159,6 +159,8 @@ impl Client {
     /// Names of the queues ever pushed to or served, sorted.
     pub async fn queues(&self) -> Result<Vec<String>> {
         let mut names = stored::queue_names(&mut self.conn()).await?;
+        // Shards of sharded queues (a worker registers what it serves) are part of their queue.
+        names.retain(|n| !n.contains(crate::keys::SHARD_MARK));
         names.sort();
         Ok(names)
     }
@@ -174,7 +176,30 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn counts(&self) -> Result<QueueCounts> {
-        counts_of(self.client_ref(), self.keys()?).await
+        let keys = self.keys()?;
+        let shards = self.shard_queues().await?;
+        if shards.len() == 1 {
+            return counts_of(self.client_ref(), keys).await;
+        }
+        // A sharded queue (design §19): the sum over its shards, paused if any shard is.
+        let mut sum = QueueCounts {
+            queue: keys.queue.clone(),
+            ..QueueCounts::default()
+        };
+        for shard in shards {
+            let c = counts_of(self.client_ref(), shard.keys()?).await?;
+            sum.pending += c.pending;
+            sum.active += c.active;
+            sum.scheduled += c.scheduled;
+            sum.retry += c.retry;
+            sum.dead += c.dead;
+            sum.completed += c.completed;
+            sum.processed_total += c.processed_total;
+            sum.failed_total += c.failed_total;
+            sum.recovered_total += c.recovered_total;
+            sum.paused |= c.paused;
+        }
+        Ok(sum)
     }
 
     /// Jobs in `state`, `offset` and `limit` for paging. Pending jobs come prioritized first,
@@ -190,6 +215,27 @@ impl Queue {
     /// ```
     pub async fn jobs(&self, state: JobState, offset: usize, limit: usize) -> Result<Vec<JobInfo>> {
         let keys = self.keys()?;
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): shard 0's jobs, then shard 1's, and so on; offsets
+            // count over that concatenation, so each shard lists at most offset + limit jobs.
+            let mut out = Vec::new();
+            let mut skip = offset;
+            for shard in shards {
+                if out.len() >= limit {
+                    break;
+                }
+                let got = Box::pin(shard.jobs(state, 0, skip + limit - out.len())).await?;
+                let n = got.len();
+                out.extend(got.into_iter().skip(skip).map(|mut job| {
+                    job.queue = keys.queue.clone();
+                    job
+                }));
+                skip = skip.saturating_sub(n);
+            }
+            out.truncate(limit);
+            return Ok(out);
+        }
         let mut conn = self.client_ref().conn();
         let queue = keys.queue.as_str();
         if limit == 0 {
@@ -260,10 +306,50 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn job(&self, id: &str) -> Result<Option<JobInfo>> {
-        match self.find_job(id, JobLookup::whole()).await? {
-            Found::Job { job, .. } => Ok(Some(*job)),
-            Found::NotFound | Found::StoppedEarly { .. } => Ok(None),
+        let shards = self.shard_queues().await?;
+        if shards.len() == 1 {
+            return match self.find_job(id, JobLookup::whole()).await? {
+                Found::Job { job, .. } => Ok(Some(*job)),
+                Found::NotFound | Found::StoppedEarly { .. } => Ok(None),
+            };
         }
+        Ok(self.holder(id, shards).await?.map(|(_, mut job)| {
+            job.queue = self.name().to_string();
+            job
+        }))
+    }
+
+    /// The shard of a sharded queue that holds job `id`, and the job: the shard the id names
+    /// first (one lookup), then the others (a given id pushed with an ordering or unique key,
+    /// or a job of a former layout).
+    async fn holder(&self, id: &str, shards: Vec<Queue>) -> Result<Option<(Queue, JobInfo)>> {
+        let layout = self.shards().await?;
+        let first = layout.shard_of_id(id);
+        let order = std::iter::once(first).chain((0..shards.len()).filter(|&i| i != first));
+        for i in order {
+            if let Some(shard) = shards.get(i) {
+                if let Found::Job { job, .. } = shard.find_job(id, JobLookup::whole()).await? {
+                    return Ok(Some((shard.clone(), *job)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// For a sharded queue, the shard handles holding each of `ids` (ids not found left out);
+    /// `None` for an unsharded queue.
+    async fn holders(&self, ids: &[&str]) -> Result<Option<Vec<(Queue, String)>>> {
+        let shards = self.shard_queues().await?;
+        if shards.len() == 1 {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some((shard, _)) = self.holder(id, shards.clone()).await? {
+                out.push((shard, (*id).to_string()));
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Cancels a job: one that has not started (pending, scheduled, waiting to retry) is removed;
@@ -282,6 +368,12 @@ impl Queue {
     /// ```
     pub async fn cancel(&self, id: &str) -> Result<Cancel> {
         let keys = self.keys()?;
+        if let Some(holders) = self.holders(&[id]).await? {
+            return match holders.into_iter().next() {
+                Some((shard, id)) => Box::pin(shard.cancel(&id)).await,
+                None => Ok(Cancel::NotFound),
+            };
+        }
         let Some(info) = self.job(id).await? else {
             return Ok(Cancel::NotFound);
         };
@@ -305,11 +397,26 @@ impl Queue {
     /// Returns how many moved.
     pub async fn retry_now(&self, ids: &[&str]) -> Result<u64> {
         let keys = self.keys()?;
+        if let Some(holders) = self.holders(ids).await? {
+            let mut moved = 0;
+            for (shard, id) in holders {
+                moved += Box::pin(shard.retry_now(&[&id])).await?;
+            }
+            return Ok(moved);
+        }
         stored::enqueue_now(&mut self.client_ref().conn(), keys, ids).await
     }
 
     /// Moves every dead job back to pending. Returns how many moved.
     pub async fn retry_all_dead(&self) -> Result<u64> {
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            let mut moved = 0;
+            for shard in shards {
+                moved += Box::pin(shard.retry_all_dead()).await?;
+            }
+            return Ok(moved);
+        }
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
         let mut moved = 0;
@@ -331,6 +438,13 @@ impl Queue {
     /// finishes; delete it afterwards). Returns how many were found and deleted.
     pub async fn delete(&self, ids: &[&str]) -> Result<u64> {
         let keys = self.keys()?;
+        if let Some(holders) = self.holders(ids).await? {
+            let mut removed = 0;
+            for (shard, id) in holders {
+                removed += Box::pin(shard.delete(&[&id])).await?;
+            }
+            return Ok(removed);
+        }
         let mut conn = self.client_ref().conn();
         let mut removed = 0;
         for id in ids {
@@ -369,6 +483,14 @@ impl Queue {
             ],
         };
         let keys = self.keys()?;
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            let mut removed = 0;
+            for shard in shards {
+                removed += Box::pin(shard.purge(state)).await?;
+            }
+            return Ok(removed);
+        }
         let mut conn = self.client_ref().conn();
         let mut removed = 0;
         for state in states {
@@ -404,8 +526,11 @@ impl Queue {
 
     /// Stops workers from fetching this queue (pushes are still accepted).
     pub async fn pause(&self) -> Result<()> {
-        let keys = self.keys()?;
-        stored::set_paused(&mut self.client_ref().conn(), keys, true).await
+        self.keys()?;
+        for shard in self.shard_queues().await? {
+            stored::set_paused(&mut self.client_ref().conn(), shard.keys()?, true).await?;
+        }
+        Ok(())
     }
 
     /// Limits how many jobs of this queue start per `period`, across all workers (a token bucket
@@ -423,20 +548,46 @@ impl Queue {
                 "a rate limit needs max > 0 and a period > 0".into(),
             ));
         }
-        let keys = self.keys()?;
-        let limit = (u64::from(max), period.as_millis() as u64);
-        stored::set_rate_limit(&mut self.client_ref().conn(), keys, Some(limit)).await
+        self.keys()?;
+        // A sharded queue (design §19): each shard's bucket gets its share of `max` (the first
+        // `max % n` one more), so the shards together allow `max` per period.
+        let layout = self.shards().await?;
+        let shards = self.shard_queues().await?;
+        let n = layout.count() as u64;
+        if u64::from(max) < n {
+            return Err(Error::Config(format!(
+                "a rate limit of {max} cannot be split over {n} shards: at least 1 per shard"
+            )));
+        }
+        for (i, shard) in shards.iter().enumerate() {
+            let share = if (i as u64) < n {
+                u64::from(max) / n + u64::from((i as u64) < u64::from(max) % n)
+            } else {
+                // A draining shard keeps a share: it drains at most at an n-th of the rate.
+                (u64::from(max) / n).max(1)
+            };
+            let limit = (share, period.as_millis() as u64);
+            stored::set_rate_limit(&mut self.client_ref().conn(), shard.keys()?, Some(limit))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Removes the queue's rate limit.
     pub async fn clear_rate_limit(&self) -> Result<()> {
-        let keys = self.keys()?;
-        stored::set_rate_limit(&mut self.client_ref().conn(), keys, None).await
+        self.keys()?;
+        for shard in self.shard_queues().await? {
+            stored::set_rate_limit(&mut self.client_ref().conn(), shard.keys()?, None).await?;
+        }
+        Ok(())
     }
 
     /// Lets workers fetch this queue again.
     pub async fn resume(&self) -> Result<()> {
-        let keys = self.keys()?;
-        stored::set_paused(&mut self.client_ref().conn(), keys, false).await
+        self.keys()?;
+        for shard in self.shard_queues().await? {
+            stored::set_paused(&mut self.client_ref().conn(), shard.keys()?, false).await?;
+        }
+        Ok(())
     }
 }

@@ -101,6 +101,26 @@ impl Queue {
     /// ```
     pub async fn memory_usage(&self, measure: Measure) -> Result<QueueMemory> {
         let keys = self.keys()?;
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): each key part summed over the shards.
+            let mut sum = QueueMemory {
+                queue: keys.queue.clone(),
+                ..QueueMemory::default()
+            };
+            for shard in shards {
+                let one = Box::pin(shard.memory_usage(measure)).await?;
+                for (part, size) in one.keys {
+                    *sum.keys.entry(part).or_default() += size;
+                }
+                sum.total_bytes += one.total_bytes;
+                sum.lease_groups_bytes += one.lease_groups_bytes;
+                if sum.newest_pending_entry_bytes.is_none() {
+                    sum.newest_pending_entry_bytes = one.newest_pending_entry_bytes;
+                }
+            }
+            return Ok(sum);
+        }
         let mut conn = self.client_ref().conn();
         let exact = measure == Measure::Exact;
         let fixed: Vec<String> = keys.all().iter().map(|k| k.to_string()).collect();
@@ -152,6 +172,33 @@ impl Queue {
     pub async fn remove(&self, force: bool) -> Result<Removal> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): busy if any shard is; the other shards first and
+            // shard 0, which holds the layout, last, so a failure half-way leaves the layout.
+            let mut active = 0;
+            let mut busy = false;
+            for shard in &shards {
+                let shard_keys = shard.keys()?;
+                let [_, _, _, held] = stored::totals(&mut conn, shard_keys).await?;
+                let groups = stored::lease_deadlines(&mut conn, shard_keys).await?.len();
+                active += held;
+                busy |= held > 0 || groups > 0;
+            }
+            if busy && !force {
+                return Ok(Removal::Busy { active });
+            }
+            let mut deleted = 0;
+            for shard in shards.iter().rev() {
+                if let Removal::Removed { keys, .. } = Box::pin(shard.remove(true)).await? {
+                    deleted += keys;
+                }
+            }
+            return Ok(Removal::Removed {
+                keys: deleted,
+                active,
+            });
+        }
         let [_, _, _, active] = stored::totals(&mut conn, keys).await?;
         let groups = stored::lease_deadlines(&mut conn, keys).await?.len();
         if (active > 0 || groups > 0) && !force {

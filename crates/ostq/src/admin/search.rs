@@ -301,8 +301,18 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn rate_limit(&self) -> Result<Option<(u32, std::time::Duration)>> {
-        let keys = self.keys()?;
-        let limit = stored::rate_limit(&mut self.client_ref().conn(), keys).await?;
+        self.keys()?;
+        // A sharded queue (design §19): the sum of its shards' shares (draining ones left out).
+        let count = self.shards().await?.count();
+        let mut limit: Option<(u64, u64)> = None;
+        for shard in self.shard_queues().await?.iter().take(count) {
+            if let Some((max, period)) =
+                stored::rate_limit(&mut self.client_ref().conn(), shard.keys()?).await?
+            {
+                let sum = limit.map_or(0, |(m, _)| m);
+                limit = Some((sum + max, period));
+            }
+        }
         Ok(limit.map(|(max, period_ms)| {
             let max = u32::try_from(max).unwrap_or(u32::MAX);
             (max, std::time::Duration::from_millis(period_ms))

@@ -407,6 +407,17 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn oldest_pending_age(&self) -> Result<Option<Duration>> {
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): the oldest over its shards.
+            let mut oldest: Option<Duration> = None;
+            for shard in shards {
+                if let Some(age) = Box::pin(shard.oldest_pending_age()).await? {
+                    oldest = Some(oldest.map_or(age, |o| o.max(age)));
+                }
+            }
+            return Ok(oldest);
+        }
         let page = self.page(JobState::Pending, None, 1).await?;
         Ok(page
             .jobs

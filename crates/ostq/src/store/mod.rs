@@ -26,6 +26,7 @@ pub(crate) mod push;
 pub(crate) mod queues;
 pub(crate) mod search;
 pub(crate) mod server;
+pub(crate) mod shards;
 pub(crate) mod stream;
 pub(crate) mod workers;
 
