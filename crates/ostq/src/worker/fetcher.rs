@@ -3,14 +3,16 @@
 //! pushed or the next timed job is due. It registers each lease group in the shared table before
 //! any of the group's jobs starts, so the renewer covers it at once.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::executor::start_job;
+use super::prefetch::{Leased, StartRate};
 use super::runtime::{hold_group, Outcome, OutcomeKind, Settled, Shared};
 use super::Config;
 use crate::envelope::Envelope;
@@ -76,6 +78,7 @@ pub(super) struct QueueWait {
 
 /// Leases jobs while there is capacity, asking the queues in weighted or strict order; when they
 /// are all empty, blocks (no polling) until something is pushed or the next timed job is due.
+/// Leases up to `prefetch` jobs more than it has free slots, parked for the next free slot.
 pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
     let mut fetcher = Fetcher {
         blocking: shared.queues.iter().map(|_| None).collect(),
@@ -85,12 +88,15 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
         failing: false,
         backoff: Duration::from_millis(100),
         carried: None,
+        rate: StartRate::new(),
+        drained: false,
     };
-    while let Some((mut permit, first)) = fetcher.take_slots().await {
-        let (waits, errors) = fetcher.fetch_round(&mut permit, first).await;
+    while let Some((mut slots, first)) = fetcher.take_slots().await {
+        let (waits, errors) = fetcher.fetch_round(&mut slots, first).await;
         if errors > 0 && waits.is_empty() {
-            drop(permit);
+            drop(slots);
             if !fetcher.back_off().await {
+                fetcher.shut_down();
                 return;
             }
             continue;
@@ -100,7 +106,7 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
             fetcher.failing = false;
             fetcher.backoff = Duration::from_millis(100);
         }
-        if permit.num_permits() > 0 {
+        if let Some(permit) = slots.filter(|p| p.num_permits() > 0) {
             fetcher.idle(permit, &waits).await;
         }
     }
@@ -117,55 +123,133 @@ struct Fetcher {
     backoff: Duration,
     /// A fetch that ran at the end of an idle wait, with the slots it was made for.
     carried: Option<(OwnedSemaphorePermit, Result<Fetched>)>,
+    /// How many jobs started lately: the buffer holds no more than that.
+    rate: StartRate,
+    /// The last round got fewer jobs than it asked for: no prefetching until a slot frees.
+    drained: bool,
 }
 
 impl Fetcher {
-    /// Free slots to fill (at least one, at most `max_batch`), with the carried fetch if there is
-    /// one; `None` once shutdown began.
-    async fn take_slots(&mut self) -> Option<(OwnedSemaphorePermit, Option<Result<Fetched>>)> {
-        // Shutdown began: start nothing more. A carried fetch already leased its jobs, so they go
-        // straight back rather than wait for their lease to expire.
-        if self.stop.is_cancelled() {
-            // (Only a worker serving one queue carries a fetch: it is queue 0.)
-            if let Some((_, Ok(fetched))) = self.carried.take() {
-                give_back(&self.shared, 0, fetched);
-            }
-            return None;
-        }
-        if let Some((permit, fetched)) = self.carried.take() {
-            return Some((permit, Some(fetched)));
-        }
-        let semaphore = &self.shared.semaphore;
-        // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the loop went
-        // on fetching and starting jobs after shutdown began, one round in two.
-        let mut permit = tokio::select! {
-            biased;
-            _ = self.stop.cancelled() => return None,
-            permit = semaphore.clone().acquire_owned() => permit.ok()?,
-        };
-        let extra = semaphore
-            .available_permits()
-            .min(self.shared.config.max_batch - 1);
-        if extra > 0 {
-            if let Ok(more) = semaphore.clone().try_acquire_many_owned(extra as u32) {
-                permit.merge(more);
-            }
-        }
-        Some((permit, None))
+    /// How many more jobs may be parked now (the prefetch room), after updating the low water
+    /// mark at which the job tasks ask for more.
+    fn room(&mut self) -> usize {
+        let prefetch = &self.shared.prefetch;
+        let recent = self
+            .rate
+            .recent(prefetch.started.load(Ordering::Relaxed), Instant::now());
+        let cap = self
+            .shared
+            .config
+            .prefetch
+            .min(usize::try_from(recent).unwrap_or(usize::MAX));
+        prefetch.set_low_water(cap / 2);
+        cap.saturating_sub(prefetch.len())
     }
 
-    /// Asks each queue in turn for as many jobs as there are free slots and starts them; returns
-    /// what the queues said about waiting, and how many fetches failed.
+    /// Free slots to fill (at most `max_batch`; `None` for a round that only tops up the
+    /// prefetched jobs), with the carried fetch if there is one; `None` once shutdown began.
+    #[allow(clippy::type_complexity)]
+    async fn take_slots(
+        &mut self,
+    ) -> Option<(Option<OwnedSemaphorePermit>, Option<Result<Fetched>>)> {
+        loop {
+            // Shutdown began: start nothing more. A carried fetch already leased its jobs, so they
+            // go straight back rather than wait for their lease to expire; so do parked jobs.
+            if self.stop.is_cancelled() {
+                self.shut_down();
+                return None;
+            }
+            if let Some((permit, fetched)) = self.carried.take() {
+                return Some((Some(permit), Some(fetched)));
+            }
+            let prefetch = &self.shared.prefetch;
+            for job in prefetch.take_expired(Instant::now()) {
+                let _ = self.shared.events.send(parked_back(&job));
+            }
+            let expiry = prefetch.next_expiry();
+            let semaphore = self.shared.semaphore.clone();
+            // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the loop
+            // went on fetching and starting jobs after shutdown began, one round in two.
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => {}
+                permit = semaphore.clone().acquire_owned() => {
+                    let mut permit = permit.ok()?;
+                    let extra = semaphore
+                        .available_permits()
+                        .min(self.shared.config.max_batch - 1);
+                    if extra > 0 {
+                        if let Ok(more) = semaphore.try_acquire_many_owned(extra as u32) {
+                            permit.merge(more);
+                        }
+                    }
+                    // Parked jobs first: they were leased before anything a fetch would bring.
+                    let permit = self.start_parked(permit);
+                    self.drained = false;
+                    if permit.is_some() || self.room() > 0 {
+                        return Some((permit, None));
+                    }
+                }
+                // A slot took a parked job and left the buffer low: top it up while the parked
+                // jobs run, unless the queues were found empty.
+                _ = prefetch.low.notified() => {
+                    if !self.drained && self.wants_more() {
+                        return Some((None, None));
+                    }
+                }
+                _ = sleep_until(expiry) => {}
+            }
+        }
+    }
+
+    /// The buffer is at or below half of what it may hold.
+    fn wants_more(&mut self) -> bool {
+        let room = self.room();
+        room > 0 && self.shared.prefetch.len() <= room
+    }
+
+    /// Starts parked jobs on the free slots of `permit`; the slots left, if any.
+    fn start_parked(&self, mut permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        while permit.num_permits() > 0 {
+            let Some(job) = self.shared.prefetch.next() else {
+                return Some(permit);
+            };
+            match permit.split(1) {
+                Some(one) => start_job(&self.shared, job, one),
+                None => return Some(permit),
+            }
+        }
+        None
+    }
+
+    /// Shutdown: the parked jobs go back to their queues at once (through the lease keeper, no
+    /// attempt counted), and so do the jobs of a fetch carried out of an idle wait.
+    fn shut_down(&mut self) {
+        // (Only a worker serving one queue carries a fetch: it is queue 0.)
+        if let Some((_, Ok(fetched))) = self.carried.take() {
+            give_back(&self.shared, 0, fetched);
+        }
+        for job in self.shared.prefetch.close() {
+            let _ = self.shared.events.send(parked_back(&job));
+        }
+    }
+
+    /// Asks each queue in turn for as many jobs as there are free slots, plus the prefetch room,
+    /// and starts them (or parks them); returns what the queues said about waiting, and how many
+    /// fetches failed.
     async fn fetch_round(
         &mut self,
-        permit: &mut OwnedSemaphorePermit,
+        slots: &mut Option<OwnedSemaphorePermit>,
         mut first: Option<Result<Fetched>>,
     ) -> (Vec<QueueWait>, usize) {
+        let mut room = self.room();
         let shared = &self.shared;
         let mut waits = Vec::new();
         let mut errors = 0;
+        let mut short = false;
         for queue in queue_order(&self.weights, shared.config.strict) {
-            let want = permit.num_permits();
+            let free = slots.as_ref().map_or(0, |p| p.num_permits());
+            let want = (free + room).min(shared.config.max_batch);
             if want == 0 {
                 break;
             }
@@ -180,15 +264,17 @@ impl Fetcher {
                     give_back(shared, queue, fetched);
                 }
                 Ok(fetched) => {
+                    short = fetched.envelopes.len() < want;
                     waits.push(QueueWait {
                         queue,
                         now_ms: fetched.now_ms,
                         wake_at_ms: fetched.wake_at_ms,
                         hold: fetched.hold,
                     });
-                    start_fetched(shared, queue, fetched, permit);
+                    start_fetched(shared, queue, fetched, slots, &mut room);
                 }
                 Err(e) => {
+                    short = true;
                     errors += 1;
                     if !self.failing {
                         warn!(queue = %shared.queues[queue].queue, error = %e, "fetch failed; retrying with backoff");
@@ -196,6 +282,7 @@ impl Fetcher {
                 }
             }
         }
+        self.drained = short;
         (waits, errors)
     }
 
@@ -251,28 +338,48 @@ impl Fetcher {
     }
 }
 
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Holds a fetched group (renewed from now on, before any of its jobs starts, whatever the keeper
-/// is doing) and starts each of its jobs on one slot of `permit`.
+/// is doing), starts each of its jobs on one slot of `slots`, and parks the rest (up to `room`).
 fn start_fetched(
     shared: &Arc<Shared>,
     queue: usize,
     fetched: Fetched,
-    permit: &mut OwnedSemaphorePermit,
+    slots: &mut Option<OwnedSemaphorePermit>,
+    room: &mut usize,
 ) {
     hold_group(shared, queue, fetched.group, fetched.envelopes.len());
+    let now = Instant::now();
+    let mut parked = Vec::new();
     for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
-        let index = index as u32;
-        match permit.split(1) {
-            Some(one) => start_job(shared, queue, fetched.group, index, envelope, one),
+        let job = Leased {
+            queue,
+            group: fetched.group,
+            index: index as u32,
+            envelope,
+            parked: now,
+        };
+        match slots.as_mut().and_then(|p| p.split(1)) {
+            Some(one) => start_job(shared, job, one),
+            None if *room > 0 => {
+                *room -= 1;
+                parked.push(job);
+            }
             // More jobs than asked for (never, by fetch.lua's contract): each needs an outcome
             // all the same, or its group is renewed forever.
             None => {
-                let _ = shared
-                    .events
-                    .send(given_back(queue, fetched.group, index, &envelope));
+                let _ = shared.events.send(parked_back(&job));
             }
         }
     }
+    shared.prefetch.park(parked);
 }
 
 /// Hands jobs leased by a fetch that came back after shutdown began straight back to the queue
@@ -289,6 +396,11 @@ pub(super) fn give_back(shared: &Shared, queue: usize, fetched: Fetched) {
             .events
             .send(given_back(queue, fetched.group, index as u32, bytes));
     }
+}
+
+/// The outcome that gives a parked (never started) job back to its queue.
+fn parked_back(job: &Leased) -> Outcome {
+    given_back(job.queue, job.group, job.index, &job.envelope)
 }
 
 /// The outcome that sends a leased job back to its queue without counting an attempt.
