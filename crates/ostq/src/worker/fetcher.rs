@@ -3,6 +3,8 @@
 //! pushed or the next timed job is due. It registers each lease group in the shared table before
 //! any of the group's jobs starts, so the renewer covers it at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +83,7 @@ pub(super) struct QueueWait {
 /// Leases up to `prefetch` jobs more than it has free slots, parked for the next free slot.
 pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
     let mut fetcher = Fetcher {
-        blocking: shared.queues.iter().map(|_| None).collect(),
+        blocking: shared.queues.iter().map(|_| Blocking::Closed).collect(),
         shared,
         weights,
         stop,
@@ -117,8 +119,8 @@ struct Fetcher {
     shared: Arc<Shared>,
     weights: Vec<u32>,
     stop: CancellationToken,
-    /// Per queue, its blocking connection once it has waited.
-    blocking: Vec<Option<Conn>>,
+    /// Per queue, its blocking connection once it has waited, and the wait it carries.
+    blocking: Vec<Blocking>,
     failing: bool,
     backoff: Duration,
     /// A fetch that ran at the end of an idle wait, with the slots it was made for.
@@ -308,19 +310,20 @@ impl Fetcher {
                 if wait_ms == 0 {
                     return;
                 }
-                if self.blocking[0].is_none() {
+                if matches!(self.blocking[0], Blocking::Closed) {
                     match shared.client.blocking_conn().await {
-                        Ok(conn) => self.blocking[0] = Some(conn),
+                        Ok(conn) => self.blocking[0] = Blocking::Free(conn),
                         Err(e) => debug!(error = %e, "no blocking connection"),
                     }
                 }
-                if let Some(conn) = self.blocking[0].as_mut() {
+                // (A wait still in flight from a spell on hold is taken up below instead.)
+                if let Blocking::Free(conn) = &mut self.blocking[0] {
                     let want = permit.num_permits();
                     let keys = &shared.queues[wait.queue];
                     let settings = fetch_settings(&shared.config);
                     let result = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings).await;
                     match result {
-                        Err(_) => self.blocking[0] = None,
+                        Err(_) => self.blocking[0] = Blocking::Closed,
                         Ok(fetched) if self.stop.is_cancelled() => {
                             // Asked to stop while waiting: what the fetch leased goes back at once.
                             give_back(&shared, wait.queue, fetched);
@@ -437,69 +440,111 @@ pub(super) fn wait_ms(shared: &Shared, waits: &[QueueWait]) -> i64 {
         .unwrap_or(idle)
 }
 
+/// A queue's blocking connection: not opened yet (or broken), free, or carrying a wait that has
+/// not returned yet. A wait is never abandoned: when another queue's wait or the deadline ends
+/// the idle spell first, the wait stays in flight on its connection and is taken up again by
+/// the next idle spell (or returns the connection when it ends), so an idle worker serving many
+/// queues opens no new connection.
+#[derive(Default)]
+pub(super) enum Blocking {
+    #[default]
+    Closed,
+    Free(Conn),
+    /// The wait resolves to its connection and whether the list has an entry.
+    Waiting(Pin<Box<dyn Future<Output = (Conn, Result<bool>)> + Send>>),
+}
+
+/// Starts the wait on `queue` on its connection, which the wait owns until it returns.
+fn start_wait(shared: &Shared, queue: usize, mut conn: Conn, wait_ms: i64) -> Blocking {
+    let keys = shared.queues[queue].clone();
+    Blocking::Waiting(Box::pin(async move {
+        let result = lease::wait_for_entry(&mut conn, &keys, wait_ms).await;
+        (conn, result)
+    }))
+}
+
 /// Blocks until a watched queue's list gets an entry, or until the next scheduled, retry, lease or
 /// rate-limit deadline (at most `idle_wait`). `BLMOVE list list RIGHT RIGHT` pops and pushes the
-/// same end of the same list: it waits for an entry without taking it, so an abandoned wait loses
-/// nothing. Queues on hold (paused, rate-limited) are not watched: their lists may be full.
+/// same end of the same list: it waits for an entry without taking it. Queues on hold (paused,
+/// rate-limited) are not watched: their lists may be full. A wait still in flight from an earlier
+/// spell counts as watching its queue.
 pub(super) async fn wait_for_work(
     shared: &Shared,
     waits: &[QueueWait],
-    blocking: &mut [Option<Conn>],
+    blocking: &mut [Blocking],
     stop: &CancellationToken,
 ) {
     let wait_ms = wait_ms(shared, waits);
     if wait_ms == 0 {
         return;
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let sleep = |ms: i64| async move {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
             _ = stop.cancelled() => {}
         }
     };
-    let watched: Vec<usize> = waits.iter().filter(|w| !w.hold).map(|w| w.queue).collect();
-    if watched.is_empty() {
-        sleep(wait_ms).await;
-        return;
-    }
-    for &queue in &watched {
-        if blocking[queue].is_none() {
-            match shared.client.blocking_conn().await {
-                Ok(conn) => blocking[queue] = Some(conn),
-                Err(e) => {
-                    debug!(error = %e, "no blocking connection; sleeping instead");
-                    sleep(wait_ms.min(100)).await;
+    loop {
+        // Until the deadline: a wait that timed out (a wait from an earlier spell, whose timeout
+        // came first) is started again for the time left; only an entry, the deadline or the
+        // stop signal ends the spell. (Ending it on every such timeout made each queue's wait
+        // start a fetch round of every queue.)
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as i64;
+        if left <= 0 {
+            return;
+        }
+        for wait in waits.iter().filter(|w| !w.hold) {
+            let queue = wait.queue;
+            blocking[queue] = match std::mem::take(&mut blocking[queue]) {
+                Blocking::Waiting(wait) => Blocking::Waiting(wait),
+                Blocking::Free(conn) => start_wait(shared, queue, conn, left),
+                Blocking::Closed => match shared.client.blocking_conn().await {
+                    Ok(conn) => start_wait(shared, queue, conn, left),
+                    Err(e) => {
+                        debug!(error = %e, "no blocking connection; sleeping instead");
+                        sleep(left.min(100)).await;
+                        return;
+                    }
+                },
+            };
+        }
+        let in_flight: Vec<_> = blocking
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(queue, b)| match b {
+                Blocking::Waiting(wait) => {
+                    Some(Box::pin(async move { (queue, wait.as_mut().await) }))
+                }
+                _ => None,
+            })
+            .collect();
+        if in_flight.is_empty() {
+            sleep(left).await;
+            return;
+        }
+        let ended = tokio::select! {
+            ((queue, ended), _, _) = futures::future::select_all(in_flight) => Some((queue, ended)),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = stop.cancelled() => None,
+        };
+        let Some((queue, (conn, result))) = ended else {
+            return;
+        };
+        match result {
+            Ok(entry) => {
+                blocking[queue] = Blocking::Free(conn);
+                if entry {
                     return;
                 }
             }
-        }
-    }
-    let mut futures = Vec::with_capacity(watched.len());
-    for (queue, conn) in blocking.iter_mut().enumerate() {
-        let Some(conn) = conn.as_mut().filter(|_| watched.contains(&queue)) else {
-            continue;
-        };
-        let keys = shared.queues[queue].clone();
-        futures.push(Box::pin(async move {
-            (queue, lease::wait_for_entry(conn, &keys, wait_ms).await)
-        }));
-    }
-    let (done, failed) = tokio::select! {
-        ((queue, result), _, rest) = futures::future::select_all(futures) => {
-            drop(rest);
-            (Some(queue), result.is_err())
-        }
-        _ = stop.cancelled() => (None, false),
-    };
-    if watched.len() > 1 || failed {
-        // The waits still blocked were abandoned on their connections: start afresh next time.
-        for &queue in &watched {
-            if Some(queue) != done || failed {
-                blocking[queue] = None;
+            Err(_) => {
+                blocking[queue] = Blocking::Closed;
+                sleep(50).await;
+                return;
             }
         }
-    }
-    if failed {
-        sleep(50).await;
     }
 }
