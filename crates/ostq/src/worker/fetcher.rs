@@ -231,9 +231,7 @@ impl Fetcher {
         if let Some((_, Ok(fetched))) = self.carried.take() {
             give_back(&self.shared, 0, fetched);
         }
-        for job in self.shared.prefetch.close() {
-            let _ = self.shared.events.send(parked_back(&job));
-        }
+        give_back_parked(&self.shared);
     }
 
     /// Asks each queue in turn for as many jobs as there are free slots, plus the prefetch room,
@@ -382,7 +380,10 @@ fn start_fetched(
             }
         }
     }
-    shared.prefetch.park(parked);
+    // (Shutdown began meanwhile: what could not be parked goes back.)
+    for job in shared.prefetch.park(parked) {
+        let _ = shared.events.send(parked_back(&job));
+    }
 }
 
 /// Hands jobs leased by a fetch that came back after shutdown began straight back to the queue
@@ -398,6 +399,14 @@ pub(super) fn give_back(shared: &Shared, queue: usize, fetched: Fetched) {
         let _ = shared
             .events
             .send(given_back(queue, fetched.group, index as u32, bytes));
+    }
+}
+
+/// Shutdown: closes the buffer of parked jobs (no slot takes one from now on) and gives them back
+/// to their queues through the lease keeper, without counting an attempt.
+pub(super) fn give_back_parked(shared: &Shared) {
+    for job in shared.prefetch.close() {
+        let _ = shared.events.send(parked_back(&job));
     }
 }
 

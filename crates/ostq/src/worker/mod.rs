@@ -51,7 +51,7 @@ pub(crate) use handler::panic_message;
 use handler::Handlers;
 
 /// Jobs a worker may lease ahead of its free slots by default ([`WorkerBuilder::prefetch`]).
-pub const DEFAULT_PREFETCH: usize = 256;
+const DEFAULT_PREFETCH: usize = 256;
 
 /// Why an attempt failed and what happens next; given to the error hook.
 #[derive(Debug, Clone)]

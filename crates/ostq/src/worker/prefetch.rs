@@ -64,9 +64,15 @@ impl Prefetch {
         self.low_water.store(n, Ordering::Relaxed);
     }
 
-    /// Parks jobs in lease order.
-    pub(super) fn park(&self, jobs: impl IntoIterator<Item = Leased>) {
-        self.lock().jobs.extend(jobs);
+    /// Parks jobs in lease order. Once shutdown closed the buffer, it parks nothing and hands the
+    /// jobs back (to be given back to their queues).
+    pub(super) fn park(&self, jobs: Vec<Leased>) -> Vec<Leased> {
+        let mut parked = self.lock();
+        if parked.closed {
+            return jobs;
+        }
+        parked.jobs.extend(jobs);
+        Vec::new()
     }
 
     /// The next parked job for a free slot; `None` when there is none or shutdown began.

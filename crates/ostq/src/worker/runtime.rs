@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::cancellation::watch_cancellations;
-use super::fetcher::fetch_loop;
+use super::fetcher::{fetch_loop, give_back_parked};
 use super::handler::Handlers;
 use super::heartbeat::{heartbeat_loop, worker_id};
 use super::history::{self, history_loop};
@@ -254,6 +254,9 @@ impl Tasks {
     async fn shut_down(self, shared: &Shared) {
         info!("worker shutting down: no more fetches");
         self.stop_fetching.cancel();
+        // At once, not when the fetch loop next looks: a fetch in flight would let the slots
+        // start parked jobs meanwhile.
+        give_back_parked(shared);
         let _ = self.fetcher.await;
         let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
         let grace = shared.config.shutdown_timeout;
