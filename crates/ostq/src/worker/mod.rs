@@ -274,8 +274,10 @@ impl WorkerBuilder {
     /// makes short jobs fast at low concurrency. The worker holds no more prefetched jobs than
     /// started in the last 100 ms, so slow jobs are not hoarded, and gives back any that waited
     /// a second. Their leases are renewed like running ones and given back at shutdown; after a
-    /// crash they are recovered with the running ones (their attempt counted). See
-    /// docs/design.md §7.1.
+    /// crash they are recovered with the running ones (their attempt counted). With prefetch on,
+    /// the completions of plain jobs also wait (at most 100 ms) for the rest of their lease group,
+    /// so a group is acked with one `DEL`; 0 writes each as it comes, as before. See
+    /// docs/design.md §7.1 and §8.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.config.prefetch = n;
         self
