@@ -116,10 +116,14 @@ pub(crate) fn generate(count: usize) -> Vec<BadEntry> {
                         ("chaos", serde_json::to_vec(&task).unwrap_or_default())
                     }
                 };
+                // An unknown task name is an ordinary failure that retries: two attempts, so it
+                // retries once and then dies.
+                let max_attempts = if kind == Kind::UnknownTask { 2 } else { 0 };
                 let envelope = Envelope {
                     id: id.clone(),
                     payload,
                     name: name.to_string(),
+                    max_attempts,
                     enqueued_at_ms: now_ms,
                     ..Envelope::default()
                 };

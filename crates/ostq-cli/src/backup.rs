@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
 use ostq::admin::backup::{rename, Line};
 
 use crate::cli::{ExportArgs, Global, ImportArgs};
@@ -52,7 +53,11 @@ pub async fn export(global: &Global, args: ExportArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let written = write_export(&client, &queues, &mut out, &paused_by_us).await;
+    let progress = export_progress(&client, &queues).await;
+    let written = write_export(&client, &queues, &mut out, &paused_by_us, progress.as_ref()).await;
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
     for name in &paused_by_us {
         client
             .queue(name)
@@ -71,6 +76,7 @@ async fn write_export(
     queues: &[String],
     out: &mut dyn Write,
     paused_by_us: &[String],
+    progress: Option<&ProgressBar>,
 ) -> anyhow::Result<u64> {
     let mut jobs = 0;
     writeln!(out, "{}", serde_json::to_string(&Line::header(now_ms()))?)?;
@@ -92,6 +98,9 @@ async fn write_export(
                 first = false;
                 if matches!(line, Line::Job(_)) {
                     jobs += 1;
+                    if let Some(bar) = progress {
+                        bar.inc(1);
+                    }
                 }
                 writeln!(out, "{}", serde_json::to_string(&line)?)
                     .context("cannot write the export")?;
@@ -99,6 +108,32 @@ async fn write_export(
         }
     }
     Ok(jobs)
+}
+
+/// A progress bar on stderr when it is a terminal (nothing when piped or redirected), sized by
+/// the queues' counts read now: under live traffic the export may write somewhat more or fewer
+/// jobs than that (docs/backup.md, "Consistency"), so the bar is a guide, not a promise.
+async fn export_progress(client: &ostq::Client, queues: &[String]) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let mut total = 0;
+    for name in queues {
+        let counts = client.queue(name).counts().await.ok()?;
+        total += counts.pending
+            + counts.active
+            + counts.scheduled
+            + counts.retry
+            + counts.dead
+            + counts.completed;
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} jobs  {per_sec}  ({eta})")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
 }
 
 /// Reads the file's lines, numbered from 1, with blank lines left out.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::util::{parse_duration, parse_rate, parse_rfc3339, parse_state, Rate};
+use crate::util::{parse_durability, parse_duration, parse_rate, parse_rfc3339, parse_state, Rate};
 
 const ABOUT: &str = "ostq: a Redis-backed task queue, from the shell";
 
@@ -499,6 +499,13 @@ pub struct PushArgs {
     /// one such job per period): 10m, 1h
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "unique")]
     pub unique_for: Option<Duration>,
+
+    /// Report the push done only once this many replicas have it: N[:TIMEOUT] (WAIT, e.g. 1 or
+    /// 1:500ms), aof:N[:TIMEOUT] (WAITAOF, Redis 7.2+: the primary's AOF fsync and N replicas'),
+    /// none. Fewer in time: exit 5, the ids printed (the jobs are on the primary). Default
+    /// timeout 1s
+    #[arg(long, env = "OSTQ_DURABLE", value_parser = parse_durability, value_name = "N[:TIMEOUT]")]
+    pub durable: Option<ostq::Durability>,
 }
 
 #[derive(Debug, Args)]
@@ -562,6 +569,17 @@ pub struct WorkerArgs {
     /// is passed through as it comes, prefixed with `[job id]` when --concurrency is above 1
     #[arg(long)]
     pub no_output: bool,
+
+    /// Write each batch of outcomes and then wait for this many replicas (WAIT), so that an
+    /// acknowledged completion survives a failover: N[:TIMEOUT], aof:N[:TIMEOUT], none. A
+    /// shortfall is logged, never fatal
+    #[arg(long, env = "OSTQ_DURABLE_OUTCOMES", value_parser = parse_durability, value_name = "N[:TIMEOUT]")]
+    pub durable_outcomes: Option<ostq::Durability>,
+
+    /// Skip the deployment checks at start (those of `ostq doctor` that need no scan: eviction
+    /// policy, persistence, memory, server, replicas), whose warnings are printed otherwise
+    #[arg(long)]
+    pub no_doctor: bool,
 
     /// The program and its arguments; `{}` in an argument is replaced by the payload, without
     /// `{}` the payload goes to the program's stdin

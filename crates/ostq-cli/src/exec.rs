@@ -60,6 +60,9 @@ pub async fn run(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let worker = build_worker(&client, &args, spec.clone(), counters.clone())?;
 
     let queues: Vec<ostq::Queue> = args.queues.iter().map(|q| client.queue(q)).collect();
+    if !args.no_doctor {
+        note_doctor(&client).await;
+    }
     note_paused(&queues).await;
     eprintln!(
         "ostq worker: serving {} with up to {} at once: {}{}",
@@ -166,7 +169,13 @@ fn build_worker(
         .lease(args.lease)
         .timeout(library_timeout)
         .shutdown_timeout(args.shutdown_timeout)
-        .retry(ostq::RetryPolicy::default().max_attempts(args.max_attempts));
+        .retry(ostq::RetryPolicy::default().max_attempts(args.max_attempts))
+        // `ostq worker` prints the start-up checks itself (the library logs them only when
+        // RUST_LOG asks for logs).
+        .doctor(false);
+    if let Some(durability) = args.durable_outcomes {
+        builder = builder.durable_outcomes(durability);
+    }
     for q in &args.queues {
         builder = builder.queue(q);
     }
@@ -235,6 +244,26 @@ fn report_failure(job: &ostq::Job, failure: &ostq::Failure) {
 }
 
 /// Says which of the queues are paused (their jobs wait until `ostq resume`).
+/// Prints the start-up checks' warnings and failures (never stops the worker: BullMQ and Sidekiq
+/// warn about the eviction policy at start the same way).
+async fn note_doctor(client: &ostq::Client) {
+    use ostq::admin::doctor::Status;
+    let Ok(report) = client.quick_doctor().await else {
+        return;
+    };
+    for check in report.checks.iter().filter(|c| c.status != Status::Pass) {
+        eprintln!(
+            "warning: doctor: {} {}: {}",
+            check.status.label(),
+            check.name,
+            check.summary
+        );
+        if let Some(fix) = &check.fix {
+            eprintln!("    fix: {fix}");
+        }
+    }
+}
+
 async fn note_paused(queues: &[ostq::Queue]) {
     for q in queues {
         if let Ok(c) = q.counts().await {

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{Global, PushArgs};
-use crate::util::{check_queue, connect, lib_err};
+use crate::util::{check_queue, connect, lib_err, Exit};
 
 /// Lines read and pushed per batch.
 const BATCH: usize = 10_000;
@@ -60,6 +60,9 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
         (Some(key), None) => opts = opts.unique(key.clone()),
         _ => {}
     }
+    if let Some(durability) = args.durable {
+        opts = opts.durable(durability);
+    }
     #[cfg(feature = "opentelemetry")]
     if let Some(trace) = trace_from_env() {
         opts = opts.trace(trace);
@@ -90,13 +93,13 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
                         }
                         return Ok(());
                     }
-                    Err(e) => return Err(lib_err("push failed")(e)),
+                    Err(e) => return Err(push_failed(e, global.json)),
                 }
             } else {
                 queue
                     .push_bulk_with(&payloads, &opts)
                     .await
-                    .map_err(lib_err("push failed"))?
+                    .map_err(|e| push_failed(e, global.json))?
             };
             (ids.len(), ids)
         }
@@ -113,6 +116,31 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
     }
     eprintln!("{}", summary(count, &args.queue, elapsed));
     Ok(())
+}
+
+/// Exit code of a durable push whose copies were not all confirmed in time.
+pub const EXIT_NOT_DURABLE: u8 = 5;
+
+/// The error of a failed push. A durable push that fell short prints the ids it wrote (they are
+/// on the primary) and exits [`EXIT_NOT_DURABLE`], so a script can tell it from a push that wrote
+/// nothing.
+fn push_failed(e: ostq::Error, json: bool) -> anyhow::Error {
+    match e {
+        ostq::Error::NotDurable { ref ids, .. } => {
+            if json {
+                println!("{}", serde_json::to_string(ids).unwrap_or_default());
+            } else {
+                for id in ids {
+                    println!("{id}");
+                }
+            }
+            anyhow::Error::new(Exit {
+                code: EXIT_NOT_DURABLE,
+                message: format!("push not durable: {e}"),
+            })
+        }
+        e => lib_err("push failed")(e),
+    }
 }
 
 /// The trace context of the `TRACEPARENT` and `TRACESTATE` environment variables (the usual way
@@ -195,7 +223,7 @@ async fn push_file(
         let chunk = queue
             .push_bulk_with(&batch.payloads, opts)
             .await
-            .map_err(lib_err("push failed"))
+            .map_err(|e| push_failed(e, keep_ids))
             .map_err(|e| anyhow!("{e:#} (after {pushed} jobs were pushed)"))?;
         pushed += chunk.len();
         if keep_ids {

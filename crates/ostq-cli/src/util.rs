@@ -101,7 +101,15 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct Rate(pub f64);
 
-/// Parses `0.05` or `5%`.
+/// Parses a durability for `--durable`: `N[:TIMEOUT]`, `aof:N[:TIMEOUT]`, `none`.
+pub fn parse_durability(text: &str) -> Result<ostq::Durability, String> {
+    text.parse::<ostq::Durability>().map_err(|e| match e {
+        ostq::Error::Config(msg) => msg,
+        other => other.to_string(),
+    })
+}
+
+/// Parses a rate for the alert thresholds: `0.05` or `5%`.
 pub fn parse_rate(text: &str) -> Result<Rate, String> {
     let t = text.trim();
     let (num, scale) = match t.strip_suffix('%') {

@@ -353,3 +353,34 @@ async fn an_active_job_is_imported_as_pending() {
         .unwrap();
     assert_eq!(pending.jobs[0].payload.as_deref(), Some(&b"forever"[..]));
 }
+
+/// On a terminal the export shows a progress bar on stderr (sized by the counts read at the
+/// start); piped, stderr has only the summary line. `script` (util-linux) gives the command a
+/// terminal.
+#[tokio::test]
+async fn the_export_shows_progress_on_a_terminal_only() {
+    let server = RedisServer::start().unwrap();
+    let client = ostq::Client::connect(&server.url()).await.unwrap();
+    client
+        .queue("big")
+        .push_bulk((0..20_000).map(|i| i.to_string()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.jsonl");
+    let file = file.to_str().unwrap();
+
+    let piped = ok(&server.url(), &["export", "-o", file]);
+    assert_eq!(piped.trim(), "exported 20000 job(s) of 1 queue(s)");
+
+    let command = format!("{} --url {} export -o {file}", common::bin(), server.url());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("OSTQ_URL")
+        .output()
+        .unwrap();
+    let terminal = text(&out.stdout);
+    assert!(out.status.success(), "{terminal}{}", text(&out.stderr));
+    assert!(terminal.contains("/20000 jobs"), "{terminal:?}");
+    assert!(terminal.contains("exported 20000 job(s)"), "{terminal:?}");
+}

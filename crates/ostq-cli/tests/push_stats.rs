@@ -670,3 +670,25 @@ fn latency_over_pushes_from_every_source_is_the_next_jobs_age() {
     let out = run(&url, &["stats", "--sample", "0", "--max-latency", "1ms"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[test]
+fn a_durable_push_that_no_replica_confirms_exits_5_and_prints_the_id() {
+    // No replica at all: WAIT 1 times out with 0.
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let out = run(&url, &["push", "orders", "7", "--durable", "1:100ms"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+    assert!(stderr.contains("0 of 1 replicas"), "{stderr}");
+    let id = stdout.trim();
+    assert_eq!(id.len(), 26, "{stdout}");
+    // The job is on the primary all the same.
+    assert_eq!(counts(&url, "orders")["pending"], 1);
+    assert!(stderr.contains(id), "{stderr}");
+    // Off: done at once. A malformed setting is refused before anything is written.
+    ok(&url, &["push", "orders", "8", "--durable", "none"]);
+    let out = run(&url, &["push", "orders", "9", "--durable", "1:forever"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(counts(&url, "orders")["pending"], 2);
+}

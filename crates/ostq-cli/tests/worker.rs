@@ -612,3 +612,25 @@ fn idle_exit_stops_a_worker_once_the_queue_stays_empty() {
         2
     );
 }
+
+#[test]
+fn the_worker_prints_the_doctors_warnings_at_start_unless_told_not_to() {
+    // The testkit's default server has no persistence: the persistence check warns.
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let out = worker_burst(&url, "checked", &[], &["true"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: doctor: WARN persistence"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fix: CONFIG SET appendonly yes"),
+        "{stderr}"
+    );
+    let out = worker_burst(&url, "checked", &["--no-doctor"], &["true"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("doctor"), "{stderr}");
+}

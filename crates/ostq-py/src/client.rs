@@ -10,7 +10,7 @@ use pyo3::types::PyList;
 use pyo3::IntoPyObjectExt;
 
 use crate::convert::{self, PushArgs};
-use crate::errors::config_error;
+use crate::errors::{config_error, to_py_err};
 use crate::events::{AsyncEvents, Events};
 use crate::job::{JobInfo, QueueCounts};
 use crate::runtime::{awaitable, wait};
@@ -26,6 +26,7 @@ fn builder(
     client_cert: Option<String>,
     client_key: Option<String>,
     lazy: bool,
+    durable: Option<&str>,
 ) -> PyResult<ostq::connection::ClientBuilder> {
     let mut builder = ostq::Client::builder(url);
     if let Some(ca_file) = ca_file {
@@ -39,6 +40,11 @@ fn builder(
     if lazy {
         builder = builder.lazy();
     }
+    if let Some(durable) = durable {
+        // "1", "1:500ms", "aof:1", "none": what `ostq push --durable` takes.
+        let durability: ostq::Durability = durable.parse().map_err(to_py_err)?;
+        builder = builder.durability(durability);
+    }
     Ok(builder)
 }
 
@@ -46,6 +52,9 @@ fn builder(
 /// client takes: `redis://[user:password@]host[:port][/db]`, `rediss://` (TLS),
 /// `redis+sentinel://host:port[,host:port]/service`, `redis+cluster://host:port[,host:port…]`.
 /// Connects at once (`ostq.ConnectionError` if Redis cannot be reached) unless `lazy=True`.
+/// `durable="1"` (or `"1:500ms"`, `"aof:1"`) makes every push wait for that many replicas
+/// (`WAIT`, in the push's round trip); fewer in time raises `ostq.NotDurable` (the job is on the
+/// primary; see docs/operations.md).
 ///
 /// ```python
 /// import ostq
@@ -62,7 +71,7 @@ pub(crate) struct Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (url = DEFAULT_URL, *, ca_file = None, client_cert = None, client_key = None, lazy = false))]
+    #[pyo3(signature = (url = DEFAULT_URL, *, ca_file = None, client_cert = None, client_key = None, lazy = false, durable = None))]
     fn new(
         py: Python<'_>,
         url: &str,
@@ -70,8 +79,9 @@ impl Client {
         client_cert: Option<String>,
         client_key: Option<String>,
         lazy: bool,
+        durable: Option<&str>,
     ) -> PyResult<Self> {
-        let builder = builder(url, ca_file, client_cert, client_key, lazy)?;
+        let builder = builder(url, ca_file, client_cert, client_key, lazy, durable)?;
         let inner = wait(py, builder.connect())?;
         Ok(Self { inner })
     }
@@ -116,16 +126,17 @@ pub(crate) struct AsyncClient {
 #[pymethods]
 impl AsyncClient {
     #[new]
-    #[pyo3(signature = (url = DEFAULT_URL, *, ca_file = None, client_cert = None, client_key = None))]
+    #[pyo3(signature = (url = DEFAULT_URL, *, ca_file = None, client_cert = None, client_key = None, durable = None))]
     fn new(
         py: Python<'_>,
         url: &str,
         ca_file: Option<String>,
         client_cert: Option<String>,
         client_key: Option<String>,
+        durable: Option<&str>,
     ) -> PyResult<Self> {
         // Lazy: only the options are checked here, nothing waits on the network.
-        let builder = builder(url, ca_file, client_cert, client_key, true)?;
+        let builder = builder(url, ca_file, client_cert, client_key, true, durable)?;
         let inner = wait(py, builder.connect())?;
         Ok(Self { inner })
     }

@@ -39,6 +39,9 @@ pub(crate) fn to_py_err(error: ostq::Error) -> PyErr {
             }
             ostq::Error::IdTaken { id, state } => raise(py, "IdTaken", (message, id, state)),
             ostq::Error::JobFailed { id, error } => raise(py, "JobFailed", (message, id, error)),
+            ostq::Error::NotDurable {
+                ids, acked, wanted, ..
+            } => raise(py, "NotDurable", (message, ids, acked, wanted)),
             _ => raise(py, "Error", (message,)),
         };
         made.unwrap_or_else(|failed| failed)

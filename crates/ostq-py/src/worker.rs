@@ -130,6 +130,13 @@ fn support<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     module.bind(py).getattr(name)
 }
 
+/// Why a job has no handler here: an unknown task name retries, a job without a name (which
+/// only a default handler can run) dies at once, as in the library.
+enum Unhandled {
+    Retry(String),
+    Dead(String),
+}
+
 /// The handlers a worker dispatches to.
 #[derive(Default)]
 struct Handlers {
@@ -140,7 +147,7 @@ struct Handlers {
 impl Handlers {
     /// The handler of a job and whether it is a task handler (params as JSON), or why there is
     /// none, in the library's words.
-    fn pick(&self, name: Option<&str>) -> Result<(Arc<PyHandler>, bool), String> {
+    fn pick(&self, name: Option<&str>) -> Result<(Arc<PyHandler>, bool), Unhandled> {
         if let Some(handler) = name.and_then(|name| self.tasks.get(name)) {
             return Ok((handler.clone(), true));
         }
@@ -148,14 +155,14 @@ impl Handlers {
             (Some(handler), _) => Ok((handler.clone(), false)),
             (None, Some(name)) => {
                 let known: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
-                Err(format!(
+                Err(Unhandled::Retry(format!(
                     "no handler for task '{name}' (this worker handles: {})",
                     known.join(", ")
-                ))
+                )))
             }
-            (None, None) => {
-                Err("job has no task name and this worker has no default handler".to_string())
-            }
+            (None, None) => Err(Unhandled::Dead(
+                "job has no task name and this worker has no default handler".to_string(),
+            )),
         }
     }
 
@@ -615,7 +622,12 @@ impl Dispatch {
         let (handler, as_task) = self
             .handlers
             .pick(job.name.as_deref())
-            .map_err(|reason| Box::new(ostq::Permanent::new(reason)) as ostq::BoxError)?;
+            .map_err(|unhandled| match unhandled {
+                // An ordinary failure that retries, as in the library: in a rolling deploy the
+                // next worker may know the name.
+                Unhandled::Retry(reason) => ostq::BoxError::from(reason),
+                Unhandled::Dead(reason) => Box::new(ostq::Permanent::new(reason)),
+            })?;
         let (reply, outcome) = oneshot::channel();
         let mut call = Call {
             job,

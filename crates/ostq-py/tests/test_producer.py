@@ -207,3 +207,17 @@ def test_ctrl_c_interrupts_a_blocking_call(redis_url: str) -> None:
     finally:
         waiter.kill()
     assert out == "interrupted\n" and waiter.returncode == 0
+
+
+def test_a_durable_push_that_no_replica_confirms_raises_not_durable(
+    redis_url: str, r: redis.Redis
+) -> None:
+    # The test server has no replica: WAIT 1 answers 0 after its timeout.
+    client = ostq.Client(redis_url, durable="1:100ms")
+    with pytest.raises(ostq.NotDurable) as short:
+        client.queue("durable").push("x")
+    assert (short.value.acked, short.value.wanted, len(short.value.ids)) == (0, 1, 1)
+    # The job is on the primary all the same.
+    assert r.llen("ostq:{durable}:pending") == 1
+    with pytest.raises(ostq.ConfigError):
+        ostq.Client(redis_url, durable="1:forever")

@@ -46,20 +46,24 @@ def test_plain_and_coroutine_handlers_return_results(client: ostq.Client) -> Non
     assert threading.current_thread().name not in threads
 
 
-def test_a_job_no_handler_claims_goes_dead_with_the_reason(client: ostq.Client) -> None:
+def test_a_job_no_handler_claims_retries_then_dies_with_the_reason(client: ostq.Client) -> None:
+    # No handler for a name is an ordinary failure that retries (in a rolling deploy the next
+    # worker may know it); a payload that cannot be decoded, or a job without a name on a worker
+    # without a default handler, dies at once.
     tasks = client.queue("tasks")
-    worker = tasks.worker()
+    worker = tasks.worker(backoff=0.01)
     worker.task("known", lambda params: None)
     with running(worker):
-        unknown = tasks.enqueue("unknown", {}, track=True)
+        unknown = tasks.enqueue("unknown", {}, track=True, max_attempts=3)
         with pytest.raises(ostq.JobFailed) as failed:
             tasks.wait_for(unknown, 10)
         assert failed.value.error == "no handler for task 'unknown' (this worker handles: known)"
+        assert tasks.job(unknown).attempts == 3
         garbled = tasks.push("{not json", name="known", track=True)
         with pytest.raises(ostq.JobFailed) as failed:
             tasks.wait_for(garbled, 10)
         assert failed.value.error.startswith("cannot decode payload of task 'known'")
-        plain = tasks.push("no name", track=True)
+        plain = tasks.push("no name", track=True)  # only a default handler could run it
         with pytest.raises(ostq.JobFailed, match="no task name and this worker has no default handler"):
             tasks.wait_for(plain, 10)
     assert tasks.counts().dead == 3 and tasks.counts().retry == 0

@@ -9,19 +9,26 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 use ostq::admin::attempt_errors::AttemptErrors;
+use ostq::admin::lookup::{Found, JobLookup};
 use ostq::events::EventKind;
 use ostq::{JobInfo, JobState};
 
 use crate::actions::notice;
 use crate::html::{self, count, csrf_field, esc, Nav};
 use crate::pages;
-use crate::queue::{can_delete, can_retry, job_url, queue_url};
+use crate::queue::{can_delete, can_retry, job_url, job_url_at, queue_url};
 use crate::{App, Ctx};
 
 #[derive(serde::Deserialize, Default)]
 pub(crate) struct JobQuery {
     done: Option<String>,
     n: Option<String>,
+    /// Where a listing saw the job in the pending list (`JobLookup::near`).
+    near: Option<u64>,
+    /// Where a stopped look goes on down the pending list (`JobLookup::below`).
+    below: Option<u64>,
+    /// Entries at the pending list's newest end an earlier look read (`JobLookup::from_newest`).
+    from: Option<u64>,
 }
 
 /// Bytes for people: (how they are shown, the text). JSON is pretty-printed, other UTF-8 text
@@ -132,12 +139,29 @@ pub(crate) async fn page(
         return pages::library_error(&ctx, &e);
     }
     let queue = app.client.queue(&queue_name);
-    let job = match queue.job(&id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => {
+    let lookup = JobLookup::new()
+        .budget(app.options.find_budget)
+        .near(query.near)
+        .below(query.below)
+        .from_newest(query.from.unwrap_or(0));
+    let job = match queue.find_job(&id, lookup).await {
+        Ok(Found::Job { job, .. }) => *job,
+        Ok(Found::StoppedEarly {
+            scanned,
+            pending,
+            next,
+        }) => {
+            let read = (scanned, pending, app.options.find_budget);
+            return stopped_early(&ctx, &queue_name, &id, read, next);
+        }
+        Ok(Found::NotFound) => {
             let message = format!(
                 "No job {id} in queue {queue_name}: it finished (a completed job is kept only when tracked), was deleted, or never existed."
             );
+            if query.near.is_some() && query.done.is_none() {
+                // The hint was the listing's: a job put back far ahead of it would be missed.
+                return not_near(&ctx, &queue_name, &id, &message);
+            }
             let mut response = pages::error(&ctx, StatusCode::NOT_FOUND, &message);
             if let Some(text) = notice(query.done.as_deref(), None) {
                 // Deleted just now: say so rather than "not found".
@@ -232,6 +256,47 @@ pub(crate) async fn page(
         &body,
     ))
     .into_response()
+}
+
+/// The page of a lookup that read its budget of the pending list without meeting the job.
+/// `read` is (entries read, entries in the list, the budget).
+fn stopped_early(
+    ctx: &Ctx,
+    queue: &str,
+    id: &str,
+    (scanned, pending, budget): (u64, u64, u64),
+    next: JobLookup,
+) -> Response {
+    let further = job_url_at(ctx, queue, id, &next);
+    let body = format!(
+        r#"<p class="crumbs"><a href="{home}">Overview</a> › <a href="{queue_link}">{queue}</a> ›</p>
+<h1>Job <code id="job-id">{id}</code></h1>
+<p class="banner warning" role="status" id="lookup-stopped">Not scheduled, waiting to retry, dead, running or completed, and not among the {scanned} pending jobs this page read. The pending list holds {pending} jobs and keeps no index of their ids, so each page reads at most {budget} of them and stops, to stay fast.</p>
+<p><a href="{further}" id="look-further">Look further</a></p>"#,
+        home = esc(&ctx.home()),
+        queue_link = esc(&queue_url(ctx, queue)),
+        queue = esc(queue),
+        id = esc(id),
+        scanned = count(scanned),
+        pending = count(pending),
+        budget = count(budget),
+        further = esc(&further),
+    );
+    Html(html::page(ctx, "Job", Nav::Queue, &body)).into_response()
+}
+
+/// Not found where a listing saw it: offers the whole pending list's scan, from its newest end.
+fn not_near(ctx: &Ctx, queue: &str, id: &str, message: &str) -> Response {
+    let body = format!(
+        r#"<h1>404</h1><p class="banner error" role="alert">{message}</p>
+<p><a href="{scan}" id="look-further">Look through the whole pending list</a> (a job put back ahead of many others since it was listed is not where the listing saw it).</p><p><a href="{back}">Back to {queue}</a></p>"#,
+        message = esc(message),
+        scan = esc(&job_url(ctx, queue, id)),
+        back = esc(&queue_url(ctx, queue)),
+        queue = esc(queue),
+    );
+    let page = Html(html::page(ctx, "Job", Nav::Queue, &body));
+    (StatusCode::NOT_FOUND, page).into_response()
 }
 
 fn actions(ctx: &Ctx, queue: &str, job: &JobInfo, out: &mut String) {

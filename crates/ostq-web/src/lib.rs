@@ -96,6 +96,7 @@ pub struct Options {
     secure_cookie: bool,
     page_size: usize,
     search_budget: usize,
+    find_budget: u64,
     alert_rules: AlertRules,
 }
 
@@ -111,6 +112,7 @@ impl Options {
             secure_cookie: false,
             page_size: 50,
             search_budget: ostq::admin::search::DEFAULT_SEARCH_BUDGET,
+            find_budget: ostq::admin::lookup::DEFAULT_FIND_BUDGET,
             alert_rules: AlertRules::recommended(),
         }
     }
@@ -245,6 +247,19 @@ impl Options {
     /// ```
     pub fn search_budget(mut self, budget: usize) -> Self {
         self.search_budget = budget.clamp(1, ostq::admin::search::MAX_SEARCH_BUDGET);
+        self
+    }
+
+    /// Entries of a pending list one job page (or find by id) reads at most while looking for a
+    /// job that a listing did not point to (default
+    /// [`ostq::admin::lookup::DEFAULT_FIND_BUDGET`]); the page then offers to look further.
+    ///
+    /// ```
+    /// let options = ostq_web::Options::without_token().find_budget(50_000);
+    /// # let _ = options;
+    /// ```
+    pub fn find_budget(mut self, entries: u64) -> Self {
+        self.find_budget = entries.max(1);
         self
     }
 

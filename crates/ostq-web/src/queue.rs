@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
+use ostq::admin::lookup::{Found, JobLookup};
 use ostq::admin::Cursor;
 use ostq::{JobInfo, JobState, QueueCounts};
 
@@ -93,6 +94,21 @@ pub(crate) fn job_url(ctx: &Ctx, queue: &str, id: &str) -> String {
     format!("{}/jobs/{}", queue_url(ctx, queue), url_part(id))
 }
 
+/// The URL of a job's page that tells where to look for it in the pending list: `near` its
+/// index there when listed, `below` where a stopped look goes on, `from` entries into a look
+/// from the newest end.
+pub(crate) fn job_url_at(ctx: &Ctx, queue: &str, id: &str, lookup: &JobLookup) -> String {
+    let mut url = job_url(ctx, queue, id);
+    if let Some(near) = lookup.near {
+        let _ = write!(url, "?near={near}");
+    } else if let Some(below) = lookup.below {
+        let _ = write!(url, "?below={below}");
+    } else if lookup.from_newest > 0 {
+        let _ = write!(url, "?from={}", lookup.from_newest);
+    }
+    url
+}
+
 /// Whether a listed job can be addressed by id (bare entries pushed without an envelope have
 /// none).
 pub(crate) fn addressable(job: &JobInfo) -> bool {
@@ -114,9 +130,17 @@ pub(crate) async fn page(
     let queue = app.client.queue(&name);
     let mut found_nothing = None;
     if let Some(id) = q.id.as_deref().map(str::trim).filter(|id| !id.is_empty()) {
-        match queue.job(id).await {
-            Ok(Some(_)) => return see_other(&job_url(&ctx, &name, id)),
-            Ok(None) => found_nothing = Some(id.to_string()),
+        // Bounded: a pending job deep in a long list is looked for on by the job page.
+        let lookup = JobLookup::new().budget(app.options.find_budget);
+        match queue.find_job(id, lookup).await {
+            Ok(Found::Job { list_index, .. }) => {
+                let hint = JobLookup::new().near(list_index);
+                return see_other(&job_url_at(&ctx, &name, id, &hint));
+            }
+            Ok(Found::StoppedEarly { next, .. }) => {
+                return see_other(&job_url_at(&ctx, &name, id, &next));
+            }
+            Ok(Found::NotFound) => found_nothing = Some(id.to_string()),
             Err(e) => return pages::library_error(&ctx, &e),
         }
     }
@@ -141,7 +165,7 @@ pub(crate) async fn page(
     };
     let filter = search.filter();
     let filtering = !filter.is_empty();
-    let (jobs, next, examined) = if filtering {
+    let (jobs, next, examined, list_index) = if filtering {
         let budget = app.options.search_budget;
         match queue
             .search(
@@ -153,7 +177,12 @@ pub(crate) async fn page(
             )
             .await
         {
-            Ok(found) => (found.jobs, found.next, Some(found.examined)),
+            Ok(found) => (
+                found.jobs,
+                found.next,
+                Some(found.examined),
+                found.list_index,
+            ),
             Err(e) => return pages::library_error(&ctx, &e),
         }
     } else {
@@ -161,7 +190,7 @@ pub(crate) async fn page(
             .page(state, cursor.as_ref(), app.options.page_size)
             .await
         {
-            Ok(page) => (page.jobs, page.next, None),
+            Ok(page) => (page.jobs, page.next, None, page.list_index),
             Err(e) => return pages::library_error(&ctx, &e),
         }
     };
@@ -272,7 +301,7 @@ pub(crate) async fn page(
         );
     }
 
-    jobs_table(&ctx, &name, state, &jobs, &mut body);
+    jobs_table(&ctx, &name, state, &jobs, &list_index, &mut body);
 
     body.push_str(r#"<nav class="pager">"#);
     if cursor.is_some() {
@@ -395,7 +424,16 @@ pub(crate) fn shorten(text: &str, max: usize) -> String {
     }
 }
 
-fn jobs_table(ctx: &Ctx, queue: &str, state: JobState, jobs: &[JobInfo], out: &mut String) {
+/// The jobs of a page; `list_index` (parallel to `jobs`, or empty) goes into the links so a
+/// pending job's page finds it without scanning.
+fn jobs_table(
+    ctx: &Ctx,
+    queue: &str,
+    state: JobState,
+    jobs: &[JobInfo],
+    list_index: &[Option<u64>],
+    out: &mut String,
+) {
     let selectable = !ctx.read_only && (can_retry(state) || can_delete(state));
     let here = queue_url(ctx, queue);
     let now = html::now_ms();
@@ -428,11 +466,12 @@ fn jobs_table(ctx: &Ctx, queue: &str, state: JobState, jobs: &[JobInfo], out: &m
             r#"<tr><td colspan="7" class="empty">No {state} jobs here.</td></tr>"#
         );
     }
-    for job in jobs {
+    for (i, job) in jobs.iter().enumerate() {
         let id_cell = if addressable(job) {
+            let hint = JobLookup::new().near(list_index.get(i).copied().flatten());
             format!(
                 r#"<a href="{}">{}</a>"#,
-                esc(&job_url(ctx, queue, &job.id)),
+                esc(&job_url_at(ctx, queue, &job.id, &hint)),
                 esc(&job.id)
             )
         } else {

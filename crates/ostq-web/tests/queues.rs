@@ -529,3 +529,76 @@ async fn the_workers_page_lists_live_workers() {
     assert!(overview.body.contains(r#"id="workers-live">1<"#));
     running.shutdown().await;
 }
+
+/// A pending job deep in a long list: the listing's link tells its page where to look, and a
+/// page reached without it (find by id, a pasted URL) reads a bounded part of the list, says so
+/// and links on to the rest.
+#[tokio::test]
+async fn a_deep_pending_job_page_is_found_by_its_hint_or_within_a_stated_budget() {
+    let (_server, client) = redis().await;
+    let queue = client.queue("deep");
+    let ids = queue
+        .push_bulk((0..3_000).map(|i| format!("job-{i}")))
+        .await
+        .unwrap();
+    let next_to_run = &ids[0]; // the oldest: 2,999 entries from the newest end
+    let options = ostq_web::Options::without_token().find_budget(500);
+    let dashboard = Dashboard::start(client.clone(), options).await;
+    let mut http = dashboard.client();
+
+    let listing = http.get("/queues/deep?state=pending").await;
+    let link = listing.href_of(next_to_run).unwrap_or_else(|| {
+        let at = listing.body.find(next_to_run.as_str()).unwrap();
+        let start = listing.body[..at].rfind("href=\"").unwrap() + 6;
+        let rest = &listing.body[start..];
+        rest[..rest.find('"').unwrap()].replace("&amp;", "&")
+    });
+    assert!(link.ends_with("?near=0"), "{link}");
+    let page = http.get(&link).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("job-0") && page.body.contains(r#"id="job-state">pending"#));
+
+    // Without the hint: 500 entries a page, each saying how far it read.
+    let mut path = format!("/queues/deep/jobs/{next_to_run}");
+    let mut looks = 0;
+    let page = loop {
+        let page = http.get(&path).await;
+        looks += 1;
+        assert!(looks <= 6, "more looks than 3,000 / 500");
+        if !page.body.contains("lookup-stopped") {
+            break page;
+        }
+        assert!(
+            page.body
+                .contains("not among the 500 pending jobs this page read")
+                && page.body.contains("holds 3,000 jobs"),
+            "{}",
+            page.body
+        );
+        path = page.href_of("look-further").unwrap();
+    };
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(r#"id="job-state">pending"#));
+    assert_eq!(
+        looks, 6,
+        "five pages of 500 that stop, then the sixth finds it"
+    );
+
+    // Find by id hands the look on to the job page, where it stopped.
+    let found = http.get(&format!("/queues/deep?id={next_to_run}")).await;
+    assert_eq!(found.status, 303);
+    let location = found.header("location").unwrap();
+    assert!(location.ends_with("?from=500"), "{location}");
+    // An id that is nowhere: the whole list, a page at a time, then "no job".
+    let mut path = "/queues/deep/jobs/nope".to_string();
+    loop {
+        let page = http.get(&path).await;
+        match page.href_of("look-further") {
+            Some(next) if page.status == 200 => path = next,
+            _ => {
+                assert_eq!(page.status, 404, "{}", page.body);
+                break;
+            }
+        }
+    }
+}

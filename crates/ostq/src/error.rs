@@ -85,6 +85,51 @@ pub enum Error {
         /// The state of the job that has it: `scheduled`, `retry`, `pending` or `active`.
         state: String,
     },
+    /// A durable push ([`crate::Durability`]) was written on the primary, but fewer copies than
+    /// asked for were confirmed within the timeout (a replica is down or lagging, or a failover is
+    /// under way).
+    ///
+    /// **The jobs are in Redis** on the primary (their ids are here) and will run unless a failover
+    /// or crash drops them. The push is not reported as durable, so the caller decides: accept the
+    /// risk, or push again. Pushing again **with the same id** ([`crate::PushOptions::id`]) is safe
+    /// for tracked jobs ([`crate::PushOptions::track`]) and delayed or scheduled ones: `push.lua`
+    /// refuses an id such a job still holds ([`Error::IdTaken`]: the first push survived, nothing to
+    /// do). An untracked immediate job is not indexed by id, so pushing it again may make a second
+    /// copy when the first survived (it runs twice; handlers are idempotent anyway, §16), or use a
+    /// unique key ([`crate::PushOptions::unique`]) to refuse the second one.
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: ostq::Queue) -> ostq::Result<()> {
+    /// use std::time::Duration;
+    /// let opts = ostq::PushOptions::new()
+    ///     .track()
+    ///     .id("invoice-42")
+    ///     .durable(ostq::Durability::replicas(1, Duration::from_millis(500)));
+    /// match queue.push_with("42", &opts).await {
+    ///     Ok(id) => println!("{id} is on a replica too"),
+    ///     Err(ostq::Error::NotDurable { acked, wanted, .. }) => {
+    ///         println!("only {acked} of {wanted} replicas: pushing again later");
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[error(
+        "the write is on the primary but not durable: {acked} of {wanted} replicas confirmed it \
+         in time{}; it may be lost in a failover (jobs {})",
+        if *local_fsync_missing { ", and the primary's AOF fsync was not confirmed" } else { "" },
+        show_ids(ids)
+    )]
+    NotDurable {
+        /// The jobs written (on the primary).
+        ids: Vec<String>,
+        /// Replicas that confirmed the write (`WAIT`'s or `WAITAOF`'s count).
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+        /// `WAITAOF` with the local fsync asked for, and the primary did not confirm it.
+        local_fsync_missing: bool,
+    },
     /// The job spent its attempts (or failed permanently); `wait_for` reports it.
     #[error("job {id} failed: {error}")]
     JobFailed {
@@ -152,6 +197,21 @@ impl Error {
             || message.contains("NOPERM")
             || message.contains("NoPerm")
     }
+}
+
+/// The first few ids of a list, for messages (a bulk push may name thousands).
+fn show_ids(ids: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = ids
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(", … {} in all", ids.len()));
+    }
+    text
 }
 
 /// Shorthand for results of this crate.

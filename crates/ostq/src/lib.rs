@@ -25,10 +25,12 @@
 //! The modules follow the design (`docs/design.md`): [`connection`] (Redis: single, Sentinel,
 //! Cluster, TLS), [`keys`] (the key layout), [`envelope`] and [`job`] (the job model), [`scripts`]
 //! (one Lua script per state transition), [`producer`], [`worker`], [`retry`], [`task`] (typed
-//! tasks), [`scheduler`], [`events`] and [`admin`] (the data API under the CLI and dashboard).
+//! tasks), [`scheduler`], [`events`], [`durability`] (pushes and outcomes that wait for replicas:
+//! `WAIT`, `WAITAOF`) and [`admin`] (the data API under the CLI and dashboard).
 //! Every Redis command is issued by one private storage layer beneath them.
 
 pub mod admin;
+pub mod durability;
 pub mod envelope;
 mod error;
 pub mod events;
@@ -47,6 +49,7 @@ pub mod task;
 pub mod worker;
 
 pub use admin::{Cancel, Cursor, Page, QueueCounts, QueueStats, RedisInfo};
+pub use durability::Durability;
 pub use error::{Error, Result};
 pub use job::{Job, JobInfo, JobState};
 pub use producer::{PushOptions, Queue};

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::durability::{Acked, Durability};
 use crate::envelope::{Envelope, FLAG_TRACKED};
 use crate::job::now_ms;
 use crate::keys::QueueKeys;
@@ -47,6 +48,7 @@ pub struct PushOptions {
     track: bool,
     name: Option<String>,
     unique: Option<(String, Option<Duration>)>,
+    durable: Option<Durability>,
     #[cfg(feature = "opentelemetry")]
     trace: Option<crate::otel::TraceContext>,
 }
@@ -124,6 +126,26 @@ impl PushOptions {
         self
     }
 
+    /// Wait for this many copies before the push is reported done, instead of the client's
+    /// setting ([`crate::connection::ClientBuilder::durability`]); [`Durability::Async`] turns it
+    /// off for this push. The push and its `WAIT` (or `WAITAOF`) go in one round trip on a
+    /// connection of their own; when fewer copies are confirmed in time the push fails with
+    /// [`Error::NotDurable`], although the jobs are on the primary (see there for pushing again).
+    /// Not available on Redis Cluster.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// use std::time::Duration;
+    /// let opts = ostq::PushOptions::new()
+    ///     .durable(ostq::Durability::replicas(1, Duration::from_millis(500)));
+    /// client.queue("payments").push_with("charge 42", &opts).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn durable(mut self, durability: Durability) -> Self {
+        self.durable = Some(durability);
+        self
+    }
+
     /// Set the task type name (typed tasks set it for you).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -198,6 +220,9 @@ impl PushOptions {
                     "unique_for ttl must be at most {MAX_DELAY:?}"
                 )));
             }
+        }
+        if let Some(durability) = &self.durable {
+            durability.check()?;
         }
         if !PRIORITY_RANGE.contains(&self.priority) {
             return Err(Error::Config(format!(
@@ -348,6 +373,17 @@ impl Queue {
                 self.name
             )));
         }
+        let durability = opts.durable.unwrap_or_else(|| self.client.durability());
+        // Before anything is written: a durability this server cannot give is refused here.
+        let durable = if durability.is_durable() {
+            Some(Durable {
+                conn: self.client.durable_conn(&durability).await?,
+                wait: store::durable::wait_cmd(&durability),
+                durability,
+            })
+        } else {
+            None
+        };
         self.client.register_queue(&self.name).await?;
         if payloads.is_empty() {
             return Ok(Vec::new());
@@ -367,23 +403,54 @@ impl Queue {
         #[cfg(not(feature = "opentelemetry"))]
         let trace = Trace::default();
         // Plain LPUSH emits no `pushed` event: with events on, every push goes through push.lua.
-        if opts.is_plain() && !self.events_on().await? {
-            self.push_plain(keys, payloads.into_iter(), opts, given_id, trace)
-                .await
+        let plain = opts.is_plain() && !self.events_on().await?;
+        let mut conn = match &durable {
+            Some(durable) => durable.conn.clone(),
+            None => self.client.conn(),
+        };
+        let wait = durable.as_ref().and_then(|d| d.wait.as_ref());
+        let (ids, acked) = if plain {
+            self.push_plain(
+                &mut conn,
+                keys,
+                payloads.into_iter(),
+                opts,
+                given_id,
+                trace,
+                wait,
+            )
+            .await?
         } else {
-            self.push_scripted(keys, payloads.into_iter(), opts, given_id, trace)
-                .await
+            self.push_scripted(
+                &mut conn,
+                keys,
+                payloads.into_iter(),
+                opts,
+                given_id,
+                trace,
+                wait,
+            )
+            .await?
+        };
+        match (durable, acked) {
+            (Some(durable), Some(acked)) if !acked.satisfies(&durable.durability) => {
+                Err(acked.shortfall(&durable.durability, ids))
+            }
+            _ => Ok(ids),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn push_plain<'p>(
         &self,
+        conn: &mut store::Conn,
         keys: &QueueKeys,
         payloads: impl Iterator<Item = &'p [u8]>,
         opts: &PushOptions,
         given_id: Option<String>,
         trace: Trace<'_>,
-    ) -> Result<Vec<String>> {
+        wait: Option<&store::durable::WaitFor>,
+    ) -> Result<(Vec<String>, Option<Acked>)> {
         let enqueued_at_ms = now_ms();
         let mut ids = Vec::new();
         let mut envelopes = Vec::new();
@@ -406,18 +473,21 @@ impl Queue {
             envelopes.push(env.encode());
             ids.push(id);
         }
-        store::push::lpush(&mut self.client.conn(), keys, &envelopes).await?;
-        Ok(ids)
+        let acked = store::push::lpush(conn, keys, &envelopes, wait).await?;
+        Ok((ids, acked))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn push_scripted<'p>(
         &self,
+        conn: &mut store::Conn,
         keys: &QueueKeys,
         payloads: impl Iterator<Item = &'p [u8]>,
         opts: &PushOptions,
         given_id: Option<String>,
         trace: Trace<'_>,
-    ) -> Result<Vec<String>> {
+        wait: Option<&store::durable::WaitFor>,
+    ) -> Result<(Vec<String>, Option<Acked>)> {
         let run_at_ms = opts
             .run_at
             .map(|t| {
@@ -445,8 +515,7 @@ impl Queue {
         let jobs: Vec<(String, &[u8])> = payloads
             .map(|payload| (given_id.clone().unwrap_or_else(new_id), payload))
             .collect();
-        let pushed =
-            store::push::push_scripted(&mut self.client.conn(), keys, &jobs, &fields).await?;
+        let (pushed, acked) = store::push::push_scripted(conn, keys, &jobs, &fields, wait).await?;
         let mut ids = Vec::with_capacity(pushed.len());
         for job in pushed {
             if !job.created {
@@ -463,8 +532,15 @@ impl Queue {
             }
             ids.push(job.id);
         }
-        Ok(ids)
+        Ok((ids, acked))
     }
+}
+
+/// A durable push's connection and wait, chosen before anything is written.
+struct Durable {
+    conn: store::Conn,
+    wait: Option<store::durable::WaitFor>,
+    durability: Durability,
 }
 
 /// The W3C trace context a push stores in its jobs, `(traceparent, tracestate)`; empty (the

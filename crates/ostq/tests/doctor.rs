@@ -346,3 +346,75 @@ async fn stale_leases_and_a_crowded_dead_set_warn() {
     assert_eq!(dead.status, Status::Warn, "{dead:?}");
     assert!(dead.summary.contains("thumbs (8000)"), "{dead:?}");
 }
+
+/// Replication: a lone server has no replication check; a primary with a replica and
+/// `min-replicas-to-write 0` warns that acknowledged pushes can be lost in a failover (pointing
+/// at durable pushes); with 1 it passes; with more than its replicas it fails (writes are
+/// refused); a URL naming the replica fails. The quick checks (what a worker runs at start) are
+/// the ones that need no scan.
+#[tokio::test]
+async fn replicas_and_min_replicas_to_write_are_checked() {
+    let lone = RedisServer::start().unwrap();
+    assert!(doctor(&lone.url()).await.check("replication").is_none());
+    let client = ostq::Client::connect(&lone.url()).await.unwrap();
+    let quick: Vec<String> = client
+        .quick_doctor()
+        .await
+        .unwrap()
+        .checks
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(quick, ["server", "eviction", "persistence", "memory"]);
+
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).unwrap();
+    let port = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+    let start = std::time::Instant::now();
+    while !primary
+        .cli(&["INFO", "replication"])
+        .unwrap()
+        .contains("state=online")
+    {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let report = doctor(&primary.url()).await;
+    let check = report.check("replication").unwrap();
+    assert_eq!(check.status, Status::Warn, "{check:?}");
+    assert!(
+        check.summary.contains("min-replicas-to-write 0"),
+        "{check:?}"
+    );
+    assert!(
+        check.fix.as_deref().unwrap().contains("--durable"),
+        "{check:?}"
+    );
+    // The quick checks include it too.
+    let client = ostq::Client::connect(&primary.url()).await.unwrap();
+    assert!(client
+        .quick_doctor()
+        .await
+        .unwrap()
+        .check("replication")
+        .is_some());
+
+    primary
+        .cli(&["CONFIG", "SET", "min-replicas-to-write", "1"])
+        .unwrap();
+    let report = doctor(&primary.url()).await;
+    assert_eq!(status(&report, "replication"), Status::Pass, "{report:#?}");
+
+    primary
+        .cli(&["CONFIG", "SET", "min-replicas-to-write", "2"])
+        .unwrap();
+    let report = doctor(&primary.url()).await;
+    let check = report.check("replication").unwrap();
+    assert_eq!(check.status, Status::Fail, "{check:?}");
+    assert!(check.summary.contains("NOREPLICAS"), "{check:?}");
+
+    let report = doctor(&replica.url()).await;
+    let check = report.check("replication").unwrap();
+    assert_eq!(check.status, Status::Fail, "{check:?}");
+    assert!(check.summary.contains("replica"), "{check:?}");
+}

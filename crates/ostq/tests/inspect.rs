@@ -233,3 +233,114 @@ async fn the_dead_set_is_capped_oldest_first() {
     newest.sort();
     assert_eq!(kept, newest, "the two that died first were dropped");
 }
+
+/// A pending job deep in a long list: without a hint a lookup reads its budget and says where
+/// to go on; with a listing's hint it reads one window around the job, which still holds it
+/// after workers consumed jobs ahead of it or jobs were put back at the running end.
+#[tokio::test]
+async fn a_pending_job_is_found_by_a_listing_hint_within_a_budget() {
+    use ostq::admin::lookup::{Found, JobLookup};
+
+    let (server, client) = setup().await;
+    let queue = client.queue("deep");
+    let ids = queue
+        .push_bulk((0..20_000).map(|i| format!("p{i}")))
+        .await
+        .unwrap();
+    // Run order from the next to run: ids[0] is at index 0, ids[i] at index i.
+    let target = &ids[10_000];
+    let mut page = queue.page(JobState::Pending, None, 10).await.unwrap();
+    assert_eq!(page.list_index, (0..10).map(Some).collect::<Vec<_>>());
+    let mut cursor = page.next.clone();
+    while !page.jobs.iter().any(|job| &job.id == target) {
+        page = queue
+            .page(JobState::Pending, cursor.as_ref(), 10_000)
+            .await
+            .unwrap();
+        cursor = page.next.clone();
+    }
+    let at = page.jobs.iter().position(|job| &job.id == target).unwrap();
+    let hint = page.list_index[at];
+    assert_eq!(hint, Some(10_000));
+
+    let small = JobLookup::new().budget(5_000);
+    // No hint: the newest 5,000 entries are read, then it stops and says so.
+    let Found::StoppedEarly {
+        scanned,
+        pending,
+        next,
+    } = queue.find_job(target, small).await.unwrap()
+    else {
+        panic!("a budget of 5,000 cannot reach 10,000 entries deep");
+    };
+    assert_eq!((scanned, pending), (5_000, 20_000));
+    assert_eq!(next.from_newest, 5_000);
+    let Found::Job { job, list_index } = queue.find_job(target, next).await.unwrap() else {
+        panic!("the second look reaches it");
+    };
+    assert_eq!((job.state, list_index), (JobState::Pending, Some(10_000)));
+
+    // With the hint, one window.
+    let Found::Job { job, .. } = queue.find_job(target, small.near(hint)).await.unwrap() else {
+        panic!("the hint points at it");
+    };
+    assert_eq!(job.payload.as_deref(), Some(&b"p10000"[..]));
+
+    // Workers take 3,000 jobs from the running end: the job moved down to 7,000.
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pending_key = format!("ostq:{{{}}}:pending", "deep");
+    let _: Vec<Vec<u8>> = redis::cmd("RPOP")
+        .arg(&pending_key)
+        .arg(3_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // The first window (just above the hint) misses it and the budget stops the look there;
+    // going on from where it stopped finds it.
+    let Found::StoppedEarly { next, .. } = queue.find_job(target, small.near(hint)).await.unwrap()
+    else {
+        panic!("5,000 entries above the hint do not hold it any more");
+    };
+    let Found::Job { list_index, .. } = queue.find_job(target, next).await.unwrap() else {
+        panic!("below the hint");
+    };
+    assert_eq!(list_index, Some(7_000));
+    // The default budget finds it in one look from the stale hint.
+    let found = queue.find_job(target, JobLookup::new().near(hint)).await;
+    assert!(matches!(found.unwrap(), Found::Job { .. }));
+
+    // 100 entries put back at the running end push it up, within the hint's slack.
+    let put_back: Vec<String> = (0..100).map(|i| format!("bare{i}")).collect();
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(&pending_key)
+        .arg(&put_back)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let Found::Job { list_index, .. } = queue
+        .find_job(target, small.near(Some(7_000)))
+        .await
+        .unwrap()
+    else {
+        panic!("within the slack above the hint");
+    };
+    assert_eq!(list_index, Some(7_100));
+
+    // Consumed: a hinted look that reaches the running end says so; it does not go on to scan
+    // the rest of the list from its newest end.
+    let _: Vec<Vec<u8>> = redis::cmd("RPOP")
+        .arg(&pending_key)
+        .arg(7_101)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let found = queue
+        .find_job(target, JobLookup::new().near(Some(7_100)))
+        .await;
+    assert_eq!(found.unwrap(), Found::NotFound);
+    assert!(queue.job(target).await.unwrap().is_none());
+}

@@ -21,6 +21,7 @@ __all__ = [
     "Duplicate",
     "IdTaken",
     "JobFailed",
+    "NotDurable",
     "Permanent",
 ]
 
@@ -109,6 +110,29 @@ class IdTaken(Error):
         """The id."""
         self.state = state
         """The state of the job that has it."""
+
+
+class NotDurable(Error):
+    """A durable push (``Client(url, durable="1")``) is on the primary, but fewer replicas than
+    asked confirmed it in time: it may be lost in a failover. ``ids`` are the jobs written;
+    pushing again with the same ``id=`` is refused (``IdTaken``) for tracked or delayed jobs whose
+    first push survived, while an untracked immediate job may then exist twice.
+
+    >>> e = NotDurable("not durable", ["j1"], 0, 1)
+    >>> (e.ids, e.acked, e.wanted)
+    (['j1'], 0, 1)
+    """
+
+    def __init__(
+        self, message: str, ids: list[str] | None = None, acked: int = 0, wanted: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.ids = list(ids or [])
+        """The ids of the jobs written (on the primary)."""
+        self.acked = acked
+        """Replicas that confirmed the write."""
+        self.wanted = wanted
+        """Replicas asked for."""
 
 
 class JobFailed(Error):

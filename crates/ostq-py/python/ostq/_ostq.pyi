@@ -46,6 +46,8 @@ class Client:
     ``url``: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS),
     ``redis+sentinel://host:port[,host:port]/service``, ``redis+cluster://host:port[,…]``.
     Connects at once (``ostq.ConnectionError`` when Redis cannot be reached) unless ``lazy``.
+    ``durable="1"`` (``"1:500ms"``, ``"aof:1"``): every push waits for that many replicas
+    (``WAIT``); fewer in time raises :class:`ostq.NotDurable` (the job is on the primary).
 
     >>> client = Client("redis://127.0.0.1:6379")        # doctest: +SKIP
     >>> client.queue("tasks").push("42")                  # doctest: +SKIP
@@ -60,6 +62,7 @@ class Client:
         client_cert: Optional[str] = None,
         client_key: Optional[str] = None,
         lazy: bool = False,
+        durable: Optional[str] = None,
     ) -> Client: ...
     def queue(self, name: str) -> Queue:
         """A handle on the queue ``name``."""
@@ -80,6 +83,7 @@ class AsyncClient:
         ca_file: Optional[str] = None,
         client_cert: Optional[str] = None,
         client_key: Optional[str] = None,
+        durable: Optional[str] = None,
     ) -> AsyncClient: ...
     def queue(self, name: str) -> AsyncQueue:
         """A handle on the queue ``name`` whose methods are coroutines."""

@@ -534,6 +534,141 @@ fn persistence_check(facts: &[NodeFacts]) -> Check {
     worst.unwrap_or_else(|| Check::new("persistence", Status::Warn, "INFO answered nothing"))
 }
 
+/// A replica lagging more than this many seconds (`lag` in `INFO replication`) is reported.
+pub const REPLICA_LAG_WARN_S: u64 = 10;
+
+/// Replicas, `min-replicas-to-write` and replica lag, for a deployment that has replicas or is
+/// reached through Sentinel (none otherwise: a lone server has nothing to fail over to, and the
+/// persistence check covers its restarts).
+fn replication_check(facts: &[NodeFacts], via_sentinel: bool) -> Option<Check> {
+    let mut worst: Option<Check> = None;
+    for node in facts {
+        let Some(check) = node_replication(node, via_sentinel) else {
+            continue;
+        };
+        if worst.as_ref().is_none_or(|w| check.status > w.status) {
+            worst = Some(check);
+        }
+    }
+    worst
+}
+
+fn node_replication(node: &NodeFacts, via_sentinel: bool) -> Option<Check> {
+    const NAME: &str = "replication";
+    let on = node.on();
+    match node.info("role") {
+        Some("master") => {}
+        Some("slave") => {
+            return Some(
+                Check::new(
+                    NAME,
+                    Status::Fail,
+                    format!("this server{on} is a replica: every write is refused (READONLY)"),
+                )
+                .with_fix("point the URL at the primary (or at the sentinels: redis+sentinel://host:port/service)"),
+            )
+        }
+        _ => return None,
+    }
+    let replicas: Vec<(String, bool, u64)> = node
+        .info
+        .iter()
+        .filter(|(k, _)| k.starts_with("slave") && k[5..].bytes().all(|b| b.is_ascii_digit()))
+        .map(|(_, v)| {
+            let field = |name: &str| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let addr = format!("{}:{}", field("ip"), field("port"));
+            let online = field("state") == "online";
+            let lag = field("lag").parse().unwrap_or(u64::MAX);
+            (addr, online, lag)
+        })
+        .collect();
+    if replicas.is_empty() && !via_sentinel {
+        return None;
+    }
+    if replicas.is_empty() {
+        return Some(
+            Check::new(
+                NAME,
+                Status::Warn,
+                format!("the primary{on} has no replica: Sentinel has nothing to fail over to"),
+            )
+            .with_fix(
+                "start a replica (replicaof <primary> <port>) that the sentinels can promote",
+            ),
+        );
+    }
+    let good = replicas
+        .iter()
+        .filter(|(_, online, lag)| *online && *lag <= REPLICA_LAG_WARN_S)
+        .count();
+    let min_to_write: Option<u64> = node
+        .config("min-replicas-to-write")
+        .and_then(|v| v.parse().ok());
+    let max_lag = node.config("min-replicas-max-lag").unwrap_or("?");
+    let lagging: Vec<String> = replicas
+        .iter()
+        .filter(|(_, online, lag)| !*online || *lag > REPLICA_LAG_WARN_S)
+        .map(|(addr, online, lag)| match (online, *lag) {
+            (false, _) => format!("{addr} not online"),
+            (true, u64::MAX) => format!("{addr} lag unknown"),
+            (true, lag) => format!("{addr} {lag} s behind"),
+        })
+        .collect();
+    let count = replicas.len();
+    let count_said = match count {
+        1 => "1 replica".to_string(),
+        n => format!("{n} replicas"),
+    };
+    let check = match min_to_write {
+        Some(min) if min as usize > good => Check::new(
+            NAME,
+            Status::Fail,
+            format!(
+                "min-replicas-to-write is {min} but {good} of {count} replicas{on} are online and \
+                 in step: the primary refuses writes (NOREPLICAS){}",
+                if lagging.is_empty() { String::new() } else { format!(" ({})", lagging.join(", ")) }
+            ),
+        )
+        .with_fix("bring the replicas back (or lower min-replicas-to-write)"),
+        _ if !lagging.is_empty() => Check::new(
+            NAME,
+            Status::Warn,
+            format!("{count_said}{on}, {}: a failover to one of them loses what it has not received", lagging.join(", ")),
+        )
+        .with_fix("check the replicas' links and load (INFO replication on each)"),
+        Some(0) => Check::new(
+            NAME,
+            Status::Warn,
+            format!(
+                "{count_said}{on}, min-replicas-to-write 0: pushes the primary acknowledged \
+                 but had not yet replicated are lost when it fails over (about a third of a \
+                 steady producer's pushes during each failover in tests/sentinel.rs)"
+            ),
+        )
+        .with_fix("push with durability (ostq push --durable 1, Durability::replicas), and/or CONFIG SET min-replicas-to-write 1 with min-replicas-max-lag 10"),
+        Some(min) => Check::new(
+            NAME,
+            Status::Pass,
+            format!(
+                "{count_said}{on} in step, min-replicas-to-write {min} (max lag {max_lag} s): \
+                 a failover loses at most the replication lag's writes, none of the durable pushes"
+            ),
+        ),
+        None => Check::new(
+            NAME,
+            Status::Warn,
+            format!("{count_said}{on} in step; min-replicas-to-write unknown (CONFIG GET not permitted)"),
+        )
+        .with_fix("check min-replicas-to-write by hand, or use durable pushes"),
+    };
+    Some(check)
+}
+
 fn memory_check(facts: &[NodeFacts]) -> Check {
     let mut worst: Option<Check> = None;
     for node in facts {
@@ -645,13 +780,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn doctor(&self) -> Result<Report> {
-        let facts = self.node_facts().await?;
-        let mut checks = vec![
-            server_check(&facts),
-            eviction_check(&facts),
-            persistence_check(&facts),
-            memory_check(&facts),
-        ];
+        let facts = self.node_facts(false).await?;
+        let mut checks = self.fact_checks(&facts);
         // From here a check that cannot get its answers (a Cluster missing slots times out
         // key-routed commands, say) says so and the others still run.
         if self.is_cluster() {
@@ -668,10 +798,36 @@ impl Client {
         Ok(Report::new(checks))
     }
 
-    async fn node_facts(&self) -> Result<Vec<NodeFacts>> {
+    /// `INFO` and the settings the checks read, from every server: one round trip to a single
+    /// server (one pipeline), one per command to a Cluster. With `info_first`, `INFO` goes
+    /// alone first and the settings only when it was permitted (two round trips), so that a user
+    /// limited to the commands producers and workers need (§15) gets one refusal, not five.
+    async fn node_facts(&self, info_first: bool) -> Result<Vec<NodeFacts>> {
         let mut conn = self.conn();
+        if info_first {
+            let replies = stored::on_every_node(&mut conn, &["INFO"]).await?;
+            if replies
+                .iter()
+                .all(|r| matches!(&r.reply, Err(e) if e.is_no_permission()))
+            {
+                return Ok(Vec::new());
+            }
+        }
+        // One name per CONFIG GET: Redis 6.2 takes only one.
+        const SETTINGS: [&str; 4] = [
+            "appendfsync",
+            "save",
+            "min-replicas-to-write",
+            "min-replicas-max-lag",
+        ];
+        let mut commands: Vec<&[&str]> = vec![&["INFO"]];
+        let config_gets: Vec<[&str; 3]> = SETTINGS.iter().map(|n| ["CONFIG", "GET", n]).collect();
+        commands.extend(config_gets.iter().map(|c| c.as_slice()));
+        let mut replies = stored::each_on_every_node(&mut conn, &commands)
+            .await?
+            .into_iter();
         let mut facts = Vec::new();
-        for reply in stored::on_every_node(&mut conn, &["INFO"]).await? {
+        for reply in replies.next().unwrap_or_default() {
             let info = match reply.reply {
                 Ok(value) => text_of(&value).map(|t| info_fields(&t)).unwrap_or_default(),
                 Err(e) if e.is_no_permission() => Vec::new(),
@@ -683,9 +839,8 @@ impl Client {
                 config: Some(Vec::new()),
             });
         }
-        // One name per CONFIG GET: Redis 6.2 takes only one.
-        for name in ["appendfsync", "save"] {
-            for reply in stored::on_every_node(&mut conn, &["CONFIG", "GET", name]).await? {
+        for per_node in replies {
+            for reply in per_node {
                 let Some(node) = facts.iter_mut().find(|f| f.node == reply.node) else {
                     continue;
                 };
@@ -701,6 +856,51 @@ impl Client {
             }
         }
         Ok(facts)
+    }
+
+    /// The checks that need only `INFO` and `CONFIG GET` (two round trips to a single server):
+    /// server, eviction, persistence, memory and, with replicas or Sentinel, replication. What a
+    /// worker runs at start ([`crate::WorkerBuilder::doctor`]) and `ostq worker` prints.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// use ostq::admin::doctor::Status;
+    /// for check in client.quick_doctor().await?.checks {
+    ///     if check.status != Status::Pass {
+    ///         eprintln!("{} {}: {}", check.status.label(), check.name, check.summary);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// `INFO` is sent first, alone: when the user may not run it (a worker's user limited to
+    /// the commands of docs/design.md §15), the report is one `server` warning saying so, and
+    /// nothing else is sent.
+    pub async fn quick_doctor(&self) -> Result<Report> {
+        let facts = self.node_facts(true).await?;
+        if facts.is_empty() {
+            return Ok(Report::new(vec![Check::new(
+                "server",
+                Status::Warn,
+                "cannot check: the user may not run INFO",
+            )
+            .with_fix(
+                "grant +info +config|get to check at start, or turn the start-up checks off \
+                 (ostq worker --no-doctor, WorkerBuilder::doctor(false))",
+            )]));
+        }
+        Ok(Report::new(self.fact_checks(&facts)))
+    }
+
+    fn fact_checks(&self, facts: &[NodeFacts]) -> Vec<Check> {
+        let mut checks = vec![
+            server_check(facts),
+            eviction_check(facts),
+            persistence_check(facts),
+            memory_check(facts),
+        ];
+        checks.extend(replication_check(facts, self.is_sentinel()));
+        checks
     }
 
     async fn acl_check(&self) -> Result<Check> {

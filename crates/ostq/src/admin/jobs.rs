@@ -115,32 +115,6 @@ pub(super) async fn find_active(
         .find(|info| info.id == id))
 }
 
-/// Scans the pending list and zset for an id: O(pending), for inspection only.
-pub(super) async fn find_pending(
-    conn: &mut Conn,
-    keys: &QueueKeys,
-    id: &str,
-) -> Result<Option<(Vec<u8>, JobInfo)>> {
-    for (key, is_list) in [(&keys.prioritized, false), (&keys.pending, true)] {
-        let mut start = 0;
-        loop {
-            let entries = stored::pending_chunk(conn, key, is_list, start).await?;
-            if entries.is_empty() {
-                break;
-            }
-            start += entries.len();
-            if let Some(bytes) = entries
-                .into_iter()
-                .find(|b| envelope_id(b) == Some(id.as_bytes()))
-            {
-                let info = info_from_bytes(&keys.queue, JobState::Pending, &bytes);
-                return Ok(Some((bytes, info)));
-            }
-        }
-    }
-    Ok(None)
-}
-
 /// Merges a tracked job's status record into what was found of its envelope.
 pub(super) async fn record_info(
     conn: &mut Conn,

@@ -87,6 +87,12 @@ pub struct Page {
     pub jobs: Vec<JobInfo>,
     /// Where the next page starts; `None` when this one reached the end.
     pub next: Option<Cursor>,
+    /// For a page of pending jobs, one entry per job: its index in the pending list when read
+    /// (0 = the next to run), `None` for a prioritized job. Passed to
+    /// [`JobLookup::near`](crate::admin::lookup::JobLookup::near), it finds the job again
+    /// without scanning the list. Empty for other states (and left out of the JSON then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub list_index: Vec<Option<u64>>,
 }
 
 impl Queue {
@@ -187,7 +193,11 @@ async fn sorted_page(
     let next = page
         .next
         .map(|m| Cursor::from_position(&Position::Sorted(state, m)));
-    Ok(Page { jobs, next })
+    Ok(Page {
+        jobs,
+        next,
+        list_index: Vec::new(),
+    })
 }
 
 /// Whether an entry comes after the mark in the listing's order.
@@ -331,6 +341,7 @@ async fn pending_page(
     limit: usize,
 ) -> Result<Page> {
     let mut jobs = Vec::new();
+    let mut list_index = Vec::new();
     let pending = |bytes: &[u8]| info_from_bytes(&keys.queue, JobState::Pending, bytes);
     loop {
         let room = limit - jobs.len();
@@ -340,6 +351,7 @@ async fn pending_page(
                 let low = page.entries.iter().position(|(_, score)| *score >= 0.0);
                 let high = &page.entries[..low.unwrap_or(page.entries.len())];
                 jobs.extend(high.iter().map(|(bytes, _)| pending(bytes)));
+                list_index.resize(jobs.len(), None);
                 match page.next {
                     Some(mark) if low.is_none() => (Some(Position::High(mark)), Phase::List(None)),
                     _ => (None, Phase::List(None)),
@@ -347,7 +359,10 @@ async fn pending_page(
             }
             Phase::List(mark) => {
                 let page = list_after(conn, keys, mark.as_ref(), room).await?;
-                jobs.extend(page.entries.iter().map(|bytes| pending(bytes)));
+                for (index, bytes) in &page.entries {
+                    jobs.push(pending(bytes));
+                    list_index.push(Some(*index));
+                }
                 (page.next.map(|m| Position::List(Some(m))), Phase::Low(None))
             }
             Phase::Low(mark) => {
@@ -355,15 +370,24 @@ async fn pending_page(
                 let mark = mark.unwrap_or(zero);
                 let page = zset_after(conn, &keys.prioritized, false, Some(&mark), room).await?;
                 jobs.extend(page.entries.iter().map(|(bytes, _)| pending(bytes)));
+                list_index.resize(jobs.len(), None);
                 let next = page
                     .next
                     .map(|m| Cursor::from_position(&Position::Low(Some(m))));
-                return Ok(Page { jobs, next });
+                return Ok(Page {
+                    jobs,
+                    next,
+                    list_index,
+                });
             }
         };
         if let Some(next) = next {
             let next = Some(Cursor::from_position(&next));
-            return Ok(Page { jobs, next });
+            return Ok(Page {
+                jobs,
+                next,
+                list_index,
+            });
         }
         if jobs.len() == limit {
             let next = match then {
@@ -371,15 +395,20 @@ async fn pending_page(
                 _ => Position::Low(None),
             };
             let next = Some(Cursor::from_position(&next));
-            return Ok(Page { jobs, next });
+            return Ok(Page {
+                jobs,
+                next,
+                list_index,
+            });
         }
         phase = then;
     }
 }
 
-/// Entries of the pending list after a mark, in run order, and the mark of the next page.
+/// Entries of the pending list after a mark, in run order, with their index from the right end
+/// when read, and the mark of the next page.
 struct ListPage {
-    entries: Vec<Vec<u8>>,
+    entries: Vec<(u64, Vec<u8>)>,
     next: Option<ListMark>,
 }
 
@@ -487,7 +516,7 @@ fn cut_list(window: Vec<Vec<u8>>, from: usize, span: Span) -> ListPage {
     let mut rest = window.iter().enumerate().skip(from);
     for (at, bytes) in rest.by_ref() {
         if let Some(key) = entry_key(bytes) {
-            entries.push(bytes.clone());
+            entries.push((span.start + at as u64, bytes.clone()));
             last = Some((at, key));
             if entries.len() == span.limit {
                 break;
@@ -527,14 +556,22 @@ async fn active_page(
                     let next = last.map(|(group, index)| {
                         Cursor::from_position(&Position::Active { group, index })
                     });
-                    return Ok(Page { jobs, next });
+                    return Ok(Page {
+                        jobs,
+                        next,
+                        list_index: Vec::new(),
+                    });
                 }
                 jobs.push(active_info(keys, bytes, deadline));
                 last = Some((group, index));
             }
         }
     }
-    Ok(Page { jobs, next: None })
+    Ok(Page {
+        jobs,
+        next: None,
+        list_index: Vec::new(),
+    })
 }
 
 #[cfg(test)]

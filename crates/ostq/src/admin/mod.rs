@@ -53,6 +53,7 @@ pub mod doctor;
 mod history;
 mod jobs;
 pub mod listing;
+pub mod lookup;
 mod remove;
 pub mod search;
 pub mod server;
@@ -60,9 +61,8 @@ pub mod stats;
 pub(crate) mod views;
 mod workers;
 
-use jobs::{
-    active_jobs, find_active, find_pending, info_from_bytes, infos_by_id, oldest_ids, record_info,
-};
+use jobs::{active_jobs, info_from_bytes, infos_by_id, oldest_ids, record_info};
+use lookup::{find_pending_within, Found, JobLookup, Scan};
 
 pub use cursor::Cursor;
 pub use history::{
@@ -248,37 +248,22 @@ impl Queue {
     /// One job by id. Tracked jobs are found in any state until their record expires; untracked
     /// ones while scheduled, pending, active, retry or dead (a completed untracked job leaves only
     /// the processed counter behind).
+    ///
+    /// A pending job is looked for through the whole pending list, O(pending) at worst;
+    /// [`Queue::find_job`] bounds that scan and takes a listing's hint.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
+    /// if let Some(job) = client.queue("videos").job("01HZX").await? {
+    ///     println!("{} after {} attempts", job.state, job.attempts);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn job(&self, id: &str) -> Result<Option<JobInfo>> {
-        let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let queue = keys.queue.as_str();
-        let envelope = stored::envelopes_by_id(&mut conn, keys, &[id]).await?;
-        let mut found: Option<JobInfo> = None;
-        if let Some(bytes) = envelope.into_iter().next().flatten() {
-            let scores = stored::timed_scores(&mut conn, keys, id).await?;
-            let (state, due) = match scores {
-                (Some(t), _, _) => (JobState::Scheduled, Some(t)),
-                (_, Some(t), _) => (JobState::Retry, Some(t)),
-                (_, _, Some(t)) => (JobState::Dead, Some(t)),
-                _ => (JobState::Pending, None), // being promoted right now
-            };
-            let mut info = info_from_bytes(queue, state, &bytes);
-            if state == JobState::Dead {
-                info.finished_at_ms = due;
-            } else {
-                info.due_at_ms = due;
-            }
-            found = Some(info);
+        match self.find_job(id, JobLookup::whole()).await? {
+            Found::Job { job, .. } => Ok(Some(*job)),
+            Found::NotFound | Found::StoppedEarly { .. } => Ok(None),
         }
-        if found.is_none() {
-            found = find_active(&mut conn, keys, id).await?;
-        }
-        if found.is_none() {
-            found = find_pending(&mut conn, keys, id)
-                .await?
-                .map(|(_, info)| info);
-        }
-        record_info(&mut conn, keys, id, found).await
     }
 
     /// Cancels a job: one that has not started (pending, scheduled, waiting to retry) is removed;
@@ -353,7 +338,9 @@ impl Queue {
                 removed += 1;
                 continue;
             }
-            if let Some((bytes, _)) = find_pending(&mut conn, keys, id).await? {
+            if let Scan::Found { bytes, .. } =
+                find_pending_within(&mut conn, keys, id, JobLookup::whole()).await?
+            {
                 removed += stored::delete_pending(&mut conn, keys, id, &bytes).await?;
                 continue;
             }

@@ -175,6 +175,10 @@ pub struct Found {
     /// Where to go on searching; `None` when the call reached the end of the state. A `Some`
     /// means the call stopped early, at its budget or at its limit of matches.
     pub next: Option<Cursor>,
+    /// For pending jobs, one entry per job: where it was in the pending list, as
+    /// [`Page::list_index`](crate::admin::Page::list_index). Empty for other states.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub list_index: Vec<Option<u64>>,
 }
 
 impl Found {
@@ -257,6 +261,12 @@ impl Queue {
                 };
             };
             found.examined += page.jobs.len() as u64;
+            if !page.list_index.is_empty() {
+                let hints = matches
+                    .iter()
+                    .map(|&i| page.list_index.get(i).copied().flatten());
+                found.list_index.extend(hints);
+            }
             let mut jobs = page.jobs;
             let mut kept = matches.into_iter().peekable();
             let mut index = 0;

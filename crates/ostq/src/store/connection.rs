@@ -38,6 +38,7 @@ use redis::{
 };
 use tracing::{debug, info, warn};
 
+use crate::durability::Durability;
 use crate::keys::QUEUES;
 use crate::{Error, Result};
 
@@ -46,6 +47,13 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reply limit for a dedicated blocking connection: above the longest block ostq asks for (1 s).
 const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reply limit on a durable connection: a write's `WAIT` may take up to
+/// [`crate::durability::MAX_DURABLE_TIMEOUT`], and a write queued behind another's `WAIT` waits
+/// for it too (Redis runs a connection's commands in order).
+const DURABLE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections for durable writes. `WAIT` blocks its connection in Redis, so each carries one
+/// write and its wait at a time; a few let concurrent producers wait in parallel.
+const DURABLE_CONNECTIONS: usize = 4;
 /// Connect and reply limit when asking a sentinel, so that a dead sentinel does not hold up the
 /// next one for long.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,6 +66,11 @@ const REGISTER_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Default port of a sentinel.
 const SENTINEL_DEFAULT_PORT: u16 = 26379;
+
+/// Why durable writes are refused on Cluster.
+const NO_DURABLE_CLUSTER: &str = "durable writes (WAIT/WAITAOF) are not supported on Redis \
+     Cluster by ostq yet: a write and its WAIT must go over the same connection to the queue's \
+     node, and the cluster client routes WAIT to every primary";
 
 /// What Redis's `OOM` error becomes: the raw one ("command not allowed when used memory >
 /// 'maxmemory'") does not say what happened to the write or what to do.
@@ -173,6 +186,14 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
 struct Inner {
     target: Target,
     conn: Conn,
+    /// What pushes wait for unless a push says otherwise.
+    durability: Durability,
+    /// Connections of their own for durable writes, opened on first use (see
+    /// [`Client::durable_conn`]).
+    durable_conns: tokio::sync::OnceCell<Vec<Conn>>,
+    next_durable: std::sync::atomic::AtomicUsize,
+    /// Whether the server knows `WAITAOF`, asked once.
+    waitaof: tokio::sync::OnceCell<bool>,
     registered_queues: Mutex<HashSet<String>>,
     /// Queues whose registration waits for Redis in a background task.
     deferred_queues: Mutex<HashSet<String>>,
@@ -264,6 +285,7 @@ pub struct ClientBuilder {
     lazy: bool,
     sentinel_username: Option<String>,
     sentinel_password: Option<String>,
+    durability: Durability,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -278,6 +300,7 @@ impl std::fmt::Debug for ClientBuilder {
                 "sentinel_password",
                 &self.sentinel_password.as_ref().map(|_| "***"),
             )
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -314,11 +337,33 @@ impl ClientBuilder {
         self
     }
 
+    /// Make every push of this client durable: it is reported done only once the copies
+    /// `durability` asks for are confirmed (`WAIT` or `WAITAOF`, sent with the push in one round
+    /// trip), and fails with [`Error::NotDurable`] otherwise. A push can override it
+    /// ([`crate::PushOptions::durable`]). Not available on Redis Cluster. Cost on loopback with
+    /// one replica: `docs/operations.md`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> ostq::Result<()> {
+    /// use std::time::Duration;
+    /// let client = ostq::Client::builder("redis+sentinel://10.0.0.1:26379/jobs")
+    ///     .durability(ostq::Durability::replicas(1, Duration::from_millis(500)))
+    ///     .connect()
+    ///     .await?;
+    /// client.queue("invoices").push("42").await?; // on the primary and one replica
+    /// # Ok(()) }
+    /// ```
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
     /// Connects (or, with [`ClientBuilder::lazy`], only checks the options).
     ///
     /// Fails fast with [`Error::Config`] on a malformed URL or an unreadable certificate file and
     /// with [`Error::Redis`] when the server cannot be reached or refuses the credentials.
     pub async fn connect(self) -> Result<Client> {
+        self.durability.check()?;
         let certs = self.certificates()?;
         let (target, conn) = match split_scheme(&self.url)? {
             (Scheme::Plain | Scheme::Tls, _) => {
@@ -370,7 +415,10 @@ impl ClientBuilder {
                 (Target::Sentinel(resolver), Conn::Sentinel(conn))
             }
         };
-        Ok(Client::from_parts(target, conn))
+        if self.durability.is_durable() && matches!(target, Target::Cluster(_)) {
+            return Err(Error::Config(NO_DURABLE_CLUSTER.into()));
+        }
+        Ok(Client::from_parts(target, conn, self.durability))
     }
 
     /// Reads the PEM files given as options.
@@ -546,6 +594,7 @@ impl Client {
             lazy: false,
             sentinel_username: None,
             sentinel_password: None,
+            durability: Durability::Async,
         }
     }
 
@@ -580,14 +629,19 @@ impl Client {
         Ok(Self::from_parts(
             Target::Cluster(nodes),
             Conn::Cluster(conn),
+            Durability::Async,
         ))
     }
 
-    fn from_parts(target: Target, conn: Conn) -> Self {
+    fn from_parts(target: Target, conn: Conn, durability: Durability) -> Self {
         Self {
             inner: Arc::new(Inner {
                 target,
                 conn,
+                durability,
+                durable_conns: tokio::sync::OnceCell::new(),
+                next_durable: std::sync::atomic::AtomicUsize::new(0),
+                waitaof: tokio::sync::OnceCell::new(),
                 registered_queues: Mutex::new(HashSet::new()),
                 deferred_queues: Mutex::new(HashSet::new()),
             }),
@@ -601,24 +655,86 @@ impl Client {
 
     /// A new connection of its own, for a blocking command that must not hold up anything else.
     pub(crate) async fn blocking_conn(&self) -> Result<Conn> {
+        self.own_conn(BLOCKING_RESPONSE_TIMEOUT).await
+    }
+
+    async fn own_conn(&self, response_timeout: Duration) -> Result<Conn> {
         Ok(match &self.inner.target {
             Target::Single(client) => Conn::Single(
                 ConnectionManager::new_with_config(
                     client.as_ref().clone(),
-                    manager_config(BLOCKING_RESPONSE_TIMEOUT),
+                    manager_config(response_timeout),
                 )
                 .await
                 .map_err(Error::from_redis)?,
             ),
             Target::Sentinel(resolver) => {
-                let conn = FailoverConn::new(resolver.clone(), BLOCKING_RESPONSE_TIMEOUT);
+                let conn = FailoverConn::new(resolver.clone(), response_timeout);
                 conn.first_connect().await.map_err(Error::from_redis)?;
                 Conn::Sentinel(conn)
             }
             Target::Cluster(nodes) => {
-                Conn::Cluster(cluster_connection(nodes, BLOCKING_RESPONSE_TIMEOUT).await?)
+                Conn::Cluster(cluster_connection(nodes, response_timeout).await?)
             }
         })
+    }
+
+    /// What this client's pushes wait for by default ([`ClientBuilder::durability`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ostq::Client) {
+    /// assert!(!client.durability().is_durable()); // the default
+    /// # }
+    /// ```
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// A connection for one durable write and its `WAIT`, taken in turn from a small pool opened
+    /// on first use. `WAIT` blocks its connection in Redis until the replicas answer (or its
+    /// timeout, when one is down), so durable writes never go through the shared connection:
+    /// fetches, renewals and plain pushes are not held up by a slow replica. Checks first that
+    /// `durability` can be had here (no Cluster; `WAITAOF` only where Redis knows it), before
+    /// anything is written.
+    pub(crate) async fn durable_conn(&self, durability: &Durability) -> Result<Conn> {
+        durability.check()?;
+        if self.is_cluster() {
+            return Err(Error::Config(NO_DURABLE_CLUSTER.into()));
+        }
+        let conns = self
+            .inner
+            .durable_conns
+            .get_or_try_init(|| async {
+                let mut conns = Vec::with_capacity(DURABLE_CONNECTIONS);
+                for _ in 0..DURABLE_CONNECTIONS {
+                    conns.push(self.own_conn(DURABLE_RESPONSE_TIMEOUT).await?);
+                }
+                Ok::<_, Error>(conns)
+            })
+            .await?;
+        let turn = self
+            .inner
+            .next_durable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn = conns[turn % conns.len()].clone();
+        if matches!(durability, Durability::Aof { .. }) {
+            let known = self
+                .inner
+                .waitaof
+                .get_or_try_init(|| {
+                    let mut conn = conn.clone();
+                    async move { super::durable::supports_waitaof(&mut conn).await }
+                })
+                .await?;
+            if !*known {
+                return Err(Error::Config(
+                    "durability aof needs WAITAOF (Redis 7.2 or later), which this server does \
+                     not know; use Durability::Replicas (WAIT) instead"
+                        .into(),
+                ));
+            }
+        }
+        Ok(conn)
     }
 
     /// Adds `queue` to the global set of known queues, once per client. The set lives outside the
@@ -704,6 +820,11 @@ impl Client {
                 backoff = (backoff * 2).min(REGISTER_BACKOFF_MAX);
             }
         });
+    }
+
+    /// Whether this client finds its primary through Sentinel.
+    pub(crate) fn is_sentinel(&self) -> bool {
+        matches!(self.inner.target, Target::Sentinel(_))
     }
 
     /// Whether this client talks to a Redis Cluster.

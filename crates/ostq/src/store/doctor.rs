@@ -61,6 +61,51 @@ pub(crate) async fn on_every_node(conn: &mut Conn, args: &[&str]) -> Result<Vec<
     }
 }
 
+/// Sends each command of `commands` to every server, like [`on_every_node`], and returns the
+/// replies per command. To one server (not a Cluster) they go in one pipeline: one round trip,
+/// for checks that run at every worker's start.
+pub(crate) async fn each_on_every_node(
+    conn: &mut Conn,
+    commands: &[&[&str]],
+) -> Result<Vec<Vec<NodeReply>>> {
+    if matches!(conn, Conn::Cluster(_)) {
+        let mut replies = Vec::with_capacity(commands.len());
+        for args in commands {
+            replies.push(on_every_node(conn, args).await?);
+        }
+        return Ok(replies);
+    }
+    let mut pipe = redis::pipe();
+    // Each command's refusal (NOPERM, say) is its own reply, not the pipeline's failure.
+    pipe.ignore_errors();
+    for args in commands {
+        let cmd = pipe.cmd(args.first().copied().unwrap_or_default());
+        for arg in args.iter().skip(1) {
+            cmd.arg(*arg);
+        }
+    }
+    let replies: Vec<Value> = super::call::query_pipe(&pipe, conn).await?;
+    if replies.len() != commands.len() {
+        return Err(Error::Protocol(format!(
+            "{} replies to {} commands",
+            replies.len(),
+            commands.len()
+        )));
+    }
+    Ok(replies
+        .into_iter()
+        .map(|reply| {
+            vec![NodeReply {
+                node: String::new(),
+                reply: match reply {
+                    Value::ServerError(e) => Err(Error::from_redis(e.into())),
+                    other => Ok(other),
+                },
+            }]
+        })
+        .collect())
+}
+
 /// The text of a string reply (bulk, simple or verbatim).
 pub(crate) fn text_of(value: &Value) -> Option<String> {
     match value {

@@ -6,6 +6,7 @@
 //!   traps worked around;
 //! - `call`: the one way scripts are called (`EVALSHA`, loading the script on `NOSCRIPT`; alone,
 //!   pipelined behind a blocking wait, or several in one `MULTI`);
+//! - `durable`: a write and its `WAIT`/`WAITAOF` in one round trip, on a durable connection;
 //! - `push`, `lease` (fetch, wait, outcomes, renewal, cancellation, progress), `queues` (counts,
 //!   listings, lookups and the operator's writes), `cron`, `stream` (events and waiting for
 //!   results): one file per area, one function per script or read.
@@ -18,6 +19,7 @@ pub(crate) mod call;
 pub mod connection;
 pub(crate) mod cron;
 pub(crate) mod doctor;
+pub(crate) mod durable;
 pub(crate) mod history;
 pub(crate) mod lease;
 pub(crate) mod push;

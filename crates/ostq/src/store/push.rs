@@ -1,9 +1,11 @@
 //! Pushing jobs: plain envelopes with `LPUSH`, everything else through `push.lua`.
 
-use redis::{FromRedisValue, Value};
+use redis::{Cmd, FromRedisValue, Value};
 
 use super::call::{self, query_pipe, run_atomic, ScriptCall};
+use super::durable::{self, WaitFor};
 use super::Conn;
+use crate::durability::Acked;
 use crate::keys::QueueKeys;
 use crate::{Error, Result};
 
@@ -12,16 +14,36 @@ pub(crate) const BULK_CHUNK: usize = 1000;
 
 /// Appends encoded envelopes to the pending list, many per `LPUSH`; several commands go in one
 /// `MULTI`/`EXEC`, so that a bulk push lands whole or not at all (under OOM, say, Redis refuses the
-/// transaction rather than its later commands).
-pub(crate) async fn lpush(conn: &mut Conn, keys: &QueueKeys, envelopes: &[Vec<u8>]) -> Result<()> {
-    let mut pipe = redis::pipe();
-    for chunk in envelopes.chunks(BULK_CHUNK) {
-        pipe.cmd("LPUSH").arg(&keys.pending).arg(chunk).ignore();
+/// transaction rather than its later commands). With `wait` (a durable push) the wait follows in
+/// the same round trip, and what it confirmed is returned.
+pub(crate) async fn lpush(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    envelopes: &[Vec<u8>],
+    wait: Option<&WaitFor>,
+) -> Result<Option<Acked>> {
+    let cmds: Vec<Cmd> = envelopes
+        .chunks(BULK_CHUNK)
+        .map(|chunk| {
+            let mut cmd = redis::cmd("LPUSH");
+            cmd.arg(&keys.pending).arg(chunk);
+            cmd
+        })
+        .collect();
+    let atomic = cmds.len() > 1;
+    if let Some(wait) = wait {
+        let written = durable::write_and_wait(conn, &cmds, atomic, wait).await?;
+        return Ok(Some(written.acked));
     }
-    if pipe.len() > 1 {
+    let mut pipe = redis::pipe();
+    for cmd in cmds {
+        pipe.add_command(cmd).ignore();
+    }
+    if atomic {
         pipe.atomic();
     }
-    query_pipe(&pipe, conn).await
+    query_pipe::<()>(&pipe, conn).await?;
+    Ok(None)
 }
 
 /// What every job of one `push.lua` call shares (the script's per-job ARGV fields but id and
@@ -50,13 +72,15 @@ pub(crate) struct Pushed {
 }
 
 /// Pushes `(id, payload)` jobs through `push.lua`, [`BULK_CHUNK`] per call; several calls run in
-/// one `MULTI`/`EXEC` (all or nothing).
+/// one `MULTI`/`EXEC` (all or nothing). With `wait` (a durable push) the wait follows in the same
+/// round trip, and what it confirmed is returned.
 pub(crate) async fn push_scripted(
     conn: &mut Conn,
     keys: &QueueKeys,
     jobs: &[(String, &[u8])],
     fields: &PushFields<'_>,
-) -> Result<Vec<Pushed>> {
+    wait: Option<&WaitFor>,
+) -> Result<(Vec<Pushed>, Option<Acked>)> {
     let calls: Vec<ScriptCall> = jobs
         .chunks(BULK_CHUNK)
         .map(|chunk| {
@@ -83,15 +107,33 @@ pub(crate) async fn push_scripted(
             call
         })
         .collect();
-    let replies: Vec<Vec<Vec<Value>>> = match calls.as_slice() {
-        [one] => vec![one.run(conn).await?],
-        _ => run_atomic(&calls, conn)
-            .await?
-            .into_iter()
-            .map(|reply| Vec::<Vec<Value>>::from_redis_value(reply).map_err(bad_reply))
-            .collect::<Result<_>>()?,
+    let (replies, acked): (Vec<Value>, Option<Acked>) = match (calls.as_slice(), wait) {
+        ([one], None) => (vec![one.run(conn).await?], None),
+        (_, None) => (run_atomic(&calls, conn).await?, None),
+        ([one], Some(wait)) => {
+            let written = durable::run_and_wait(conn, one, wait).await?;
+            (written.replies, Some(written.acked))
+        }
+        (_, Some(wait)) => {
+            // Inside MULTI a NOSCRIPT would not be retried: load the script first.
+            if let Some(first) = calls.first() {
+                first.load(conn).await?;
+            }
+            let cmds: Vec<Cmd> = calls.iter().map(|c| c.cmd().clone()).collect();
+            let written = durable::write_and_wait(conn, &cmds, true, wait).await?;
+            (written.replies, Some(written.acked))
+        }
     };
-    replies.into_iter().flatten().map(parse_pushed).collect()
+    let replies: Vec<Vec<Vec<Value>>> = replies
+        .into_iter()
+        .map(|reply| Vec::<Vec<Value>>::from_redis_value(reply).map_err(bad_reply))
+        .collect::<Result<_>>()?;
+    let pushed = replies
+        .into_iter()
+        .flatten()
+        .map(parse_pushed)
+        .collect::<Result<_>>()?;
+    Ok((pushed, acked))
 }
 
 fn bad_reply(e: redis::ParsingError) -> Error {

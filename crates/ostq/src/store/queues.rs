@@ -125,6 +125,11 @@ pub(crate) async fn pending_from_right(
     Ok(entries)
 }
 
+/// Entries in the pending list (the wake marker included).
+pub(crate) async fn pending_len(conn: &mut Conn, keys: &QueueKeys) -> Result<u64> {
+    query(redis::cmd("LLEN").arg(&keys.pending), conn).await
+}
+
 /// Up to `take` entries of the pending list from index `from_right` (0 is the right end, the
 /// next to run), in run order, wake marker included: one `LRANGE`, so one consistent snapshot.
 pub(crate) async fn pending_window(
@@ -274,15 +279,16 @@ pub(crate) async fn lease_entries(
     query_pipe(&pipe, conn).await
 }
 
-/// Entries `start..start + SCAN_CHUNK` of the pending list (from the left) or the prioritized
-/// set, for scans.
+/// Entries `start..start + count` of the pending list (from the left) or the prioritized set,
+/// for scans.
 pub(crate) async fn pending_chunk(
     conn: &mut Conn,
     key: &str,
     is_list: bool,
     start: usize,
+    count: usize,
 ) -> Result<Vec<Vec<u8>>> {
-    let stop = start + SCAN_CHUNK - 1;
+    let stop = start + count.max(1) - 1;
     let cmd = if is_list { "LRANGE" } else { "ZRANGE" };
     query(redis::cmd(cmd).arg(key).arg(start).arg(stop), conn).await
 }
@@ -385,7 +391,7 @@ pub(crate) async fn purge_pending(
     let mut removed = 0;
     let mut start = 0;
     loop {
-        let entries = pending_chunk(conn, &aside, is_list, start).await?;
+        let entries = pending_chunk(conn, &aside, is_list, start, SCAN_CHUNK).await?;
         if entries.is_empty() {
             break;
         }

@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::field::Empty;
 use tracing::{debug, warn, Instrument};
 
-use super::handler::{panic_message, BoxError, DynHandler, Permanent};
+use super::handler::{panic_message, BoxError, DynHandler, Permanent, Unhandled};
 use super::prefetch::Leased;
 use super::runtime::{Figures, Outcome, OutcomeKind, Settled, Shared};
 use super::Failure;
@@ -270,8 +270,10 @@ pub(super) async fn run_job(
     settled.with(figures)
 }
 
-/// Decodes a leased job and finds its handler and attempt limit; a job that cannot run (not an
-/// envelope, no handler for its name, an oversized payload) is refused straight to the dead set.
+/// Decodes a leased job and finds its handler and attempt limit. A job that cannot run (not an
+/// envelope, an oversized payload, no name and no default handler) is refused straight to the
+/// dead set; one whose task name this worker has no handler for fails an attempt and retries
+/// ([`Unhandled::Retry`]).
 fn accept(
     shared: &Shared,
     keys: &QueueKeys,
@@ -300,7 +302,12 @@ fn accept(
         .unwrap_or(shared.config.default_max_attempts);
     let handler = match shared.handlers.pick(name.as_deref()) {
         Ok((handler, _)) => handler,
-        Err(reason) => return Err(Box::new(fail(shared, keys, envelope, reason, true))),
+        Err(Unhandled::Retry(reason)) => {
+            return Err(Box::new(fail(shared, keys, envelope, reason, false)))
+        }
+        Err(Unhandled::Dead(reason)) => {
+            return Err(Box::new(fail(shared, keys, envelope, reason, true)))
+        }
     };
     if envelope.payload.len() > shared.config.max_payload {
         let reason = format!(

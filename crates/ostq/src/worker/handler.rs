@@ -144,6 +144,17 @@ where
     })
 }
 
+/// Why a job has no handler here, and what becomes of it.
+#[derive(Debug)]
+pub(crate) enum Unhandled {
+    /// A task name this worker does not know: a failed attempt, retried (in a rolling deploy,
+    /// a worker of the release that knows it may take it next), as Sidekiq and asynq do.
+    Retry(String),
+    /// No name and no default handler: a bare entry or a plain push that only a default
+    /// handler can ever run. Dead at once.
+    Dead(String),
+}
+
 /// The handlers a worker dispatches to.
 #[derive(Default, Clone)]
 pub(crate) struct Handlers {
@@ -153,11 +164,12 @@ pub(crate) struct Handlers {
 
 impl Handlers {
     /// The handler for a job's name and its retry policy, or why there is none: the typed
-    /// handler of that name, else the default handler (named jobs included).
+    /// handler of that name, else the default handler (named jobs included). A name no handler
+    /// claims is an [`Unhandled::Retry`]: a worker of another release may know it.
     pub(crate) fn pick(
         &self,
         name: Option<&str>,
-    ) -> Result<(DynHandler, Option<RetryPolicy>), String> {
+    ) -> Result<(DynHandler, Option<RetryPolicy>), Unhandled> {
         match name {
             Some(name) => self
                 .by_name
@@ -167,13 +179,15 @@ impl Handlers {
                 .ok_or_else(|| {
                     let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
                     known.sort_unstable();
-                    format!(
+                    Unhandled::Retry(format!(
                         "no handler for task '{name}' (this worker handles: {})",
                         known.join(", ")
-                    )
+                    ))
                 }),
             None => self.default.clone().map(|h| (h, None)).ok_or_else(|| {
-                "job has no task name and this worker has no default handler".to_string()
+                Unhandled::Dead(
+                    "job has no task name and this worker has no default handler".to_string(),
+                )
             }),
         }
     }

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::runtime::{groups, Outcome, OutcomeKind, Shared, CHUNK};
+use crate::durability::Acked;
+use crate::store::durable;
 use crate::store::lease::{self, Completion, Failure, GroupCompletions};
 use crate::Result;
 
@@ -24,6 +26,7 @@ pub(super) async fn lease_keeper(
     stop: CancellationToken,
 ) {
     let mut failing = false;
+    let mut not_durable = false;
     let mut deferred = Deferred::default();
     loop {
         let first = tokio::select! {
@@ -51,7 +54,11 @@ pub(super) async fn lease_keeper(
             by_queue.entry(outcome.queue).or_default().push(outcome);
         }
         for (queue, outcomes) in by_queue {
-            settle(&shared, queue, &outcomes, &mut failing).await;
+            let flags = Flags {
+                failing: &mut failing,
+                not_durable: &mut not_durable,
+            };
+            settle(&shared, queue, &outcomes, flags).await;
         }
     }
 }
@@ -145,6 +152,15 @@ impl Deferred {
     }
 }
 
+/// What the keeper remembers between batches, so that an outage is logged once when it starts and
+/// once when it ends.
+struct Flags<'a> {
+    /// Writes are failing.
+    failing: &'a mut bool,
+    /// Durable outcomes: waits are falling short.
+    not_durable: &'a mut bool,
+}
+
 /// Adds a written batch to the worker's own totals (completed, retried, dead).
 fn count_ended(shared: &Shared, outcomes: &[Outcome]) {
     let mut ended = [0u64; 3];
@@ -165,7 +181,7 @@ fn count_ended(shared: &Shared, outcomes: &[Outcome]) {
 
 /// Writes one queue's outcomes (retrying through outages for up to a lease) and settles their
 /// groups in the table: finished or given-up groups leave it, the others count their settled jobs.
-async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &mut bool) {
+async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], flags: Flags<'_>) {
     let mut counts: HashMap<u64, u32> = HashMap::new();
     for outcome in outcomes {
         *counts.entry(outcome.group).or_default() += 1;
@@ -184,7 +200,7 @@ async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], failing: &m
             }
         }
     }
-    let written = write_with_retries(shared, queue, outcomes, &finishing, failing).await;
+    let written = write_with_retries(shared, queue, outcomes, &finishing, flags).await;
     if written && shared.config.history {
         // Only once written, so that a retried write does not count twice.
         super::history::add(shared, queue, outcomes);
@@ -213,16 +229,35 @@ async fn write_with_retries(
     queue: usize,
     outcomes: &[Outcome],
     finishing: &HashMap<u64, bool>,
-    failing: &mut bool,
+    flags: Flags<'_>,
 ) -> bool {
+    let Flags {
+        failing,
+        not_durable,
+    } = flags;
     let mut delay = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + shared.config.lease;
     loop {
         match write_outcomes(shared, queue, outcomes, finishing).await {
-            Ok(()) => {
+            Ok(acked) => {
                 if *failing {
                     info!("redis reachable again, outcomes flowing");
                     *failing = false;
+                }
+                let durability = &shared.config.durable_outcomes;
+                if let Some(acked) = acked {
+                    let short = !acked.satisfies(durability);
+                    if short && !*not_durable {
+                        warn!(
+                            %durability,
+                            replicas = acked.replicas,
+                            "outcomes written on the primary but not confirmed by its \
+                             replicas in time; a failover now would run those jobs again"
+                        );
+                    } else if !short && *not_durable {
+                        info!(%durability, "outcomes confirmed by the replicas again");
+                    }
+                    *not_durable = short;
                 }
                 return true;
             }
@@ -243,15 +278,21 @@ async fn write_with_retries(
 }
 
 /// Writes one queue's batch of outcomes: failures, then give-backs (tombstones first), then the
-/// completions, which delete the groups this batch finishes.
+/// completions, which delete the groups this batch finishes. With durable outcomes they go over a
+/// durable connection and are followed by `WAIT` on it, whose confirmation is returned.
 pub(super) async fn write_outcomes(
     shared: &Shared,
     queue: usize,
     outcomes: &[Outcome],
     finishing: &HashMap<u64, bool>,
-) -> Result<()> {
+) -> Result<Option<Acked>> {
     let keys = &shared.queues[queue];
-    let mut conn = shared.client.conn();
+    let durability = &shared.config.durable_outcomes;
+    let mut conn = if durability.is_durable() {
+        shared.client.durable_conn(durability).await?
+    } else {
+        shared.client.conn()
+    };
     let failures: Vec<Failure> = outcomes.iter().filter_map(failure_of).collect();
     if !failures.is_empty() {
         let stale = lease::fail(&mut conn, keys, &failures).await?;
@@ -272,7 +313,15 @@ pub(super) async fn write_outcomes(
             warn!(queue = %keys.queue, stale, "completions reported after their leases expired; ignored (the jobs were recovered and run again)");
         }
     }
-    Ok(())
+    // The batch's scripts cannot share a round trip with the wait (each depends on the last
+    // one's success), so it follows them on the same connection: WAIT covers every write the
+    // connection made. (Were the connection replaced in between, by a reconnect or a Sentinel
+    // switch, the wait would measure the new one; the outcome is then only as safe as without
+    // the option: at worst the job runs again.)
+    match durable::wait_cmd(durability) {
+        Some(wait) => Ok(Some(durable::wait_alone(&mut conn, &wait).await?)),
+        None => Ok(None),
+    }
 }
 
 fn failure_of(outcome: &Outcome) -> Option<Failure<'_>> {

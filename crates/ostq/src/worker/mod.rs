@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) heartbeat: Duration,
     pub(crate) history: bool,
     pub(crate) metrics: bool,
+    pub(crate) durable_outcomes: crate::Durability,
+    pub(crate) doctor: bool,
 }
 
 /// Builds a [`Worker`]. Only the queue and a handler are required.
@@ -124,6 +126,8 @@ impl Worker {
                 heartbeat: Duration::from_secs(5),
                 history: true,
                 metrics: true,
+                durable_outcomes: crate::Durability::Async,
+                doctor: true,
             },
             handlers: Handlers::default(),
             on_error: None,
@@ -248,6 +252,47 @@ impl WorkerBuilder {
         self
     }
 
+    /// Wait for copies of each outcome batch (completions, failures, give-backs) before the
+    /// worker treats it as written: the batch's scripts and then `WAIT` (or `WAITAOF`) go over one
+    /// connection of the client's durable pool. Off by default ([`crate::Durability::Async`]).
+    ///
+    /// Why: an outcome the primary acknowledged but had not replicated is undone by a failover,
+    /// and the job then runs again (a duplicate, never a loss) and a result a caller already read
+    /// disappears until it does. With this on, that window is closed for every batch whose wait
+    /// was confirmed. When fewer copies are confirmed in time the worker logs a warning and goes on
+    /// (the outcome is on the primary and cannot be taken back; at worst the job runs again). The
+    /// wait holds up only the lease keeper (up to the timeout per batch while a replica is down),
+    /// never fetches or renewals. Not available on Redis Cluster.
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// use std::time::Duration;
+    /// let builder = ostq::Worker::builder(client)
+    ///     .durable_outcomes(ostq::Durability::replicas(1, Duration::from_secs(1)));
+    /// # }
+    /// ```
+    pub fn durable_outcomes(mut self, durability: crate::Durability) -> Self {
+        self.config.durable_outcomes = durability;
+        self
+    }
+
+    /// Whether the worker checks the Redis deployment when it starts ([`Client::quick_doctor`]:
+    /// eviction policy, persistence, memory headroom, server version, replicas) and logs each
+    /// warning or failure with its fix as a `tracing` warning, as BullMQ and Sidekiq warn about
+    /// the eviction policy. It never refuses to start; it runs in the background (two round trips
+    /// to a single server), so a worker whose Redis is not up yet starts all the same. On by
+    /// default.
+    ///
+    /// ```no_run
+    /// # fn demo(client: ostq::Client) {
+    /// let builder = ostq::Worker::builder(client).doctor(false); // checked elsewhere
+    /// # }
+    /// ```
+    pub fn doctor(mut self, on: bool) -> Self {
+        self.config.doctor = on;
+        self
+    }
+
     /// How often the worker renews its registry entry ([`crate::Client::workers`]); default 5 s.
     /// The entry expires three heartbeats after the last, so a killed worker disappears from the
     /// registry within that time.
@@ -286,7 +331,8 @@ impl WorkerBuilder {
     /// The handler for jobs without a task name (plain pushes: ids, bytes), and for named jobs
     /// that no typed handler ([`WorkerBuilder::task`]) claims: it reads the name in
     /// [`Job::name`], as one BullMQ processor serves every job name. Without it, such a job
-    /// fails with "no handler for task …" and goes to the dead set.
+    /// fails an attempt with "no handler for task …" and retries (a worker that knows the name
+    /// may take it, as in a rolling deploy) until its attempts run out.
     pub fn handler<F, Fut, O, E>(mut self, f: F) -> Self
     where
         F: Fn(Job) -> Fut + Send + Sync + 'static,
@@ -390,6 +436,12 @@ impl WorkerBuilder {
         if self.config.lease < Duration::from_millis(300) {
             return Err(Error::Config("lease must be at least 300 ms".into()));
         }
+        self.config.durable_outcomes.check()?;
+        if self.config.durable_outcomes.is_durable() && self.client.is_cluster() {
+            return Err(Error::Config(
+                "durable outcomes (WAIT) are not supported on Redis Cluster".into(),
+            ));
+        }
         if self.config.max_batch == 0 || self.config.max_batch > 1000 {
             return Err(Error::Config("max_batch must be 1..=1000".into()));
         }
@@ -435,7 +487,29 @@ impl Worker {
     /// stops fetching, lets running jobs finish within the shutdown timeout, and gives the rest
     /// back to their queues at once.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        if self.config.doctor {
+            tokio::spawn(startup_checks(self.client.clone()));
+        }
         runtime::run(self, shutdown).await
+    }
+}
+
+/// The deployment checks a worker runs at start: each warning or failure becomes a log line.
+async fn startup_checks(client: Client) {
+    use crate::admin::doctor::Status;
+    match client.quick_doctor().await {
+        Ok(report) => {
+            for check in report.checks.iter().filter(|c| c.status != Status::Pass) {
+                tracing::warn!(
+                    check = %check.name,
+                    status = check.status.label(),
+                    fix = check.fix.as_deref().unwrap_or_default(),
+                    "doctor: {}",
+                    check.summary
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "doctor: the start-up checks could not run"),
     }
 }
 
