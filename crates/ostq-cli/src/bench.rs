@@ -136,7 +136,11 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "ostq bench: {} jobs, concurrency {}, {} redis-server at {}; queues {prefix}-*",
         args.jobs,
-        args.concurrency,
+        args.concurrency
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         if private.is_some() {
             "a private"
         } else {
@@ -150,7 +154,17 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> {
     // on a quiet 2-vCPU VM added about 250 µs to each idle push.
     let mut phases = {
         let (url, prefix, is_private) = (url.clone(), prefix.clone(), private.is_some());
-        tokio::spawn(async move { bench(&url, is_private, &prefix, &args).await })
+        tokio::spawn(async move {
+            if args.concurrency.len() > 1 {
+                sweep(&url, is_private, &prefix, &args)
+                    .await
+                    .map(Ran::Sweep)
+            } else {
+                bench(&url, is_private, &prefix, &args)
+                    .await
+                    .map(|r| Ran::Full(Box::new(r)))
+            }
+        })
     };
     let outcome = tokio::select! {
         r = &mut phases => r.unwrap_or_else(|e| Err(anyhow!("the bench failed: {e}"))),
@@ -167,13 +181,116 @@ pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(server) = private.take() {
         let _ = tokio::task::spawn_blocking(move || drop(server)).await;
     }
-    let report = outcome?;
-    if global.json {
-        println!("{}", serde_json::to_string(&report_json(&report))?);
-    } else {
-        print!("{}", report_text(&report));
+    match (outcome?, global.json) {
+        (Ran::Full(report), true) => println!("{}", serde_json::to_string(&report_json(&report))?),
+        (Ran::Full(report), false) => print!("{}", report_text(&report)),
+        (Ran::Sweep(sweep), true) => println!("{}", serde_json::to_string(&sweep_json(&sweep))?),
+        (Ran::Sweep(sweep), false) => print!("{}", sweep_text(&sweep)),
     }
     Ok(())
+}
+
+/// What a run measured: every phase at one concurrency, or processing over several.
+enum Ran {
+    Full(Box<Report>),
+    Sweep(Sweep),
+}
+
+/// Processing at each concurrency of a list (`--concurrency 1,10,50`).
+struct Sweep {
+    url: String,
+    private: bool,
+    redis_version: String,
+    jobs: usize,
+    /// Per concurrency: default jobs, then tracked jobs.
+    points: Vec<(u32, Throughput, Throughput)>,
+}
+
+/// The cost curve: for each concurrency, N default jobs and N tracked jobs pushed and drained
+/// by one worker, on a fresh queue each time.
+async fn sweep(url: &str, private: bool, prefix: &str, args: &BenchArgs) -> anyhow::Result<Sweep> {
+    let n = args.jobs;
+    let client = connect(url).await?;
+    let redis_version = client
+        .redis_info()
+        .await
+        .map_err(lib_err("cannot read Redis INFO"))?
+        .version;
+    warm_up(&client, prefix, args).await?;
+    let mut points = Vec::new();
+    for &c in &args.concurrency {
+        eprintln!("ostq bench: concurrency {c}: {n} jobs, then {n} tracked jobs");
+        let name = format!("{prefix}-enqueue");
+        let (default, _) = throughput(url, &client, &name, args, false, c).await?;
+        remove_queue(&client, &name).await?;
+        let name = format!("{prefix}-tracked");
+        let (tracked, _) = throughput(url, &client, &name, args, true, c).await?;
+        remove_queue(&client, &name).await?;
+        points.push((c, default, tracked));
+    }
+    Ok(Sweep {
+        url: redact(url),
+        private,
+        redis_version,
+        jobs: n,
+        points,
+    })
+}
+
+fn sweep_json(s: &Sweep) -> serde_json::Value {
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let points: Vec<serde_json::Value> = s
+        .points
+        .iter()
+        .map(|(c, d, t)| {
+            json!({
+                "concurrency": c,
+                "process_jobs_per_s": d.process_jobs_per_s.round(),
+                "process_redis_cpu_us_per_job": round2(d.redis_cpu_us_per_job),
+                "process_bench_cpu_us_per_job": round2(d.bench_cpu_us_per_job),
+                "process_tracked_jobs_per_s": t.process_jobs_per_s.round(),
+                "process_tracked_redis_cpu_us_per_job": round2(t.redis_cpu_us_per_job),
+                "process_tracked_bench_cpu_us_per_job": round2(t.bench_cpu_us_per_job),
+            })
+        })
+        .collect();
+    json!({
+        "jobs": s.jobs,
+        "history": HISTORY.load(std::sync::atomic::Ordering::Relaxed),
+        "metrics": METRICS.load(std::sync::atomic::Ordering::Relaxed),
+        "redis_version": s.redis_version,
+        "redis_url": s.url,
+        "private_redis": s.private,
+        "sweep": points,
+    })
+}
+
+fn sweep_text(s: &Sweep) -> String {
+    let mut out = format!(
+        "ostq bench: {} jobs per point, Redis {} at {}{}\n\n",
+        thousands(s.jobs as f64),
+        s.redis_version,
+        s.url,
+        if s.private { " (private)" } else { "" }
+    );
+    out.push_str(
+        "                      default jobs                     with status kept (track)\n",
+    );
+    out.push_str(
+        "  concurrency      jobs/s   Redis µs/job  worker µs/job      jobs/s   Redis µs/job  worker µs/job\n",
+    );
+    for (c, d, t) in &s.points {
+        out.push_str(&format!(
+            "  {c:>11}  {:>10}  {:>13.2}  {:>13.2}  {:>10}  {:>13.2}  {:>13.2}\n",
+            thousands(d.process_jobs_per_s),
+            d.redis_cpu_us_per_job,
+            d.bench_cpu_us_per_job,
+            thousands(t.process_jobs_per_s),
+            t.redis_cpu_us_per_job,
+            t.bench_cpu_us_per_job,
+        ));
+    }
+    out
 }
 
 async fn bench(url: &str, private: bool, prefix: &str, args: &BenchArgs) -> anyhow::Result<Report> {
@@ -190,29 +307,17 @@ async fn bench(url: &str, private: bool, prefix: &str, args: &BenchArgs) -> anyh
         .sum::<usize>() as f64
         / n.max(1) as f64;
 
-    // The first bulk push a Redis ever gets grows some of its buffers for good (about 75 KB on
-    // Redis 7.0), and the first tracked push loads push.lua: do both once, off the record.
-    let name = format!("{prefix}-warmup");
-    let warmup = client.queue(&name);
-    let payloads = || (0..n.min(PUSH_CHUNK)).map(|i| make_payload(i, args.payload_bytes));
-    warmup
-        .push_bulk(payloads())
-        .await
-        .map_err(lib_err("cannot push"))?;
-    warmup
-        .push_bulk_with(payloads().take(100), &ostq::PushOptions::new().track())
-        .await
-        .map_err(lib_err("cannot push"))?;
-    remove_queue(&client, &name).await?;
-    settle(&client).await?;
+    warm_up(&client, prefix, args).await?;
 
     let name = format!("{prefix}-enqueue");
     eprintln!("ostq bench: bulk enqueue, memory and processing of {n} jobs on '{name}'");
-    let (default, envelope_bytes) = throughput(url, &client, &name, args, false).await?;
+    let concurrency = args.concurrency.first().copied().unwrap_or(500);
+    let (default, envelope_bytes) =
+        throughput(url, &client, &name, args, false, concurrency).await?;
 
     let name = format!("{prefix}-tracked");
     eprintln!("ostq bench: the same with status records kept (--track) on '{name}'");
-    let (tracked, _) = throughput(url, &client, &name, args, true).await?;
+    let (tracked, _) = throughput(url, &client, &name, args, true, concurrency).await?;
 
     let name = format!("{prefix}-latency");
     let samples = (n / 20).clamp(200, 1_000);
@@ -228,7 +333,7 @@ async fn bench(url: &str, private: bool, prefix: &str, args: &BenchArgs) -> anyh
         private,
         redis_version,
         jobs: n,
-        concurrency: args.concurrency,
+        concurrency,
         payload_bytes,
         envelope_bytes,
         default,
@@ -236,6 +341,25 @@ async fn bench(url: &str, private: bool, prefix: &str, args: &BenchArgs) -> anyh
         latency,
         ceiling,
     })
+}
+
+/// The first bulk push a Redis ever gets grows some of its buffers for good (about 75 KB on
+/// Redis 7.0), and the first tracked push loads push.lua: both are done once, off the record.
+async fn warm_up(client: &ostq::Client, prefix: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    let n = args.jobs;
+    let name = format!("{prefix}-warmup");
+    let warmup = client.queue(&name);
+    let payloads = || (0..n.min(PUSH_CHUNK)).map(|i| make_payload(i, args.payload_bytes));
+    warmup
+        .push_bulk(payloads())
+        .await
+        .map_err(lib_err("cannot push"))?;
+    warmup
+        .push_bulk_with(payloads().take(100), &ostq::PushOptions::new().track())
+        .await
+        .map_err(lib_err("cannot push"))?;
+    remove_queue(client, &name).await?;
+    settle(client).await
 }
 
 /// The payload of job `i`: its number, an id like the Ost gem's video ids and like the peers'
@@ -257,6 +381,7 @@ async fn throughput(
     name: &str,
     args: &BenchArgs,
     track: bool,
+    concurrency: u32,
 ) -> anyhow::Result<(Throughput, usize)> {
     let n = args.jobs;
     let queue = client.queue(name);
@@ -301,7 +426,7 @@ async fn throughput(
     }
 
     let (redis_cpu0, own_cpu0) = (redis_cpu_s(client).await?, own_cpu_s());
-    let (process_s, steady_s) = drain(url, &queue, n, args.concurrency).await?;
+    let (process_s, steady_s) = drain(url, &queue, n, concurrency).await?;
     let (redis_cpu1, own_cpu1) = (redis_cpu_s(client).await?, own_cpu_s());
     let counts = queue.counts().await.map_err(lib_err("cannot count"))?;
     if counts.processed_total != n as u64 || counts.failed_total != 0 || counts.pending != 0 {

@@ -861,9 +861,11 @@ pub struct BenchArgs {
     #[arg(long, short = 'n', default_value_t = 100_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub jobs: usize,
 
-    /// Handlers running at once while the queue is drained
-    #[arg(long, short = 'c', default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub concurrency: u32,
+    /// Handlers running at once while the queue is drained. A list (1,10,50,100,500,1000) sweeps:
+    /// processing (default and tracked jobs) and the Redis and worker CPU per job at each
+    /// concurrency, without the latency, memory and ceiling phases
+    #[arg(long, short = 'c', default_value = "500", value_delimiter = ',', num_args = 1.., value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub concurrency: Vec<u32>,
 
     /// Payload size in bytes [default: the job's number as an id, e.g. 42, as the peers push]
     #[arg(long, value_name = "BYTES", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_048_576))]

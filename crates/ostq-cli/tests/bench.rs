@@ -106,6 +106,65 @@ fn bench_on_a_given_redis_reports_every_figure_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_concurrency_list_sweeps_processing_and_reports_cpu_per_job_for_each() {
+    let server = RedisServer::start().unwrap();
+    let out = run(
+        &server.url(),
+        &[
+            "bench",
+            "--jobs",
+            "500",
+            "--concurrency",
+            "1,10,50",
+            "--json",
+            "--queue",
+            "sweep",
+        ],
+    );
+    assert_success(&out, &["bench"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let points = report["sweep"].as_array().unwrap();
+    let concurrencies: Vec<u64> = points
+        .iter()
+        .map(|p| p["concurrency"].as_u64().unwrap())
+        .collect();
+    assert_eq!(concurrencies, [1, 10, 50], "{report}");
+    for point in points {
+        for key in [
+            "process_jobs_per_s",
+            "process_redis_cpu_us_per_job",
+            "process_bench_cpu_us_per_job",
+            "process_tracked_jobs_per_s",
+            "process_tracked_redis_cpu_us_per_job",
+            "process_tracked_bench_cpu_us_per_job",
+        ] {
+            let value = point[key].as_f64().unwrap_or_default();
+            assert!(value > 0.0 && value.is_finite(), "{key} in {point}");
+        }
+    }
+    let keys = server.cli(&["KEYS", "*sweep*"]).unwrap();
+    assert!(keys.trim().is_empty(), "left behind: {keys}");
+
+    // The text form: one row per concurrency.
+    let out = run(
+        &server.url(),
+        &["bench", "--jobs", "200", "-c", "1,10", "--queue", "sweep"],
+    );
+    assert_success(&out, &["bench"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("Redis µs/job"), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("10 "))
+            .count(),
+        1,
+        "{stdout}"
+    );
+}
+
+#[test]
 fn bench_without_url_starts_and_stops_a_private_redis() {
     let out = Command::new(bin())
         .args(["bench", "--jobs", &JOBS.to_string(), "--json"])

@@ -39,6 +39,7 @@ async fn weights_3_to_1_give_three_quarters_of_the_fetches() {
             .weighted_queue("high", 3)
             .weighted_queue("low", 1)
             .concurrency(1) // one job per fetch: each fetch is one draw
+            .prefetch(0) // (prefetching makes rounds of ~100 jobs: too few draws to count)
             .handler(recorder(&log))
             .build()
             .unwrap(),

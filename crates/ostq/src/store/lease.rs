@@ -68,11 +68,15 @@ fn wait_cmd(keys: &QueueKeys, wait_ms: i64) -> redis::Cmd {
 }
 
 /// Blocks (on a connection of its own) until the queue's pending list has an entry or `wait_ms`
-/// pass; takes nothing.
-pub(crate) async fn wait_for_entry(conn: &mut Conn, keys: &QueueKeys, wait_ms: i64) -> Result<()> {
+/// pass; takes nothing. `true` when it ended because the list has an entry.
+pub(crate) async fn wait_for_entry(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    wait_ms: i64,
+) -> Result<bool> {
     query::<Option<Vec<u8>>>(&wait_cmd(keys, wait_ms), conn)
         .await
-        .map(drop)
+        .map(|entry| entry.is_some())
 }
 
 /// The idle wait of a worker that serves one queue: the wait and `fetch.lua` pipelined on the

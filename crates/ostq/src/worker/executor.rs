@@ -13,6 +13,7 @@ use tracing::field::Empty;
 use tracing::{debug, warn, Instrument};
 
 use super::handler::{panic_message, BoxError, DynHandler, Permanent, Unhandled};
+use super::prefetch::Leased;
 use super::runtime::{Figures, Outcome, OutcomeKind, Settled, Shared};
 use super::Failure;
 use crate::envelope::Envelope;
@@ -24,16 +25,35 @@ use crate::store::lease;
 /// Longest error text kept with a job.
 pub(super) const MAX_ERROR_LEN: usize = 4096;
 
-pub(super) fn start_job(
-    shared: &Arc<Shared>,
-    queue: usize,
-    group: u64,
-    index: u32,
-    envelope: Vec<u8>,
-    permit: OwnedSemaphorePermit,
-) {
+/// Runs `job` on the slot `permit` holds, then, while jobs are parked ahead of free slots
+/// (prefetch, docs/design.md §7.1), the next one on the same slot, without waiting for a fetch.
+/// The slot is freed once none is parked.
+pub(super) fn start_job(shared: &Arc<Shared>, job: Leased, permit: OwnedSemaphorePermit) {
     let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut job = job;
+        loop {
+            run_on_slot(&shared, job).await;
+            match shared.prefetch.next() {
+                Some(next) => job = next,
+                None => break,
+            }
+        }
+        drop(permit);
+    });
+}
+
+/// One job on a slot: run it and send its outcome to the lease keeper.
+async fn run_on_slot(shared: &Arc<Shared>, job: Leased) {
+    let Leased {
+        queue,
+        group,
+        index,
+        envelope,
+        ..
+    } = job;
     shared.running.fetch_add(1, Ordering::Relaxed);
+    shared.prefetch.started.fetch_add(1, Ordering::Relaxed);
     // The job's span: user code's events inside the handler carry it. The id, task and attempt
     // are filled in once the envelope is decoded, the outcome once the attempt ended. DEBUG, not
     // INFO: with an INFO fmt subscriber a span per job took processing from ~320k to ~200k
@@ -55,12 +75,12 @@ pub(super) fn start_job(
         // Last resort: whatever panics in here (a handler future whose drop panics at a timeout,
         // a bug of ours), the job must end in an outcome. Without one its group would be renewed
         // for as long as the worker runs and the job would stay `active` forever.
-        let attempt = run_job(&shared, queue, group, index, &envelope);
+        let attempt = run_job(shared, queue, group, index, &envelope);
         let settled = match AssertUnwindSafe(attempt).catch_unwind().await {
             Ok(settled) => settled,
             Err(panic) => {
                 let panic = panic_message(panic.as_ref());
-                panicked_job(&shared, queue, group, index, &envelope, panic)
+                panicked_job(shared, queue, group, index, &envelope, panic)
             }
         };
         tracing::Span::current().record("outcome", settled.kind.name());
@@ -71,9 +91,8 @@ pub(super) fn start_job(
             settled,
         });
         shared.running.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
     };
-    tokio::spawn(task.instrument(span));
+    task.instrument(span).await;
 }
 
 /// The outcome of a job whose task panicked outside the handler's own `catch_unwind`: a failed

@@ -3,14 +3,18 @@
 //! pushed or the next timed job is due. It registers each lease group in the shared table before
 //! any of the group's jobs starts, so the renewer covers it at once.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::executor::start_job;
+use super::prefetch::{Leased, StartRate};
 use super::runtime::{hold_group, Outcome, OutcomeKind, Settled, Shared};
 use super::Config;
 use crate::envelope::Envelope;
@@ -76,21 +80,25 @@ pub(super) struct QueueWait {
 
 /// Leases jobs while there is capacity, asking the queues in weighted or strict order; when they
 /// are all empty, blocks (no polling) until something is pushed or the next timed job is due.
+/// Leases up to `prefetch` jobs more than it has free slots, parked for the next free slot.
 pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
     let mut fetcher = Fetcher {
-        blocking: shared.queues.iter().map(|_| None).collect(),
+        blocking: shared.queues.iter().map(|_| Blocking::Closed).collect(),
         shared,
         weights,
         stop,
         failing: false,
         backoff: Duration::from_millis(100),
         carried: None,
+        rate: StartRate::new(),
+        drained: false,
     };
-    while let Some((mut permit, first)) = fetcher.take_slots().await {
-        let (waits, errors) = fetcher.fetch_round(&mut permit, first).await;
+    while let Some((mut slots, first)) = fetcher.take_slots().await {
+        let (waits, errors) = fetcher.fetch_round(&mut slots, first).await;
         if errors > 0 && waits.is_empty() {
-            drop(permit);
+            drop(slots);
             if !fetcher.back_off().await {
+                fetcher.shut_down();
                 return;
             }
             continue;
@@ -100,7 +108,7 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
             fetcher.failing = false;
             fetcher.backoff = Duration::from_millis(100);
         }
-        if permit.num_permits() > 0 {
+        if let Some(permit) = slots.filter(|p| p.num_permits() > 0) {
             fetcher.idle(permit, &waits).await;
         }
     }
@@ -111,61 +119,137 @@ struct Fetcher {
     shared: Arc<Shared>,
     weights: Vec<u32>,
     stop: CancellationToken,
-    /// Per queue, its blocking connection once it has waited.
-    blocking: Vec<Option<Conn>>,
+    /// Per queue, its blocking connection once it has waited, and the wait it carries.
+    blocking: Vec<Blocking>,
     failing: bool,
     backoff: Duration,
     /// A fetch that ran at the end of an idle wait, with the slots it was made for.
     carried: Option<(OwnedSemaphorePermit, Result<Fetched>)>,
+    /// How many jobs started lately: the buffer holds no more than that.
+    rate: StartRate,
+    /// The last round got fewer jobs than it asked for: no prefetching until a slot frees.
+    drained: bool,
 }
 
 impl Fetcher {
-    /// Free slots to fill (at least one, at most `max_batch`), with the carried fetch if there is
-    /// one; `None` once shutdown began.
-    async fn take_slots(&mut self) -> Option<(OwnedSemaphorePermit, Option<Result<Fetched>>)> {
-        // Shutdown began: start nothing more. A carried fetch already leased its jobs, so they go
-        // straight back rather than wait for their lease to expire.
-        if self.stop.is_cancelled() {
-            // (Only a worker serving one queue carries a fetch: it is queue 0.)
-            if let Some((_, Ok(fetched))) = self.carried.take() {
-                give_back(&self.shared, 0, fetched);
-            }
-            return None;
-        }
-        if let Some((permit, fetched)) = self.carried.take() {
-            return Some((permit, Some(fetched)));
-        }
-        let semaphore = &self.shared.semaphore;
-        // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the loop went
-        // on fetching and starting jobs after shutdown began, one round in two.
-        let mut permit = tokio::select! {
-            biased;
-            _ = self.stop.cancelled() => return None,
-            permit = semaphore.clone().acquire_owned() => permit.ok()?,
-        };
-        let extra = semaphore
-            .available_permits()
-            .min(self.shared.config.max_batch - 1);
-        if extra > 0 {
-            if let Ok(more) = semaphore.clone().try_acquire_many_owned(extra as u32) {
-                permit.merge(more);
-            }
-        }
-        Some((permit, None))
+    /// How many more jobs may be parked now (the prefetch room), after updating the low water
+    /// mark at which the job tasks ask for more.
+    fn room(&mut self) -> usize {
+        let prefetch = &self.shared.prefetch;
+        let recent = self
+            .rate
+            .recent(prefetch.started.load(Ordering::Relaxed), Instant::now());
+        let cap = self
+            .shared
+            .config
+            .prefetch
+            .min(usize::try_from(recent).unwrap_or(usize::MAX));
+        prefetch.set_low_water(cap / 2);
+        cap.saturating_sub(prefetch.len())
     }
 
-    /// Asks each queue in turn for as many jobs as there are free slots and starts them; returns
-    /// what the queues said about waiting, and how many fetches failed.
+    /// Free slots to fill (at most `max_batch`; `None` for a round that only tops up the
+    /// prefetched jobs), with the carried fetch if there is one; `None` once shutdown began.
+    #[allow(clippy::type_complexity)]
+    async fn take_slots(
+        &mut self,
+    ) -> Option<(Option<OwnedSemaphorePermit>, Option<Result<Fetched>>)> {
+        loop {
+            // Shutdown began: start nothing more. A carried fetch already leased its jobs, so they
+            // go straight back rather than wait for their lease to expire; so do parked jobs.
+            if self.stop.is_cancelled() {
+                self.shut_down();
+                return None;
+            }
+            if let Some((permit, fetched)) = self.carried.take() {
+                return Some((Some(permit), Some(fetched)));
+            }
+            let prefetch = &self.shared.prefetch;
+            for job in prefetch.take_expired(Instant::now()) {
+                let _ = self.shared.events.send(parked_back(&job));
+            }
+            let expiry = prefetch.next_expiry();
+            let semaphore = self.shared.semaphore.clone();
+            // Biased: when a permit and the stop signal are both ready, stop. Unbiased, the loop
+            // went on fetching and starting jobs after shutdown began, one round in two.
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => {}
+                permit = semaphore.clone().acquire_owned() => {
+                    let mut permit = permit.ok()?;
+                    let extra = semaphore
+                        .available_permits()
+                        .min(self.shared.config.max_batch - 1);
+                    if extra > 0 {
+                        if let Ok(more) = semaphore.try_acquire_many_owned(extra as u32) {
+                            permit.merge(more);
+                        }
+                    }
+                    // Parked jobs first: they were leased before anything a fetch would bring.
+                    let permit = self.start_parked(permit);
+                    self.drained = false;
+                    if permit.is_some() || self.room() > 0 {
+                        return Some((permit, None));
+                    }
+                }
+                // A slot took a parked job and left the buffer low: top it up while the parked
+                // jobs run, unless the queues were found empty.
+                _ = prefetch.low.notified() => {
+                    if !self.drained && self.wants_more() {
+                        return Some((None, None));
+                    }
+                }
+                _ = sleep_until(expiry) => {}
+            }
+        }
+    }
+
+    /// The buffer is at or below half of what it may hold.
+    fn wants_more(&mut self) -> bool {
+        let room = self.room();
+        room > 0 && self.shared.prefetch.len() <= room
+    }
+
+    /// Starts parked jobs on the free slots of `permit`; the slots left, if any.
+    fn start_parked(&self, mut permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        while permit.num_permits() > 0 {
+            let Some(job) = self.shared.prefetch.next() else {
+                return Some(permit);
+            };
+            match permit.split(1) {
+                Some(one) => start_job(&self.shared, job, one),
+                None => return Some(permit),
+            }
+        }
+        None
+    }
+
+    /// Shutdown: the parked jobs go back to their queues at once (through the lease keeper, no
+    /// attempt counted), and so do the jobs of a fetch carried out of an idle wait.
+    fn shut_down(&mut self) {
+        // (Only a worker serving one queue carries a fetch: it is queue 0.)
+        if let Some((_, Ok(fetched))) = self.carried.take() {
+            give_back(&self.shared, 0, fetched);
+        }
+        give_back_parked(&self.shared);
+    }
+
+    /// Asks each queue in turn for as many jobs as there are free slots, plus the prefetch room,
+    /// and starts them (or parks them); returns what the queues said about waiting, and how many
+    /// fetches failed.
     async fn fetch_round(
         &mut self,
-        permit: &mut OwnedSemaphorePermit,
+        slots: &mut Option<OwnedSemaphorePermit>,
         mut first: Option<Result<Fetched>>,
     ) -> (Vec<QueueWait>, usize) {
+        let mut room = self.room();
         let shared = &self.shared;
         let mut waits = Vec::new();
         let mut errors = 0;
+        let mut short = false;
         for queue in queue_order(&self.weights, shared.config.strict) {
-            let want = permit.num_permits();
+            let free = slots.as_ref().map_or(0, |p| p.num_permits());
+            let want = (free + room).min(shared.config.max_batch);
             if want == 0 {
                 break;
             }
@@ -180,15 +264,17 @@ impl Fetcher {
                     give_back(shared, queue, fetched);
                 }
                 Ok(fetched) => {
+                    short = fetched.envelopes.len() < want;
                     waits.push(QueueWait {
                         queue,
                         now_ms: fetched.now_ms,
                         wake_at_ms: fetched.wake_at_ms,
                         hold: fetched.hold,
                     });
-                    start_fetched(shared, queue, fetched, permit);
+                    start_fetched(shared, queue, fetched, slots, &mut room);
                 }
                 Err(e) => {
+                    short = true;
                     errors += 1;
                     if !self.failing {
                         warn!(queue = %shared.queues[queue].queue, error = %e, "fetch failed; retrying with backoff");
@@ -196,6 +282,7 @@ impl Fetcher {
                 }
             }
         }
+        self.drained = short;
         (waits, errors)
     }
 
@@ -221,19 +308,20 @@ impl Fetcher {
                 if wait_ms == 0 {
                     return;
                 }
-                if self.blocking[0].is_none() {
+                if matches!(self.blocking[0], Blocking::Closed) {
                     match shared.client.blocking_conn().await {
-                        Ok(conn) => self.blocking[0] = Some(conn),
+                        Ok(conn) => self.blocking[0] = Blocking::Free(conn),
                         Err(e) => debug!(error = %e, "no blocking connection"),
                     }
                 }
-                if let Some(conn) = self.blocking[0].as_mut() {
+                // (A wait still in flight from a spell on hold is taken up below instead.)
+                if let Blocking::Free(conn) = &mut self.blocking[0] {
                     let want = permit.num_permits();
                     let keys = &shared.queues[wait.queue];
                     let settings = fetch_settings(&shared.config);
                     let result = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings).await;
                     match result {
-                        Err(_) => self.blocking[0] = None,
+                        Err(_) => self.blocking[0] = Blocking::Closed,
                         Ok(fetched) if self.stop.is_cancelled() => {
                             // Asked to stop while waiting: what the fetch leased goes back at once.
                             give_back(&shared, wait.queue, fetched);
@@ -251,27 +339,50 @@ impl Fetcher {
     }
 }
 
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Holds a fetched group (renewed from now on, before any of its jobs starts, whatever the keeper
-/// is doing) and starts each of its jobs on one slot of `permit`.
+/// is doing), starts each of its jobs on one slot of `slots`, and parks the rest (up to `room`).
 fn start_fetched(
     shared: &Arc<Shared>,
     queue: usize,
     fetched: Fetched,
-    permit: &mut OwnedSemaphorePermit,
+    slots: &mut Option<OwnedSemaphorePermit>,
+    room: &mut usize,
 ) {
     hold_group(shared, queue, fetched.group, fetched.envelopes.len());
+    let now = Instant::now();
+    let mut parked = Vec::new();
     for (index, envelope) in fetched.envelopes.into_iter().enumerate() {
-        let index = index as u32;
-        match permit.split(1) {
-            Some(one) => start_job(shared, queue, fetched.group, index, envelope, one),
+        let job = Leased {
+            queue,
+            group: fetched.group,
+            index: index as u32,
+            envelope,
+            parked: now,
+        };
+        match slots.as_mut().and_then(|p| p.split(1)) {
+            Some(one) => start_job(shared, job, one),
+            None if *room > 0 => {
+                *room -= 1;
+                parked.push(job);
+            }
             // More jobs than asked for (never, by fetch.lua's contract): each needs an outcome
             // all the same, or its group is renewed forever.
             None => {
-                let _ = shared
-                    .events
-                    .send(given_back(queue, fetched.group, index, &envelope));
+                let _ = shared.events.send(parked_back(&job));
             }
         }
+    }
+    // (Shutdown began meanwhile: what could not be parked goes back.)
+    for job in shared.prefetch.park(parked) {
+        let _ = shared.events.send(parked_back(&job));
     }
 }
 
@@ -289,6 +400,19 @@ pub(super) fn give_back(shared: &Shared, queue: usize, fetched: Fetched) {
             .events
             .send(given_back(queue, fetched.group, index as u32, bytes));
     }
+}
+
+/// Shutdown: closes the buffer of parked jobs (no slot takes one from now on) and gives them back
+/// to their queues through the lease keeper, without counting an attempt.
+pub(super) fn give_back_parked(shared: &Shared) {
+    for job in shared.prefetch.close() {
+        let _ = shared.events.send(parked_back(&job));
+    }
+}
+
+/// The outcome that gives a parked (never started) job back to its queue.
+fn parked_back(job: &Leased) -> Outcome {
+    given_back(job.queue, job.group, job.index, &job.envelope)
 }
 
 /// The outcome that sends a leased job back to its queue without counting an attempt.
@@ -325,69 +449,111 @@ pub(super) fn wait_ms(shared: &Shared, waits: &[QueueWait]) -> i64 {
         .unwrap_or(idle)
 }
 
+/// A queue's blocking connection: not opened yet (or broken), free, or carrying a wait that has
+/// not returned yet. A wait is never abandoned: when another queue's wait or the deadline ends
+/// the idle spell first, the wait stays in flight on its connection and is taken up again by
+/// the next idle spell (or returns the connection when it ends), so an idle worker serving many
+/// queues opens no new connection.
+#[derive(Default)]
+pub(super) enum Blocking {
+    #[default]
+    Closed,
+    Free(Conn),
+    /// The wait resolves to its connection and whether the list has an entry.
+    Waiting(Pin<Box<dyn Future<Output = (Conn, Result<bool>)> + Send>>),
+}
+
+/// Starts the wait on `queue` on its connection, which the wait owns until it returns.
+fn start_wait(shared: &Shared, queue: usize, mut conn: Conn, wait_ms: i64) -> Blocking {
+    let keys = shared.queues[queue].clone();
+    Blocking::Waiting(Box::pin(async move {
+        let result = lease::wait_for_entry(&mut conn, &keys, wait_ms).await;
+        (conn, result)
+    }))
+}
+
 /// Blocks until a watched queue's list gets an entry, or until the next scheduled, retry, lease or
 /// rate-limit deadline (at most `idle_wait`). `BLMOVE list list RIGHT RIGHT` pops and pushes the
-/// same end of the same list: it waits for an entry without taking it, so an abandoned wait loses
-/// nothing. Queues on hold (paused, rate-limited) are not watched: their lists may be full.
+/// same end of the same list: it waits for an entry without taking it. Queues on hold (paused,
+/// rate-limited) are not watched: their lists may be full. A wait still in flight from an earlier
+/// spell counts as watching its queue.
 pub(super) async fn wait_for_work(
     shared: &Shared,
     waits: &[QueueWait],
-    blocking: &mut [Option<Conn>],
+    blocking: &mut [Blocking],
     stop: &CancellationToken,
 ) {
     let wait_ms = wait_ms(shared, waits);
     if wait_ms == 0 {
         return;
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let sleep = |ms: i64| async move {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
             _ = stop.cancelled() => {}
         }
     };
-    let watched: Vec<usize> = waits.iter().filter(|w| !w.hold).map(|w| w.queue).collect();
-    if watched.is_empty() {
-        sleep(wait_ms).await;
-        return;
-    }
-    for &queue in &watched {
-        if blocking[queue].is_none() {
-            match shared.client.blocking_conn().await {
-                Ok(conn) => blocking[queue] = Some(conn),
-                Err(e) => {
-                    debug!(error = %e, "no blocking connection; sleeping instead");
-                    sleep(wait_ms.min(100)).await;
+    loop {
+        // Until the deadline: a wait that timed out (a wait from an earlier spell, whose timeout
+        // came first) is started again for the time left; only an entry, the deadline or the
+        // stop signal ends the spell. (Ending it on every such timeout made each queue's wait
+        // start a fetch round of every queue.)
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as i64;
+        if left <= 0 {
+            return;
+        }
+        for wait in waits.iter().filter(|w| !w.hold) {
+            let queue = wait.queue;
+            blocking[queue] = match std::mem::take(&mut blocking[queue]) {
+                Blocking::Waiting(wait) => Blocking::Waiting(wait),
+                Blocking::Free(conn) => start_wait(shared, queue, conn, left),
+                Blocking::Closed => match shared.client.blocking_conn().await {
+                    Ok(conn) => start_wait(shared, queue, conn, left),
+                    Err(e) => {
+                        debug!(error = %e, "no blocking connection; sleeping instead");
+                        sleep(left.min(100)).await;
+                        return;
+                    }
+                },
+            };
+        }
+        let in_flight: Vec<_> = blocking
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(queue, b)| match b {
+                Blocking::Waiting(wait) => {
+                    Some(Box::pin(async move { (queue, wait.as_mut().await) }))
+                }
+                _ => None,
+            })
+            .collect();
+        if in_flight.is_empty() {
+            sleep(left).await;
+            return;
+        }
+        let ended = tokio::select! {
+            ((queue, ended), _, _) = futures::future::select_all(in_flight) => Some((queue, ended)),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = stop.cancelled() => None,
+        };
+        let Some((queue, (conn, result))) = ended else {
+            return;
+        };
+        match result {
+            Ok(entry) => {
+                blocking[queue] = Blocking::Free(conn);
+                if entry {
                     return;
                 }
             }
-        }
-    }
-    let mut futures = Vec::with_capacity(watched.len());
-    for (queue, conn) in blocking.iter_mut().enumerate() {
-        let Some(conn) = conn.as_mut().filter(|_| watched.contains(&queue)) else {
-            continue;
-        };
-        let keys = shared.queues[queue].clone();
-        futures.push(Box::pin(async move {
-            (queue, lease::wait_for_entry(conn, &keys, wait_ms).await)
-        }));
-    }
-    let (done, failed) = tokio::select! {
-        ((queue, result), _, rest) = futures::future::select_all(futures) => {
-            drop(rest);
-            (Some(queue), result.is_err())
-        }
-        _ = stop.cancelled() => (None, false),
-    };
-    if watched.len() > 1 || failed {
-        // The waits still blocked were abandoned on their connections: start afresh next time.
-        for &queue in &watched {
-            if Some(queue) != done || failed {
-                blocking[queue] = None;
+            Err(_) => {
+                blocking[queue] = Blocking::Closed;
+                sleep(50).await;
+                return;
             }
         }
-    }
-    if failed {
-        sleep(50).await;
     }
 }

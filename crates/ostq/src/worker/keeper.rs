@@ -27,20 +27,28 @@ pub(super) async fn lease_keeper(
 ) {
     let mut failing = false;
     let mut not_durable = false;
+    let mut deferred = Deferred::default();
     loop {
         let first = tokio::select! {
             biased;
             outcome = rx.recv() => outcome,
             _ = stop.cancelled() => rx.try_recv().ok(),
+            _ = deferred.due() => None,
         };
-        let Some(first) = first else { return };
-        let mut outcomes = vec![first];
+        let stopping = stop.is_cancelled() || rx.is_closed();
+        if first.is_none() && deferred.is_empty() && stopping {
+            return;
+        }
+        let mut outcomes: Vec<Outcome> = first.into_iter().collect();
         while outcomes.len() < CHUNK {
             match rx.try_recv() {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(_) => break,
             }
         }
+        // Once stopping with nothing more queued, everything held back is written too.
+        let flush_all = stopping && outcomes.len() < CHUNK;
+        let outcomes = deferred.plan(&shared, outcomes, flush_all);
         let mut by_queue: HashMap<usize, Vec<Outcome>> = HashMap::new();
         for outcome in outcomes {
             by_queue.entry(outcome.queue).or_default().push(outcome);
@@ -52,6 +60,95 @@ pub(super) async fn lease_keeper(
             };
             settle(&shared, queue, &outcomes, flags).await;
         }
+    }
+}
+
+/// How long the completion of a plain job may be held back while other jobs of its group are
+/// still running.
+const DEFER: Duration = Duration::from_millis(100);
+
+/// Completions of plain jobs (untracked, no unique key) held back while their group still has
+/// jobs running or parked: once the group's last job settles, the whole group is deleted in one
+/// `DEL`, where writing each completion as it came would cost an `LINDEX` and an `LSET` per job.
+/// Held at most [`DEFER`]; a crash meanwhile runs them again (docs/design.md §16).
+#[derive(Default)]
+struct Deferred {
+    groups: HashMap<(usize, u64), (tokio::time::Instant, Vec<Outcome>)>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Resolves when the oldest held completion is due (never when none is held).
+    async fn due(&self) {
+        match self.groups.values().map(|(since, _)| *since).min() {
+            Some(since) => tokio::time::sleep_until(since + DEFER).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The outcomes to write now: this batch, except the completions that can wait for their
+    /// group to finish, plus the held ones whose group this batch finishes or whose time is up.
+    fn plan(&mut self, shared: &Shared, batch: Vec<Outcome>, flush_all: bool) -> Vec<Outcome> {
+        let now = tokio::time::Instant::now();
+        if flush_all || shared.config.prefetch == 0 {
+            let mut write = batch;
+            for (_, (_, held)) in self.groups.drain() {
+                write.extend(held);
+            }
+            return write;
+        }
+        let mut counts: HashMap<(usize, u64), u32> = HashMap::new();
+        for outcome in &batch {
+            *counts.entry((outcome.queue, outcome.group)).or_default() += 1;
+        }
+        let mut finishing = Vec::new();
+        {
+            let held = groups(shared);
+            for (key, n) in &counts {
+                let waiting = self.groups.get(key).map_or(0, |(_, v)| v.len() as u32);
+                match held.get(key) {
+                    Some(state) if state.settled + n + waiting < state.total => {}
+                    // Finishing, or no longer held (lost): nothing to wait for.
+                    _ => finishing.push(*key),
+                }
+            }
+        }
+        let mut write = Vec::with_capacity(batch.len());
+        for outcome in batch {
+            let key = (outcome.queue, outcome.group);
+            let plain = matches!(outcome.settled.kind, OutcomeKind::Completed { .. })
+                && !outcome.settled.tracked
+                && outcome.settled.unique.is_empty();
+            if plain && !finishing.contains(&key) {
+                self.groups
+                    .entry(key)
+                    .or_insert((now, Vec::new()))
+                    .1
+                    .push(outcome);
+            } else {
+                write.push(outcome);
+            }
+        }
+        for key in finishing {
+            if let Some((_, held)) = self.groups.remove(&key) {
+                write.extend(held);
+            }
+        }
+        let due: Vec<(usize, u64)> = self
+            .groups
+            .iter()
+            .filter(|(_, (since, _))| now >= *since + DEFER)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            if let Some((_, held)) = self.groups.remove(&key) {
+                write.extend(held);
+            }
+        }
+        write
     }
 }
 

@@ -53,6 +53,8 @@ pub(super) async fn renew_groups(shared: &Shared) {
                         }
                     }
                     if !lost.is_empty() {
+                        // Their parked jobs are not started: they are recovered elsewhere.
+                        shared.prefetch.drop_groups(queue, &lost);
                         warn!(queue = %keys.queue, groups = ?lost, "lost leases: their jobs may run again elsewhere");
                     }
                 }

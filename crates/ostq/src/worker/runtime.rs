@@ -23,12 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::cancellation::watch_cancellations;
-use super::fetcher::fetch_loop;
+use super::fetcher::{fetch_loop, give_back_parked};
 use super::handler::Handlers;
 use super::heartbeat::{heartbeat_loop, worker_id};
 use super::history::{self, history_loop};
 use super::keeper::lease_keeper;
 use super::monitor::monitor_loop;
+use super::prefetch::Prefetch;
 use super::renewer::lease_renewer;
 use super::{Config, ErrorHook, MonitorHook, Worker};
 use crate::job::JobContext;
@@ -142,6 +143,8 @@ pub(super) struct Shared {
     pub(super) history: history::Pending,
     /// Attempts this worker ended and wrote: completed, retried, dead (the monitor's report).
     pub(super) ended: [AtomicU64; 3],
+    /// Jobs leased ahead of free slots, waiting for one (`prefetch.rs`).
+    pub(super) prefetch: Prefetch,
 }
 
 pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -184,6 +187,7 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         running: AtomicUsize::new(0),
         history: Default::default(),
         ended: Default::default(),
+        prefetch: Prefetch::default(),
     });
 
     let tasks = Tasks::spawn(&shared, weights, rx, cancel_tx, on_monitor);
@@ -250,6 +254,9 @@ impl Tasks {
     async fn shut_down(self, shared: &Shared) {
         info!("worker shutting down: no more fetches");
         self.stop_fetching.cancel();
+        // At once, not when the fetch loop next looks: a fetch in flight would let the slots
+        // start parked jobs meanwhile.
+        give_back_parked(shared);
         let _ = self.fetcher.await;
         let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
         let grace = shared.config.shutdown_timeout;
