@@ -877,10 +877,12 @@ impl Model {
         let id = self.jobs[h].id.clone();
         if self.hash_owner(&id).is_some() {
             // The id names a job in scheduled, retry or dead: this one goes under "<id>~<n>",
-            // with its record (if tracked) and its unique key (if it names the old id).
+            // with its record (if tracked) and its unique key (if it names the old id). A fresh
+            // id is one with neither an envelope in the hash nor a status record (a tracked job
+            // pending or running under it has only the record).
             let fresh = (1..=1000)
                 .map(|n| format!("{id}~{n}"))
-                .find(|c| self.hash_owner(c).is_none())
+                .find(|c| self.hash_owner(c).is_none() && !self.records.contains_key(c))
                 .unwrap();
             if self.jobs[h].tracked {
                 if let Some(r) = self.records.remove(&id) {

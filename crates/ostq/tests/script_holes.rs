@@ -417,6 +417,98 @@ async fn two_jobs_with_one_id_failing_together_are_both_kept() {
     );
 }
 
+/// A job filed under a fresh id (`<id>~<n>`) must not take the id of a tracked job that is
+/// pending or running: such a job is not in the jobs hash, only its status record shows it, and
+/// renaming the filed job's record onto it overwrote that record (found by the model test,
+/// OSTQ_MODEL_SEED=16798725768088297675).
+#[tokio::test]
+async fn a_fresh_id_skips_the_id_of_a_tracked_job_that_is_running() {
+    let (server, client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("tw").unwrap();
+    let tracked = PushOptions::new().id("twin~1").track();
+    client
+        .queue("tw")
+        .push_with("running", &tracked)
+        .await
+        .unwrap();
+    // Two jobs with the id "twin" (pushed by hand, as two untracked pushes of one id can be),
+    // the second tracked with its record.
+    let mut second = Envelope::decode(&job("twin", 0)).unwrap();
+    second.flags = 1;
+    let _: () = redis::cmd("LPUSH")
+        .arg(&keys.pending)
+        .arg(job("twin", 0))
+        .arg(second.encode())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(keys.record("twin"))
+        .arg("state")
+        .arg("pending")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (group, envs) = leased(&fetch(&mut conn, &keys, 10).await);
+    assert_eq!(envs.len(), 3, "twin~1 runs while both twins fail");
+    let running_record: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(keys.record("twin~1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for (index, bytes) in envs.iter().enumerate() {
+        let mut env = Envelope::decode(bytes).unwrap();
+        if env.id != "twin" {
+            continue;
+        }
+        env.attempt = 1;
+        let tracked = if env.tracked() { "1" } else { "0" };
+        let _: u64 = redis::cmd("EVAL")
+            .arg(ostq::scripts::FAIL)
+            .arg(9)
+            .arg(&keys.active)
+            .arg(&keys.retry)
+            .arg(&keys.dead)
+            .arg(&keys.jobs)
+            .arg(&keys.stats)
+            .arg(&keys.pending)
+            .arg(&keys.scheduled)
+            .arg(&keys.config)
+            .arg(&keys.events)
+            .arg(&keys.prefix)
+            .arg(&group)
+            .arg(index)
+            .arg(&env.id)
+            .arg(env.encode())
+            .arg("retry")
+            .arg(60_000)
+            .arg(tracked)
+            .arg(1)
+            .arg("boom")
+            .arg("")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let after: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(keys.record("twin~1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after, running_record, "the running job's record is its own");
+    let filed: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&keys.retry)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(filed, ["twin", "twin~2"]);
+    let state: Option<Vec<u8>> = hget(&mut conn, &keys.record("twin~2"), "state").await;
+    assert_eq!(state.as_deref(), Some(&b"retry"[..]));
+}
+
 async fn fail_one(
     conn: &mut MultiplexedConnection,
     keys: &QueueKeys,

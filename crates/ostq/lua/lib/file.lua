@@ -16,8 +16,12 @@ local function file_job(keys, target, score, id, env, now)
     local base = #id <= 200 and id or ('~clash.' .. now)
     local fresh = nil
     for n = 1, 1000 do
+      -- Free in the jobs hash, and no status record: a tracked job under that id may be pending
+      -- or running (not in the jobs hash), and renaming this job's record onto it would
+      -- overwrite that job's record.
       local candidate = base .. '~' .. n
-      if redis.call('HEXISTS', keys.jobs, candidate) == 0 then
+      if redis.call('HEXISTS', keys.jobs, candidate) == 0
+          and redis.call('EXISTS', keys.prefix .. 'job:' .. candidate) == 0 then
         fresh = candidate
         break
       end
