@@ -530,6 +530,13 @@ pub struct WorkerArgs {
     #[arg(long, short = 'c', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub concurrency: u32,
 
+    /// Jobs leased ahead of free slots, so a slot starts the next job without waiting for a
+    /// fetch (never more than started in the last 100 ms, given back after 1 s). If this
+    /// worker is killed, they count an attempt as the running ones do: 0 for jobs allowed one
+    /// attempt
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub prefetch: usize,
+
     /// How long a job stays leased without renewal; renewed while the program runs. A dead
     /// worker's jobs are taken over by another worker after this long
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]

@@ -166,6 +166,7 @@ fn build_worker(
     let library_timeout = spec.timeout.map(|t| t + Duration::from_secs(10));
     let mut builder = ostq::Worker::builder(client.clone())
         .concurrency(args.concurrency as usize)
+        .prefetch(args.prefetch)
         .lease(args.lease)
         .timeout(library_timeout)
         .shutdown_timeout(args.shutdown_timeout)

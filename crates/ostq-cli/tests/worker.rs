@@ -634,3 +634,53 @@ fn the_worker_prints_the_doctors_warnings_at_start_unless_told_not_to() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("doctor"), "{stderr}");
 }
+
+/// `--prefetch 0` leases only what the free slots take: when the worker is killed, only the
+/// job that was running counts an attempt (here its last: dead), and the jobs behind it were
+/// never leased, so they run later with their single attempt intact.
+#[test]
+fn prefetch_zero_leases_only_the_running_job() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    ok(&url, &["push", "pf", "a", "b", "c", "--max-attempts", "1"]);
+    let mut worker = cmd(
+        &url,
+        &[
+            "worker",
+            "-q",
+            "pf",
+            "-c",
+            "1",
+            "--prefetch",
+            "0",
+            "--lease",
+            "2s",
+            "--",
+            "sleep",
+            "30",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    wait_until(Duration::from_secs(10), "a job to start", || {
+        counts(&url, "pf")["active"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let held = counts(&url, "pf");
+    assert_eq!(
+        (held["active"].clone(), held["pending"].clone()),
+        (1.into(), 2.into()),
+        "{held}"
+    );
+    worker.kill().unwrap(); // SIGKILL: nothing given back
+    worker.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(2500)); // the lease expires
+    ok(&url, &["worker", "-q", "pf", "--burst", "--", "true"]);
+    let after = counts(&url, "pf");
+    assert_eq!(
+        (after["dead"].clone(), after["pending"].clone()),
+        (1.into(), 0.into()),
+        "{after}"
+    );
+    assert_eq!(after["processed_total"], 3, "{after}");
+}
