@@ -185,6 +185,21 @@ pub async fn delete(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks `question` on stderr and reads the answer from stdin: yes only for "y" or "yes".
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
 pub async fn purge(global: &Global, args: PurgeArgs) -> anyhow::Result<()> {
     if args.state == Some(ostq::JobState::Active) {
         bail!("active jobs cannot be purged while workers own them; purge or delete them once they finish");
@@ -210,14 +225,7 @@ pub async fn purge(global: &Global, args: PurgeArgs) -> anyhow::Result<()> {
             Some(ostq::JobState::Completed) => counts.completed,
             _ => counts.pending + counts.scheduled + counts.retry + counts.dead + counts.completed,
         };
-        eprint!("delete {what}: {n} jobs? [y/N] ");
-        std::io::stderr().flush().ok();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .context("cannot read the answer")?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        if !confirm(&format!("delete {what}: {n} jobs?"))? {
             bail!("purge cancelled: nothing was deleted");
         }
     }
@@ -242,17 +250,11 @@ pub async fn remove(global: &Global, args: RemoveArgs) -> anyhow::Result<()> {
             .map_err(lib_err("cannot read the queue"))?;
         let jobs =
             counts.pending + counts.scheduled + counts.retry + counts.dead + counts.completed;
-        eprint!(
-            "remove queue '{}' with {jobs} jobs, its counters, settings and history? [y/N] ",
+        let question = format!(
+            "remove queue '{}' with {jobs} jobs, its counters, settings and history?",
             args.queue
         );
-        std::io::stderr().flush().ok();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .context("cannot read the answer")?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        if !confirm(&question)? {
             bail!("remove cancelled: nothing was deleted");
         }
     }

@@ -463,33 +463,19 @@ async fn a_fresh_id_skips_the_id_of_a_tracked_job_that_is_running() {
             continue;
         }
         env.attempt = 1;
-        let tracked = if env.tracked() { "1" } else { "0" };
-        let _: u64 = redis::cmd("EVAL")
-            .arg(ostq::scripts::FAIL)
-            .arg(9)
-            .arg(&keys.active)
-            .arg(&keys.retry)
-            .arg(&keys.dead)
-            .arg(&keys.jobs)
-            .arg(&keys.stats)
-            .arg(&keys.pending)
-            .arg(&keys.scheduled)
-            .arg(&keys.config)
-            .arg(&keys.events)
-            .arg(&keys.prefix)
-            .arg(&group)
-            .arg(index)
-            .arg(&env.id)
-            .arg(env.encode())
-            .arg("retry")
-            .arg(60_000)
-            .arg(tracked)
-            .arg(1)
-            .arg("boom")
-            .arg("")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        env.last_error = "boom".into();
+        let tracked = env.tracked();
+        fail_with(
+            &mut conn,
+            &keys,
+            &group,
+            index as u32,
+            &env,
+            "retry",
+            60_000,
+            tracked,
+        )
+        .await;
     }
     let after: Vec<(String, String)> = redis::cmd("HGETALL")
         .arg(keys.record("twin~1"))
@@ -518,6 +504,21 @@ async fn fail_one(
     target: &str,
     delay_ms: u64,
 ) {
+    fail_with(conn, keys, group, index, env, target, delay_ms, false).await;
+}
+
+/// One `fail.lua` call for one leased job, as the lease keeper makes it.
+#[allow(clippy::too_many_arguments)]
+async fn fail_with(
+    conn: &mut MultiplexedConnection,
+    keys: &QueueKeys,
+    group: &str,
+    index: u32,
+    env: &Envelope,
+    target: &str,
+    delay_ms: u64,
+    tracked: bool,
+) {
     let _: u64 = redis::cmd("EVAL")
         .arg(ostq::scripts::FAIL)
         .arg(9)
@@ -537,7 +538,7 @@ async fn fail_one(
         .arg(env.encode())
         .arg(target)
         .arg(delay_ms)
-        .arg("0")
+        .arg(if tracked { "1" } else { "0" })
         .arg(env.attempt)
         .arg(&env.last_error)
         .arg("")
