@@ -15,7 +15,8 @@
 --   When `all` is "0" every completed job is detailed (d = k: its entry is tombstoned); when it
 --   is "1" only tracked jobs and unique-key holders are (d <= k): the common case of plain jobs
 --   finishing a group costs one DEL and no per-job argument at all.
--- Tracked jobs also get a token on <prefix>done:<id> (kept 60 s) that wakes `wait_for` callers.
+-- A tracked job someone waits on (its record's `waited` field, set by wait.lua) also gets a token on
+-- <prefix>done:<id> (kept 60 s) that wakes `wait_for` callers.
 -- Returns the number of stale acks (ignored).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,6 +48,8 @@ while i <= #ARGV do
 end
 
 local stale, done = 0, 0
+-- Finished tracked jobs for the `completed` index: one ZADD per call, not one per job.
+local indexed = {}
 i = 3
 while i <= #ARGV do
   local group, all, k, d = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -85,12 +88,18 @@ while i <= #ARGV do
         release_unique(prefix, unique, id)
         if ARGV[j + 2] == '1' then
           local rec = prefix .. 'job:' .. id
-          if redis.call('EXISTS', rec) == 1 then
-            redis.call('HSET', rec, 'state', 'completed', 'finished_at', now)
-            if ARGV[j + 3] ~= '' then redis.call('HSET', rec, 'result', ARGV[j + 3]) end
+          -- (state: the record exists, so no record is created for garbage; waited: wait.lua)
+          local record = redis.call('HMGET', rec, 'state', 'waited')
+          if record[1] then
+            if ARGV[j + 3] ~= '' then
+              redis.call('HSET', rec, 'state', 'completed', 'finished_at', now, 'result', ARGV[j + 3])
+            else
+              redis.call('HSET', rec, 'state', 'completed', 'finished_at', now)
+            end
             redis.call('EXPIRE', rec, ttl)
-            redis.call('ZADD', KEYS[2], now, id)
-            notify_done(prefix, id)
+            indexed[#indexed + 1] = now
+            indexed[#indexed + 1] = id
+            if record[2] then notify_done(prefix, id) end
           end
         end
       end
@@ -100,6 +109,9 @@ while i <= #ARGV do
       redis.call('ZREM', KEYS[1], group)
     end
   end
+end
+for first = 1, #indexed, 1000 do
+  redis.call('ZADD', KEYS[2], unpack(indexed, first, math.min(first + 999, #indexed)))
 end
 if done > 0 then
   redis.call('HINCRBY', KEYS[3], 'processed', done)

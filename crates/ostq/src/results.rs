@@ -31,7 +31,8 @@ impl Queue {
         let mut conn = self.client_ref().conn();
         let mut blocking = None;
         loop {
-            let (state, result, error) = stream::job_outcome(&mut conn, keys, id).await?;
+            let (state, result, error) =
+                stream::job_outcome_marking_waiter(&mut conn, keys, id).await?;
             match state.as_deref() {
                 None => {
                     return Err(Error::NotFound(format!(

@@ -34,6 +34,8 @@ pub const CRON_REMOVE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/cron_r
 /// Source of `history.lua`: add an outcome batch's figures to the per-minute and per-hour history.
 pub const HISTORY: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/history.lua"));
 
+/// Source of `wait.lua`: read a tracked job's outcome and ask for its done token if unfinished.
+pub const WAIT: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/wait.lua"));
 /// Every script by its file name without `.lua` (`"push"`, `"fetch"`, ...), assembled.
 pub const ALL: &[(&str, &str)] = &[
     ("push", PUSH),
@@ -47,6 +49,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("delete_pending", DELETE_PENDING),
     ("progress", PROGRESS),
     ("history", HISTORY),
+    ("wait", WAIT),
     ("cron_register", CRON_REGISTER),
     ("cron_fire", CRON_FIRE),
     ("cron_remove", CRON_REMOVE),

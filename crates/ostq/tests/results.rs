@@ -221,3 +221,80 @@ async fn waiting_on_a_dead_job_retried_by_hand_waits_for_the_new_run() {
     ));
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+/// The done token that wakes `wait_for` is written only for jobs someone waits on (it costs two
+/// writes per job), and a waiter is still woken by it at once, not by its one-second re-read.
+#[tokio::test]
+async fn only_waited_jobs_get_a_done_token_and_their_waiters_wake_at_once() {
+    let (server, client) = setup().await;
+    let queue = client.queue("tokens");
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("tokens")
+            .handler(move |job: Job| {
+                let gate = gate.clone();
+                async move {
+                    if job.payload_str()? == "gated" {
+                        gate.notified().await;
+                    }
+                    Ok::<_, BoxError>("done".to_string())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let unwaited = queue
+        .push_with("free", &PushOptions::new().track())
+        .await
+        .unwrap();
+    let waited = queue
+        .push_with("gated", &PushOptions::new().track())
+        .await
+        .unwrap();
+    wait_counts(&queue, WAIT, |c| c.processed_total == 1 && c.active == 1).await;
+    let waiter = {
+        let queue = queue.clone();
+        let id = waited.clone();
+        tokio::spawn(async move {
+            let result = queue.wait_for(&id, WAIT).await;
+            (result, Instant::now())
+        })
+    };
+    // The waiter has read the record (marking it) and blocks on the token.
+    let marked = common::wait_until(WAIT, || async {
+        let key = format!("ostq:{{tokens}}:job:{waited}");
+        server.cli(&["HGET", &key, "waited"]).unwrap().trim() == "1"
+    })
+    .await;
+    assert!(marked, "wait_for did not mark the job as waited on");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let finished = Instant::now();
+    release.notify_one();
+    let (result, woke) = waiter.await.unwrap();
+    assert_eq!(result.unwrap().as_deref(), Some(&b"done"[..]));
+    let late = woke.duration_since(finished);
+    assert!(
+        late < Duration::from_millis(600),
+        "the waiter woke {late:?} after the job finished: not by its token"
+    );
+    let exists = |id: &str| {
+        server
+            .cli(&["EXISTS", &format!("ostq:{{tokens}}:done:{id}")])
+            .unwrap()
+    };
+    assert_eq!(
+        exists(&unwaited).trim(),
+        "0",
+        "a job nobody waited on got a token"
+    );
+    assert_eq!(exists(&waited).trim(), "1", "the waited job got no token");
+    // Both are still indexed as completed and readable.
+    assert_eq!(
+        queue.wait_for(&unwaited, WAIT).await.unwrap().as_deref(),
+        Some(&b"done"[..])
+    );
+    assert_eq!(queue.counts().await.unwrap().completed, 2);
+    running.shutdown().await;
+}

@@ -27,6 +27,7 @@ script!(DELETE, scripts::DELETE);
 script!(DELETE_PENDING, scripts::DELETE_PENDING);
 script!(PROGRESS, scripts::PROGRESS);
 script!(HISTORY, scripts::HISTORY);
+script!(WAIT, scripts::WAIT);
 script!(CRON_REGISTER, scripts::CRON_REGISTER);
 script!(CRON_FIRE, scripts::CRON_FIRE);
 script!(CRON_REMOVE, scripts::CRON_REMOVE);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::call::query;
+use super::call::{self, query, ScriptCall};
 use super::Conn;
 use crate::keys::QueueKeys;
 use crate::Result;
@@ -79,19 +79,18 @@ pub(crate) async fn read_events(
         .collect())
 }
 
-/// A tracked job's state, result and error, from its status record (`None` state: no record).
-pub(crate) async fn job_outcome(
+/// A tracked job's state, result and error, from its status record (`None` state: no record),
+/// marking an unfinished job as waited on, so that its completion pushes the token
+/// `wait_done` waits for (`wait.lua`: the mark and the read are one step).
+pub(crate) async fn job_outcome_marking_waiter(
     conn: &mut Conn,
     keys: &QueueKeys,
     id: &str,
 ) -> Result<(Option<String>, Option<Vec<u8>>, Option<String>)> {
-    query(
-        redis::cmd("HMGET")
-            .arg(keys.record(id))
-            .arg(&["state", "result", "error"]),
-        conn,
-    )
-    .await
+    let record = keys.record(id);
+    ScriptCall::new(&call::WAIT, &[record.as_str()])
+        .run(conn)
+        .await
 }
 
 /// Waits (on a connection of its own) up to `wait` for the token the scripts push when tracked
