@@ -247,9 +247,11 @@ if #popped > 0 then
           if m and m >= 0xc4 and m <= 0xc6 then env = str_payload(env) end -- bin payload: as str
           if flags % 2 == 1 then
             -- Only an existing record: garbage that looks like a tracked header must not leave one.
+            -- Every record has a `state`, so two fields added means there was no record: the
+            -- HSET is undone. (One call instead of EXISTS then HSET, for every tracked job.)
             local rec = prefix .. 'job:' .. sub(env, off, off + id_len - 1)
-            if redis.call('EXISTS', rec) == 1 then
-              redis.call('HSET', rec, 'state', 'active', 'started_at', now)
+            if redis.call('HSET', rec, 'state', 'active', 'started_at', now) == 2 then
+              redis.call('DEL', rec)
             end
           end
           if EVENTS ~= '' then emit('started', sub(env, off, off + id_len - 1)) end

@@ -1321,3 +1321,49 @@ async fn push_lua_errors_about_binary_arguments_are_readable() {
         .unwrap();
     assert_eq!(pending, 0, "nothing written");
 }
+
+/// `fetch.lua` marks a tracked job's record active in one write and undoes the write when there
+/// was no record: bytes that merely carry the tracked flag (pushed by hand) leave none behind,
+/// while a real record gets `active` and its first start time, kept on the next attempt.
+#[tokio::test]
+async fn fetching_marks_existing_records_active_and_creates_none() {
+    let (server, client) = setup().await;
+    let mut conn = raw(&server).await;
+    let keys = QueueKeys::new("marks").unwrap();
+    let real = client
+        .queue("marks")
+        .push_with("x", &PushOptions::new().track())
+        .await
+        .unwrap();
+    let forged = Envelope {
+        id: "forged".into(),
+        flags: 1,
+        payload: b"p".to_vec(),
+        ..Envelope::default()
+    };
+    assert!(forged.tracked());
+    let _: u64 = redis::cmd("LPUSH")
+        .arg(&keys.pending)
+        .arg(forged.encode())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reply = fetch(&mut conn, &keys, 10).await;
+    assert_eq!(leased(&reply).1.len(), 2);
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(keys.record("forged"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a record was created for a job that had none");
+    let record = keys.record(&real);
+    assert_eq!(
+        hget(&mut conn, &record, "state").await.as_deref(),
+        Some(&b"active"[..])
+    );
+    assert!(hget(&mut conn, &record, "started_at").await.is_some());
+    assert!(
+        hget(&mut conn, &record, "enqueued_at").await.is_some(),
+        "the record was replaced"
+    );
+}
