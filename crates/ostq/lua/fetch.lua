@@ -261,6 +261,11 @@ if #popped > 0 then
   end
   if n > 4 then
     redis.call('RPUSH', prefix .. 'lease:' .. group, unpack(result, 5, n))
+    -- Idle workers wait until the earliest lease deadline they saw at their last fetch, to
+    -- recover it when it expires. A group due before every other (the first one, or one with a
+    -- shorter lease) is a deadline they have not seen: wake them so they fetch and see it.
+    local earliest = first_score(KEYS[6])
+    if earliest == nil or now + lease_ms < earliest then wake(KEYS[1]) end
     redis.call('ZADD', KEYS[6], now + lease_ms, group)
     redis.call('HINCRBY', KEYS[9], 'active', n - 4)
     result[3] = group
