@@ -79,6 +79,21 @@ pub(crate) async fn wait_for_entry(
         .map(|entry| entry.is_some())
 }
 
+/// Pushes a wake marker onto the queue's pending list, ending the idle waits on it: a worker
+/// that stops while its own wait is blocked (with a fetch pipelined behind it) ends it this way.
+/// Sent only while that wait is blocked, that is while the list is empty, so the marker keeps
+/// to the rule that it is only added to an empty list (push.lua checks it in the script; here a
+/// job pushed in the same instant may stand to its right, which only costs `counts` its LPOS).
+pub(crate) async fn wake(conn: &mut Conn, keys: &QueueKeys) -> Result<()> {
+    query::<()>(
+        redis::cmd("LPUSH")
+            .arg(&keys.pending)
+            .arg(super::queues::WAKE),
+        conn,
+    )
+    .await
+}
+
 /// The idle wait of a worker that serves one queue: the wait and `fetch.lua` pipelined on the
 /// blocking connection, so Redis runs the fetch the moment the wait ends and the job arrives with
 /// the wake-up: one round trip, not two.
