@@ -178,7 +178,7 @@ impl WorkerBuilder {
     }
 
     /// How long a fetched job stays leased without renewal (default 30 s). The worker renews
-    /// every third of it; if the worker dies, another one recovers the job within lease + 1 s.
+    /// every third of it; if the worker dies, another one recovers the job when the lease expires.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
