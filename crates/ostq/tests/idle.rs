@@ -321,3 +321,86 @@ async fn an_idle_worker_waits_again_after_redis_restarts() {
     }
     running.shutdown().await;
 }
+
+/// The other ways a job becomes ready on an idle worker's queue: a retry coming due (fail.lua
+/// pushes the wake marker when the retry is due before every other timed job of the queue), and a
+/// resume (nothing is pushed: a paused queue is on hold, re-checked every `idle_wait`, 1 s).
+#[tokio::test]
+async fn a_retry_comes_due_and_a_resumed_queue_runs_on_an_idle_worker_of_fifty_queues() {
+    let (_server, client) = setup().await;
+    let starts = Arc::new(Mutex::new(HashMap::<String, Vec<Instant>>::new()));
+    let seen = starts.clone();
+    let mut builder = Worker::builder(client.clone())
+        .retry(ostq::RetryPolicy::fixed(Duration::from_millis(1500)));
+    for i in 0..MANY {
+        builder = builder.queue(&format!("q{i}"));
+    }
+    let running = spawn(
+        builder
+            .handler(move |job: Job| {
+                let payload = String::from_utf8_lossy(&job.payload).into_owned();
+                let first = job.attempt <= 1;
+                seen.lock()
+                    .unwrap()
+                    .entry(payload)
+                    .or_default()
+                    .push(Instant::now());
+                async move {
+                    if first {
+                        Err::<(), BoxError>("fails once".into())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.queue("q5").push(b"retry".as_slice()).await.unwrap();
+    let ran_twice = common::wait_until(Duration::from_secs(5), || async {
+        starts
+            .lock()
+            .unwrap()
+            .get("retry")
+            .is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    assert!(
+        ran_twice,
+        "the retry did not run: {:?}",
+        starts.lock().unwrap()
+    );
+    let gap = {
+        let starts = starts.lock().unwrap();
+        starts["retry"][1] - starts["retry"][0]
+    };
+    eprintln!("retry due after 1.5 s ran after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1500) && gap < Duration::from_millis(1500) + PROMPT,
+        "the retry due after 1.5 s ran after {gap:?}"
+    );
+
+    let queue = client.queue("q40");
+    queue.pause().await.unwrap();
+    queue.push(b"paused".as_slice()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !starts.lock().unwrap().contains_key("paused"),
+        "a paused queue ran a job"
+    );
+    let resumed = Instant::now();
+    queue.resume().await.unwrap();
+    let ok = common::wait_until(Duration::from_secs(5), || async {
+        starts.lock().unwrap().contains_key("paused")
+    })
+    .await;
+    assert!(ok, "the resumed queue's job did not run");
+    let after = starts.lock().unwrap()["paused"][0] - resumed;
+    eprintln!("resumed queue's job started {after:?} after the resume");
+    assert!(
+        after < Duration::from_secs(1) + PROMPT,
+        "the resumed queue's job started {after:?} after the resume"
+    );
+    running.shutdown().await;
+}
