@@ -358,10 +358,20 @@ async fn an_idle_worker_waits_again_after_redis_restarts() {
 
 /// The other ways a job becomes ready on an idle worker's queue: a retry coming due (fail.lua
 /// pushes the wake marker when the retry is due before every other timed job of the queue), and a
-/// resume (nothing is pushed: a paused queue is on hold, re-checked every `idle_wait`, 1 s).
+/// resume: a paused queue's list is not watched (it may be full), its `resumed` list is, which
+/// `Queue::resume` pushes onto. Paused queues cost an idle worker nothing either (each was
+/// fetched every second before).
 #[tokio::test]
 async fn a_retry_comes_due_and_a_resumed_queue_runs_on_an_idle_worker_of_fifty_queues() {
-    let (_server, client) = setup().await;
+    let (server, client) = setup().await;
+    for i in 40..MANY {
+        client.queue(&format!("q{i}")).pause().await.unwrap();
+    }
+    client
+        .queue("q40")
+        .push(b"paused".as_slice())
+        .await
+        .unwrap();
     let starts = Arc::new(Mutex::new(HashMap::<String, Vec<Instant>>::new()));
     let seen = starts.clone();
     let mut builder = Worker::builder(client.clone())
@@ -391,6 +401,18 @@ async fn a_retry_comes_due_and_a_resumed_queue_runs_on_an_idle_worker_of_fifty_q
             .unwrap(),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (opened, per_second, by_name) = idle_cost(&server, Duration::from_secs(5)).await;
+    eprintln!(
+        "idle on {MANY} queues, 10 paused: {opened} connections opened, {per_second:.2} \
+         commands/s: {by_name:?}"
+    );
+    assert_eq!(opened, 0, "an idle worker opened {opened} connections");
+    assert!(per_second <= 2.0, "{per_second:.2} commands/s: {by_name:?}");
+    assert!(
+        !starts.lock().unwrap().contains_key("paused"),
+        "a paused queue ran a job"
+    );
+
     client.queue("q5").push(b"retry".as_slice()).await.unwrap();
     let ran_twice = common::wait_until(Duration::from_secs(5), || async {
         starts
@@ -416,9 +438,6 @@ async fn a_retry_comes_due_and_a_resumed_queue_runs_on_an_idle_worker_of_fifty_q
     );
 
     let queue = client.queue("q40");
-    queue.pause().await.unwrap();
-    queue.push(b"paused".as_slice()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !starts.lock().unwrap().contains_key("paused"),
         "a paused queue ran a job"
@@ -433,8 +452,26 @@ async fn a_retry_comes_due_and_a_resumed_queue_runs_on_an_idle_worker_of_fifty_q
     let after = starts.lock().unwrap()["paused"][0] - resumed;
     eprintln!("resumed queue's job started {after:?} after the resume");
     assert!(
-        after < Duration::from_secs(1) + PROMPT,
+        after < PROMPT,
         "the resumed queue's job started {after:?} after the resume"
     );
+    // Paused again and resumed again: the worker waits on the right list each time.
+    queue.pause().await.unwrap();
+    queue.push(b"paused again".as_slice()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !starts.lock().unwrap().contains_key("paused again"),
+        "a paused queue ran a job"
+    );
+    let resumed = Instant::now();
+    queue.resume().await.unwrap();
+    let ok = common::wait_until(Duration::from_secs(5), || async {
+        starts.lock().unwrap().contains_key("paused again")
+    })
+    .await;
+    assert!(ok, "the job of the queue resumed again did not run");
+    let after = starts.lock().unwrap()["paused again"][0] - resumed;
+    eprintln!("resumed again: started {after:?} after the resume");
+    assert!(after < PROMPT, "started {after:?} after the second resume");
     running.shutdown().await;
 }

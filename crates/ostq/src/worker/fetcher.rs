@@ -22,7 +22,7 @@ use super::Config;
 use crate::envelope::Envelope;
 use crate::store::connection::MAX_BLOCK;
 use crate::store::lease::{self, FetchSettings, Fetched};
-use crate::store::Conn;
+use crate::store::{queues, Conn};
 use crate::Result;
 
 /// What `fetch.lua` needs of the worker's settings.
@@ -79,21 +79,25 @@ pub(super) fn queue_order(weights: &[u32], strict: bool) -> Vec<usize> {
 struct Deadlines {
     /// `None`: never fetched (or to be fetched at the next round whatever happens).
     due: Vec<Option<Instant>>,
-    /// Paused or out of rate-limit tokens: not watched, fetched again within `idle_wait`.
+    /// Paused or out of rate-limit tokens: its list is not watched.
     hold: Vec<bool>,
+    /// Paused: its `resumed` list is watched instead (a resume pushes onto it).
+    paused: Vec<bool>,
 }
 
 impl Deadlines {
     /// After a fetch of `queue`: due again at its next timed event (earliest scheduled or retry
-    /// job, earliest lease expiry, next rate-limit token), at most `idle_wait` on hold (a resume
-    /// or a rate-limit change pushes nothing), and otherwise at most the safety re-check. The
+    /// job, earliest lease expiry, next rate-limit token), at most `idle_wait` when out of
+    /// rate-limit tokens (a rate-limit change pushes nothing), and otherwise (paused included: a
+    /// resume pushes onto the list it then waits on) at most the safety re-check. The
     /// re-check comes round once per `idle_recheck` for the whole worker: each of its `n` queues
     /// every `n × idle_recheck`, the first time staggered by the queue's rank, so that an idle
     /// worker's commands do not grow with its queues.
-    fn fetched(&mut self, cfg: &Config, queue: usize, now_ms: i64, wake_at_ms: i64, hold: bool) {
+    fn fetched(&mut self, cfg: &Config, queue: usize, fetched: &Fetched) {
+        let (now_ms, wake_at_ms, hold) = (fetched.now_ms, fetched.wake_at_ms, fetched.hold);
         let n = u32::try_from(self.due.len()).unwrap_or(u32::MAX);
         let rank = u32::try_from(queue + 1).unwrap_or(u32::MAX);
-        let cap = if hold {
+        let cap = if hold && !fetched.paused {
             cfg.idle_wait
         } else if self.due[queue].is_none() {
             cfg.idle_recheck.saturating_mul(rank)
@@ -109,6 +113,17 @@ impl Deadlines {
         };
         self.due[queue] = Some(Instant::now() + timed.min(cap));
         self.hold[queue] = hold;
+        self.paused[queue] = fetched.paused;
+    }
+
+    /// The list to watch for `queue`: its pending list, its `resumed` list while paused, or
+    /// none while out of rate-limit tokens.
+    fn watch(&self, queue: usize) -> Option<Watch> {
+        match (self.hold[queue], self.paused[queue]) {
+            (false, _) => Some(Watch::Pending),
+            (true, true) => Some(Watch::Resumed),
+            (true, false) => None,
+        }
     }
 
     /// A fetch failed: try the queue again within `idle_wait` (not at once: a queue whose fetch
@@ -147,6 +162,7 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
         deadlines: Deadlines {
             due: vec![None; shared.queues.len()],
             hold: vec![false; shared.queues.len()],
+            paused: vec![false; shared.queues.len()],
         },
         only: None,
         shared,
@@ -338,13 +354,7 @@ impl Fetcher {
                 Ok(fetched) => {
                     short = fetched.envelopes.len() < want;
                     fetched_ok += 1;
-                    self.deadlines.fetched(
-                        &shared.config,
-                        queue,
-                        fetched.now_ms,
-                        fetched.wake_at_ms,
-                        fetched.hold,
-                    );
+                    self.deadlines.fetched(&shared.config, queue, &fetched);
                     start_fetched(shared, queue, fetched, slots, &mut room);
                 }
                 Err(e) => {
@@ -549,16 +559,41 @@ pub(super) enum Blocking {
     Closed,
     Free(Conn),
     /// The wait resolves to its connection and whether the list has an entry.
-    Waiting(Pin<Box<dyn Future<Output = (Conn, Result<bool>)> + Send>>),
+    Waiting(
+        Pin<Box<dyn Future<Output = (Conn, Result<bool>)> + Send>>,
+        Watch,
+    ),
+}
+
+/// Which list of a queue a wait watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    /// `pending`: a push or a wake marker ends the wait.
+    Pending,
+    /// `resumed`, while the queue is paused: a resume ends the wait.
+    Resumed,
 }
 
 /// Starts the wait on `queue` on its connection, which the wait owns until it returns.
-fn start_wait(shared: &Shared, queue: usize, mut conn: Conn, wait_ms: i64) -> Blocking {
-    let keys = shared.queues[queue].clone();
-    Blocking::Waiting(Box::pin(async move {
-        let result = lease::wait_for_entry(&mut conn, &keys, wait_ms).await;
-        (conn, result)
-    }))
+fn start_wait(
+    shared: &Shared,
+    queue: usize,
+    mut conn: Conn,
+    wait_ms: i64,
+    watch: Watch,
+) -> Blocking {
+    let keys = &shared.queues[queue];
+    let list = match watch {
+        Watch::Pending => keys.pending.clone(),
+        Watch::Resumed => queues::resumed_key(keys),
+    };
+    Blocking::Waiting(
+        Box::pin(async move {
+            let result = lease::wait_for_entry(&mut conn, &list, wait_ms).await;
+            (conn, result)
+        }),
+        watch,
+    )
 }
 
 /// Blocks until a watched queue's list gets an entry (a push or a wake marker), a queue's
@@ -584,7 +619,10 @@ async fn wait_for_work(
             return due.iter().zip(&woken).map(|(d, w)| *d || *w).collect();
         }
         let deadline = deadlines.next(now);
-        for queue in (0..n).filter(|&q| !deadlines.hold[q]) {
+        for queue in 0..n {
+            let Some(watch) = deadlines.watch(queue) else {
+                continue; // out of rate-limit tokens: fetched again at its next token
+            };
             let until = deadlines.due[queue].unwrap_or(now);
             // A wait ends at its queue's deadline (a timed job due, a lease to recover) or after
             // MAX_BLOCK, when it is simply sent again.
@@ -593,21 +631,27 @@ async fn wait_for_work(
                 .min(MAX_BLOCK)
                 .as_millis() as i64;
             blocking[queue] = match std::mem::take(&mut blocking[queue]) {
-                Blocking::Waiting(wait) => Blocking::Waiting(wait),
-                Blocking::Free(conn) => start_wait(shared, queue, conn, left.max(1)),
-                Blocking::Closed => match shared.client.blocking_conn().await {
-                    Ok(conn) => start_wait(shared, queue, conn, left.max(1)),
-                    Err(e) => {
-                        // Fetch it instead (a fetch that fails too backs the loop off).
-                        debug!(error = %e, "no blocking connection; fetching instead");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            _ = stop.cancelled() => {}
+                Blocking::Waiting(wait, on) if on == watch => Blocking::Waiting(wait, on),
+                // The queue was paused or resumed while its wait was in flight on the other
+                // list: the wait is dropped with its connection (it takes nothing, so nothing
+                // is lost) and a new one watches the right list. One connection per pause or
+                // resume, not per idle spell.
+                Blocking::Waiting(..) | Blocking::Closed => {
+                    match shared.client.blocking_conn().await {
+                        Ok(conn) => start_wait(shared, queue, conn, left.max(1), watch),
+                        Err(e) => {
+                            // Fetch it instead (a fetch that fails too backs the loop off).
+                            debug!(error = %e, "no blocking connection; fetching instead");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                                _ = stop.cancelled() => {}
+                            }
+                            woken[queue] = true;
+                            Blocking::Closed
                         }
-                        woken[queue] = true;
-                        Blocking::Closed
                     }
-                },
+                }
+                Blocking::Free(conn) => start_wait(shared, queue, conn, left.max(1), watch),
             };
         }
         if woken.iter().any(|&w| w) {
@@ -617,7 +661,7 @@ async fn wait_for_work(
             .iter_mut()
             .enumerate()
             .filter_map(|(queue, b)| match b {
-                Blocking::Waiting(wait) => {
+                Blocking::Waiting(wait, _) => {
                     Some(Box::pin(async move { (queue, wait.as_mut().await) }))
                 }
                 _ => None,
@@ -677,7 +721,7 @@ fn ended_wait(
 fn collect_ended(blocking: &mut [Blocking], woken: &mut [bool]) {
     for queue in 0..blocking.len() {
         let ended = match &mut blocking[queue] {
-            Blocking::Waiting(wait) => wait.as_mut().now_or_never(),
+            Blocking::Waiting(wait, _) => wait.as_mut().now_or_never(),
             _ => None,
         };
         if let Some(ended) = ended {
