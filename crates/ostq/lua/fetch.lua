@@ -18,8 +18,8 @@
 -- ARGV[8] lease group id for this fetch, drawn at random by the worker (not from a Redis counter:
 --         after Redis loses its last writes, a counter would hand out ids still held by workers)
 -- Returns {now ms, next wake ms (0 = nothing timed), group (0 = nothing leased), hold, envelope1, ...}
--- where hold = 1 tells the worker not to wait on the list (the queue is paused or out of rate-limit
--- tokens) but to sleep until the wake time.
+-- where hold tells the worker not to wait on the list, which may be full: 1 = the queue is paused
+-- (wait for a resume), 2 = out of rate-limit tokens (sleep until the wake time).
 local LIMIT = 1000
 -- Work one call may do besides leasing (promotion and recovery share it), so that no call runs
 -- long at any queue size: entries, and bytes of envelopes copied (at least one entry always moves).
@@ -263,6 +263,11 @@ if #popped > 0 then
   end
   if n > 4 then
     redis.call('RPUSH', prefix .. 'lease:' .. group, unpack(result, 5, n))
+    -- Idle workers wait until the earliest lease deadline they saw at their last fetch, to
+    -- recover it when it expires. A group due before every other (the first one, or one with a
+    -- shorter lease) is a deadline they have not seen: wake them so they fetch and see it.
+    local earliest = first_score(KEYS[6])
+    if earliest == nil or now + lease_ms < earliest then wake(KEYS[1]) end
     redis.call('ZADD', KEYS[6], now + lease_ms, group)
     redis.call('HINCRBY', KEYS[9], 'active', n - 4)
     result[3] = group
@@ -274,7 +279,7 @@ if tokens then
   -- Out of tokens with jobs still waiting: sleep until the next token instead of waiting on a
   -- list that is not empty. (With the queue drained, wait on the list as usual.)
   if rate_limited and #popped >= want then
-    hold = 1
+    hold = 2
     hold_until = now + math.ceil((1 - (tokens - math.floor(tokens))) * rate_period / rate_max)
   end
 end

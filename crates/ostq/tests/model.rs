@@ -612,6 +612,9 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
             o.uniques.insert(k.to_string(), (text(&content[0]), *ttl));
         } else if let Some(g) = rest.strip_prefix("lease:") {
             o.leases.insert(g.to_string(), content.clone());
+        } else if rest == "resumed" && *ttl && !o.paused {
+            // Queue::resume's signal to idle workers holding the paused queue: it expires by
+            // itself, and a pause deletes it (a worker waiting on it would wake at once).
         } else if rest == "hist:all" {
             for pair in content.chunks(2) {
                 let n: i64 = text(&pair[1]).parse().unwrap_or(i64::MIN);

@@ -44,8 +44,13 @@ use crate::{Error, Result};
 
 /// Reply limit for ordinary commands and scripts.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reply limit for a dedicated blocking connection: above the longest block ostq asks for (1 s).
-const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest block ostq asks for: an idle worker's wait on a queue's list (its timeout is the
+/// queue's next deadline, at most this; a wait that reaches it is sent again, one command).
+/// Long, so that idle waits cost next to nothing; a connection that dies silently (no reset)
+/// is noticed after it plus the margin below.
+pub(crate) const MAX_BLOCK: Duration = Duration::from_secs(300);
+/// Reply limit for a dedicated blocking connection: above the longest block ostq asks for.
+const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300 + 15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reply limit on a durable connection: a write's `WAIT` may take up to
 /// [`crate::durability::MAX_DURABLE_TIMEOUT`], and a write queued behind another's `WAIT` waits

@@ -26,6 +26,9 @@ pub(crate) struct Fetched {
     pub(crate) wake_at_ms: i64,
     pub(crate) group: u64,
     pub(crate) hold: bool,
+    /// On hold because the queue is paused (not for its rate limit): a resume pushes onto
+    /// `resumed`, which the worker waits on instead.
+    pub(crate) paused: bool,
     pub(crate) envelopes: Vec<Vec<u8>>,
 }
 
@@ -56,27 +59,39 @@ pub(crate) async fn fetch(
 
 /// `BLMOVE list list RIGHT RIGHT` pops and pushes the same end of the same list: it waits for an
 /// entry without taking it, so an abandoned wait loses nothing.
-fn wait_cmd(keys: &QueueKeys, wait_ms: i64) -> redis::Cmd {
+fn wait_cmd(list: &str, wait_ms: i64) -> redis::Cmd {
     let mut blmove = redis::cmd("BLMOVE");
     blmove
-        .arg(&keys.pending)
-        .arg(&keys.pending)
+        .arg(list)
+        .arg(list)
         .arg("RIGHT")
         .arg("RIGHT")
         .arg(format!("{:.3}", wait_ms as f64 / 1000.0));
     blmove
 }
 
-/// Blocks (on a connection of its own) until the queue's pending list has an entry or `wait_ms`
-/// pass; takes nothing. `true` when it ended because the list has an entry.
-pub(crate) async fn wait_for_entry(
-    conn: &mut Conn,
-    keys: &QueueKeys,
-    wait_ms: i64,
-) -> Result<bool> {
-    query::<Option<Vec<u8>>>(&wait_cmd(keys, wait_ms), conn)
+/// Blocks (on a connection of its own) until `list` (a queue's pending list, or its `resumed`
+/// list while it is paused) has an entry or `wait_ms` pass; takes nothing. `true` when it ended
+/// because the list has an entry.
+pub(crate) async fn wait_for_entry(conn: &mut Conn, list: &str, wait_ms: i64) -> Result<bool> {
+    query::<Option<Vec<u8>>>(&wait_cmd(list, wait_ms), conn)
         .await
         .map(|entry| entry.is_some())
+}
+
+/// Pushes a wake marker onto the queue's pending list, ending the idle waits on it: a worker
+/// that stops while its own wait is blocked (with a fetch pipelined behind it) ends it this way.
+/// Sent only while that wait is blocked, that is while the list is empty, so the marker keeps
+/// to the rule that it is only added to an empty list (push.lua checks it in the script; here a
+/// job pushed in the same instant may stand to its right, which only costs `counts` its LPOS).
+pub(crate) async fn wake(conn: &mut Conn, keys: &QueueKeys) -> Result<()> {
+    query::<()>(
+        redis::cmd("LPUSH")
+            .arg(&keys.pending)
+            .arg(super::queues::WAKE),
+        conn,
+    )
+    .await
 }
 
 /// The idle wait of a worker that serves one queue: the wait and `fetch.lua` pipelined on the
@@ -91,7 +106,7 @@ pub(crate) async fn wait_then_fetch(
 ) -> Result<Fetched> {
     let fetch = fetch_call(keys, want, settings);
     let mut pipe = redis::pipe();
-    pipe.add_command(wait_cmd(keys, wait_ms))
+    pipe.add_command(wait_cmd(&keys.pending, wait_ms))
         .ignore()
         .add_command(fetch.cmd().clone());
     match pipe.query_async::<(Value,)>(conn).await {
@@ -115,7 +130,7 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
     let wake_at_ms = int_of(items.next(), "fetch's wake time")?;
     // The group comes back as the decimal id the worker sent, or 0 when nothing was leased.
     let group = u64::try_from(int_of(items.next(), "fetch's lease group")?).unwrap_or(0);
-    let hold = int_of(items.next(), "fetch's hold flag")? != 0;
+    let hold = int_of(items.next(), "fetch's hold flag")?;
     let envelopes = items
         .map(|item| match item {
             Value::BulkString(bytes) => Ok(bytes),
@@ -128,7 +143,8 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
         now_ms,
         wake_at_ms,
         group,
-        hold,
+        hold: hold != 0,
+        paused: hold == 1,
         envelopes,
     })
 }

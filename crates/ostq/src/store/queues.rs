@@ -427,11 +427,31 @@ async fn release_purged(conn: &mut Conn, keys: &QueueKeys, env: &Envelope) -> Re
 
 /// Pauses (or resumes) the queue: workers fetch nothing while the flag exists.
 pub(crate) async fn set_paused(conn: &mut Conn, keys: &QueueKeys, paused: bool) -> Result<()> {
+    // Idle workers holding a paused queue wait on `resumed` (a paused queue's list may be full,
+    // so they cannot wait on it): a resume pushes onto it, a pause deletes it. It expires soon
+    // after a resume: a worker still holding the queue by then fetches at its safety re-check.
+    let resumed = resumed_key(keys);
+    let mut pipe = redis::pipe();
     if paused {
-        query(redis::cmd("SET").arg(&keys.paused).arg(1), conn).await
+        pipe.atomic().set(&keys.paused, 1).del(&resumed);
     } else {
-        query(redis::cmd("DEL").arg(&keys.paused), conn).await
+        pipe.atomic()
+            .del(&keys.paused)
+            .del(&resumed)
+            .rpush(&resumed, 1)
+            .pexpire(&resumed, RESUMED_TTL_MS);
     }
+    query_pipe(&pipe, conn).await
+}
+
+/// How long the `resumed` list outlives a resume: far longer than a worker takes from a fetch
+/// that found the queue paused to its wait on the list.
+const RESUMED_TTL_MS: i64 = 10_000;
+
+/// `ostq:{q}:resumed`: a list that exists for a few seconds after `Queue::resume`, which idle
+/// workers holding the paused queue wait on (design §7.5).
+pub(crate) fn resumed_key(keys: &QueueKeys) -> String {
+    format!("{}resumed", keys.prefix)
 }
 
 /// Sets (`Some((max, period_ms))`) or clears the queue's token bucket.

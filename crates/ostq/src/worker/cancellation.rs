@@ -1,6 +1,7 @@
 //! The cancellation watcher: while jobs run, reads each queue's cancel set and tells the jobs.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +25,11 @@ pub(super) async fn watch_cancellations(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.cancelled() => return,
         }
-        if shared.semaphore.available_permits() == shared.config.concurrency {
-            continue; // nothing running: nothing to cancel
+        // Nothing running: nothing to cancel. (Counted by `running`, not by the free permits: a
+        // worker serving one queue holds its free permits through its idle wait, which made an
+        // idle worker read the cancel set twice a second.)
+        if shared.running.load(Ordering::Relaxed) == 0 {
+            continue;
         }
         let mut wanted = HashSet::new();
         let mut conn = shared.client.conn();

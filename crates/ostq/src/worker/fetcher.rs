@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -18,8 +20,9 @@ use super::prefetch::{Leased, StartRate};
 use super::runtime::{hold_group, Outcome, OutcomeKind, Settled, Shared};
 use super::Config;
 use crate::envelope::Envelope;
+use crate::store::connection::MAX_BLOCK;
 use crate::store::lease::{self, FetchSettings, Fetched};
-use crate::store::Conn;
+use crate::store::{queues, Conn};
 use crate::Result;
 
 /// What `fetch.lua` needs of the worker's settings.
@@ -70,13 +73,85 @@ pub(super) fn queue_order(weights: &[u32], strict: bool) -> Vec<usize> {
     order
 }
 
-/// What a fetch said about a queue, for planning the wait.
-pub(super) struct QueueWait {
-    pub(super) queue: usize,
-    pub(super) now_ms: i64,
-    pub(super) wake_at_ms: i64,
-    pub(super) hold: bool,
+/// When each queue is to be fetched again while the worker is idle, and whether it is on hold.
+/// An idle spell ends for a queue when its wait on the list returns (something was pushed, or a
+/// wake marker) or when its deadline passes; the round after it asks only those queues.
+struct Deadlines {
+    /// `None`: never fetched (or to be fetched at the next round whatever happens).
+    due: Vec<Option<Instant>>,
+    /// Paused or out of rate-limit tokens: its list is not watched.
+    hold: Vec<bool>,
+    /// Paused: its `resumed` list is watched instead (a resume pushes onto it).
+    paused: Vec<bool>,
 }
+
+impl Deadlines {
+    /// After a fetch of `queue`: due again at its next timed event (earliest scheduled or retry
+    /// job, earliest lease expiry, next rate-limit token), at most `idle_wait` when out of
+    /// rate-limit tokens (a rate-limit change pushes nothing), and otherwise (paused included: a
+    /// resume pushes onto the list it then waits on) at most the safety re-check. The
+    /// re-check comes round once per `idle_recheck` for the whole worker: each of its `n` queues
+    /// every `n × idle_recheck`, the first time staggered by the queue's rank, so that an idle
+    /// worker's commands do not grow with its queues.
+    fn fetched(&mut self, cfg: &Config, queue: usize, fetched: &Fetched) {
+        let (now_ms, wake_at_ms, hold) = (fetched.now_ms, fetched.wake_at_ms, fetched.hold);
+        let n = u32::try_from(self.due.len()).unwrap_or(u32::MAX);
+        let rank = u32::try_from(queue + 1).unwrap_or(u32::MAX);
+        let cap = if hold && !fetched.paused {
+            cfg.idle_wait
+        } else if self.due[queue].is_none() {
+            cfg.idle_recheck.saturating_mul(rank)
+        } else {
+            cfg.idle_recheck.saturating_mul(n.max(1))
+        }
+        // (Any duration a user gives must not overflow an Instant.)
+        .min(MAX_DUE);
+        let timed = if wake_at_ms > 0 {
+            Duration::from_millis(u64::try_from(wake_at_ms - now_ms).unwrap_or(0))
+        } else {
+            cap
+        };
+        self.due[queue] = Some(Instant::now() + timed.min(cap));
+        self.hold[queue] = hold;
+        self.paused[queue] = fetched.paused;
+    }
+
+    /// The list to watch for `queue`: its pending list, its `resumed` list while paused, or
+    /// none while out of rate-limit tokens.
+    fn watch(&self, queue: usize) -> Option<Watch> {
+        match (self.hold[queue], self.paused[queue]) {
+            (false, _) => Some(Watch::Pending),
+            (true, true) => Some(Watch::Resumed),
+            (true, false) => None,
+        }
+    }
+
+    /// A fetch failed: try the queue again within `idle_wait` (not at once: a queue whose fetch
+    /// keeps failing while the others work must not spin the loop).
+    fn failed(&mut self, cfg: &Config, queue: usize) {
+        self.due[queue] = Some(Instant::now() + cfg.idle_wait);
+    }
+
+    /// The queues due at `now`.
+    fn due_at(&self, now: Instant) -> Vec<bool> {
+        self.due
+            .iter()
+            .map(|d| d.is_none_or(|d| d <= now))
+            .collect()
+    }
+
+    /// The earliest deadline.
+    fn next(&self, now: Instant) -> Instant {
+        self.due
+            .iter()
+            .map(|d| d.unwrap_or(now))
+            .min()
+            .unwrap_or(now)
+    }
+}
+
+/// The furthest an idle queue's deadline may be: a year.
+const MAX_DUE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Leases jobs while there is capacity, asking the queues in weighted or strict order; when they
 /// are all empty, blocks (no polling) until something is pushed or the next timed job is due.
@@ -84,6 +159,12 @@ pub(super) struct QueueWait {
 pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
     let mut fetcher = Fetcher {
         blocking: shared.queues.iter().map(|_| Blocking::Closed).collect(),
+        deadlines: Deadlines {
+            due: vec![None; shared.queues.len()],
+            hold: vec![false; shared.queues.len()],
+            paused: vec![false; shared.queues.len()],
+        },
+        only: None,
         shared,
         weights,
         stop,
@@ -94,8 +175,8 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
         drained: false,
     };
     while let Some((mut slots, first)) = fetcher.take_slots().await {
-        let (waits, errors) = fetcher.fetch_round(&mut slots, first).await;
-        if errors > 0 && waits.is_empty() {
+        let (fetched, errors) = fetcher.fetch_round(&mut slots, first).await;
+        if errors > 0 && fetched == 0 {
             drop(slots);
             if !fetcher.back_off().await {
                 fetcher.shut_down();
@@ -109,7 +190,7 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
             fetcher.backoff = Duration::from_millis(100);
         }
         if let Some(permit) = slots.filter(|p| p.num_permits() > 0) {
-            fetcher.idle(permit, &waits).await;
+            fetcher.idle(permit).await;
         }
     }
 }
@@ -121,6 +202,9 @@ struct Fetcher {
     stop: CancellationToken,
     /// Per queue, its blocking connection once it has waited, and the wait it carries.
     blocking: Vec<Blocking>,
+    deadlines: Deadlines,
+    /// After an idle spell: the queues the next round asks (those woken or due), not all.
+    only: Option<Vec<bool>>,
     failing: bool,
     backoff: Duration,
     /// A fetch that ran at the end of an idle wait, with the slots it was made for.
@@ -234,20 +318,24 @@ impl Fetcher {
         give_back_parked(&self.shared);
     }
 
-    /// Asks each queue in turn for as many jobs as there are free slots, plus the prefetch room,
-    /// and starts them (or parks them); returns what the queues said about waiting, and how many
-    /// fetches failed.
+    /// Asks each queue in turn (after an idle spell, only the queues it woke) for as many jobs as
+    /// there are free slots, plus the prefetch room, and starts them (or parks them); returns how
+    /// many fetches worked and how many failed.
     async fn fetch_round(
         &mut self,
         slots: &mut Option<OwnedSemaphorePermit>,
         mut first: Option<Result<Fetched>>,
-    ) -> (Vec<QueueWait>, usize) {
+    ) -> (usize, usize) {
         let mut room = self.room();
         let shared = &self.shared;
-        let mut waits = Vec::new();
+        let only = self.only.take();
+        let mut fetched_ok = 0;
         let mut errors = 0;
         let mut short = false;
         for queue in queue_order(&self.weights, shared.config.strict) {
+            if only.as_ref().is_some_and(|only| !only[queue]) {
+                continue;
+            }
             let free = slots.as_ref().map_or(0, |p| p.num_permits());
             let want = (free + room).min(shared.config.max_batch);
             if want == 0 {
@@ -265,17 +353,14 @@ impl Fetcher {
                 }
                 Ok(fetched) => {
                     short = fetched.envelopes.len() < want;
-                    waits.push(QueueWait {
-                        queue,
-                        now_ms: fetched.now_ms,
-                        wake_at_ms: fetched.wake_at_ms,
-                        hold: fetched.hold,
-                    });
+                    fetched_ok += 1;
+                    self.deadlines.fetched(&shared.config, queue, &fetched);
                     start_fetched(shared, queue, fetched, slots, &mut room);
                 }
                 Err(e) => {
                     short = true;
                     errors += 1;
+                    self.deadlines.failed(&shared.config, queue);
                     if !self.failing {
                         warn!(queue = %shared.queues[queue].queue, error = %e, "fetch failed; retrying with backoff");
                     }
@@ -283,7 +368,7 @@ impl Fetcher {
             }
         }
         self.drained = short;
-        (waits, errors)
+        (fetched_ok, errors)
     }
 
     /// Every fetch failed: waits out the backoff. `false` when shutdown began meanwhile.
@@ -299,45 +384,76 @@ impl Fetcher {
 
     /// Slots are left over: the queues are empty (or on hold). One queue not on hold waits and
     /// fetches in one round trip, keeping the free slots (the fetch is carried into the next
-    /// round); otherwise the slots go back and the loop blocks until there is work.
-    async fn idle(&mut self, permit: OwnedSemaphorePermit, waits: &[QueueWait]) {
+    /// round); otherwise the slots go back and the loop blocks until there is work, and the next
+    /// round asks only the queues that woke or are due.
+    async fn idle(&mut self, permit: OwnedSemaphorePermit) {
         let shared = self.shared.clone();
-        if let [wait] = waits {
-            if shared.queues.len() == 1 && !wait.hold && !self.stop.is_cancelled() {
-                let wait_ms = wait_ms(&shared, waits);
-                if wait_ms == 0 {
-                    return;
+        if shared.queues.len() == 1 && !self.deadlines.hold[0] && !self.stop.is_cancelled() {
+            let now = Instant::now();
+            let wait_ms = self
+                .deadlines
+                .next(now)
+                .saturating_duration_since(now)
+                .min(MAX_BLOCK)
+                .as_millis() as i64;
+            if wait_ms == 0 {
+                return;
+            }
+            if matches!(self.blocking[0], Blocking::Closed) {
+                match shared.client.blocking_conn().await {
+                    Ok(conn) => self.blocking[0] = Blocking::Free(conn),
+                    Err(e) => debug!(error = %e, "no blocking connection"),
                 }
-                if matches!(self.blocking[0], Blocking::Closed) {
-                    match shared.client.blocking_conn().await {
-                        Ok(conn) => self.blocking[0] = Blocking::Free(conn),
-                        Err(e) => debug!(error = %e, "no blocking connection"),
-                    }
-                }
-                // (A wait still in flight from a spell on hold is taken up below instead.)
-                if let Blocking::Free(conn) = &mut self.blocking[0] {
-                    let want = permit.num_permits();
-                    let keys = &shared.queues[wait.queue];
-                    let settings = fetch_settings(&shared.config);
-                    let result = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings).await;
-                    match result {
-                        Err(_) => self.blocking[0] = Blocking::Closed,
-                        Ok(fetched) if self.stop.is_cancelled() => {
-                            // Asked to stop while waiting: what the fetch leased goes back at once.
-                            give_back(&shared, wait.queue, fetched);
-                            return;
+            }
+            // (A wait still in flight from a spell on hold is taken up below instead.)
+            if let Blocking::Free(conn) = &mut self.blocking[0] {
+                let want = permit.num_permits();
+                let keys = &shared.queues[0];
+                let settings = fetch_settings(&shared.config);
+                let result = {
+                    let waiting = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings);
+                    tokio::pin!(waiting);
+                    tokio::select! {
+                        result = &mut waiting => result,
+                        _ = self.stop.cancelled() => {
+                            // The wait may last minutes, and the fetch behind it is already sent: a
+                            // wake marker ends the wait now, and what the fetch leases goes back
+                            // below. (If Redis cannot be reached, the connection is dropped after a
+                            // while: a blocked client that goes away never runs its fetch.)
+                            if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
+                                debug!(error = %e, "could not wake the idle wait at shutdown");
+                            }
+                            match tokio::time::timeout(SHUTDOWN_WAKE, waiting).await {
+                                Ok(result) => result,
+                                Err(_) => Err(crate::Error::Protocol(
+                                    "the idle wait did not end at shutdown".into(),
+                                )),
+                            }
                         }
-                        Ok(_) => {}
                     }
-                    self.carried = Some((permit, result));
-                    return;
+                };
+                match result {
+                    Err(_) => self.blocking[0] = Blocking::Closed,
+                    Ok(fetched) if self.stop.is_cancelled() => {
+                        // Asked to stop while waiting: what the fetch leased goes back at once.
+                        give_back(&shared, 0, fetched);
+                        return;
+                    }
+                    Ok(_) => {}
                 }
+                self.carried = Some((permit, result));
+                return;
             }
         }
         drop(permit);
-        wait_for_work(&shared, waits, &mut self.blocking, &self.stop).await;
+        let woken = wait_for_work(&shared, &self.deadlines, &mut self.blocking, &self.stop).await;
+        self.only = Some(woken);
     }
 }
+
+/// How long a single-queue worker that is stopping waits for its idle wait to end once it has
+/// pushed a wake marker.
+const SHUTDOWN_WAKE: Duration = Duration::from_secs(5);
 
 /// Sleeps until `at`, or for ever when there is nothing to wait for.
 async fn sleep_until(at: Option<Instant>) {
@@ -432,23 +548,6 @@ pub(super) fn given_back(queue: usize, group: u64, index: u32, bytes: &[u8]) -> 
     }
 }
 
-/// How long an idle worker may wait: until the earliest scheduled, retry, lease or rate-limit
-/// deadline of the queues it asked, at most `idle_wait`.
-pub(super) fn wait_ms(shared: &Shared, waits: &[QueueWait]) -> i64 {
-    let idle = shared.config.idle_wait.as_millis() as i64;
-    waits
-        .iter()
-        .map(|w| {
-            if w.wake_at_ms > 0 {
-                (w.wake_at_ms - w.now_ms).clamp(0, idle)
-            } else {
-                idle
-            }
-        })
-        .min()
-        .unwrap_or(idle)
-}
-
 /// A queue's blocking connection: not opened yet (or broken), free, or carrying a wait that has
 /// not returned yet. A wait is never abandoned: when another queue's wait or the deadline ends
 /// the idle spell first, the wait stays in flight on its connection and is taken up again by
@@ -460,100 +559,173 @@ pub(super) enum Blocking {
     Closed,
     Free(Conn),
     /// The wait resolves to its connection and whether the list has an entry.
-    Waiting(Pin<Box<dyn Future<Output = (Conn, Result<bool>)> + Send>>),
+    Waiting(
+        Pin<Box<dyn Future<Output = (Conn, Result<bool>)> + Send>>,
+        Watch,
+    ),
+}
+
+/// Which list of a queue a wait watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    /// `pending`: a push or a wake marker ends the wait.
+    Pending,
+    /// `resumed`, while the queue is paused: a resume ends the wait.
+    Resumed,
 }
 
 /// Starts the wait on `queue` on its connection, which the wait owns until it returns.
-fn start_wait(shared: &Shared, queue: usize, mut conn: Conn, wait_ms: i64) -> Blocking {
-    let keys = shared.queues[queue].clone();
-    Blocking::Waiting(Box::pin(async move {
-        let result = lease::wait_for_entry(&mut conn, &keys, wait_ms).await;
-        (conn, result)
-    }))
+fn start_wait(
+    shared: &Shared,
+    queue: usize,
+    mut conn: Conn,
+    wait_ms: i64,
+    watch: Watch,
+) -> Blocking {
+    let keys = &shared.queues[queue];
+    let list = match watch {
+        Watch::Pending => keys.pending.clone(),
+        Watch::Resumed => queues::resumed_key(keys),
+    };
+    Blocking::Waiting(
+        Box::pin(async move {
+            let result = lease::wait_for_entry(&mut conn, &list, wait_ms).await;
+            (conn, result)
+        }),
+        watch,
+    )
 }
 
-/// Blocks until a watched queue's list gets an entry, or until the next scheduled, retry, lease or
-/// rate-limit deadline (at most `idle_wait`). `BLMOVE list list RIGHT RIGHT` pops and pushes the
-/// same end of the same list: it waits for an entry without taking it. Queues on hold (paused,
-/// rate-limited) are not watched: their lists may be full. A wait still in flight from an earlier
-/// spell counts as watching its queue.
-pub(super) async fn wait_for_work(
+/// Blocks until a watched queue's list gets an entry (a push or a wake marker), a queue's
+/// deadline passes, or a wait fails; returns the queues to fetch (those, and any other whose wait
+/// has ended or whose deadline has passed meanwhile). `BLMOVE list list RIGHT RIGHT` pops and
+/// pushes the same end of the same list: it waits for an entry without taking it. Queues on
+/// hold (paused, rate-limited) are not watched: their lists may be full. A wait still in flight
+/// from an earlier spell counts as watching its queue.
+async fn wait_for_work(
     shared: &Shared,
-    waits: &[QueueWait],
+    deadlines: &Deadlines,
     blocking: &mut [Blocking],
     stop: &CancellationToken,
-) {
-    let wait_ms = wait_ms(shared, waits);
-    if wait_ms == 0 {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
-    let sleep = |ms: i64| async move {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
-            _ = stop.cancelled() => {}
-        }
-    };
+) -> Vec<bool> {
+    let n = blocking.len();
+    let mut woken = vec![false; n];
     loop {
-        // Until the deadline: a wait that timed out (a wait from an earlier spell, whose timeout
-        // came first) is started again for the time left; only an entry, the deadline or the
-        // stop signal ends the spell. (Ending it on every such timeout made each queue's wait
-        // start a fetch round of every queue.)
-        let left = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .as_millis() as i64;
-        if left <= 0 {
-            return;
+        let now = Instant::now();
+        let due = deadlines.due_at(now);
+        if due.iter().any(|&d| d) || woken.iter().any(|&w| w) {
+            // Waits that ended meanwhile count too: they need no spell of their own.
+            collect_ended(blocking, &mut woken);
+            return due.iter().zip(&woken).map(|(d, w)| *d || *w).collect();
         }
-        for wait in waits.iter().filter(|w| !w.hold) {
-            let queue = wait.queue;
-            blocking[queue] = match std::mem::take(&mut blocking[queue]) {
-                Blocking::Waiting(wait) => Blocking::Waiting(wait),
-                Blocking::Free(conn) => start_wait(shared, queue, conn, left),
-                Blocking::Closed => match shared.client.blocking_conn().await {
-                    Ok(conn) => start_wait(shared, queue, conn, left),
-                    Err(e) => {
-                        debug!(error = %e, "no blocking connection; sleeping instead");
-                        sleep(left.min(100)).await;
-                        return;
-                    }
-                },
+        let deadline = deadlines.next(now);
+        for queue in 0..n {
+            let Some(watch) = deadlines.watch(queue) else {
+                continue; // out of rate-limit tokens: fetched again at its next token
             };
+            let until = deadlines.due[queue].unwrap_or(now);
+            // A wait ends at its queue's deadline (a timed job due, a lease to recover) or after
+            // MAX_BLOCK, when it is simply sent again.
+            let left = until
+                .saturating_duration_since(now)
+                .min(MAX_BLOCK)
+                .as_millis() as i64;
+            blocking[queue] = match std::mem::take(&mut blocking[queue]) {
+                Blocking::Waiting(wait, on) if on == watch => Blocking::Waiting(wait, on),
+                // The queue was paused or resumed while its wait was in flight on the other
+                // list: the wait is dropped with its connection (it takes nothing, so nothing
+                // is lost) and a new one watches the right list. One connection per pause or
+                // resume, not per idle spell.
+                Blocking::Waiting(..) | Blocking::Closed => {
+                    match shared.client.blocking_conn().await {
+                        Ok(conn) => start_wait(shared, queue, conn, left.max(1), watch),
+                        Err(e) => {
+                            // Fetch it instead (a fetch that fails too backs the loop off).
+                            debug!(error = %e, "no blocking connection; fetching instead");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                                _ = stop.cancelled() => {}
+                            }
+                            woken[queue] = true;
+                            Blocking::Closed
+                        }
+                    }
+                }
+                Blocking::Free(conn) => start_wait(shared, queue, conn, left.max(1), watch),
+            };
+        }
+        if woken.iter().any(|&w| w) {
+            continue;
         }
         let in_flight: Vec<_> = blocking
             .iter_mut()
             .enumerate()
             .filter_map(|(queue, b)| match b {
-                Blocking::Waiting(wait) => {
+                Blocking::Waiting(wait, _) => {
                     Some(Box::pin(async move { (queue, wait.as_mut().await) }))
                 }
                 _ => None,
             })
             .collect();
-        if in_flight.is_empty() {
-            sleep(left).await;
-            return;
+        let ended = if in_flight.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => None,
+                _ = stop.cancelled() => return woken,
+            }
+        } else {
+            tokio::select! {
+                ((queue, ended), _, _) = futures::future::select_all(in_flight) => Some((queue, ended)),
+                _ = tokio::time::sleep_until(deadline.into()) => None,
+                _ = stop.cancelled() => return woken,
+            }
+        };
+        if let Some((queue, ended)) = ended {
+            ended_wait(blocking, &mut woken, queue, ended);
         }
-        let ended = tokio::select! {
-            ((queue, ended), _, _) = futures::future::select_all(in_flight) => Some((queue, ended)),
-            _ = tokio::time::sleep_until(deadline) => None,
-            _ = stop.cancelled() => None,
-        };
-        let Some((queue, (conn, result))) = ended else {
-            return;
-        };
-        match result {
-            Ok(entry) => {
-                blocking[queue] = Blocking::Free(conn);
-                if entry {
-                    return;
+        if woken.iter().any(|&w| w) {
+            // A dropped connection is not retried in a tight loop (a Redis restart ends every
+            // wait at once; the fetch that follows backs off if Redis is still away).
+            if blocking.iter().any(|b| matches!(b, Blocking::Closed)) {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = stop.cancelled() => {}
                 }
             }
-            Err(_) => {
-                blocking[queue] = Blocking::Closed;
-                sleep(50).await;
-                return;
-            }
+        }
+    }
+}
+
+/// Records a wait that returned: an entry on the list, or a failed wait (the connection died,
+/// Redis restarted: whatever was pushed meanwhile is found by a fetch), wakes its queue. A wait
+/// that timed out before its queue's deadline (MAX_BLOCK) is sent again by the caller.
+fn ended_wait(
+    blocking: &mut [Blocking],
+    woken: &mut [bool],
+    queue: usize,
+    (conn, result): (Conn, Result<bool>),
+) {
+    match result {
+        Ok(entry) => {
+            blocking[queue] = Blocking::Free(conn);
+            woken[queue] |= entry;
+        }
+        Err(e) => {
+            debug!(error = %e, "idle wait failed; fetching");
+            blocking[queue] = Blocking::Closed;
+            woken[queue] = true;
+        }
+    }
+}
+
+/// Takes every wait that has already returned, without waiting for the others.
+fn collect_ended(blocking: &mut [Blocking], woken: &mut [bool]) {
+    for queue in 0..blocking.len() {
+        let ended = match &mut blocking[queue] {
+            Blocking::Waiting(wait, _) => wait.as_mut().now_or_never(),
+            _ => None,
+        };
+        if let Some(ended) = ended {
+            ended_wait(blocking, woken, queue, ended);
         }
     }
 }

@@ -83,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) max_batch: usize,
     pub(crate) prefetch: usize,
     pub(crate) idle_wait: Duration,
+    pub(crate) idle_recheck: Duration,
     pub(crate) strict: bool,
     pub(crate) max_payload: usize,
     pub(crate) heartbeat: Duration,
@@ -121,6 +122,7 @@ impl Worker {
                 max_batch: 1000,
                 prefetch: DEFAULT_PREFETCH,
                 idle_wait: Duration::from_secs(1),
+                idle_recheck: Duration::from_secs(60),
                 strict: false,
                 max_payload: crate::producer::DEFAULT_MAX_PAYLOAD,
                 heartbeat: Duration::from_secs(5),
@@ -176,7 +178,7 @@ impl WorkerBuilder {
     }
 
     /// How long a fetched job stays leased without renewal (default 30 s). The worker renews
-    /// every third of it; if the worker dies, another one recovers the job within lease + 1 s.
+    /// every third of it; if the worker dies, another one recovers the job when the lease expires.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
@@ -305,6 +307,25 @@ impl WorkerBuilder {
     /// ```
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.config.heartbeat = every.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How often an idle worker re-checks a queue nothing has woken (default 60 s; at least
+    /// 1 s). Every path that makes a job ready (a push, a prioritized or delayed job, a retry,
+    /// recovery, a give-back, `retry_now`) wakes the idle workers, and a queue's own deadlines
+    /// (its earliest scheduled, retry or lease-expiry time) end its wait, so this check is only
+    /// a safety net. It costs one `fetch.lua` call per `idle_recheck` for the whole worker, not
+    /// per queue: each of its `n` queues is re-checked every `n × idle_recheck` in turn, so an
+    /// idle worker's commands do not grow with the number of queues.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn demo(client: ostq::Client) {
+    /// let builder = ostq::Worker::builder(client).idle_recheck(Duration::from_secs(30));
+    /// # }
+    /// ```
+    pub fn idle_recheck(mut self, every: Duration) -> Self {
+        self.config.idle_recheck = every.max(Duration::from_secs(1));
         self
     }
 
