@@ -345,3 +345,141 @@ async fn resharding_on_a_cluster_does_every_job_once() {
     assert!(seen.values().all(|&n| n == 1), "every job exactly once");
     assert!(queue.set_shards(2).await.unwrap().draining.is_empty());
 }
+
+/// The master (node index) that serves physical queue `name` now: the one that answers for its
+/// pending list instead of redirecting with MOVED (replicas redirect too).
+fn master_of(cluster: &RedisCluster, name: &str) -> usize {
+    let key = format!("ostq:{{{name}}}:pending");
+    cluster
+        .masters()
+        .unwrap()
+        .into_iter()
+        .find(|&i| {
+            let reply = cluster.nodes()[i].cli(&["LLEN", &key]).unwrap();
+            !reply.starts_with("MOVED")
+        })
+        .unwrap_or_else(|| panic!("no master serves {name}"))
+}
+
+/// Issue 15: a planned `CLUSTER FAILOVER` (not FORCE nor TAKEOVER: the replica takes over only
+/// once it has every write of its master, so nothing acknowledged may be lost) of the primary
+/// holding shard 0, while two producers push single jobs and a worker drains the 3-shard queue.
+/// Producer and worker follow the MOVED redirections to the promoted replica, and every job
+/// whose push was acknowledged runs at least once.
+#[tokio::test]
+async fn a_sharded_queue_survives_a_failover_without_losing_jobs() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const PER_PRODUCER: usize = 1500;
+    let cluster = Arc::new(RedisCluster::start_with_replicas(3, 1).unwrap());
+    let client = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+    let queue = client.queue("fo");
+    let layout = queue.set_shards(3).await.unwrap();
+    let old_master = master_of(&cluster, &layout.shards[0]);
+    let replica = cluster.replicas_of(old_master).unwrap()[0];
+
+    let ran = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let log = ran.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("fo")
+            .concurrency(16)
+            .handler(move |job: Job| {
+                let log = log.clone();
+                async move {
+                    *log.lock().unwrap().entry(job.id.clone()).or_default() += 1;
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let push_errors = Arc::new(AtomicUsize::new(0));
+    let producers: Vec<_> = (0..2)
+        .map(|p| {
+            let queue = client.queue("fo");
+            let (acked, push_errors) = (acked.clone(), push_errors.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..PER_PRODUCER {
+                    // An unacknowledged push (an error while the slots move) is tried again;
+                    // only acknowledged ids are owed a run.
+                    loop {
+                        match queue.push(format!("{p}-{i}")).await {
+                            Ok(id) => break ids.push(id),
+                            Err(e) => {
+                                eprintln!("push: {e}");
+                                push_errors.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    // Paced so that the failover falls in the middle of the pushes.
+                    if i % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+
+    // Mid-run: a third of the jobs acknowledged.
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            let n = acked.load(Ordering::Relaxed);
+            async move { n >= 2 * PER_PRODUCER / 3 }
+        })
+        .await
+    );
+    let at_failover = acked.load(Ordering::Relaxed);
+    let failing = cluster.clone();
+    tokio::task::spawn_blocking(move || failing.failover(replica))
+        .await
+        .unwrap()
+        .unwrap();
+    let after_failover = acked.load(Ordering::Relaxed);
+    assert_eq!(master_of(&cluster, &layout.shards[0]), replica);
+
+    let mut owed = Vec::new();
+    for producer in producers {
+        owed.extend(producer.await.unwrap());
+    }
+    assert_eq!(owed.len(), 2 * PER_PRODUCER);
+    assert!(
+        after_failover < owed.len(),
+        "pushes went on after the failover ({after_failover} of {} before it)",
+        owed.len()
+    );
+    let all_ran = common::wait_until(Duration::from_secs(20), || {
+        let ran = ran.lock().unwrap().len();
+        async move { ran >= 2 * PER_PRODUCER }
+    })
+    .await;
+    let ran = ran.lock().unwrap().clone();
+    eprintln!(
+        "failover between push {at_failover} and {after_failover} of {}; push errors {}; jobs run twice {}",
+        owed.len(),
+        push_errors.load(Ordering::Relaxed),
+        ran.values().filter(|&&n| n > 1).count()
+    );
+    let lost: Vec<&String> = owed.iter().filter(|id| !ran.contains_key(*id)).collect();
+    assert!(
+        all_ran && lost.is_empty(),
+        "{} of {} acknowledged jobs never ran (push errors {}), e.g. {:?}",
+        lost.len(),
+        owed.len(),
+        push_errors.load(Ordering::Relaxed),
+        &lost[..lost.len().min(5)]
+    );
+    wait_counts(&queue, Duration::from_secs(10), |c| {
+        c.pending == 0 && c.active == 0
+    })
+    .await;
+    running.shutdown().await;
+}
