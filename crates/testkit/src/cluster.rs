@@ -8,11 +8,15 @@ use anyhow::{bail, Context};
 
 use crate::ports::free_cluster_port;
 use crate::resp::Resp;
-use crate::server::{not_installed, INSTALL_HINT};
+use crate::server::{log_tail, not_installed, INSTALL_HINT};
 use crate::RedisServer;
 
 /// How long a new cluster may take until every node reports `cluster_state:ok`.
 const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`RedisCluster::failover`] waits before asking again: a little over the 5 s after
+/// which Redis abandons a manual failover.
+const MANUAL_FAILOVER_RETRY: Duration = Duration::from_secs(6);
 
 /// A Redis Cluster of private `redis-server` processes: masters only
 /// ([`RedisCluster::start`]), or masters with replicas
@@ -256,15 +260,21 @@ impl RedisCluster {
         let Some(master_port) = replication_info(node.port(), "master_port")? else {
             bail!("node {replica} (port {}) is not a replica", node.port());
         };
-        let reply = node.cli(&["CLUSTER", "FAILOVER"])?;
-        if reply != "OK" {
-            bail!("CLUSTER FAILOVER on port {}: {reply}", node.port());
-        }
         let master_port: u16 = master_port
             .parse()
             .with_context(|| format!("master_port {master_port:?}"))?;
         let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        // Redis gives up a manual failover after 5 s (e.g. when the masters' votes do not come
+        // in time, as happens to a second failover soon after a first); ask again then.
+        let mut asked: Option<Instant> = None;
         loop {
+            if asked.is_none_or(|at| at.elapsed() >= MANUAL_FAILOVER_RETRY) {
+                let reply = node.cli(&["CLUSTER", "FAILOVER"])?;
+                if reply != "OK" {
+                    bail!("CLUSTER FAILOVER on port {}: {reply}", node.port());
+                }
+                asked = Some(Instant::now());
+            }
             let promoted = replication_info(node.port(), "role")?.as_deref() == Some("master");
             let demoted = replication_info(master_port, "role")?.as_deref() == Some("slave");
             if promoted && demoted {
@@ -272,10 +282,11 @@ impl RedisCluster {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "failover of port {} to port {} not done within {:?}",
+                    "failover of port {} to port {} not done within {:?}; its log:\n{}",
                     master_port,
                     node.port(),
-                    CLUSTER_READY_TIMEOUT
+                    CLUSTER_READY_TIMEOUT,
+                    log_tail(node.dir(), 20)
                 );
             }
             thread::sleep(Duration::from_millis(20));
