@@ -510,3 +510,99 @@ async fn a_sharded_queue_survives_a_failover_without_losing_jobs() {
     assert!(all_ran, "jobs pushed after the second failover never ran");
     running.shutdown().await;
 }
+
+/// Issue 15: a cron schedule on a 3-shard queue, run by two scheduler processes (two clients,
+/// two `Scheduler`s) with two workers, lands exactly once per tick: every tick fired by exactly
+/// one of them, no tick skipped, each tick's job run once.
+#[tokio::test]
+async fn cron_on_a_sharded_queue_lands_once_per_tick() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use ostq::scheduler::TickOutcome;
+
+    let cluster = RedisCluster::start(3).unwrap();
+    let admin = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+    let queue = admin.queue("ticks");
+    queue.set_shards(3).await.unwrap();
+
+    // tick → (calls, fired) over both schedulers; job id → runs over both workers.
+    let calls = Arc::new(Mutex::new(BTreeMap::<u64, (u32, u32)>::new()));
+    let runs = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut schedulers = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let client = ostq::Client::connect_cluster(cluster.urls()).await.unwrap();
+        let log = calls.clone();
+        let scheduler = ostq::Scheduler::builder(client.clone())
+            .every("sweep", "ticks", Duration::from_millis(100), "sweep")
+            .on_tick(move |tick| {
+                // A tick before the schedule's registration is not owed a job.
+                if tick.outcome == TickOutcome::Early {
+                    return;
+                }
+                let mut log = log.lock().unwrap();
+                let entry = log.entry(tick.tick_ms).or_default();
+                entry.0 += 1;
+                if matches!(tick.outcome, TickOutcome::Fired { .. }) {
+                    entry.1 += 1;
+                }
+            })
+            .build()
+            .unwrap();
+        schedulers.push(tokio::spawn(
+            scheduler.run_until(stop.clone().cancelled_owned()),
+        ));
+        let log = runs.clone();
+        workers.push(spawn(
+            Worker::builder(client)
+                .queue("ticks")
+                .concurrency(4)
+                .handler(move |job: Job| {
+                    let log = log.clone();
+                    async move {
+                        *log.lock().unwrap().entry(job.id.clone()).or_default() += 1;
+                        Ok::<_, BoxError>(())
+                    }
+                })
+                .build()
+                .unwrap(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.cancel();
+    for scheduler in schedulers {
+        scheduler.await.unwrap().unwrap();
+    }
+    let calls = calls.lock().unwrap().clone();
+    let fired: u32 = calls.values().map(|&(_, fired)| fired).sum();
+    assert!(fired >= 10, "ticks fired in 2 s at 100 ms: {calls:?}");
+    assert!(
+        calls.values().all(|&(_, fired)| fired == 1),
+        "each tick fired exactly once: {calls:?}"
+    );
+    assert!(
+        calls.values().filter(|&&(n, _)| n == 2).count() >= calls.len() / 2,
+        "both schedulers called for most ticks: {calls:?}"
+    );
+    let ticks: Vec<u64> = calls.keys().copied().collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] - w[0] == 100),
+        "no tick skipped: {ticks:?}"
+    );
+    wait_counts(&queue, Duration::from_secs(10), |c| {
+        c.processed_total == u64::from(fired) && c.pending == 0 && c.active == 0
+    })
+    .await;
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    let runs = runs.lock().unwrap().clone();
+    let expected: Vec<String> = ticks
+        .iter()
+        .map(|&t| ostq::scheduler::tick_job_id("sweep", t))
+        .collect();
+    assert_eq!(runs.keys().cloned().collect::<Vec<_>>(), expected);
+    assert!(runs.values().all(|&n| n == 1), "each tick's job ran once");
+}
