@@ -33,6 +33,10 @@ struct Phase {
     shards: usize,
     jobs_per_node: Vec<u64>,
     cpu_per_node: Vec<f64>,
+    /// What each primary used of CPU while the cluster was idle, over as long as the phase took
+    /// between its two CPU readings (cluster bus, `serverCron`): a cost that does not grow with
+    /// the jobs, so the ceiling is also given without it.
+    idle_cpu_per_node: Vec<f64>,
     push_s: f64,
     drain_s: f64,
     latency: Latency,
@@ -49,12 +53,18 @@ impl Phase {
 
     /// Σ over the primaries that did jobs of jobs / CPU seconds there.
     fn ceiling(&self) -> f64 {
-        self.jobs_per_node
+        ceiling(&self.jobs_per_node, self.cpu_per_node.iter().copied())
+    }
+
+    /// The same with each primary's idle CPU taken off: the marginal cost of a job, which is
+    /// what bounds a saturated primary.
+    fn ceiling_net(&self) -> f64 {
+        let net = self
+            .cpu_per_node
             .iter()
-            .zip(&self.cpu_per_node)
-            .filter(|(jobs, cpu)| **jobs > 0 && **cpu > 0.0)
-            .map(|(jobs, cpu)| *jobs as f64 / cpu)
-            .sum()
+            .zip(&self.idle_cpu_per_node)
+            .map(|(cpu, idle)| cpu - idle);
+        ceiling(&self.jobs_per_node, net)
     }
 
     /// Pushed and drained, jobs per second of wall-clock time.
@@ -73,6 +83,18 @@ impl Phase {
         cpu / jobs.max(1) as f64 * 1e6
     }
 }
+
+/// Σ over the primaries that did jobs of jobs / CPU seconds there.
+fn ceiling(jobs: &[u64], cpu: impl Iterator<Item = f64>) -> f64 {
+    jobs.iter()
+        .zip(cpu)
+        .filter(|(jobs, cpu)| **jobs > 0 && *cpu > 0.0)
+        .map(|(jobs, cpu)| *jobs as f64 / cpu)
+        .sum()
+}
+
+/// How long the idle CPU of each primary is measured before the phases.
+const IDLE: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(global: &Global, args: &BenchArgs, shards: usize) -> anyhow::Result<()> {
     let prefix = match &args.queue {
@@ -132,8 +154,17 @@ pub(super) async fn run(global: &Global, args: &BenchArgs, shards: usize) -> any
                     .map_err(lib_err("cannot connect to a primary"))?,
             );
         }
-        let flat_phase = phase(&url, &client, &node_clients, &flat, 1, args).await?;
-        let sharded_phase = phase(&url, &client, &node_clients, &sharded, shards, args).await?;
+        let before = cpu_per_node(&node_clients).await?;
+        tokio::time::sleep(IDLE).await;
+        let after = cpu_per_node(&node_clients).await?;
+        let idle: Vec<f64> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a - b) / IDLE.as_secs_f64())
+            .collect();
+        let flat_phase = phase(&url, &client, &node_clients, &idle, &flat, 1, args).await?;
+        let sharded_phase =
+            phase(&url, &client, &node_clients, &idle, &sharded, shards, args).await?;
         Ok::<_, anyhow::Error>((flat_phase, sharded_phase))
     }
     .await;
@@ -210,6 +241,7 @@ async fn phase(
     url: &str,
     client: &ostq::Client,
     nodes: &[ostq::Client],
+    idle_per_s: &[f64],
     name: &str,
     shards: usize,
     args: &BenchArgs,
@@ -238,6 +270,7 @@ async fn phase(
     let push_s = start.elapsed().as_secs_f64();
     let (drain_s, per_shard) = drain(url, &queue, &layout, n, concurrency(args)).await?;
     let after = cpu_per_node(nodes).await?;
+    let wall_s = start.elapsed().as_secs_f64();
 
     // Jobs per primary: the jobs each shard gave the handlers, on the node that serves it.
     let mut jobs_per_node = vec![0u64; nodes.len()];
@@ -251,6 +284,7 @@ async fn phase(
         shards,
         jobs_per_node,
         cpu_per_node: before.iter().zip(&after).map(|(b, a)| a - b).collect(),
+        idle_cpu_per_node: idle_per_s.iter().map(|rate| rate * wall_s).collect(),
         push_s,
         drain_s,
         latency,
@@ -397,10 +431,12 @@ fn phase_json(p: &Phase) -> serde_json::Value {
         "jobs_per_s": p.rate(),
         "redis_cpu_us_per_job": p.cpu_us_per_job(),
         "ceiling_jobs_per_s": p.ceiling(),
-        "primaries": p.jobs_per_node.iter().zip(&p.cpu_per_node).map(|(j, c)| json!({
+        "ceiling_net_of_idle_jobs_per_s": p.ceiling_net(),
+        "primaries": p.jobs_per_node.iter().zip(&p.cpu_per_node).enumerate().map(|(i, (j, c))| json!({
             "jobs": j,
             "job_share": *j as f64 / jobs,
             "cpu_s": c,
+            "idle_cpu_s": p.idle_cpu_per_node.get(i).copied().unwrap_or(0.0),
             "cpu_share": if cpu > 0.0 { c / cpu } else { 0.0 },
             "cpu_us_per_job": if *j > 0 { c / *j as f64 * 1e6 } else { 0.0 },
         })).collect::<Vec<_>>(),
@@ -430,6 +466,7 @@ fn report_json(
         "sharded": phase_json(sharded),
         "ratios": {
             "ceiling": sharded.ceiling() / flat.ceiling(),
+            "ceiling_net_of_idle": sharded.ceiling_net() / flat.ceiling_net(),
             "rate": sharded.rate() / flat.rate(),
             "cpu_per_job": sharded.cpu_us_per_job() / flat.cpu_us_per_job(),
             "latency_p50": sharded.latency.p50_us / flat.latency.p50_us,
@@ -463,9 +500,11 @@ fn phase_text(name: &str, p: &Phase) -> String {
         );
     }
     out += &format!(
-        "  projected ceiling Σ 1/(CPU s per job): {:.0} jobs/s\n  idle latency push→start \
+        "  projected ceiling Σ 1/(CPU s per job): {:.0} jobs/s ({:.0} without the primaries' \
+         idle CPU)\n  idle latency push→start \
          ({} samples): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs\n",
         p.ceiling(),
+        p.ceiling_net(),
         p.latency.samples,
         p.latency.p50_us,
         p.latency.p90_us,
@@ -491,9 +530,10 @@ fn report_text(
     out += &phase_text("unsharded", flat);
     out += &phase_text("sharded", sharded);
     out += &format!(
-        "\nsharded / unsharded: ceiling {:.2}x, rate {:.2}x, Redis CPU per job {:.2}x, idle \
+        "\nsharded / unsharded: ceiling {:.2}x ({:.2}x without idle CPU), rate {:.2}x, Redis CPU per job {:.2}x, idle \
          latency p50 {:.2}x, p90 {:.2}x\n",
         sharded.ceiling() / flat.ceiling(),
+        sharded.ceiling_net() / flat.ceiling_net(),
         sharded.rate() / flat.rate(),
         sharded.cpu_us_per_job() / flat.cpu_us_per_job(),
         sharded.latency.p50_us / flat.latency.p50_us,
