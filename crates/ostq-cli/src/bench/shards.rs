@@ -4,7 +4,8 @@
 //! under the same load of the machine. For each, per primary: its share of the jobs (each
 //! shard's processed counter, read on the node that serves it) and of Redis CPU time
 //! (`used_cpu_sys + used_cpu_user` of `INFO`, before and after the drain), the CPU seconds per
-//! job there, and the projected ceiling of the logical queue, Σ over primaries of
+//! job there, the jobs per Lua script call there (`INFO commandstats`: the batch size the worker
+//! got), and the projected ceiling of the logical queue, Σ over primaries of
 //! 1 / (CPU s per job on that primary): the rate at which every primary would be saturated. On a
 //! small machine the worker shares the cores with the Redis servers, so the drained rate says
 //! little; the projection is the figure. Then the idle push→start latency of each queue.
@@ -37,6 +38,9 @@ struct Phase {
     /// between its two CPU readings (cluster bus, `serverCron`): a cost that does not grow with
     /// the jobs, so the ceiling is also given without it.
     idle_cpu_per_node: Vec<f64>,
+    /// Lua script calls (`EVALSHA` and `EVAL`, from `INFO commandstats`) each primary ran while
+    /// the queue was pushed and drained: jobs per call is the batch size the worker got there.
+    script_calls_per_node: Vec<u64>,
     push_s: f64,
     drain_s: f64,
     latency: Latency,
@@ -257,6 +261,7 @@ async fn phase(
         if shards == 1 { "" } else { "s" }
     );
     let before = cpu_per_node(nodes).await?;
+    let calls_before = script_calls_per_node(nodes).await?;
     let start = Instant::now();
     let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| make_payload(i, args.payload_bytes))
@@ -270,6 +275,7 @@ async fn phase(
     let push_s = start.elapsed().as_secs_f64();
     let (drain_s, per_shard) = drain(url, &queue, &layout, n, concurrency(args)).await?;
     let after = cpu_per_node(nodes).await?;
+    let calls_after = script_calls_per_node(nodes).await?;
     let wall_s = start.elapsed().as_secs_f64();
 
     // Jobs per primary: the jobs each shard gave the handlers, on the node that serves it.
@@ -285,6 +291,11 @@ async fn phase(
         jobs_per_node,
         cpu_per_node: before.iter().zip(&after).map(|(b, a)| a - b).collect(),
         idle_cpu_per_node: idle_per_s.iter().map(|rate| rate * wall_s).collect(),
+        script_calls_per_node: calls_before
+            .iter()
+            .zip(&calls_after)
+            .map(|(b, a)| a.saturating_sub(*b))
+            .collect(),
         push_s,
         drain_s,
         latency,
@@ -407,6 +418,24 @@ async fn drain(
     ))
 }
 
+/// Lua script calls (`EVALSHA` + `EVAL`) each primary has run so far.
+async fn script_calls_per_node(nodes: &[ostq::Client]) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let stats = node
+            .server_stats()
+            .await
+            .map_err(lib_err("cannot read INFO of a primary"))?;
+        let calls = ["evalsha", "eval"]
+            .iter()
+            .filter_map(|name| stats.commands.get(*name))
+            .map(|c| c.calls)
+            .sum();
+        out.push(calls);
+    }
+    Ok(out)
+}
+
 /// Redis CPU seconds (user + system) used so far by each primary.
 async fn cpu_per_node(nodes: &[ostq::Client]) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(nodes.len());
@@ -437,6 +466,7 @@ fn phase_json(p: &Phase) -> serde_json::Value {
             "job_share": *j as f64 / jobs,
             "cpu_s": c,
             "idle_cpu_s": p.idle_cpu_per_node.get(i).copied().unwrap_or(0.0),
+            "script_calls": p.script_calls_per_node.get(i).copied().unwrap_or(0),
             "cpu_share": if cpu > 0.0 { c / cpu } else { 0.0 },
             "cpu_us_per_job": if *j > 0 { c / *j as f64 * 1e6 } else { 0.0 },
         })).collect::<Vec<_>>(),
@@ -485,7 +515,7 @@ fn phase_text(name: &str, p: &Phase) -> String {
         p.drain_s,
         p.rate()
     );
-    out += "  primary  jobs       share    Redis CPU s  share    CPU µs/job\n";
+    out += "  primary  jobs       share    Redis CPU s  share    CPU µs/job  jobs/script call\n";
     let (jobs, cpu) = (p.jobs().max(1) as f64, p.cpu());
     for (i, (j, c)) in p.jobs_per_node.iter().zip(&p.cpu_per_node).enumerate() {
         let per_job = if *j > 0 {
@@ -493,8 +523,14 @@ fn phase_text(name: &str, p: &Phase) -> String {
         } else {
             "-".into()
         };
+        let calls = p.script_calls_per_node.get(i).copied().unwrap_or(0);
+        let per_call = if *j > 0 && calls > 0 {
+            format!("{:.1}", *j as f64 / calls as f64)
+        } else {
+            "-".into()
+        };
         out += &format!(
-            "  {i:<7}  {j:<9}  {:>5.1} %  {c:>11.3}  {:>5.1} %  {per_job:>10}\n",
+            "  {i:<7}  {j:<9}  {:>5.1} %  {c:>11.3}  {:>5.1} %  {per_job:>10}  {per_call:>16}\n",
             100.0 * *j as f64 / jobs,
             if cpu > 0.0 { 100.0 * c / cpu } else { 0.0 },
         );
