@@ -126,7 +126,7 @@ class Queue:
         track: bool = False,
         key: Optional[str] = None,
     ) -> list[str]:
-        """Pushes many jobs sharing options; returns their ids in order. All or nothing."""
+        """Pushes many jobs sharing options; returns their ids in order. All or nothing (per shard on a sharded queue)."""
     def enqueue(
         self,
         name: str,
