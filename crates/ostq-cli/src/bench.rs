@@ -6,6 +6,8 @@
 //!
 //! Each group of phases runs on a queue of its own, `<prefix>-<group>`, deleted at the end.
 
+mod shards;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +95,9 @@ struct Ceiling {
 }
 
 pub async fn run(global: &Global, args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(count) = args.shards {
+        return shards::run(global, &args, count).await;
+    }
     HISTORY.store(!args.no_history, std::sync::atomic::Ordering::Relaxed);
     METRICS.store(!args.no_metrics, std::sync::atomic::Ordering::Relaxed);
     if args.prometheus {

@@ -895,4 +895,12 @@ pub struct BenchArgs {
     /// as in an application that exports them (without it the facade has no recorder)
     #[arg(long)]
     pub prometheus: bool,
+
+    /// Measure a sharded queue on a Redis Cluster (design §19): the same jobs on an unsharded
+    /// queue and on one of N shards, each primary's share of the jobs and of Redis CPU, CPU per
+    /// job, the projected ceiling Σ 1/(CPU s per job) over the primaries, the drained rate and
+    /// the idle latency. --url must be redis+cluster:// listing every primary; without --url, a
+    /// private cluster of max(N, 3) primaries. Only the first --concurrency is used
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub shards: Option<usize>,
 }

@@ -353,13 +353,14 @@ impl Queue {
     /// generated one), `name` (a task name for `@worker.task` dispatch), `delay` (seconds or a
     /// timedelta) or `at` (a datetime or Unix seconds), `priority` (-1000..1000, higher first),
     /// `max_attempts` (0: the worker's default), `track` (keep a status record and the result),
-    /// `unique` (no second job with this key while one is queued or running) and `unique_for`
-    /// (hold the key this long instead).
+    /// `unique` (no second job with this key while one is queued or running), `unique_for`
+    /// (hold the key this long instead) and `key` (an ordering key: on a sharded queue every job
+    /// with one key goes to one shard, so they are fetched in push order).
     ///
     /// ```python
     /// job_id = tasks.push(b"42", track=True)
     /// ```
-    #[pyo3(signature = (data, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None))]
+    #[pyo3(signature = (data, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
@@ -374,6 +375,7 @@ impl Queue {
         track: bool,
         unique: Option<String>,
         unique_for: Option<Bound<'_, PyAny>>,
+        key: Option<String>,
     ) -> PyResult<String> {
         let args = PushArgs {
             id,
@@ -385,6 +387,7 @@ impl Queue {
             track,
             unique,
             unique_for,
+            key,
         };
         let options = args.options()?;
         let payload = convert::payload(data)?;
@@ -397,7 +400,7 @@ impl Queue {
     /// ```python
     /// ids = tasks.push_bulk(str(n) for n in range(1000))
     /// ```
-    #[pyo3(signature = (items, *, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false))]
+    #[pyo3(signature = (items, *, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk(
         &self,
@@ -409,6 +412,7 @@ impl Queue {
         priority: i32,
         max_attempts: u32,
         track: bool,
+        key: Option<String>,
     ) -> PyResult<Vec<String>> {
         let args = PushArgs {
             name,
@@ -417,6 +421,7 @@ impl Queue {
             priority,
             max_attempts,
             track,
+            key,
             ..PushArgs::default()
         };
         let options = args.options()?;
@@ -430,7 +435,7 @@ impl Queue {
     /// ```python
     /// tasks.enqueue("generate_log_file", {"date": "2026-11-26", "level": "error"})
     /// ```
-    #[pyo3(signature = (name, params, *, id = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None))]
+    #[pyo3(signature = (name, params, *, id = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -445,6 +450,7 @@ impl Queue {
         track: bool,
         unique: Option<String>,
         unique_for: Option<Bound<'_, PyAny>>,
+        key: Option<String>,
     ) -> PyResult<String> {
         let args = PushArgs {
             id,
@@ -455,6 +461,7 @@ impl Queue {
             track,
             unique,
             unique_for,
+            key,
             ..PushArgs::default()
         };
         let (payload, options) = task_job(name, params, &args)?;
@@ -516,7 +523,7 @@ impl Queue {
     /// ```python
     /// thumbnail = tasks.push_and_wait(b"video-42", timeout=10)
     /// ```
-    #[pyo3(signature = (data, timeout, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, unique = None, unique_for = None))]
+    #[pyo3(signature = (data, timeout, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, unique = None, unique_for = None, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_and_wait(
         &self,
@@ -531,6 +538,7 @@ impl Queue {
         max_attempts: u32,
         unique: Option<String>,
         unique_for: Option<Bound<'_, PyAny>>,
+        key: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let args = PushArgs {
             id,
@@ -542,6 +550,7 @@ impl Queue {
             track: true,
             unique,
             unique_for,
+            key,
         };
         let options = args.options()?;
         let payload = convert::payload(data)?;
@@ -670,7 +679,7 @@ impl AsyncQueue {
     }
 
     /// `Queue.push`, as a coroutine.
-    #[pyo3(signature = (data, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None))]
+    #[pyo3(signature = (data, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn push<'py>(
         &self,
@@ -685,6 +694,7 @@ impl AsyncQueue {
         track: bool,
         unique: Option<String>,
         unique_for: Option<Bound<'py, PyAny>>,
+        key: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = PushArgs {
             id,
@@ -696,6 +706,7 @@ impl AsyncQueue {
             track,
             unique,
             unique_for,
+            key,
         };
         let options = args.options()?;
         let payload = convert::payload(data)?;
@@ -707,7 +718,7 @@ impl AsyncQueue {
     }
 
     /// `Queue.push_bulk`, as a coroutine.
-    #[pyo3(signature = (items, *, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false))]
+    #[pyo3(signature = (items, *, name = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_bulk<'py>(
         &self,
@@ -719,6 +730,7 @@ impl AsyncQueue {
         priority: i32,
         max_attempts: u32,
         track: bool,
+        key: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = PushArgs {
             name,
@@ -727,6 +739,7 @@ impl AsyncQueue {
             priority,
             max_attempts,
             track,
+            key,
             ..PushArgs::default()
         };
         let options = args.options()?;
@@ -739,7 +752,7 @@ impl AsyncQueue {
     }
 
     /// `Queue.enqueue`, as a coroutine.
-    #[pyo3(signature = (name, params, *, id = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None))]
+    #[pyo3(signature = (name, params, *, id = None, delay = None, at = None, priority = 0, max_attempts = 0, track = false, unique = None, unique_for = None, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue<'py>(
         &self,
@@ -754,6 +767,7 @@ impl AsyncQueue {
         track: bool,
         unique: Option<String>,
         unique_for: Option<Bound<'py, PyAny>>,
+        key: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = PushArgs {
             id,
@@ -764,6 +778,7 @@ impl AsyncQueue {
             track,
             unique,
             unique_for,
+            key,
             ..PushArgs::default()
         };
         let (payload, options) = task_job(name, params, &args)?;
@@ -812,7 +827,7 @@ impl AsyncQueue {
     }
 
     /// `Queue.push_and_wait`, as a coroutine.
-    #[pyo3(signature = (data, timeout, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, unique = None, unique_for = None))]
+    #[pyo3(signature = (data, timeout, *, id = None, name = None, delay = None, at = None, priority = 0, max_attempts = 0, unique = None, unique_for = None, key = None))]
     #[allow(clippy::too_many_arguments)]
     fn push_and_wait<'py>(
         &self,
@@ -827,6 +842,7 @@ impl AsyncQueue {
         max_attempts: u32,
         unique: Option<String>,
         unique_for: Option<Bound<'py, PyAny>>,
+        key: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = PushArgs {
             id,
@@ -838,6 +854,7 @@ impl AsyncQueue {
             track: true,
             unique,
             unique_for,
+            key,
         };
         let options = args.options()?;
         let payload = convert::payload(data)?;

@@ -96,6 +96,8 @@ pub(crate) struct PushArgs<'py> {
     pub(crate) track: bool,
     pub(crate) unique: Option<String>,
     pub(crate) unique_for: Option<Bound<'py, PyAny>>,
+    /// The ordering key (`PushOptions::key`): one shard per key on a sharded queue.
+    pub(crate) key: Option<String>,
 }
 
 impl PushArgs<'_> {
@@ -132,6 +134,9 @@ impl PushArgs<'_> {
                 ))
             }
             (None, None) => {}
+        }
+        if let Some(key) = &self.key {
+            options = options.key(key.clone());
         }
         Ok(options)
     }

@@ -102,6 +102,36 @@ def test_unique_keys_and_taken_ids(client: ostq.Client) -> None:
     assert tasks.counts().pending + tasks.counts().scheduled == 2
 
 
+def test_an_ordering_key_sends_its_jobs_to_one_shard_in_push_order(
+        client: ostq.Client, r: redis.Redis, redis_url: str, ostq_bin: str) -> None:
+    subprocess.run([ostq_bin, "shards", "--url", redis_url, "orders", "3"], check=True,
+                   capture_output=True, timeout=30)
+    orders = client.queue("orders")
+    orders.push("probe")
+    orders.push("probe")
+    orders.push("probe")
+    pending = sorted(r.scan_iter(match="ostq:{orders*}:pending"))
+    assert len(pending) == 3, pending  # round-robin reached every shard
+
+    def lengths() -> list[int]:
+        return [r.llen(key) - 1 for key in pending]
+
+    keyed = [orders.push(f"k-{i}", key="customer-1") for i in range(10)]
+    keyed += orders.push_bulk([f"k-{i}" for i in range(10, 20)], key="customer-1")
+    assert sorted(lengths()) == [0, 0, 20]
+    for i in range(30):
+        orders.push(f"plain-{i}")
+    assert sorted(lengths()) == [10, 10, 30]  # 20 keyed + 10 on one shard
+    with pytest.raises(ostq.ConfigError):
+        orders.push("x", key="")
+
+    seen: list[str] = []
+    with running(orders.worker(lambda job: seen.append(job.text), concurrency=1)):
+        wait_until(lambda: len(seen) == 53, 20, "every job")
+    assert [p for p in seen if p.startswith("k-")] == [f"k-{i}" for i in range(20)]
+    assert len(keyed) == 20
+
+
 def test_wait_for_results_failures_and_timeouts(client: ostq.Client) -> None:
     tasks = client.queue("tasks")
 

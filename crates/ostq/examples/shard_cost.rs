@@ -6,6 +6,9 @@
 //! rate shows little; the CPU projection is the figure. Then the idle latency: 50 pushes 100 ms
 //! apart, each timed from the push to its handler's start. Prints, asserts nothing.
 //!
+//! The earlier figures of design §19 came from here; `ostq bench --shards N` (and
+//! `scripts/bench-cluster`, 3 and 6 primaries) now measures the same and more, on any cluster.
+//!
 //! ```sh
 //! cargo run --release -p ostq --example shard_cost            # 20,000 jobs per phase
 //! cargo run --release -p ostq --example shard_cost -- 50000

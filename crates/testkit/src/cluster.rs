@@ -8,13 +8,19 @@ use anyhow::{bail, Context};
 
 use crate::ports::free_cluster_port;
 use crate::resp::Resp;
-use crate::server::{not_installed, INSTALL_HINT};
+use crate::server::{log_tail, not_installed, INSTALL_HINT};
 use crate::RedisServer;
 
 /// How long a new cluster may take until every node reports `cluster_state:ok`.
 const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A Redis Cluster of private `redis-server` processes (masters only).
+/// How long [`RedisCluster::failover`] waits before asking again: a little over the 5 s after
+/// which Redis abandons a manual failover.
+const MANUAL_FAILOVER_RETRY: Duration = Duration::from_secs(6);
+
+/// A Redis Cluster of private `redis-server` processes: masters only
+/// ([`RedisCluster::start`]), or masters with replicas
+/// ([`RedisCluster::start_with_replicas`]).
 ///
 /// Dropping it stops all nodes and removes their directories.
 ///
@@ -34,6 +40,8 @@ const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Replicas per master, given to `redis-cli --cluster create`.
+    replicas: usize,
 }
 
 impl RedisCluster {
@@ -67,6 +75,36 @@ impl RedisCluster {
     /// # }
     /// ```
     pub fn start_with(n: usize, args: &[&str]) -> anyhow::Result<RedisCluster> {
+        Self::start_nodes(n, 0, args)
+    }
+
+    /// Starts `masters` (at least 3) masters with `replicas` replicas each, e.g.
+    /// to test a failover: `masters * (1 + replicas)` nodes joined with
+    /// `redis-cli --cluster create ... --cluster-replicas <replicas>`, which
+    /// picks the replica of each master. Waits as [`RedisCluster::start`] does,
+    /// and also until every replica's link to its master is up (its initial
+    /// sync done), so a [`failover`](RedisCluster::failover) may follow at once.
+    ///
+    /// Node order is creation order; which nodes are masters is not fixed:
+    /// ask [`masters`](RedisCluster::masters) and
+    /// [`replicas_of`](RedisCluster::replicas_of).
+    ///
+    /// ```no_run
+    /// # fn main() -> anyhow::Result<()> {
+    /// let cluster = ostq_testkit::RedisCluster::start_with_replicas(3, 1)?;
+    /// assert_eq!(cluster.nodes().len(), 6);
+    /// let master = cluster.masters()?[0];
+    /// let replica = cluster.replicas_of(master)?[0];
+    /// cluster.failover(replica)?; // the replica now serves the master's slots
+    /// assert!(cluster.masters()?.contains(&replica));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> anyhow::Result<RedisCluster> {
+        Self::start_nodes(masters, replicas, &[])
+    }
+
+    fn start_nodes(n: usize, replicas: usize, args: &[&str]) -> anyhow::Result<RedisCluster> {
         if n < 3 {
             bail!("a Redis Cluster needs at least 3 masters, got {n}");
         }
@@ -79,16 +117,17 @@ impl RedisCluster {
             "5000",
         ];
         node_args.extend_from_slice(args);
-        let nodes = (0..n)
+        let nodes = (0..n * (1 + replicas))
             .map(|_| {
                 RedisServer::builder()
                     .args(node_args.iter().copied())
                     .start_on_free_port(free_cluster_port)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, replicas };
         cluster.create()?;
         cluster.wait_ok()?;
+        cluster.wait_replicas_synced()?;
         Ok(cluster)
     }
 
@@ -102,7 +141,11 @@ impl RedisCluster {
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.replicas.to_string(),
+                "--cluster-yes",
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(|error| match error.kind() {
@@ -151,6 +194,103 @@ impl RedisCluster {
             }
         }
         Ok(())
+    }
+
+    /// Waits until every replica reports `master_link_status:up`.
+    fn wait_replicas_synced(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        for node in &self.nodes {
+            loop {
+                let role = replication_info(node.port(), "role")?;
+                if role.as_deref() != Some("slave")
+                    || replication_info(node.port(), "master_link_status")?.as_deref() == Some("up")
+                {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "replica on port {} not in sync within {:?}",
+                        node.port(),
+                        CLUSTER_READY_TIMEOUT
+                    );
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The indexes (into [`nodes`](RedisCluster::nodes)) of the nodes that are
+    /// masters now, by `INFO replication` of each node.
+    pub fn masters(&self) -> anyhow::Result<Vec<usize>> {
+        let mut masters = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if replication_info(node.port(), "role")?.as_deref() == Some("master") {
+                masters.push(i);
+            }
+        }
+        Ok(masters)
+    }
+
+    /// The indexes of the nodes replicating node `master` now.
+    pub fn replicas_of(&self, master: usize) -> anyhow::Result<Vec<usize>> {
+        let Some(port) = self.nodes.get(master).map(|node| node.port().to_string()) else {
+            bail!("no node {master} in a cluster of {}", self.nodes.len());
+        };
+        let mut replicas = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if replication_info(node.port(), "role")?.as_deref() == Some("slave")
+                && replication_info(node.port(), "master_port")?.as_deref() == Some(&port)
+            {
+                replicas.push(i);
+            }
+        }
+        Ok(replicas)
+    }
+
+    /// A planned failover: sends `CLUSTER FAILOVER` (neither `FORCE` nor
+    /// `TAKEOVER`) to the replica `replica`, then waits until it is a master
+    /// and its former master a replica. In a planned failover the master stops
+    /// its clients and the replica takes over only once it has caught up with
+    /// the master's replication offset, so no acknowledged write is lost.
+    pub fn failover(&self, replica: usize) -> anyhow::Result<()> {
+        let Some(node) = self.nodes.get(replica) else {
+            bail!("no node {replica} in a cluster of {}", self.nodes.len());
+        };
+        let Some(master_port) = replication_info(node.port(), "master_port")? else {
+            bail!("node {replica} (port {}) is not a replica", node.port());
+        };
+        let master_port: u16 = master_port
+            .parse()
+            .with_context(|| format!("master_port {master_port:?}"))?;
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        // Redis gives up a manual failover after 5 s (e.g. when the masters' votes do not come
+        // in time, as happens to a second failover soon after a first); ask again then.
+        let mut asked: Option<Instant> = None;
+        loop {
+            if asked.is_none_or(|at| at.elapsed() >= MANUAL_FAILOVER_RETRY) {
+                let reply = node.cli(&["CLUSTER", "FAILOVER"])?;
+                if reply != "OK" {
+                    bail!("CLUSTER FAILOVER on port {}: {reply}", node.port());
+                }
+                asked = Some(Instant::now());
+            }
+            let promoted = replication_info(node.port(), "role")?.as_deref() == Some("master");
+            let demoted = replication_info(master_port, "role")?.as_deref() == Some("slave");
+            if promoted && demoted {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "failover of port {} to port {} not done within {:?}; its log:\n{}",
+                    master_port,
+                    node.port(),
+                    CLUSTER_READY_TIMEOUT,
+                    log_tail(node.dir(), 20)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The URL of every node, `redis://127.0.0.1:PORT`, in node order.
@@ -202,6 +342,13 @@ fn cluster_info(port: u16, field: &str) -> anyhow::Result<Option<String>> {
     Resp::connect(port)
         .context("connecting to a cluster node")?
         .info_field(&["CLUSTER", "INFO"], field)
+}
+
+/// The value of `field` in `INFO replication` of the node on `port`.
+fn replication_info(port: u16, field: &str) -> anyhow::Result<Option<String>> {
+    Resp::connect(port)
+        .context("connecting to a cluster node")?
+        .info_field(&["INFO", "replication"], field)
 }
 
 #[cfg(test)]
@@ -267,6 +414,45 @@ mod tests {
         drop(cluster);
         assert!(pids.iter().all(|pid| !process_exists(*pid)));
         assert!(dirs.iter().all(|dir| !dir.exists()));
+    }
+
+    #[test]
+    fn a_replica_takes_over_its_masters_slots_in_a_failover() {
+        let cluster = RedisCluster::start_with_replicas(3, 1).unwrap();
+        assert_eq!(cluster.nodes().len(), 6);
+        let masters = cluster.masters().unwrap();
+        assert_eq!(masters.len(), 3);
+        for node in cluster.nodes() {
+            let info = node.cli(&["CLUSTER", "INFO"]).unwrap();
+            assert!(info.contains("cluster_known_nodes:6"), "{info}");
+        }
+        // Write "a" (slot 15495) through whichever master serves it.
+        assert_eq!(
+            cluster.nodes()[0].cli(&["-c", "SET", "a", "1"]).unwrap(),
+            "OK"
+        );
+        let master = masters
+            .iter()
+            .copied()
+            .find(|&i| cluster.nodes()[i].cli(&["GET", "a"]).unwrap() == "1")
+            .unwrap();
+        let replicas = cluster.replicas_of(master).unwrap();
+        assert_eq!(replicas.len(), 1);
+        cluster.failover(replicas[0]).unwrap();
+        let after = cluster.masters().unwrap();
+        assert!(after.contains(&replicas[0]) && !after.contains(&master));
+        assert_eq!(cluster.replicas_of(replicas[0]).unwrap(), [master]);
+        // The promoted replica has the write and serves the slot now.
+        assert_eq!(
+            cluster.nodes()[replicas[0]].cli(&["GET", "a"]).unwrap(),
+            "1"
+        );
+        assert!(cluster.nodes()[master]
+            .cli(&["GET", "a"])
+            .unwrap()
+            .starts_with("MOVED"));
+        // A master is refused: only a replica can be failed over to.
+        assert!(cluster.failover(replicas[0]).is_err());
     }
 
     #[test]

@@ -111,6 +111,7 @@ class Queue:
         track: bool = False,
         unique: Optional[str] = None,
         unique_for: Optional[Seconds] = None,
+        key: Optional[str] = None,
     ) -> str:
         """Pushes one job; returns its id."""
     def push_bulk(
@@ -123,8 +124,9 @@ class Queue:
         priority: int = 0,
         max_attempts: int = 0,
         track: bool = False,
+        key: Optional[str] = None,
     ) -> list[str]:
-        """Pushes many jobs sharing options; returns their ids in order. All or nothing."""
+        """Pushes many jobs sharing options; returns their ids in order. All or nothing (per shard on a sharded queue)."""
     def enqueue(
         self,
         name: str,
@@ -138,6 +140,7 @@ class Queue:
         track: bool = False,
         unique: Optional[str] = None,
         unique_for: Optional[Seconds] = None,
+        key: Optional[str] = None,
     ) -> str:
         """Enqueues a task for ``@worker.task(name)``: ``params`` as JSON."""
     def job(self, id: str) -> Optional[JobInfo]:
@@ -159,6 +162,7 @@ class Queue:
         max_attempts: int = 0,
         unique: Optional[str] = None,
         unique_for: Optional[Seconds] = None,
+        key: Optional[str] = None,
     ) -> Optional[bytes]:
         """Pushes a tracked job and waits for its result."""
     def counts(self) -> QueueCounts:
@@ -209,6 +213,7 @@ class AsyncQueue:
         track: bool = False,
         unique: Optional[str] = None,
         unique_for: Optional[Seconds] = None,
+        key: Optional[str] = None,
     ) -> str: ...
     async def push_bulk(
         self,
@@ -220,6 +225,7 @@ class AsyncQueue:
         priority: int = 0,
         max_attempts: int = 0,
         track: bool = False,
+        key: Optional[str] = None,
     ) -> list[str]: ...
     async def enqueue(
         self,
@@ -234,6 +240,7 @@ class AsyncQueue:
         track: bool = False,
         unique: Optional[str] = None,
         unique_for: Optional[Seconds] = None,
+        key: Optional[str] = None,
     ) -> str: ...
     async def job(self, id: str) -> Optional[JobInfo]: ...
     async def jobs(
@@ -253,6 +260,7 @@ class AsyncQueue:
         max_attempts: int = 0,
         unique: Optional[str] = None,
         unique_for: Optional[Seconds] = None,
+        key: Optional[str] = None,
     ) -> Optional[bytes]: ...
     async def counts(self) -> QueueCounts: ...
     async def set_events(self, sink: EventSink) -> None: ...
