@@ -128,6 +128,12 @@ pub(crate) enum Position {
     Low(Option<Mark>),
     /// Active: after entry `index` of lease group `group` (groups in id order).
     Active { group: u64, index: u64 },
+    /// A sharded queue's listing (design §19): in shard `index`, after `inner` (from the
+    /// shard's start for `None`).
+    Shard {
+        index: u64,
+        inner: Option<Box<Position>>,
+    },
 }
 
 const VERSION: &[u8] = b"1|";
@@ -163,6 +169,13 @@ impl Position {
             Position::Active { group, index } => {
                 out.extend_from_slice(format!("a|{group}|{index}").as_bytes())
             }
+            Position::Shard { index, inner } => {
+                // The shard's own position follows whole (with its version), so it nests.
+                out.extend_from_slice(format!("s|{index}|").as_bytes());
+                if let Some(inner) = inner {
+                    out.extend_from_slice(&inner.encode());
+                }
+            }
         }
         out
     }
@@ -186,6 +199,22 @@ impl Position {
                 Position::Active {
                     group: number(group)?,
                     index: number(index)?,
+                }
+            }
+            b"s" => {
+                let (index, rest) = split(rest)?;
+                let inner = if rest.is_empty() {
+                    None
+                } else {
+                    match Position::decode(rest)? {
+                        // One level only: a shard is never sharded itself.
+                        Position::Shard { .. } => return None,
+                        inner => Some(Box::new(inner)),
+                    }
+                };
+                Position::Shard {
+                    index: number(index)?,
+                    inner,
                 }
             }
             _ => return None,
@@ -268,6 +297,24 @@ mod tests {
                 group: 18446744073709551615,
                 index: 999,
             },
+            Position::Shard {
+                index: 2,
+                inner: None,
+            },
+            Position::Shard {
+                index: 1,
+                inner: Some(Box::new(Position::List(Some(ListMark {
+                    key: EntryKey::Id("01J#1".into()),
+                    from_right: 3,
+                })))),
+            },
+            Position::Shard {
+                index: 0,
+                inner: Some(Box::new(Position::Sorted(
+                    JobState::Dead,
+                    Mark::new(b"x|y", 5.0, 1),
+                ))),
+            },
         ];
         for position in positions {
             let cursor = Cursor::from_position(&position);
@@ -278,6 +325,14 @@ mod tests {
         }
         assert!(Mark::new(&long, 1.0, 0).truncated);
         assert!(serde_json::from_str::<Cursor>("\"x\"").is_err());
+        let nested = Position::Shard {
+            index: 0,
+            inner: Some(Box::new(Position::Shard {
+                index: 1,
+                inner: None,
+            })),
+        };
+        assert!(Cursor::from_position(&nested).position().is_err());
     }
 
     #[test]

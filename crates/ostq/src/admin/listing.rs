@@ -123,9 +123,23 @@ impl Queue {
         limit: usize,
     ) -> Result<Page> {
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
         let position = cursor.map(Cursor::position).transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
+        let (_, shards) = self.shard_set().await?;
+        if shards.len() > 1 {
+            return self.page_over_shards(state, &shards, position, limit).await;
+        }
+        let position = match position {
+            // A sharded listing's cursor in shard 0: the queue itself.
+            Some(Position::Shard { index: 0, inner }) => inner.map(|p| *p),
+            Some(Position::Shard { .. }) => {
+                return Err(Error::Config(
+                    "this cursor belongs to a listing of a sharded queue".into(),
+                ))
+            }
+            other => other,
+        };
+        let mut conn = self.client_ref().conn();
         let conn = &mut conn;
         match (state, position) {
             (JobState::Pending, None) => pending_page(conn, keys, Phase::High(None), limit).await,
@@ -148,6 +162,57 @@ impl Queue {
                 sorted_page(conn, keys, state, Some(mark), limit).await
             }
             (_, Some(_)) => Err(foreign_cursor(state)),
+        }
+    }
+}
+
+impl Queue {
+    /// A page of a sharded queue (design §19): shard 0's listing, then shard 1's, and so on (the
+    /// draining shards last), the cursor naming the shard and its place in it. One call reads a
+    /// page from each shard it reaches (at most one page in all, plus the next shard's start),
+    /// so it stays bounded like an unsharded page, and paging lists every job that stays in its
+    /// state exactly once, as in one physical queue.
+    async fn page_over_shards(
+        &self,
+        state: JobState,
+        shards: &[Queue],
+        position: Option<Position>,
+        limit: usize,
+    ) -> Result<Page> {
+        let (mut index, mut inner) = match position {
+            None => (0, None),
+            Some(Position::Shard { index, inner }) => (index, inner.map(|p| *p)),
+            // A cursor from before the queue was sharded: it was in shard 0 (the queue itself).
+            Some(other) => (0, Some(other)),
+        };
+        let mut out = Page {
+            jobs: Vec::new(),
+            next: None,
+            list_index: Vec::new(),
+        };
+        loop {
+            let Some(shard) = usize::try_from(index).ok().and_then(|i| shards.get(i)) else {
+                return Ok(out); // past the last shard: the end
+            };
+            if out.jobs.len() >= limit {
+                let start = Position::Shard { index, inner: None };
+                out.next = Some(Cursor::from_position(&start));
+                return Ok(out);
+            }
+            let cursor = inner.take().map(|p| Cursor::from_position(&p));
+            let page = Box::pin(shard.page(state, cursor.as_ref(), limit - out.jobs.len())).await?;
+            out.jobs.extend(page.jobs.into_iter().map(|mut job| {
+                job.queue = self.name().to_string();
+                job
+            }));
+            // A pending job's index is in its shard's list, where `find_job` looks first.
+            out.list_index.extend(page.list_index);
+            if let Some(next) = page.next {
+                let inner = Some(Box::new(next.position()?));
+                out.next = Some(Cursor::from_position(&Position::Shard { index, inner }));
+                return Ok(out);
+            }
+            index += 1;
         }
     }
 }
