@@ -194,6 +194,11 @@ async fn every_state(
 ) {
     let queue = client.queue("q");
     let layout = queue.set_shards(3).await.unwrap();
+    // Every shard keeps its events (attempt errors are read from them).
+    queue
+        .set_events(ostq::events::EventSink::Stream)
+        .await
+        .unwrap();
     let mut ids: HashMap<JobState, Vec<String>> = HashMap::new();
     // Consecutive pushes go round-robin: 6 of a kind are 2 per shard.
     for (kind, state, opts) in [
@@ -395,6 +400,16 @@ async fn search_and_history_cover_every_shard() {
     })
     .await;
     assert_eq!(totals().await, counts.processed_total);
+    // The cheap running totals sum the shards as the counts do.
+    let running_totals = queue.totals().await.unwrap();
+    assert_eq!(
+        (running_totals.processed, running_totals.failed),
+        (counts.processed_total, counts.failed_total)
+    );
+    // A dead job of shard 2's attempt error, from shard 2's event stream.
+    let errors = queue.attempt_errors(dead_two).await.unwrap();
+    assert_eq!(errors.errors.len(), 1, "{errors:?}");
+    assert!(errors.errors[0].error.contains("failed"));
     let now = std::time::SystemTime::now();
     let hour = now - Duration::from_secs(3600);
     let points = queue

@@ -385,15 +385,18 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn totals(&self) -> Result<QueueTotals> {
-        let keys = self.keys()?;
-        let [processed, failed, recovered, active] =
-            stored::totals(&mut self.client_ref().conn(), keys).await?;
-        Ok(QueueTotals {
-            processed,
-            failed,
-            recovered,
-            active,
-        })
+        self.keys()?;
+        // A sharded queue (design §19): the sum over its shards, one read each.
+        let mut sum = QueueTotals::default();
+        for shard in self.shard_queues().await? {
+            let [processed, failed, recovered, active] =
+                stored::totals(&mut self.client_ref().conn(), shard.keys()?).await?;
+            sum.processed += processed;
+            sum.failed += failed;
+            sum.recovered += recovered;
+            sum.active += active;
+        }
+        Ok(sum)
     }
 
     /// How long the job that runs next has waited since it was enqueued (`None` when nothing is
