@@ -24,6 +24,10 @@
 //!
 //! **Active jobs** are listed by lease group id, then index within the group: both stay fixed
 //! while the job is held.
+//!
+//! **Sharded queues** (design §19) are listed shard by shard: shard 0's listing, then shard 1's,
+//! and so on, the cursor naming the shard and holding that shard's own cursor, so everything
+//! above holds within each shard and one call still reads at most one page.
 
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +107,8 @@ impl Queue {
     ///
     /// Orders: pending jobs in run order (positive priorities, the list from the next to run,
     /// negative priorities), active ones by lease, scheduled and retry by due time, dead and
-    /// completed newest first. A cursor belongs to its state: passing it for another one is an
+    /// completed newest first; a sharded queue's jobs shard by shard, in that order within each
+    /// shard. A cursor belongs to its state: passing it for another one is an
     /// [`Error::Config`].
     ///
     /// ```no_run
