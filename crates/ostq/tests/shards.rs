@@ -539,4 +539,11 @@ async fn admin_calls_read_the_layout_once_a_second_per_handle() {
             queue.name()
         );
     }
+    // A snapshot (the dashboard's overview, `ostq stats`) reads each queue's layout once.
+    let names = ["plain", "q"];
+    let mut sampler = ostq::admin::StatsSampler::new(&client).queues(names);
+    layout_reads(&server);
+    let snapshot = sampler.snapshot().await.unwrap();
+    assert_eq!(snapshot.queues.len(), names.len());
+    assert_eq!(layout_reads(&server), names.len());
 }
