@@ -547,3 +547,34 @@ async fn admin_calls_read_the_layout_once_a_second_per_handle() {
     assert_eq!(snapshot.queues.len(), names.len());
     assert_eq!(layout_reads(&server), names.len());
 }
+
+#[tokio::test]
+async fn a_cursor_from_before_sharding_goes_on_over_every_shard() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("q");
+    let later = PushOptions::new().delay(Duration::from_secs(600));
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(queue.push_with(format!("a{i}"), &later).await.unwrap());
+    }
+    let first = queue.page(JobState::Scheduled, None, 2).await.unwrap();
+    let cursor = first.next.clone().unwrap();
+    queue.set_shards(3).await.unwrap();
+    for i in 0..6 {
+        ids.push(queue.push_with(format!("b{i}"), &later).await.unwrap());
+    }
+    let mut seen: Vec<String> = first.jobs.into_iter().map(|j| j.id).collect();
+    let mut cursor = Some(cursor);
+    while let Some(at) = cursor {
+        let page = queue.page(JobState::Scheduled, Some(&at), 2).await.unwrap();
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        cursor = page.next;
+    }
+    assert_eq!(sorted(seen), sorted(ids));
+    // A sharded listing's cursor is refused by a listing of another state, as unsharded.
+    let page = queue.page(JobState::Scheduled, None, 1).await.unwrap();
+    assert!(matches!(
+        queue.page(JobState::Dead, page.next.as_ref(), 1).await,
+        Err(ostq::Error::Config(_))
+    ));
+}
