@@ -302,6 +302,18 @@ async fn paging_lists_every_shard_once() {
         for size in [1, 4, 100] {
             let jobs = paged(&queue, state, size).await;
             assert!(jobs.iter().all(|j| j.queue == "q" && j.state == state));
+            // The time-ordered states in one order over the shards, not shard by shard.
+            let times: Vec<u64> = match state {
+                JobState::Scheduled | JobState::Retry => {
+                    jobs.iter().map(|j| j.due_at_ms.unwrap()).collect()
+                }
+                JobState::Dead => jobs
+                    .iter()
+                    .map(|j| u64::MAX - j.finished_at_ms.unwrap())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "{state}: {times:?}");
             let got = sorted(jobs.into_iter().map(|j| j.id).collect());
             assert_eq!(got, want, "{state} paged {size} at a time");
         }
@@ -577,4 +589,25 @@ async fn a_cursor_from_before_sharding_goes_on_over_every_shard() {
         queue.page(JobState::Dead, page.next.as_ref(), 1).await,
         Err(ostq::Error::Config(_))
     ));
+}
+
+#[tokio::test]
+async fn a_merged_listing_pages_through_equal_times() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("q");
+    queue.set_shards(3).await.unwrap();
+    // One run-at time for all: every score equal, so the order is by id and the cursor's place
+    // is found by its index among equal scores.
+    let at = std::time::SystemTime::now() + Duration::from_secs(600);
+    let opts = PushOptions::new().run_at(at);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(queue.push_with(format!("{i}"), &opts).await.unwrap());
+    }
+    for size in [1, 7, 50] {
+        let jobs = paged(&queue, JobState::Scheduled, size).await;
+        let got: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+        // Equal times: the members' order, over every shard.
+        assert_eq!(got, sorted(ids.clone()), "pages of {size}");
+    }
 }
