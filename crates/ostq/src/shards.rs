@@ -193,17 +193,34 @@ impl Queue {
         self.read_config().await
     }
 
-    /// One handle per physical queue of this queue (shards, then draining ones), read afresh:
-    /// what the admin API sums over. An unsharded queue gives itself.
+    /// One handle per physical queue of this queue (shards, then draining ones): what the admin
+    /// API sums over. An unsharded queue (or a shard's own handle) gives itself.
+    ///
+    /// The layout comes from the handle's settings cache (one `HMGET` a second at most, as for
+    /// producers): the admin calls of one scrape or one page (counts, history, oldest job) then
+    /// pay one read per queue, not one each, and an admin view lags a new layout by at most the
+    /// second producers lag it by.
     pub(crate) async fn shard_queues(&self) -> Result<Vec<Queue>> {
+        Ok(self.shard_set().await?.1)
+    }
+
+    /// The cached layout and one handle per physical queue in it, from one read of the settings
+    /// (so callers that need both never see two layouts).
+    pub(crate) async fn shard_set(&self) -> Result<(Arc<ShardLayout>, Vec<Queue>)> {
         if self.is_shard() {
-            return Ok(vec![self.clone()]);
+            let keys = self.keys()?;
+            let layout = Arc::new(ShardLayout::single(&keys.queue));
+            return Ok((layout, vec![self.clone()]));
         }
-        let layout = self.read_config().await?.layout.clone();
+        let layout = self.config().await?.layout.clone();
         if layout.count() == 1 && layout.draining.is_empty() {
-            return Ok(vec![self.clone()]);
+            return Ok((layout, vec![self.clone()]));
         }
-        layout.physical().map(|name| self.shard(name)).collect()
+        let shards = layout
+            .physical()
+            .map(|name| self.shard(name))
+            .collect::<Result<Vec<Queue>>>()?;
+        Ok((layout, shards))
     }
 
     /// Gives the queue `count` shards (1..=64), for every producer (within a second) and every

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{setup, spawn, wait_counts};
+use common::{setup, spawn, wait_counts, wait_until};
 use ostq::{BoxError, Job, JobState, PushOptions, Worker};
 
 #[tokio::test]
@@ -180,4 +180,434 @@ async fn resharding_one_three_two_does_every_job_once() {
     // And growing back to 3 reuses no stale name it dropped: a fresh salt search (the same name
     // on one server, where every salt fits).
     assert_eq!(queue.set_shards(3).await.unwrap().count(), 3);
+}
+
+/// A 3-shard queue with jobs of every state in every shard: `(ids by state, the layout)`. The
+/// worker holding the active jobs is returned running (its jobs stay active until `release`).
+async fn every_state(
+    client: &ostq::Client,
+    release: Arc<tokio::sync::Notify>,
+) -> (
+    HashMap<JobState, Vec<String>>,
+    ostq::shards::ShardLayout,
+    common::Running,
+) {
+    let queue = client.queue("q");
+    let layout = queue.set_shards(3).await.unwrap();
+    // Every shard keeps its events (attempt errors are read from them).
+    queue
+        .set_events(ostq::events::EventSink::Stream)
+        .await
+        .unwrap();
+    let mut ids: HashMap<JobState, Vec<String>> = HashMap::new();
+    // Consecutive pushes go round-robin: 6 of a kind are 2 per shard.
+    for (kind, state, opts) in [
+        ("fail", JobState::Dead, PushOptions::new().max_attempts(1)),
+        ("retry", JobState::Retry, PushOptions::new().max_attempts(5)),
+        ("ok", JobState::Completed, PushOptions::new().track()),
+        ("hold", JobState::Active, PushOptions::new()),
+    ] {
+        let n = if kind == "hold" { 3 } else { 6 };
+        for i in 0..n {
+            let id = queue.push_with(format!("{kind}{i}"), &opts).await.unwrap();
+            ids.entry(state).or_default().push(id);
+        }
+    }
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("q")
+            .concurrency(8)
+            .retry(ostq::RetryPolicy::fixed(Duration::from_secs(600)))
+            .handler(move |job: Job| {
+                let release = release.clone();
+                async move {
+                    let payload = job.payload_str()?.to_string();
+                    if payload.starts_with("hold") {
+                        release.notified().await;
+                    }
+                    if payload.starts_with("fail") || payload.starts_with("retry") {
+                        return Err::<(), BoxError>(format!("{payload} failed").into());
+                    }
+                    Ok(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    wait_counts(&queue, Duration::from_secs(20), |c| {
+        (c.dead, c.retry, c.completed, c.active, c.pending) == (6, 6, 6, 3, 0)
+    })
+    .await;
+    // Paused, the worker leaves what is pushed now pending.
+    queue.pause().await.unwrap();
+    for i in 0..30 {
+        let id = queue.push(format!("p{i}")).await.unwrap();
+        ids.entry(JobState::Pending).or_default().push(id);
+    }
+    let later = PushOptions::new().delay(Duration::from_secs(600));
+    for i in 0..6 {
+        let id = queue.push_with(format!("later{i}"), &later).await.unwrap();
+        ids.entry(JobState::Scheduled).or_default().push(id);
+    }
+    (ids, layout, running)
+}
+
+/// Every job of `state`, paged `size` at a time with cursors.
+async fn paged(queue: &ostq::Queue, state: JobState, size: usize) -> Vec<ostq::JobInfo> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = queue.page(state, cursor.as_ref(), size).await.unwrap();
+        if state == JobState::Pending {
+            assert_eq!(page.list_index.len(), page.jobs.len());
+        }
+        out.extend(page.jobs);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return out,
+        }
+    }
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+const STATES: [JobState; 6] = [
+    JobState::Pending,
+    JobState::Active,
+    JobState::Scheduled,
+    JobState::Retry,
+    JobState::Dead,
+    JobState::Completed,
+];
+
+#[tokio::test]
+async fn paging_lists_every_shard_once() {
+    let (_server, client) = setup().await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (ids, _layout, running) = every_state(&client, release.clone()).await;
+    let queue = client.queue("q");
+    for state in STATES {
+        let want = sorted(ids[&state].clone());
+        // Every shard holds some of each state, so a listing of shard 0 alone falls short.
+        for shard in 0..3 {
+            let mark = format!("#{shard}");
+            assert!(
+                want.iter().any(|id| id.ends_with(&mark)),
+                "{state} {want:?}"
+            );
+        }
+        for size in [1, 4, 100] {
+            let jobs = paged(&queue, state, size).await;
+            assert!(jobs.iter().all(|j| j.queue == "q" && j.state == state));
+            // The time-ordered states in one order over the shards, not shard by shard.
+            let times: Vec<u64> = match state {
+                JobState::Scheduled | JobState::Retry => {
+                    jobs.iter().map(|j| j.due_at_ms.unwrap()).collect()
+                }
+                JobState::Dead => jobs
+                    .iter()
+                    .map(|j| u64::MAX - j.finished_at_ms.unwrap())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "{state}: {times:?}");
+            let got = sorted(jobs.into_iter().map(|j| j.id).collect());
+            assert_eq!(got, want, "{state} paged {size} at a time");
+        }
+    }
+    release.notify_waiters();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn find_job_routes_by_the_ids_shard() {
+    let (_server, client) = setup().await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (ids, _layout, running) = every_state(&client, release.clone()).await;
+    let queue = client.queue("q");
+    for state in STATES {
+        let want = &ids[&state];
+        // One lookup finds each, in its state, under the logical queue's name.
+        for id in want {
+            let lookup = ostq::admin::lookup::JobLookup::new();
+            match queue.find_job(id, lookup).await.unwrap() {
+                ostq::admin::lookup::Found::Job { job, .. } => {
+                    assert_eq!((job.queue.as_str(), job.state), ("q", state), "{id}");
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+            assert_eq!(queue.job(id).await.unwrap().unwrap().state, state);
+        }
+    }
+    // The listing of a page is where its shard's lookup looks first.
+    let page = queue.page(JobState::Pending, None, 100).await.unwrap();
+    let last = page.jobs.len() - 1;
+    let lookup = ostq::admin::lookup::JobLookup::new().near(page.list_index[last]);
+    assert!(matches!(
+        queue.find_job(&page.jobs[last].id, lookup).await.unwrap(),
+        ostq::admin::lookup::Found::Job { .. }
+    ));
+    release.notify_waiters();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn search_and_history_cover_every_shard() {
+    let (_server, client) = setup().await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (ids, _layout, running) = every_state(&client, release.clone()).await;
+    let queue = client.queue("q");
+
+    // Search finds a pending job of shard 2 and a dead one by its error.
+    let in_two = ids[&JobState::Pending]
+        .iter()
+        .find(|id| id.ends_with("#2"))
+        .unwrap();
+    let payload = queue.job(in_two).await.unwrap().unwrap().payload.unwrap();
+    let payload = String::from_utf8(payload).unwrap();
+    let filter = ostq::admin::search::JobFilter::new().payload(payload.clone());
+    let found = queue
+        .search(JobState::Pending, &filter, None, 10_000, 100)
+        .await
+        .unwrap();
+    let hits: Vec<&str> = found.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert!(hits.contains(&in_two.as_str()), "{payload}: {hits:?}");
+    let dead_two = ids[&JobState::Dead]
+        .iter()
+        .find(|id| id.ends_with("#2"))
+        .unwrap();
+    let error = queue
+        .job(dead_two)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_error
+        .unwrap();
+    let filter = ostq::admin::search::JobFilter::new().error(error);
+    let found = queue
+        .search(JobState::Dead, &filter, None, 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.jobs.len(), 1);
+    assert_eq!(&found.jobs[0].id, dead_two);
+
+    // History: the shards' attempts summed, as the counts are.
+    let counts = queue.counts().await.unwrap();
+    // One attempt each so far: the dead, the retrying and the completed jobs.
+    let attempts: usize = [JobState::Dead, JobState::Retry, JobState::Completed]
+        .iter()
+        .map(|s| ids[s].len())
+        .sum();
+    assert_eq!(counts.processed_total as usize, attempts);
+    let totals = || async {
+        let totals = queue.history_totals().await.unwrap();
+        totals.values().map(|f| f.processed).sum::<u64>()
+    };
+    // Workers send their history once a second.
+    wait_until(Duration::from_secs(5), || async {
+        totals().await == counts.processed_total
+    })
+    .await;
+    assert_eq!(totals().await, counts.processed_total);
+    // The cheap running totals sum the shards as the counts do.
+    let running_totals = queue.totals().await.unwrap();
+    assert_eq!(
+        (running_totals.processed, running_totals.failed),
+        (counts.processed_total, counts.failed_total)
+    );
+    // A dead job of shard 2's attempt error, from shard 2's event stream.
+    let errors = queue.attempt_errors(dead_two).await.unwrap();
+    assert_eq!(errors.errors.len(), 1, "{errors:?}");
+    assert!(errors.errors[0].error.contains("failed"));
+    let now = std::time::SystemTime::now();
+    let hour = now - Duration::from_secs(3600);
+    let points = queue
+        .history(ostq::admin::Resolution::Minute, hour, now)
+        .await
+        .unwrap();
+    let summed: u64 = points.iter().map(|p| p.all_tasks().processed).sum();
+    assert_eq!(summed, counts.processed_total);
+
+    release.notify_waiters();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sharded_queue_exports_whole_and_imports_into_its_shards() {
+    let (_server, client) = setup().await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (ids, _layout, running) = every_state(&client, release.clone()).await;
+    let queue = client.queue("q");
+    let mut lines = Vec::new();
+    let mut export = queue.exporter();
+    while let Some(batch) = export.next_lines().await.unwrap() {
+        lines.extend(batch);
+    }
+    release.notify_waiters();
+    running.shutdown().await;
+    let exported: Vec<&ostq::JobInfo> = lines
+        .iter()
+        .filter_map(|l| match l {
+            ostq::admin::backup::Line::Job(job) => Some(job),
+            _ => None,
+        })
+        .collect();
+    let every: usize = ids.values().map(Vec::len).sum();
+    assert_eq!(exported.len(), every);
+    assert!(exported.iter().all(|j| j.queue == "q"));
+
+    // Into a fresh Redis: one unsharded queue holding every job (active ones come back pending).
+    let (_fresh, plain) = setup().await;
+    let mut import = plain.importer();
+    import.write(&lines).await.unwrap();
+    assert_eq!(import.counts().imported as usize, every);
+    let restored = plain.queue("q");
+    for state in STATES {
+        let mut want = ids[&state].clone();
+        match state {
+            JobState::Active => want.clear(),
+            JobState::Pending => want.extend(ids[&JobState::Active].iter().cloned()),
+            _ => {}
+        }
+        let got = paged(&restored, state, 7).await;
+        let got = sorted(got.into_iter().map(|j| j.id).collect());
+        assert_eq!(got, sorted(want), "{state}");
+    }
+
+    // Into a sharded queue: each job in the shard its id names, found there in one lookup.
+    let (other, sharded) = setup().await;
+    let target = sharded.queue("q");
+    let layout = target.set_shards(3).await.unwrap();
+    let mut import = sharded.importer();
+    import.write(&lines).await.unwrap();
+    assert_eq!(import.counts().imported as usize, every);
+    for (i, name) in layout.shards.iter().enumerate() {
+        let dead = other
+            .cli(&["ZCARD", &format!("ostq:{{{name}}}:dead")])
+            .unwrap();
+        let here = ids[&JobState::Dead]
+            .iter()
+            .filter(|id| id.ends_with(&format!("#{i}")))
+            .count();
+        assert!(here > 0);
+        assert_eq!(dead.trim(), here.to_string(), "shard {i}");
+    }
+    for state in STATES {
+        for id in &ids[&state] {
+            assert!(target.job(id).await.unwrap().is_some(), "{id}");
+        }
+    }
+    let counts = target.counts().await.unwrap();
+    assert_eq!(counts.pending as usize, ids[&JobState::Pending].len() + 3);
+    assert_eq!(counts.dead as usize, ids[&JobState::Dead].len());
+}
+
+/// Reads of a queue's layout since the last call (the `HMGET` of the settings that asks for
+/// `shards_draining`), from the slow log set to log every command.
+fn layout_reads(server: &common::RedisServer) -> usize {
+    let log = server.cli(&["SLOWLOG", "GET", "-1"]).unwrap();
+    server.cli(&["SLOWLOG", "RESET"]).unwrap();
+    log.lines()
+        .filter(|l| l.contains("shards_draining"))
+        .count()
+}
+
+#[tokio::test]
+async fn admin_calls_read_the_layout_once_a_second_per_handle() {
+    let (server, client) = setup().await;
+    // An unsharded queue: what a /metrics scrape over many queues asks of each.
+    let plain = client.queue("plain");
+    let id = plain.push("x").await.unwrap();
+    let sharded = client.queue("q");
+    sharded.set_shards(3).await.unwrap();
+    let ids = sharded.push_bulk(["a", "b", "c"]).await.unwrap();
+    let calls = 5;
+    server
+        .cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0"])
+        .unwrap();
+    server
+        .cli(&["CONFIG", "SET", "slowlog-max-len", "100000"])
+        .unwrap();
+    for queue in [&plain, &sharded] {
+        layout_reads(&server);
+        for _ in 0..calls {
+            queue.counts().await.unwrap();
+            queue.history_totals().await.unwrap();
+            queue.rate_limit().await.unwrap();
+            assert!(queue.job(&id).await.unwrap().is_some() || queue.name() == "q");
+        }
+        for id in &ids {
+            assert!(queue.cancel(id).await.is_ok());
+        }
+        let read = layout_reads(&server);
+        // One read of the settings per second at most (two if the calls straddle one; none if
+        // the pushes above read them less than a second ago).
+        assert!(
+            read <= 2,
+            "{}: {read} layout reads for {calls} rounds",
+            queue.name()
+        );
+    }
+    // A snapshot (the dashboard's overview, `ostq stats`) reads each queue's layout once.
+    let names = ["plain", "q"];
+    let mut sampler = ostq::admin::StatsSampler::new(&client).queues(names);
+    layout_reads(&server);
+    let snapshot = sampler.snapshot().await.unwrap();
+    assert_eq!(snapshot.queues.len(), names.len());
+    assert_eq!(layout_reads(&server), names.len());
+}
+
+#[tokio::test]
+async fn a_cursor_from_before_sharding_goes_on_over_every_shard() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("q");
+    let later = PushOptions::new().delay(Duration::from_secs(600));
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(queue.push_with(format!("a{i}"), &later).await.unwrap());
+    }
+    let first = queue.page(JobState::Scheduled, None, 2).await.unwrap();
+    let cursor = first.next.clone().unwrap();
+    queue.set_shards(3).await.unwrap();
+    for i in 0..6 {
+        ids.push(queue.push_with(format!("b{i}"), &later).await.unwrap());
+    }
+    let mut seen: Vec<String> = first.jobs.into_iter().map(|j| j.id).collect();
+    let mut cursor = Some(cursor);
+    while let Some(at) = cursor {
+        let page = queue.page(JobState::Scheduled, Some(&at), 2).await.unwrap();
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        cursor = page.next;
+    }
+    assert_eq!(sorted(seen), sorted(ids));
+    // A sharded listing's cursor is refused by a listing of another state, as unsharded.
+    let page = queue.page(JobState::Scheduled, None, 1).await.unwrap();
+    assert!(matches!(
+        queue.page(JobState::Dead, page.next.as_ref(), 1).await,
+        Err(ostq::Error::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_merged_listing_pages_through_equal_times() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("q");
+    queue.set_shards(3).await.unwrap();
+    // One run-at time for all: every score equal, so the order is by id and the cursor's place
+    // is found by its index among equal scores.
+    let at = std::time::SystemTime::now() + Duration::from_secs(600);
+    let opts = PushOptions::new().run_at(at);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(queue.push_with(format!("{i}"), &opts).await.unwrap());
+    }
+    for size in [1, 7, 50] {
+        let jobs = paged(&queue, JobState::Scheduled, size).await;
+        let got: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+        // Equal times: the members' order, over every shard.
+        assert_eq!(got, sorted(ids.clone()), "pages of {size}");
+    }
 }

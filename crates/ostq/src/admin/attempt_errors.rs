@@ -91,6 +91,14 @@ impl Queue {
     /// ```
     pub async fn attempt_errors(&self, id: &str) -> Result<AttemptErrors> {
         let keys = self.keys()?;
+        let (layout, shards) = self.shard_set().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): a job's events are in the stream of the shard it
+            // runs in, the one its id names (a given id routed by a key elsewhere is missed).
+            if let Some(shard) = shards.get(layout.shard_of_id(id)) {
+                return Box::pin(shard.attempt_errors(id)).await;
+            }
+        }
         let sink = self.events_sink().await?;
         let mut found = AttemptErrors {
             stream_on: matches!(sink, EventSink::Stream | EventSink::Both),

@@ -417,7 +417,24 @@ impl Importer {
             }
         }
         for (queue, jobs) in per_queue {
-            self.write_queue(&queue, &jobs).await?;
+            // A sharded queue (design §19): each job goes to the shard a push of its id goes
+            // to (a generated id names its shard), where `find_job` looks for it first.
+            let (layout, _) = self.client.queue(&queue).shard_set().await?;
+            if layout.count() == 1 {
+                self.write_queue(&queue, &queue, &jobs).await?;
+                continue;
+            }
+            let mut groups: Vec<Vec<&JobInfo>> = vec![Vec::new(); layout.count()];
+            for job in jobs {
+                if let Some(group) = groups.get_mut(layout.shard_of_id(&job.id)) {
+                    group.push(job);
+                }
+            }
+            for (shard, group) in layout.shards.iter().zip(&groups) {
+                if !group.is_empty() {
+                    self.write_queue(&queue, shard, group).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -438,8 +455,11 @@ impl Importer {
         Ok(())
     }
 
-    async fn write_queue(&mut self, queue: &str, jobs: &[&JobInfo]) -> Result<()> {
-        let keys = QueueKeys::new(queue)?;
+    /// Files `jobs` of queue `queue` in its physical queue `physical` (the queue itself, or
+    /// one of its shards).
+    async fn write_queue(&mut self, queue: &str, physical: &str, jobs: &[&JobInfo]) -> Result<()> {
+        QueueKeys::new(queue)?;
+        let keys = QueueKeys::physical(physical)?;
         if !self.known.contains_key(queue) {
             let ids = self.listed_ids(queue).await?;
             self.known.insert(queue.to_string(), ids);

@@ -115,6 +115,17 @@ pub(crate) struct ListMark {
     pub(crate) from_right: u64,
 }
 
+/// Where one shard's sorted set is in a merged listing.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ShardMark {
+    /// Nothing of it listed yet.
+    Start,
+    /// After this entry.
+    After(Mark),
+    /// Listed to its end.
+    Done,
+}
+
 /// What a cursor holds.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Position {
@@ -128,6 +139,15 @@ pub(crate) enum Position {
     Low(Option<Mark>),
     /// Active: after entry `index` of lease group `group` (groups in id order).
     Active { group: u64, index: u64 },
+    /// A sharded queue's scheduled, retry, dead or completed jobs merged by score over its
+    /// shards (design §19): where each shard's sorted set is.
+    Merged(JobState, Vec<ShardMark>),
+    /// A sharded queue's listing (design §19): in shard `index`, after `inner` (from the
+    /// shard's start for `None`).
+    Shard {
+        index: u64,
+        inner: Option<Box<Position>>,
+    },
 }
 
 const VERSION: &[u8] = b"1|";
@@ -163,6 +183,29 @@ impl Position {
             Position::Active { group, index } => {
                 out.extend_from_slice(format!("a|{group}|{index}").as_bytes())
             }
+            Position::Merged(state, marks) => {
+                out.extend_from_slice(format!("m|{state}|").as_bytes());
+                for mark in marks {
+                    match mark {
+                        ShardMark::Start => out.push(b's'),
+                        ShardMark::Done => out.push(b'd'),
+                        ShardMark::After(mark) => {
+                            // Length-prefixed: a member may hold any byte.
+                            let mut bytes = Vec::new();
+                            encode_mark(mark, &mut bytes);
+                            out.extend_from_slice(format!("a{}|", bytes.len()).as_bytes());
+                            out.extend_from_slice(&bytes);
+                        }
+                    }
+                }
+            }
+            Position::Shard { index, inner } => {
+                // The shard's own position follows whole (with its version), so it nests.
+                out.extend_from_slice(format!("s|{index}|").as_bytes());
+                if let Some(inner) = inner {
+                    out.extend_from_slice(&inner.encode());
+                }
+            }
         }
         out
     }
@@ -186,6 +229,46 @@ impl Position {
                 Position::Active {
                     group: number(group)?,
                     index: number(index)?,
+                }
+            }
+            b"m" => {
+                let (state, mut rest) = split(rest)?;
+                let state = std::str::from_utf8(state).ok()?.parse::<JobState>().ok()?;
+                let mut marks = Vec::new();
+                while let Some((&tag, after)) = rest.split_first() {
+                    rest = after;
+                    marks.push(match tag {
+                        b's' => ShardMark::Start,
+                        b'd' => ShardMark::Done,
+                        b'a' => {
+                            let (len, after) = split(rest)?;
+                            let len = usize::try_from(number(len)?).ok()?;
+                            let bytes = after.get(..len)?;
+                            rest = &after[len..];
+                            ShardMark::After(decode_mark(bytes)?)
+                        }
+                        _ => return None,
+                    });
+                    if marks.len() > crate::shards::MAX_SHARDS * 2 {
+                        return None;
+                    }
+                }
+                Position::Merged(state, marks)
+            }
+            b"s" => {
+                let (index, rest) = split(rest)?;
+                let inner = if rest.is_empty() {
+                    None
+                } else {
+                    match Position::decode(rest)? {
+                        // One level only: a shard is never sharded itself.
+                        Position::Shard { .. } => return None,
+                        inner => Some(Box::new(inner)),
+                    }
+                };
+                Position::Shard {
+                    index: number(index)?,
+                    inner,
                 }
             }
             _ => return None,
@@ -268,6 +351,33 @@ mod tests {
                 group: 18446744073709551615,
                 index: 999,
             },
+            Position::Shard {
+                index: 2,
+                inner: None,
+            },
+            Position::Merged(
+                JobState::Retry,
+                vec![
+                    ShardMark::Start,
+                    ShardMark::After(Mark::new(&long, 17.5, 2)),
+                    ShardMark::Done,
+                    ShardMark::After(Mark::new(b"a|b", 0.0, 0)),
+                ],
+            ),
+            Position::Shard {
+                index: 1,
+                inner: Some(Box::new(Position::List(Some(ListMark {
+                    key: EntryKey::Id("01J#1".into()),
+                    from_right: 3,
+                })))),
+            },
+            Position::Shard {
+                index: 0,
+                inner: Some(Box::new(Position::Sorted(
+                    JobState::Dead,
+                    Mark::new(b"x|y", 5.0, 1),
+                ))),
+            },
         ];
         for position in positions {
             let cursor = Cursor::from_position(&position);
@@ -278,6 +388,14 @@ mod tests {
         }
         assert!(Mark::new(&long, 1.0, 0).truncated);
         assert!(serde_json::from_str::<Cursor>("\"x\"").is_err());
+        let nested = Position::Shard {
+            index: 0,
+            inner: Some(Box::new(Position::Shard {
+                index: 1,
+                inner: None,
+            })),
+        };
+        assert!(Cursor::from_position(&nested).position().is_err());
     }
 
     #[test]

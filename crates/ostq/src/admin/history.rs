@@ -404,6 +404,15 @@ impl HistoryPoint {
     }
 }
 
+impl HistoryPoint {
+    /// Adds another point's figures, task by task (the shards of one queue, design §19).
+    fn add(&mut self, other: &HistoryPoint) {
+        for (task, figures) in &other.tasks {
+            self.tasks.entry(task.clone()).or_default().merge(figures);
+        }
+    }
+}
+
 /// Unix ms of a time (0 before 1970).
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -460,6 +469,23 @@ impl Queue {
                  (use hours for long ranges, or split the range)"
             )));
         }
+        let shards = self.shard_queues().await?;
+        if shards.len() > 1 {
+            // A sharded queue (design §19): each shard's workers write its own history; the
+            // queue's is their sum, point by point (every shard's reply has the same points).
+            let mut sum: Vec<HistoryPoint> = Vec::new();
+            for shard in &shards {
+                let points = Box::pin(shard.history(resolution, from, to)).await?;
+                if sum.is_empty() {
+                    sum = points;
+                    continue;
+                }
+                for (total, point) in sum.iter_mut().zip(&points) {
+                    total.add(point);
+                }
+            }
+            return Ok(sum);
+        }
         let mut conn = self.client_ref().conn();
         let buckets = stored::read(&mut conn, keys, resolution.span(), first, last).await?;
         Ok(buckets
@@ -483,10 +509,15 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn history_totals(&self) -> Result<BTreeMap<String, TaskFigures>> {
-        let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
-        let fields = stored::read_totals(&mut conn, keys).await?;
-        Ok(HistoryPoint::from_fields(0, fields).tasks)
+        self.keys()?;
+        // A sharded queue (design §19): the sum of its shards' totals (one read each).
+        let mut sum = HistoryPoint::default();
+        for shard in self.shard_queues().await? {
+            let keys = shard.keys()?;
+            let fields = stored::read_totals(&mut self.client_ref().conn(), keys).await?;
+            sum.add(&HistoryPoint::from_fields(0, fields));
+        }
+        Ok(sum.tasks)
     }
 
     /// Failed over processed attempts, every task together, in the minute points covering the

@@ -24,10 +24,15 @@
 //!
 //! **Active jobs** are listed by lease group id, then index within the group: both stay fixed
 //! while the job is held.
+//!
+//! **Sharded queues** (design §19): the sorted sets are merged by (score, member) over the
+//! shards, the cursor holding one mark per shard (each read as above, `limit` entries at most);
+//! pending and active jobs are listed shard by shard, the cursor naming the shard and holding
+//! that shard's own cursor. Everything above holds within each shard.
 
 use serde::{Deserialize, Serialize};
 
-use super::cursor::{Cursor, EntryKey, ListMark, Mark, Position};
+use super::cursor::{Cursor, EntryKey, ListMark, Mark, Position, ShardMark};
 use super::jobs::{active_info, completed_infos, envelope_id, info_from_bytes, infos_by_id};
 use crate::job::{JobInfo, JobState};
 use crate::keys::QueueKeys;
@@ -103,8 +108,9 @@ impl Queue {
     ///
     /// Orders: pending jobs in run order (positive priorities, the list from the next to run,
     /// negative priorities), active ones by lease, scheduled and retry by due time, dead and
-    /// completed newest first. A cursor belongs to its state: passing it for another one is an
-    /// [`Error::Config`].
+    /// completed newest first. On a sharded queue the scheduled, retry, dead and completed jobs
+    /// are in that order over every shard, pending and active ones shard by shard. A cursor
+    /// belongs to its state: passing it for another one is an [`Error::Config`].
     ///
     /// ```no_run
     /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
@@ -123,9 +129,23 @@ impl Queue {
         limit: usize,
     ) -> Result<Page> {
         let keys = self.keys()?;
-        let mut conn = self.client_ref().conn();
         let position = cursor.map(Cursor::position).transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
+        let (_, shards) = self.shard_set().await?;
+        if shards.len() > 1 {
+            return self.page_over_shards(state, &shards, position, limit).await;
+        }
+        let position = match position {
+            // A sharded listing's cursor in shard 0: the queue itself.
+            Some(Position::Shard { index: 0, inner }) => inner.map(|p| *p),
+            Some(Position::Shard { .. }) => {
+                return Err(Error::Config(
+                    "this cursor belongs to a listing of a sharded queue".into(),
+                ))
+            }
+            other => other,
+        };
+        let mut conn = self.client_ref().conn();
         let conn = &mut conn;
         match (state, position) {
             (JobState::Pending, None) => pending_page(conn, keys, Phase::High(None), limit).await,
@@ -149,6 +169,200 @@ impl Queue {
             }
             (_, Some(_)) => Err(foreign_cursor(state)),
         }
+    }
+}
+
+impl Queue {
+    /// A page of a sharded queue (design §19): the time-ordered states merged over the shards
+    /// (`merged_page`); pending and active jobs shard 0's listing, then shard 1's, and
+    /// so on (the draining shards last), the cursor naming the shard and its place in it. One
+    /// call reads a page from each shard it reaches (at most one page in all, plus the next
+    /// shard's start), so it stays bounded like an unsharded page, and paging lists every job
+    /// that stays in its state exactly once, as in one physical queue.
+    async fn page_over_shards(
+        &self,
+        state: JobState,
+        shards: &[Queue],
+        position: Option<Position>,
+        limit: usize,
+    ) -> Result<Page> {
+        if matches!(
+            state,
+            JobState::Scheduled | JobState::Retry | JobState::Dead | JobState::Completed
+        ) {
+            let mut marks = match position {
+                None => Vec::new(),
+                Some(Position::Merged(of, marks)) if of == state => marks,
+                // A cursor from before the queue was sharded: shard 0's place.
+                Some(Position::Sorted(of, mark)) if of == state => vec![ShardMark::After(mark)],
+                Some(_) => return Err(foreign_cursor(state)),
+            };
+            // Shards added since the cursor was made are listed from their start.
+            marks.resize(shards.len(), ShardMark::Start);
+            return self.merged_page(state, shards, marks, limit).await;
+        }
+        let (mut index, mut inner) = match position {
+            None => (0, None),
+            Some(Position::Shard { index, inner }) => (index, inner.map(|p| *p)),
+            // A cursor from before the queue was sharded: it was in shard 0 (the queue itself).
+            Some(other) => (0, Some(other)),
+        };
+        let mut out = Page {
+            jobs: Vec::new(),
+            next: None,
+            list_index: Vec::new(),
+        };
+        loop {
+            let Some(shard) = usize::try_from(index).ok().and_then(|i| shards.get(i)) else {
+                return Ok(out); // past the last shard: the end
+            };
+            if out.jobs.len() >= limit {
+                let start = Position::Shard { index, inner: None };
+                out.next = Some(Cursor::from_position(&start));
+                return Ok(out);
+            }
+            let cursor = inner.take().map(|p| Cursor::from_position(&p));
+            let page = Box::pin(shard.page(state, cursor.as_ref(), limit - out.jobs.len())).await?;
+            out.jobs.extend(page.jobs.into_iter().map(|mut job| {
+                job.queue = self.name().to_string();
+                job
+            }));
+            // A pending job's index is in its shard's list, where `find_job` looks first.
+            out.list_index.extend(page.list_index);
+            if let Some(next) = page.next {
+                let inner = Some(Box::new(next.position()?));
+                out.next = Some(Cursor::from_position(&Position::Shard { index, inner }));
+                return Ok(out);
+            }
+            index += 1;
+        }
+    }
+}
+
+impl Queue {
+    /// A page of a sharded queue's scheduled, retry, dead or completed jobs in the state's order
+    /// over every shard (design §19): the next `limit` entries of each shard's sorted set after
+    /// its mark (one bounded read per shard), merged by (score, member), the first `limit`
+    /// kept. Each shard's first `limit` entries hold every one of its entries among the merged
+    /// first `limit`, so the page is the true order; each shard's mark moves past what it gave.
+    async fn merged_page(
+        &self,
+        state: JobState,
+        shards: &[Queue],
+        mut marks: Vec<ShardMark>,
+        limit: usize,
+    ) -> Result<Page> {
+        let descending = matches!(state, JobState::Dead | JobState::Completed);
+        let mut conn = self.client_ref().conn();
+        let mut reads: Vec<Option<ZPage>> = Vec::with_capacity(shards.len());
+        for (shard, mark) in shards.iter().zip(&marks) {
+            let zset = sorted_key(shard.keys()?, state);
+            reads.push(match mark {
+                ShardMark::Done => None,
+                ShardMark::Start => {
+                    Some(zset_after(&mut conn, zset, descending, None, limit).await?)
+                }
+                ShardMark::After(mark) => {
+                    Some(zset_after(&mut conn, zset, descending, Some(mark), limit).await?)
+                }
+            });
+        }
+        // (score, member, shard, index in the shard's read), in the listing's order.
+        let mut merged: Vec<(f64, &[u8], usize, usize)> = Vec::new();
+        for (shard, read) in reads.iter().enumerate() {
+            for (at, (member, score)) in read.iter().flat_map(|r| r.entries.iter()).enumerate() {
+                merged.push((*score, member, shard, at));
+            }
+        }
+        merged.sort_by(|a, b| {
+            let order =
+                a.0.partial_cmp(&b.0)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then_with(|| a.1.cmp(b.1))
+                    .then_with(|| a.2.cmp(&b.2));
+            if descending {
+                order.reverse()
+            } else {
+                order
+            }
+        });
+        merged.truncate(limit);
+        // Each shard's new mark: past the entries it gave.
+        let mut taken = vec![0usize; shards.len()];
+        for (_, _, shard, _) in &merged {
+            taken[*shard] += 1;
+        }
+        for (shard, read) in reads.iter().enumerate() {
+            let Some(read) = read else { continue };
+            let took = taken[shard];
+            if took == read.entries.len() {
+                marks[shard] = read.next.clone().map_or(ShardMark::Done, ShardMark::After);
+            } else if took > 0 {
+                let (member, score) = &read.entries[took - 1];
+                // The index among entries of equal score: a hint for finding it again.
+                let same = read.entries[..took - 1]
+                    .iter()
+                    .rev()
+                    .take_while(|(_, s)| s == score)
+                    .count() as u64;
+                let tie = match &marks[shard] {
+                    ShardMark::After(prev) if same == (took - 1) as u64 && prev.score == *score => {
+                        prev.tie + 1 + same
+                    }
+                    _ => same,
+                };
+                marks[shard] = ShardMark::After(Mark::new(member, *score, tie));
+            }
+        }
+        // The jobs, read shard by shard, then put in the merged order.
+        let mut infos: std::collections::HashMap<(usize, String), JobInfo> =
+            std::collections::HashMap::new();
+        for (shard, queue) in shards.iter().enumerate() {
+            let ids: Vec<(String, u64)> = merged
+                .iter()
+                .filter(|(_, _, s, _)| *s == shard)
+                .map(|(score, member, _, _)| {
+                    (String::from_utf8_lossy(member).into_owned(), *score as u64)
+                })
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let keys = queue.keys()?;
+            let jobs = if state == JobState::Completed {
+                let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+                completed_infos(&mut conn, keys, &names).await?
+            } else {
+                infos_by_id(&mut conn, keys, state, ids).await?
+            };
+            for mut job in jobs {
+                job.queue = self.name().to_string();
+                infos.insert((shard, job.id.clone()), job);
+            }
+        }
+        let jobs = merged
+            .iter()
+            .filter_map(|(_, member, shard, _)| {
+                infos.remove(&(*shard, String::from_utf8_lossy(member).into_owned()))
+            })
+            .collect();
+        let next = (!marks.iter().all(|m| *m == ShardMark::Done))
+            .then(|| Cursor::from_position(&Position::Merged(state, marks)));
+        Ok(Page {
+            jobs,
+            next,
+            list_index: Vec::new(),
+        })
+    }
+}
+
+/// The sorted set of a time-ordered state.
+fn sorted_key(keys: &QueueKeys, state: JobState) -> &str {
+    match state {
+        JobState::Scheduled => &keys.scheduled,
+        JobState::Retry => &keys.retry,
+        JobState::Dead => &keys.dead,
+        _ => &keys.completed,
     }
 }
 

@@ -20,6 +20,7 @@ use super::jobs::{envelope_id, find_active, info_from_bytes, record_info};
 use crate::job::{JobInfo, JobState};
 use crate::keys::QueueKeys;
 use crate::producer::Queue;
+use crate::shards::ShardLayout;
 use crate::store::queues::{self as stored, SCAN_CHUNK};
 use crate::store::Conn;
 use crate::Result;
@@ -165,6 +166,12 @@ impl Queue {
     /// `lookup.budget` entries of the pending list, from `lookup.near` when a listing gave it
     /// (see the [module docs](crate::admin::lookup)). Every other state is found without a scan.
     ///
+    /// On a sharded queue (design §19) the job is looked for in the shard its id names, with
+    /// `lookup` (so O(1) for every state but pending, as unsharded); only if that shard does
+    /// not have it are the others asked, each within `lookup.budget` of its pending list (a
+    /// pending job outside its id's shard and beyond that budget is then reported not found:
+    /// [`JobLookup::whole`] finds it).
+    ///
     /// ```no_run
     /// # async fn demo(client: ostq::Client) -> ostq::Result<()> {
     /// use ostq::admin::lookup::{Found, JobLookup};
@@ -183,6 +190,48 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn find_job(&self, id: &str, lookup: JobLookup) -> Result<Found> {
+        let (layout, shards) = self.shard_set().await?;
+        if shards.len() == 1 {
+            return self.find_here(id, lookup).await;
+        }
+        // A sharded queue (design §19): the shard the id names holds it (a generated id carries
+        // its shard), so it is asked first with the caller's lookup, and a listing's hint is an
+        // index in that shard's list. Only when it does not have the job (a given id pushed with
+        // an ordering or unique key, a job of a former layout) are the others asked, each with a
+        // fresh lookup of the same budget.
+        let mut order = shard_order(&layout, shards.len(), id);
+        let first = order.next().and_then(|i| shards.get(i));
+        let Some(first) = first else {
+            return Ok(Found::NotFound);
+        };
+        match first.find_here(id, lookup).await? {
+            Found::Job {
+                mut job,
+                list_index,
+            } => {
+                job.queue = self.name().to_string();
+                return Ok(Found::Job { job, list_index });
+            }
+            // Going on (`next`) goes on in this shard, where the job should be.
+            stopped @ Found::StoppedEarly { .. } => return Ok(stopped),
+            Found::NotFound => {}
+        }
+        for shard in order.filter_map(|i| shards.get(i)) {
+            let fresh = JobLookup::new().budget(lookup.budget);
+            if let Found::Job {
+                mut job,
+                list_index,
+            } = shard.find_here(id, fresh).await?
+            {
+                job.queue = self.name().to_string();
+                return Ok(Found::Job { job, list_index });
+            }
+        }
+        Ok(Found::NotFound)
+    }
+
+    /// [`Queue::find_job`] in this physical queue alone.
+    async fn find_here(&self, id: &str, lookup: JobLookup) -> Result<Found> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
         let conn = &mut conn;
@@ -226,6 +275,17 @@ impl Queue {
             None => Found::NotFound,
         })
     }
+}
+
+/// The shards of a sharded queue in the order job `id` is looked for: the one the id names
+/// ([`ShardLayout::shard_of_id`]), then the others, draining ones included (`physical` of them).
+pub(super) fn shard_order(
+    layout: &ShardLayout,
+    physical: usize,
+    id: &str,
+) -> impl Iterator<Item = usize> {
+    let first = layout.shard_of_id(id);
+    std::iter::once(first).chain((0..physical).filter(move |&i| i != first))
 }
 
 /// A job kept in the jobs hash (scheduled, retry, dead), with its due or died-at time.

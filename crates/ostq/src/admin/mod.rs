@@ -41,6 +41,7 @@ use std::time::Duration;
 use crate::job::{JobInfo, JobState};
 use crate::keys::QueueKeys;
 use crate::producer::Queue;
+use crate::shards::ShardLayout;
 use crate::store::queues as stored;
 use crate::Client;
 use crate::{Error, Result};
@@ -306,27 +307,22 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn job(&self, id: &str) -> Result<Option<JobInfo>> {
-        let shards = self.shard_queues().await?;
-        if shards.len() == 1 {
-            return match self.find_job(id, JobLookup::whole()).await? {
-                Found::Job { job, .. } => Ok(Some(*job)),
-                Found::NotFound | Found::StoppedEarly { .. } => Ok(None),
-            };
+        // `find_job` routes a sharded queue's ids to their shard (design §19).
+        match self.find_job(id, JobLookup::whole()).await? {
+            Found::Job { job, .. } => Ok(Some(*job)),
+            Found::NotFound | Found::StoppedEarly { .. } => Ok(None),
         }
-        Ok(self.holder(id, shards).await?.map(|(_, mut job)| {
-            job.queue = self.name().to_string();
-            job
-        }))
     }
 
-    /// The shard of a sharded queue that holds job `id`, and the job: the shard the id names
-    /// first (one lookup), then the others (a given id pushed with an ordering or unique key,
-    /// or a job of a former layout).
-    async fn holder(&self, id: &str, shards: Vec<Queue>) -> Result<Option<(Queue, JobInfo)>> {
-        let layout = self.shards().await?;
-        let first = layout.shard_of_id(id);
-        let order = std::iter::once(first).chain((0..shards.len()).filter(|&i| i != first));
-        for i in order {
+    /// The shard of a sharded queue that holds job `id`, and the job (its `queue` the shard's
+    /// name), looked for through [`Queue::find_job`]'s routing over `layout` and `shards`.
+    async fn holder(
+        &self,
+        id: &str,
+        layout: &ShardLayout,
+        shards: &[Queue],
+    ) -> Result<Option<(Queue, JobInfo)>> {
+        for i in lookup::shard_order(layout, shards.len(), id) {
             if let Some(shard) = shards.get(i) {
                 if let Found::Job { job, .. } = shard.find_job(id, JobLookup::whole()).await? {
                     return Ok(Some((shard.clone(), *job)));
@@ -339,13 +335,13 @@ impl Queue {
     /// For a sharded queue, the shard handles holding each of `ids` (ids not found left out);
     /// `None` for an unsharded queue.
     async fn holders(&self, ids: &[&str]) -> Result<Option<Vec<(Queue, String)>>> {
-        let shards = self.shard_queues().await?;
+        let (layout, shards) = self.shard_set().await?;
         if shards.len() == 1 {
             return Ok(None);
         }
         let mut out = Vec::new();
         for id in ids {
-            if let Some((shard, _)) = self.holder(id, shards.clone()).await? {
+            if let Some((shard, _)) = self.holder(id, &layout, &shards).await? {
                 out.push((shard, (*id).to_string()));
             }
         }
@@ -551,8 +547,7 @@ impl Queue {
         self.keys()?;
         // A sharded queue (design §19): each shard's bucket gets its share of `max` (the first
         // `max % n` one more), so the shards together allow `max` per period.
-        let layout = self.shards().await?;
-        let shards = self.shard_queues().await?;
+        let (layout, shards) = self.shard_set().await?;
         let n = layout.count() as u64;
         if u64::from(max) < n {
             return Err(Error::Config(format!(

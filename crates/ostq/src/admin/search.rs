@@ -303,9 +303,10 @@ impl Queue {
     pub async fn rate_limit(&self) -> Result<Option<(u32, std::time::Duration)>> {
         self.keys()?;
         // A sharded queue (design §19): the sum of its shards' shares (draining ones left out).
-        let count = self.shards().await?.count();
+        let (layout, shards) = self.shard_set().await?;
+        let count = layout.count();
         let mut limit: Option<(u64, u64)> = None;
-        for shard in self.shard_queues().await?.iter().take(count) {
+        for shard in shards.iter().take(count) {
             if let Some((max, period)) =
                 stored::rate_limit(&mut self.client_ref().conn(), shard.keys()?).await?
             {

@@ -276,16 +276,32 @@ impl StatsSampler {
     /// # Ok(()) }
     /// ```
     pub async fn sample(&mut self) -> Result<Vec<QueueCounts>> {
+        Ok(self
+            .sample_queues()
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// [`StatsSampler::sample`] with the handle each queue was read through: a snapshot reads
+    /// the rest of its figures through the same handle, so a sharded queue's layout is read once
+    /// (the handle caches it, design §19).
+    async fn sample_queues(&mut self) -> Result<Vec<(Queue, QueueCounts)>> {
         let client = &self.client;
-        let all: Vec<QueueCounts> = futures::stream::iter(self.queue_names().await?)
-            .map(|name| async move { client.queue(&name).counts().await })
+        let all: Vec<(Queue, QueueCounts)> = futures::stream::iter(self.queue_names().await?)
+            .map(|name| async move {
+                let queue = client.queue(&name);
+                let counts = queue.counts().await?;
+                Ok::<_, crate::Error>((queue, counts))
+            })
             .buffered(QUEUES_IN_FLIGHT)
             .try_collect()
             .await?;
         let at = Instant::now();
         let processed = all
             .iter()
-            .map(|c| (c.queue.clone(), c.processed_total))
+            .map(|(_, c)| (c.queue.clone(), c.processed_total))
             .collect();
         self.history.push_back(Sample { at, processed });
         while self
@@ -309,7 +325,7 @@ impl StatsSampler {
     /// # Ok(()) }
     /// ```
     pub async fn snapshot(&mut self) -> Result<Snapshot> {
-        let all = self.sample().await?;
+        let all = self.sample_queues().await?;
         let newest = self.history.back().map_or_else(Instant::now, |s| s.at);
         let oldest = self.history.front().cloned();
         let redis = async {
@@ -320,9 +336,8 @@ impl StatsSampler {
             }
         };
         let (workers, redis) = tokio::try_join!(self.client.workers(), redis)?;
-        let client = &self.client;
         let read: Vec<QueueStats> = futures::stream::iter(all)
-            .map(|counts| async move { stats_of(&client.queue(&counts.queue), counts).await })
+            .map(|(queue, counts)| async move { stats_of(&queue, counts).await })
             .buffered(QUEUES_IN_FLIGHT)
             .try_collect()
             .await?;
@@ -385,15 +400,18 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub async fn totals(&self) -> Result<QueueTotals> {
-        let keys = self.keys()?;
-        let [processed, failed, recovered, active] =
-            stored::totals(&mut self.client_ref().conn(), keys).await?;
-        Ok(QueueTotals {
-            processed,
-            failed,
-            recovered,
-            active,
-        })
+        self.keys()?;
+        // A sharded queue (design §19): the sum over its shards, one read each.
+        let mut sum = QueueTotals::default();
+        for shard in self.shard_queues().await? {
+            let [processed, failed, recovered, active] =
+                stored::totals(&mut self.client_ref().conn(), shard.keys()?).await?;
+            sum.processed += processed;
+            sum.failed += failed;
+            sum.recovered += recovered;
+            sum.active += active;
+        }
+        Ok(sum)
     }
 
     /// How long the job that runs next has waited since it was enqueued (`None` when nothing is
