@@ -534,16 +534,7 @@ async fn drain(
             ));
         }
     };
-    let _ = stop.send(());
-    if !handle.is_finished() {
-        match tokio::time::timeout(Duration::from_secs(10), &mut handle).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) if outcome.is_ok() => bail!("the worker failed: {e}"),
-            Ok(Err(e)) if outcome.is_ok() => bail!("the worker panicked: {e}"),
-            Err(_) if outcome.is_ok() => bail!("the worker did not stop within 10 s"),
-            _ => {}
-        }
-    }
+    stop_worker(stop, &mut handle, outcome.is_ok()).await?;
     let process_s = outcome?;
     let first = starts.first.load(Ordering::Relaxed);
     let last = starts.last.load(Ordering::Relaxed);
@@ -918,6 +909,27 @@ fn thousands(x: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Stops a drain's worker (started with `run_until` on `stop`'s receiver) and waits up to 10 s
+/// for it. How the worker ended is the phase's error only when the phase itself succeeded
+/// (`phase_ok`): a failed phase reports its own cause.
+async fn stop_worker<E: std::fmt::Display>(
+    stop: oneshot::Sender<()>,
+    handle: &mut tokio::task::JoinHandle<Result<(), E>>,
+    phase_ok: bool,
+) -> anyhow::Result<()> {
+    let _ = stop.send(());
+    if !handle.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(10), handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) if phase_ok => bail!("the worker failed: {e}"),
+            Ok(Err(e)) if phase_ok => bail!("the worker panicked: {e}"),
+            Err(_) if phase_ok => bail!("the worker did not stop within 10 s"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context};
 use ostq_testkit::RedisCluster;
 use serde_json::json;
 
-use super::{latency, make_payload, remove_queue, Latency, POLL, PUSH_CHUNK, STALL};
+use super::{latency, make_payload, remove_queue, stop_worker, Latency, POLL, PUSH_CHUNK, STALL};
 use crate::cli::{BenchArgs, Global};
 use crate::util::{check_queue, connect, lib_err, redact};
 
@@ -398,16 +398,7 @@ async fn drain(
         }
     }
     .await;
-    let _ = stop.send(());
-    if !handle.is_finished() {
-        match tokio::time::timeout(Duration::from_secs(10), &mut handle).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) if outcome.is_ok() => bail!("the worker failed: {e}"),
-            Ok(Err(e)) if outcome.is_ok() => bail!("the worker panicked: {e}"),
-            Err(_) if outcome.is_ok() => bail!("the worker did not stop within 10 s"),
-            _ => {}
-        }
-    }
+    stop_worker(stop, &mut handle, outcome.is_ok()).await?;
     let drain_s = outcome?;
     Ok((
         drain_s,
