@@ -260,8 +260,7 @@ async fn phase(
         "ostq bench: {n} jobs on '{name}' ({shards} shard{})",
         if shards == 1 { "" } else { "s" }
     );
-    let before = cpu_per_node(nodes).await?;
-    let calls_before = script_calls_per_node(nodes).await?;
+    let (before, calls_before) = counters_per_node(nodes).await?;
     let start = Instant::now();
     let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| make_payload(i, args.payload_bytes))
@@ -274,8 +273,7 @@ async fn phase(
     }
     let push_s = start.elapsed().as_secs_f64();
     let (drain_s, per_shard) = drain(url, &queue, &layout, n, concurrency(args)).await?;
-    let after = cpu_per_node(nodes).await?;
-    let calls_after = script_calls_per_node(nodes).await?;
+    let (after, calls_after) = counters_per_node(nodes).await?;
     let wall_s = start.elapsed().as_secs_f64();
 
     // Jobs per primary: the jobs each shard gave the handlers, on the node that serves it.
@@ -409,35 +407,31 @@ async fn drain(
     ))
 }
 
-/// Lua script calls (`EVALSHA` + `EVAL`) each primary has run so far.
-async fn script_calls_per_node(nodes: &[ostq::Client]) -> anyhow::Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(nodes.len());
+/// Redis CPU seconds (user + system) and Lua script calls (`EVALSHA` + `EVAL`) each primary
+/// has used so far, from one `INFO` per primary.
+async fn counters_per_node(nodes: &[ostq::Client]) -> anyhow::Result<(Vec<f64>, Vec<u64>)> {
+    let mut cpu = Vec::with_capacity(nodes.len());
+    let mut calls = Vec::with_capacity(nodes.len());
     for node in nodes {
         let stats = node
             .server_stats()
             .await
             .map_err(lib_err("cannot read INFO of a primary"))?;
-        let calls = ["evalsha", "eval"]
-            .iter()
-            .filter_map(|name| stats.commands.get(*name))
-            .map(|c| c.calls)
-            .sum();
-        out.push(calls);
+        cpu.push(stats.used_cpu_secs());
+        calls.push(
+            ["evalsha", "eval"]
+                .iter()
+                .filter_map(|name| stats.commands.get(*name))
+                .map(|c| c.calls)
+                .sum(),
+        );
     }
-    Ok(out)
+    Ok((cpu, calls))
 }
 
 /// Redis CPU seconds (user + system) used so far by each primary.
 async fn cpu_per_node(nodes: &[ostq::Client]) -> anyhow::Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(nodes.len());
-    for node in nodes {
-        let stats = node
-            .server_stats()
-            .await
-            .map_err(lib_err("cannot read INFO of a primary"))?;
-        out.push(stats.used_cpu_secs());
-    }
-    Ok(out)
+    Ok(counters_per_node(nodes).await?.0)
 }
 
 fn phase_json(p: &Phase) -> serde_json::Value {
