@@ -274,22 +274,13 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
-const STATES: [JobState; 6] = [
-    JobState::Pending,
-    JobState::Active,
-    JobState::Scheduled,
-    JobState::Retry,
-    JobState::Dead,
-    JobState::Completed,
-];
-
 #[tokio::test]
 async fn paging_lists_every_shard_once() {
     let (_server, client) = setup().await;
     let release = Arc::new(tokio::sync::Notify::new());
     let (ids, _layout, running) = every_state(&client, release.clone()).await;
     let queue = client.queue("q");
-    for state in STATES {
+    for state in JobState::ALL {
         let want = sorted(ids[&state].clone());
         // Every shard holds some of each state, so a listing of shard 0 alone falls short.
         for shard in 0..3 {
@@ -328,7 +319,7 @@ async fn find_job_routes_by_the_ids_shard() {
     let release = Arc::new(tokio::sync::Notify::new());
     let (ids, _layout, running) = every_state(&client, release.clone()).await;
     let queue = client.queue("q");
-    for state in STATES {
+    for state in JobState::ALL {
         let want = &ids[&state];
         // One lookup finds each, in its state, under the logical queue's name.
         for id in want {
@@ -465,7 +456,7 @@ async fn a_sharded_queue_exports_whole_and_imports_into_its_shards() {
     import.write(&lines).await.unwrap();
     assert_eq!(import.counts().imported as usize, every);
     let restored = plain.queue("q");
-    for state in STATES {
+    for state in JobState::ALL {
         let mut want = ids[&state].clone();
         match state {
             JobState::Active => want.clear(),
@@ -495,7 +486,7 @@ async fn a_sharded_queue_exports_whole_and_imports_into_its_shards() {
         assert!(here > 0);
         assert_eq!(dead.trim(), here.to_string(), "shard {i}");
     }
-    for state in STATES {
+    for state in JobState::ALL {
         for id in &ids[&state] {
             assert!(target.job(id).await.unwrap().is_some(), "{id}");
         }
