@@ -532,8 +532,7 @@ pub struct WorkerArgs {
 
     /// Jobs leased ahead of free slots, so a slot starts the next job without waiting for a
     /// fetch (never more than started in the last 100 ms, given back after 1 s). If this
-    /// worker is killed, they count an attempt as the running ones do: 0 for jobs allowed one
-    /// attempt
+    /// worker is killed, the ones not started yet go back without an attempt counted
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub prefetch: usize,
 

@@ -7,6 +7,7 @@
 --
 -- KEYS[1] active (zset)   KEYS[2] completed (zset)   KEYS[3] stats (hash)
 -- KEYS[4] config (hash)   KEYS[5] events (stream; also the pub/sub channel name)
+-- KEYS[6] started (hash: lease group -> entries started; a deleted group's field goes with it)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] status record retention seconds
 -- then per group: group, all ("1" when every job of the group is now done), k (jobs completed in
 --   this call), d, and d times 5 fields for the jobs that need more than counting:
@@ -107,6 +108,7 @@ while i <= #ARGV do
     if all then
       redis.call('DEL', key)
       redis.call('ZREM', KEYS[1], group)
+      redis.call('HDEL', KEYS[6], group)
     end
   end
 end

@@ -12,11 +12,15 @@
 -- KEYS[9] stats (hash)       KEYS[10] completed (zset)   KEYS[11] paused (string)
 -- KEYS[12] rate limit (hash: max, period ms, tokens, ts): a token bucket shared by all workers
 -- KEYS[13] config (hash)     KEYS[14] events (stream; also the pub/sub channel name)
+-- KEYS[15] started (hash: lease group -> how many of its entries, from the first, have started;
+--          no field = all of them): what recovery counts an attempt for
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] max jobs to lease (<= 1000)   ARGV[3] lease ms
 -- ARGV[4] default max attempts           ARGV[5] dead set cap (entries)        ARGV[6] dead retention ms
 -- ARGV[7] completed index retention ms
 -- ARGV[8] lease group id for this fetch, drawn at random by the worker (not from a Redis counter:
 --         after Redis loses its last writes, a counter would hand out ids still held by workers)
+-- ARGV[9] (optional) how many of the leased jobs the worker starts at once; it parks the rest
+--         (prefetch) and reports their starts through renew.lua. Absent: all start at once.
 -- Returns {now ms, next wake ms (0 = nothing timed), group (0 = nothing leased), hold, envelope1, ...}
 -- where hold tells the worker not to wait on the list, which may be full: 1 = the queue is paused
 -- (wait for a resume), 2 = out of rate-limit tokens (sleep until the wake time).
@@ -35,6 +39,7 @@ local dead_max = argv_int(5, 0)
 local dead_retention = argv_int(6, 0)
 local completed_retention = argv_int(7, 0)
 if not string.find(ARGV[8] or '', '^[1-9]%d*$') then error('ostq: fetch.lua ARGV[8] must be a lease group id') end
+local start_now = ARGV[9] and argv_int(9, 0) or LIMIT
 -- @include lib/events.lua
 -- @include lib/queue.lua
 -- @include lib/envelope.lua
@@ -92,10 +97,16 @@ local function promote(zkey, kind)
   if #routed > 0 then redis.call('HDEL', KEYS[5], unpack(routed)) end
 end
 
+-- The error a job recovered before it started carries. A job recovered a second time in a row
+-- without a start mark gets its attempt counted after all: a job that kills its worker within
+-- the instant between its start and the mark must still run out of attempts.
+local UNSTARTED = 'lease expired before the job started: its worker was lost'
+
 -- Expired lease groups: their unfinished jobs go back to the queue, attempt counted, or to the
--- dead set when that was their last attempt. Entries are taken from the group's tail (RPOP), a
--- budget's worth per call: a group too big for one call is marked with score 0 (renew.lua then
--- tells its worker the lease is lost) and finished by the next calls.
+-- dead set when that was their last attempt. Jobs the worker had parked and not started (at or
+-- past the group's start mark in KEYS[15]) go back without counting an attempt. Entries are taken
+-- from the group's tail (RPOP), a budget's worth per call: a group too big for one call is marked
+-- with score 0 (renew.lua then tells its worker the lease is lost) and finished by the next calls.
 local function recover()
   local groups = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 100)
   if #groups == 0 then return end
@@ -112,7 +123,9 @@ local function recover()
     if budget_entries <= 0 or budget_bytes <= 0 then break end
     local key = prefix .. 'lease:' .. group
     local index = redis.call('LLEN', key)
-    local lost = 0
+    -- Entries at or past the mark were parked by the worker and never started.
+    local mark = tonumber(redis.call('HGET', KEYS[15], group))
+    local lost, ran = 0, 0
     local finished = false
     redis.call('ZADD', KEYS[6], 'XX', 0, group)
     while true do
@@ -125,7 +138,19 @@ local function recover()
       if env ~= '' then
         lost = lost + 1
         local job, why = decode_job(env)
-        if job then
+        if job and mark and index >= mark and job[9] ~= UNSTARTED then
+          -- Never started: back to the head of the queue, attempt not counted.
+          job[9] = UNSTARTED
+          env = cmsgpack.pack(job)
+          local id = job[1]
+          count(job, 'recovered')
+          route(QUEUE, env, job[7], true)
+          emit('recovered', id, {attempt = job[5], error = UNSTARTED})
+          if tracked(job) then
+            redis.call('HSET', prefix .. 'job:' .. id, 'state', 'pending', 'error', UNSTARTED)
+          end
+        elseif job then
+          ran = ran + 1
           local attempt = math.min(job[5] + 1, 4294967295)
           local max = job[6]
           if max <= 0 then max = default_max end
@@ -151,6 +176,7 @@ local function recover()
             if tracked(job) then redis.call('HSET', rec, 'state', 'pending', 'attempt', attempt, 'error', err) end
           end
         else
+          ran = ran + 1
           -- Its attempts cannot be counted, and it may be what crashed its worker: it ends here.
           local off, id_len = header(env)
           local id = off and string.sub(env, off, off + id_len - 1) or ('~' .. group .. '.' .. index)
@@ -158,12 +184,18 @@ local function recover()
         end
       end
     end
-    if finished then redis.call('ZREM', KEYS[6], group) end
+    if finished then
+      redis.call('ZREM', KEYS[6], group)
+      if mark then redis.call('HDEL', KEYS[15], group) end
+    end
     if lost > 0 then
       redis.call('HINCRBY', KEYS[9], 'active', -lost)
       redis.call('HINCRBY', KEYS[9], 'recovered', lost)
-      redis.call('HINCRBY', KEYS[9], 'processed', lost)
-      redis.call('HINCRBY', KEYS[9], 'failed', lost)
+    end
+    if ran > 0 then
+      -- (A job that never started was neither processed nor failed.)
+      redis.call('HINCRBY', KEYS[9], 'processed', ran)
+      redis.call('HINCRBY', KEYS[9], 'failed', ran)
     end
   end
   local flat = {}
@@ -269,6 +301,7 @@ if #popped > 0 then
     local earliest = first_score(KEYS[6])
     if earliest == nil or now + lease_ms < earliest then wake(KEYS[1]) end
     redis.call('ZADD', KEYS[6], now + lease_ms, group)
+    if start_now < n - 4 then redis.call('HSET', KEYS[15], group, start_now) end
     redis.call('HINCRBY', KEYS[9], 'active', n - 4)
     result[3] = group
   end

@@ -4,7 +4,7 @@
 -- the worker left.
 --
 -- KEYS[1] pending (list)   KEYS[2] prioritized (zset)   KEYS[3] active (zset)   KEYS[4] seq (counter)
--- KEYS[5] stats (hash)
+-- KEYS[5] stats (hash)     KEYS[6] started (hash: lease group -> entries started)
 -- ARGV[1] key prefix "ostq:{<queue>}:"
 -- then per group: group, all ("1" when the group has no other unfinished job), k, and k indexes
 -- Returns the number of jobs given back.
@@ -61,6 +61,7 @@ while i <= #ARGV do
     if all then
       redis.call('DEL', key)
       redis.call('ZREM', KEYS[3], group)
+      redis.call('HDEL', KEYS[6], group)
     end
   end
 end

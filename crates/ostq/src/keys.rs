@@ -48,6 +48,9 @@ pub struct QueueKeys {
     pub jobs: String,
     /// ZSET lease group → deadline (unix ms): the groups of jobs workers hold.
     pub active: String,
+    /// HASH lease group → how many of its entries, from the first, have started; only for groups
+    /// with jobs their worker parked (prefetch). Recovery counts an attempt for those alone.
+    pub started: String,
     /// ZSET job id → finished-at (unix ms) of completed tracked jobs, within their retention.
     pub completed: String,
     /// Counter for ids generated in Redis and for FIFO order among equal priorities.
@@ -115,6 +118,7 @@ impl QueueKeys {
             dead: key("dead"),
             jobs: key("jobs"),
             active: key("active"),
+            started: key("started"),
             completed: key("completed"),
             seq: key("seq"),
             stats: key("stats"),
@@ -247,13 +251,14 @@ impl QueueKeys {
     }
 
     /// The `KEYS` of `complete.lua`, in its order.
-    pub fn complete_keys(&self) -> [&str; 5] {
+    pub fn complete_keys(&self) -> [&str; 6] {
         [
             &self.active,
             &self.completed,
             &self.stats,
             &self.config,
             &self.events,
+            &self.started,
         ]
     }
 
@@ -273,13 +278,14 @@ impl QueueKeys {
     }
 
     /// The `KEYS` of `requeue.lua`, in its order.
-    pub fn requeue_keys(&self) -> [&str; 5] {
+    pub fn requeue_keys(&self) -> [&str; 6] {
         [
             &self.pending,
             &self.prioritized,
             &self.active,
             &self.seq,
             &self.stats,
+            &self.started,
         ]
     }
 
@@ -324,9 +330,9 @@ impl QueueKeys {
     /// ```
     /// let keys = ostq::keys::QueueKeys::new("mail").unwrap();
     /// assert_eq!(keys.fetch_keys()[0], "ostq:{mail}:pending");
-    /// assert_eq!(keys.fetch_keys().len(), 14);
+    /// assert_eq!(keys.fetch_keys().len(), 15);
     /// ```
-    pub fn fetch_keys(&self) -> [&str; 14] {
+    pub fn fetch_keys(&self) -> [&str; 15] {
         [
             &self.pending,
             &self.prioritized,
@@ -342,11 +348,17 @@ impl QueueKeys {
             &self.rate_limit,
             &self.config,
             &self.events,
+            &self.started,
         ]
     }
 
+    /// The `KEYS` of `renew.lua`, in its order.
+    pub fn renew_keys(&self) -> [&str; 2] {
+        [&self.active, &self.started]
+    }
+
     /// Every fixed key of the queue (status records and lease groups excluded).
-    pub fn all(&self) -> [&str; 15] {
+    pub fn all(&self) -> [&str; 16] {
         [
             &self.pending,
             &self.prioritized,
@@ -363,6 +375,7 @@ impl QueueKeys {
             &self.config,
             &self.events,
             &self.cancel,
+            &self.started,
         ]
     }
 }

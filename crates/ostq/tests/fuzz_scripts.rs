@@ -861,8 +861,16 @@ fn script_keys(k: &QueueKeys, name: &str) -> Vec<String> {
             &k.rate_limit,
             &k.config,
             &k.events,
+            &k.started,
         ],
-        "complete" => vec![&k.active, &k.completed, &k.stats, &k.config, &k.events],
+        "complete" => vec![
+            &k.active,
+            &k.completed,
+            &k.stats,
+            &k.config,
+            &k.events,
+            &k.started,
+        ],
         "fail" => vec![
             &k.active,
             &k.retry,
@@ -874,8 +882,15 @@ fn script_keys(k: &QueueKeys, name: &str) -> Vec<String> {
             &k.config,
             &k.events,
         ],
-        "requeue" => vec![&k.pending, &k.prioritized, &k.active, &k.seq, &k.stats],
-        "renew" => vec![&k.active],
+        "requeue" => vec![
+            &k.pending,
+            &k.prioritized,
+            &k.active,
+            &k.seq,
+            &k.stats,
+            &k.started,
+        ],
+        "renew" => vec![&k.active, &k.started],
         "enqueue_now" => vec![
             &k.pending,
             &k.prioritized,
@@ -1393,9 +1408,30 @@ fn run_script_all(
             .get(t)
             .is_some_and(|ids| ids.iter().any(|id| dead_after.contains(id)))
     };
+    // A trace field that is not UTF-8 is blanked with its tracestate whenever a script rewrites
+    // the envelope (lib/envelope.lua): a tag that was only in those fields goes with them.
+    let groups_before = before.groups(&ctx.keys);
+    let only_in_trace = |t: &Vec<u8>, place: &str| -> bool {
+        let Some((g, index)) = place
+            .strip_prefix("lease:")
+            .and_then(|p| p.strip_suffix(']'))
+            .and_then(|p| p.split_once('['))
+        else {
+            return false;
+        };
+        let entry = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| groups_before.get(g).and_then(|(_, es)| es.get(i)));
+        entry
+            .and_then(|e| envelope_ok(e).ok())
+            .is_some_and(|f| (0..10).all(|i| !scan_tags(&field_str(&f, i)).contains(t)))
+    };
     for (t, places) in &tb {
         if ta.contains_key(t)
-            || places.iter().all(|p| superseded(p) || trimmed(p))
+            || places
+                .iter()
+                .all(|p| superseded(p) || trimmed(p) || only_in_trace(t, p))
             || buried_over(t)
         {
             continue;
@@ -1435,7 +1471,18 @@ fn run_script_all(
             });
         }
     }
-    // Recovery counts an attempt for every entry it takes back, decodable or not.
+    // Recovery counts an attempt for every entry it takes back, decodable or not, except a job at
+    // or past its group's start mark (parked, never started) that Lua reads as valid and that was
+    // not recovered unstarted the time before. (Which hostile entries Lua reads as valid is not
+    // this reader's judgement in every case: an entry past the mark may count or not. The model
+    // test checks start marks exactly, on valid jobs.)
+    let marks = before.hash(&ctx.keys.started);
+    let parked = |g: &str, index: usize| -> bool {
+        marks
+            .get(g.as_bytes())
+            .and_then(|m| String::from_utf8_lossy(m).parse::<usize>().ok())
+            .is_some_and(|mark| index >= mark)
+    };
     let reused = name == "fetch"
         && before.groups(&ctx.keys).contains_key(
             String::from_utf8_lossy(argv.get(7).map(Vec::as_slice).unwrap_or_default()).as_ref(),
@@ -1448,7 +1495,7 @@ fn run_script_all(
             .unwrap_or(now);
         let gb = before.groups(&ctx.keys);
         let ga = after.groups(&ctx.keys);
-        let mut taken = 0i64;
+        let (mut taken, mut past_mark) = (0i64, 0i64);
         // (A fetch given the id of a group that exists appends to it: only fuzzed ids do; skipped.)
         for (g, (score, entries)) in &gb {
             if score.is_nan() || *score > now as f64 {
@@ -1460,13 +1507,25 @@ fn run_script_all(
                 .map(|(_, e)| e.iter().filter(|e| !e.is_empty()).count() as i64)
                 .unwrap_or(0);
             taken += live_before - live_after;
+            // (Recovery takes entries from the tail: what is left is the group's head.)
+            let left = ga.get(g).map_or(0, |(_, e)| e.len());
+            for (index, e) in entries.iter().enumerate().skip(left) {
+                if !e.is_empty() && parked(g, index) {
+                    past_mark += 1;
+                }
+            }
         }
         for field in ["recovered", "failed", "processed"] {
             let delta = after.stat(&ctx.keys, field) - before.stat(&ctx.keys, field);
-            if delta != taken {
+            let (low, high) = if field == "recovered" {
+                (taken, taken)
+            } else {
+                (taken - past_mark, taken)
+            };
+            if delta < low || delta > high {
                 fails.push(Failure {
                     kind: "RECOVERY_COUNT",
-                    detail: format!("fetch.lua took back {taken} entries of expired groups but {field} grew by {delta}"),
+                    detail: format!("fetch.lua took back {taken} entries of expired groups ({past_mark} of them past their start mark) but {field} grew by {delta}"),
                 });
             }
         }
@@ -1494,15 +1553,16 @@ fn run_script_all(
             if score.is_nan() || *score > now as f64 {
                 continue;
             }
-            for e in entries.iter().filter(|e| !e.is_empty()) {
+            for (index, e) in entries.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
                 let Ok(f) = envelope_ok(e) else { continue };
                 let p = field_str(&f, 2);
                 let (Some(b), Some(a)) = (ab.get(&p), aa.get(&p)) else {
                     continue;
                 };
                 let still = ga.get(g).is_some_and(|(_, es)| es.contains(e));
+                let counted = *a == b + 1 || (parked(g, index) && a == b);
                 if !still
-                    && *a != b + 1
+                    && !counted
                     && !ta
                         .get(&p)
                         .is_some_and(|pl| pl.iter().any(|x| x.starts_with("lease:")))
@@ -2086,7 +2146,11 @@ fn envelope_scenario(ctx: &mut Ctx, seed: u64) -> (Vec<Step>, Vec<Failure>) {
         match rng.random_range(0..100) {
             0..=29 => {
                 let g = (rng.random::<u64>() >> 1 | 1).to_string();
-                let argv = fetch_argv(&prefix, rng.random_range(0..6), g.parse().unwrap());
+                let mut argv = fetch_argv(&prefix, rng.random_range(0..6), g.parse().unwrap());
+                if rng.random_bool(0.5) {
+                    // Some of them parked by the worker: the group gets a start mark.
+                    argv.push(rng.random_range(0..4u32).to_string().into_bytes());
+                }
                 let f = exec(
                     ctx,
                     &mut run,
@@ -2256,6 +2320,14 @@ fn envelope_scenario(ctx: &mut Ctx, seed: u64) -> (Vec<Step>, Vec<Failure>) {
                 let mut argv = vec![number_arg(&mut rng, "600000")];
                 for _ in 0..rng.random_range(0..3) {
                     argv.push(pick_group(&mut rng));
+                    // Its start mark: none, a count, or anything.
+                    argv.push(match rng.random_range(0..3) {
+                        0 => Vec::new(),
+                        1 => rng.random_range(0..4u32).to_string().into_bytes(),
+                        _ => NUMBER_STRINGS[rng.random_range(0..NUMBER_STRINGS.len())]
+                            .as_bytes()
+                            .to_vec(),
+                    });
                 }
                 go!(Step::Script {
                     name: "renew".into(),
@@ -2267,7 +2339,8 @@ fn envelope_scenario(ctx: &mut Ctx, seed: u64) -> (Vec<Step>, Vec<Failure>) {
                 // A fetch with hostile arguments.
                 // (Not the dead-set cap and retention: trimming by them is the point of them.)
                 let mut argv = fetch_argv(&prefix, 2, 5);
-                let i = [1, 2, 3, 6, 7][rng.random_range(0..5)];
+                argv.push(b"1".to_vec());
+                let i = [1, 2, 3, 6, 7, 8][rng.random_range(0..6)];
                 argv[i] = NUMBER_STRINGS[rng.random_range(0..NUMBER_STRINGS.len())]
                     .as_bytes()
                     .to_vec();

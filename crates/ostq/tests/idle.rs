@@ -284,7 +284,7 @@ async fn an_idle_worker_recovers_a_crashed_workers_lease_when_it_expires() {
     let mut fetch = redis::cmd("EVAL");
     fetch
         .arg(ostq::scripts::FETCH)
-        .arg(14)
+        .arg(keys.fetch_keys().len())
         .arg(&keys.fetch_keys()[..]);
     fetch
         .arg(&keys.prefix)

@@ -523,6 +523,8 @@ struct Obs {
     jobs: BTreeMap<String, Vec<u8>>,
     active: BTreeMap<String, f64>,
     leases: BTreeMap<String, Vec<Vec<u8>>>,
+    /// The start marks: lease group → how many of its entries have started.
+    started: BTreeMap<String, String>,
     completed: BTreeSet<String>,
     records: BTreeMap<String, (BTreeMap<String, String>, bool)>,
     dones: BTreeMap<String, bool>,
@@ -573,6 +575,9 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
             .insert(text(&c[0]), text(&c[1]).parse().unwrap_or(i64::MIN));
     }
     o.paused = snap.keys.contains_key(&keys.paused);
+    for c in get(&keys.started).chunks(2) {
+        o.started.insert(text(&c[0]), text(&c[1]));
+    }
     let fixed: BTreeSet<&str> = [
         &keys.pending,
         &keys.prioritized,
@@ -586,6 +591,7 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
         &keys.stats,
         &keys.paused,
         &keys.config,
+        &keys.started,
     ]
     .into_iter()
     .map(String::as_str)
@@ -735,6 +741,8 @@ struct MGroup {
     entries: Vec<Option<usize>>,
     /// Score written by an Expire step (the lease ran out), else None (deadline in the future).
     expired: Option<i64>,
+    /// The start mark: entries from here on were parked and never started (None: all started).
+    mark: Option<usize>,
 }
 
 /// The simulated worker's view of a group it leased (what the lease keeper knows).
@@ -964,11 +972,13 @@ enum PurgeWhat {
 enum Op {
     Push(Vec<PushSpec>),
     Bare,
-    Fetch(u64),
+    /// How many to lease, and how many of them the worker starts at once (None: all).
+    Fetch(u64, Option<u64>),
     Round(Vec<(usize, Vec<(usize, Outc)>)>),
     Expire(usize),
     ExpireAll,
-    Renew,
+    /// The seed that picks each held group's start mark.
+    Renew(u64),
     MakeDue(usize),
     RetryNow(Vec<IdSel>),
     RetryAllDead,
@@ -1025,7 +1035,10 @@ fn gen_op(rng: &mut StdRng, ids: usize) -> Op {
             )
         }
         24..=27 => Op::Bare,
-        28..=47 => Op::Fetch(rng.random_range(0..=4)),
+        28..=47 => Op::Fetch(
+            rng.random_range(0..=4),
+            rng.random_bool(0.5).then(|| rng.random_range(0..=3)),
+        ),
         48..=69 => {
             let groups = if rng.random_bool(0.8) { 1 } else { 2 };
             Op::Round(
@@ -1051,7 +1064,7 @@ fn gen_op(rng: &mut StdRng, ids: usize) -> Op {
         }
         70..=75 => Op::Expire(sel(rng)),
         76 => Op::ExpireAll,
-        77..=80 => Op::Renew,
+        77..=80 => Op::Renew(rng.random()),
         81..=84 => Op::MakeDue(sel(rng)),
         85..=88 => Op::RetryNow((0..rng.random_range(1..=2)).map(|_| idsel(rng)).collect()),
         89 => Op::RetryAllDead,
@@ -1178,6 +1191,7 @@ fn fetch_keys(k: &QueueKeys) -> Vec<&str> {
         &k.rate_limit,
         &k.config,
         &k.events,
+        &k.started,
     ]
 }
 
@@ -1233,9 +1247,9 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
                 state: St::Pending,
             });
         }
-        Op::Fetch(want) => {
+        Op::Fetch(want, start_now) => {
             let group = grng.random::<u64>() >> 1 | 1;
-            op_fetch(ctx, m, *want, group);
+            op_fetch(ctx, m, *want, *start_now, group);
         }
         Op::Round(picks) => op_round(ctx, m, picks),
         Op::Expire(sel) => {
@@ -1261,7 +1275,7 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
                 expire(ctx, m, g);
             }
         }
-        Op::Renew => op_renew(ctx, m),
+        Op::Renew(seed) => op_renew(ctx, m, *seed),
         Op::MakeDue(sel) => {
             let waiting: Vec<usize> = (0..m.jobs.len())
                 .filter(|&h| {
@@ -1640,6 +1654,9 @@ fn op_push(ctx: &mut Ctx, m: &mut Model, specs: &[PushSpec]) {
     }
 }
 
+/// The error of a job recovered before it started (fetch.lua).
+const UNSTARTED: &str = "lease expired before the job started: its worker was lost";
+
 /// fetch.lua's housekeeping in the model: recovery of expired groups, then promotion.
 /// Returns whether it put a job with a priority into `prioritized` (which may wake workers with a
 /// marker on the pending list).
@@ -1653,12 +1670,32 @@ fn model_housekeeping(m: &mut Model) -> bool {
     expired.sort();
     for (_, g) in expired {
         let grp = m.groups.remove(&g).unwrap();
-        let mut lost = 0;
+        let (mut lost, mut ran) = (0, 0);
         for index in (0..grp.entries.len()).rev() {
             let Some(h) = grp.entries[index] else {
                 continue;
             };
             lost += 1;
+            let parked = grp.mark.is_some_and(|mark| index >= mark);
+            if parked && m.jobs[h].last_error == UNSTARTED {
+                cov!(
+                    m,
+                    "parked entries recovered twice in a row: attempt counted"
+                );
+            }
+            if parked && m.jobs[h].last_error != UNSTARTED {
+                // Parked and never started: back at the head, attempt not counted.
+                m.jobs[h].last_error = UNSTARTED.to_string();
+                m.jobs[h].state = St::Pending;
+                routed_prioritized |= m.jobs[h].priority != 0;
+                if m.jobs[h].tracked {
+                    let id = m.jobs[h].id.clone();
+                    m.hrec_set(&id, "pending", None);
+                }
+                cov!(m, "parked entries recovered without an attempt");
+                continue;
+            }
+            ran += 1;
             let attempt = m.jobs[h].attempt + 1;
             let max = if m.jobs[h].max_attempts == 0 {
                 DEFAULT_MAX
@@ -1688,8 +1725,8 @@ fn model_housekeeping(m: &mut Model) -> bool {
         m.stats.active -= lost;
         m.stats.recovered += lost;
         cov!(m, "entries recovered from expired groups", lost);
-        m.stats.processed += lost;
-        m.stats.failed += lost;
+        m.stats.processed += ran;
+        m.stats.failed += ran;
     }
     for h in 0..m.jobs.len() {
         if matches!(
@@ -1717,8 +1754,8 @@ fn class(priority: i64) -> (u8, i64) {
     }
 }
 
-fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, group: u64) {
-    let argv: Vec<Vec<u8>> = [
+fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, group: u64) {
+    let mut argv: Vec<Vec<u8>> = [
         ctx.keys.prefix.clone(),
         want.to_string(),
         LEASE_MS.to_string(),
@@ -1731,6 +1768,9 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, group: u64) {
     .into_iter()
     .map(String::into_bytes)
     .collect();
+    if let Some(n) = start_now {
+        argv.push(n.to_string().into_bytes());
+    }
     let keys = fetch_keys(&ctx.keys)
         .into_iter()
         .map(String::from)
@@ -1877,27 +1917,53 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, group: u64) {
         },
     );
     cov!(m, "jobs leased", entries.len());
+    // (No mark when every leased job starts at once.)
+    let mark = start_now.map(|n| n as usize).filter(|&n| n < entries.len());
+    if mark.is_some() {
+        cov!(m, "groups leased with parked jobs");
+    }
     m.groups.insert(
         group,
         MGroup {
             entries,
             expired: None,
+            mark,
         },
     );
 }
 
-fn op_renew(ctx: &mut Ctx, m: &mut Model) {
+fn op_renew(ctx: &mut Ctx, m: &mut Model, seed: u64) {
     let held: Vec<u64> = m.held.keys().copied().collect();
     if held.is_empty() {
         return;
     }
+    // Each group's start mark: no news, or how many of its entries started (any count: the
+    // script records what it is told).
+    let mut rng = StdRng::seed_from_u64(seed);
+    let marks: Vec<Option<usize>> = held
+        .iter()
+        .map(|g| {
+            let len = m.held[g].envs.len();
+            rng.random_bool(0.6).then(|| rng.random_range(0..=len))
+        })
+        .collect();
     let mut argv: Vec<Vec<u8>> = vec![LEASE_MS.to_string().into_bytes()];
-    argv.extend(held.iter().map(|g| g.to_string().into_bytes()));
-    let active = ctx.keys.active.clone();
+    for (g, mark) in held.iter().zip(&marks) {
+        argv.push(g.to_string().into_bytes());
+        argv.push(mark.map(|n| n.to_string()).unwrap_or_default().into_bytes());
+    }
+    let keys = [ctx.keys.active.clone(), ctx.keys.started.clone()];
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let sha = ctx.r.scripts.renew.clone();
-    let Some(reply) = script(ctx, m, "renew.lua", &sha, &[&active], &argv) else {
+    let Some(reply) = script(ctx, m, "renew.lua", &sha, &keys, &argv) else {
         return;
     };
+    for (g, mark) in held.iter().zip(&marks) {
+        if let (Some(grp), Some(mark)) = (m.groups.get_mut(g), mark) {
+            grp.mark = Some(*mark);
+            cov!(m, "start marks renew.lua recorded");
+        }
+    }
     let mut lost: Vec<u64> = as_array(&reply)
         .iter()
         .filter_map(|v| as_bytes(v).and_then(|b| String::from_utf8_lossy(&b).parse().ok()))
@@ -2160,10 +2226,7 @@ fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)])
             argv.extend(idx.iter().map(|i| i.to_string().into_bytes()));
         }
         let k = &ctx.keys;
-        let keys: Vec<String> = [&k.pending, &k.prioritized, &k.active, &k.seq, &k.stats]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let keys: Vec<String> = k.requeue_keys().iter().map(|s| s.to_string()).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let sha = ctx.r.scripts.requeue.clone();
         let Some(reply) = script(ctx, m, "requeue.lua", &sha, &keys, &argv) else {
@@ -2236,10 +2299,7 @@ fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)])
     }
     if any {
         let k = &ctx.keys;
-        let keys: Vec<String> = [&k.active, &k.completed, &k.stats, &k.config, &k.events]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let keys: Vec<String> = k.complete_keys().iter().map(|s| s.to_string()).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let sha = ctx.r.scripts.complete.clone();
         let Some(reply) = script(ctx, m, "complete.lua", &sha, &keys, &argv) else {
@@ -2915,6 +2975,19 @@ fn check(m: &mut Model, o: &Obs) {
     if !o.stray.is_empty() {
         problem!(m, "STRAY_KEY", "keys nobody owns: {:?}", o.stray);
     }
+    let marks: BTreeMap<String, String> = m
+        .groups
+        .iter()
+        .filter_map(|(g, grp)| grp.mark.map(|n| (g.to_string(), n.to_string())))
+        .collect();
+    if o.started != marks {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "start marks {:?}, the model {marks:?} (a mark must go with its group)",
+            o.started
+        );
+    }
     check_history(m, o);
 }
 
@@ -2961,8 +3034,9 @@ fn check_history(m: &mut Model, o: &Obs) {
         let get = |f: &str| figures.get(f).copied().unwrap_or(0);
         let r = get("recovered");
         recovered += r;
-        let balanced =
-            get("processed") == r && get("failed") == r && get("retried") + get("dead") == r;
+        // (A job recovered before it started is recovered only: no attempt ended.)
+        let p = get("processed");
+        let balanced = p <= r && get("failed") == p && get("retried") + get("dead") == p;
         if !balanced || figures.len() > 5 {
             problem!(
                 m,

@@ -41,6 +41,135 @@ fn child_worker() {
     });
 }
 
+/// Not a test: the child worker of `a_crash_counts_no_attempt_for_jobs_parked_but_not_started`.
+/// Quick jobs complete at once, so the worker leases ahead (prefetch); a `block` job signals its
+/// start on the `signals` queue and never ends, so the jobs leased behind the two of them stay
+/// parked.
+#[test]
+#[ignore]
+fn child_parking_worker() {
+    let Ok(url) = std::env::var("OSTQ_CHILD_URL") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let client = ostq::Client::connect(&url).await.unwrap();
+        let signals = client.queue("signals");
+        Worker::builder(client)
+            .queue("parking")
+            .concurrency(2)
+            .lease(Duration::from_secs(1))
+            .handler(move |job: Job| {
+                let signals = signals.clone();
+                async move {
+                    if job.payload_str().ok() == Some("block") {
+                        signals.push("started").await?;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+    });
+}
+
+/// A worker leases up to `prefetch` jobs beyond its free slots. When it is killed, the jobs it
+/// had parked and not started go back without an attempt counted (design §16); the ones that
+/// ran count theirs. Before start marks, every parked job came back as attempt 2 (and one with
+/// `max_attempts(1)` went to the dead set without having run).
+#[tokio::test]
+async fn a_crash_counts_no_attempt_for_jobs_parked_but_not_started() {
+    let (server, client) = setup().await;
+    let queue = client.queue("parking");
+    let mut payloads: Vec<String> = (0..3000).map(|i| format!("quick-{i}")).collect();
+    payloads.extend(["block".to_string(), "block".to_string()]);
+    payloads.extend((0..1000).map(|i| format!("after-{i}")));
+    queue.push_bulk(payloads.iter().cloned()).await.unwrap();
+    let signals = client.queue("signals");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_parking_worker",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("OSTQ_CHILD_URL", server.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_counts(&signals, WAIT, |c| c.pending == 2).await;
+    // Both slots are blocked; what was leased behind them is parked (for up to 1 s). The start
+    // marks go out within 50 ms of a start: wait for them, then kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let parked = queue.counts().await.unwrap().active.saturating_sub(2);
+    child.kill().unwrap(); // SIGKILL: nothing is given back
+    child.wait().unwrap();
+    assert!(parked > 0, "no job was parked when the worker died");
+
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let ran2 = ran.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("parking")
+            .concurrency(20)
+            .handler(move |job: Job| {
+                let ran = ran2.clone();
+                async move {
+                    let payload = job.payload_str().unwrap_or_default().to_string();
+                    ran.lock()
+                        .unwrap()
+                        .push((payload, job.attempt, job.last_error.clone()));
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let counts = wait_counts(&queue, WAIT, |c| {
+        c.pending == 0 && c.active == 0 && c.recovered_total > 0
+    })
+    .await;
+    running.shutdown().await;
+    assert_eq!((counts.dead, counts.retry), (0, 0));
+    let ran = ran.lock().unwrap().clone();
+    let blocks: Vec<_> = ran.iter().filter(|r| r.0 == "block").collect();
+    assert_eq!(blocks.len(), 2);
+    for (_, attempt, error) in blocks {
+        assert_eq!(*attempt, 2, "a job that ran counts its attempt");
+        assert!(error
+            .as_deref()
+            .unwrap()
+            .starts_with("lease expired: the worker"));
+    }
+    let after: Vec<_> = ran.iter().filter(|r| r.0.starts_with("after-")).collect();
+    assert_eq!(
+        after.len(),
+        1000,
+        "every job behind the blocked ones runs once"
+    );
+    for (payload, attempt, _) in &after {
+        assert_eq!(
+            *attempt, 1,
+            "{payload} never ran, yet an attempt was counted"
+        );
+    }
+    let unstarted = after
+        .iter()
+        .filter(|r| {
+            r.2.as_deref() == Some("lease expired before the job started: its worker was lost")
+        })
+        .count();
+    assert!(
+        unstarted > 0,
+        "none of the {parked} parked jobs was recovered as unstarted"
+    );
+}
+
 #[tokio::test]
 async fn sigkilled_worker_jobs_run_again_elsewhere() {
     let (server, client) = setup().await;

@@ -563,12 +563,8 @@ async fn fail_with(
 async fn complete_group(conn: &mut MultiplexedConnection, keys: &QueueKeys, group: &str) {
     let _: u64 = redis::cmd("EVAL")
         .arg(ostq::scripts::COMPLETE)
-        .arg(5)
-        .arg(&keys.active)
-        .arg(&keys.completed)
-        .arg(&keys.stats)
-        .arg(&keys.config)
-        .arg(&keys.events)
+        .arg(6)
+        .arg(&keys.complete_keys()[..])
         .arg(&keys.prefix)
         .arg(3600)
         .arg(group)
@@ -803,10 +799,11 @@ async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmles
     );
     let lost: Vec<String> = redis::cmd("EVAL")
         .arg(ostq::scripts::RENEW)
-        .arg(1)
-        .arg(&keys.active)
+        .arg(2)
+        .arg(&keys.renew_keys()[..])
         .arg(LEASE_MS)
         .arg(&group)
+        .arg("")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -814,12 +811,8 @@ async fn a_group_being_recovered_is_lost_to_its_worker_and_late_acks_are_harmles
     // The worker acks job 999, which recovery already took, then fails job 998.
     let _: u64 = redis::cmd("EVAL")
         .arg(ostq::scripts::COMPLETE)
-        .arg(5)
-        .arg(&keys.active)
-        .arg(&keys.completed)
-        .arg(&keys.stats)
-        .arg(&keys.config)
-        .arg(&keys.events)
+        .arg(6)
+        .arg(&keys.complete_keys()[..])
         .arg(&keys.prefix)
         .arg(3600)
         .arg(&group)

@@ -32,7 +32,12 @@ pub(crate) struct Fetched {
     pub(crate) envelopes: Vec<Vec<u8>>,
 }
 
-fn fetch_call(keys: &QueueKeys, want: usize, settings: &FetchSettings) -> ScriptCall {
+fn fetch_call(
+    keys: &QueueKeys,
+    want: usize,
+    start_now: usize,
+    settings: &FetchSettings,
+) -> ScriptCall {
     let mut call = ScriptCall::new(&call::FETCH, &keys.fetch_keys());
     call.arg(&keys.prefix)
         .arg(want)
@@ -43,18 +48,28 @@ fn fetch_call(keys: &QueueKeys, want: usize, settings: &FetchSettings) -> Script
         .arg(settings.completed_retention_ms)
         // Random, never 0 (0 means "nothing leased"): unique without asking Redis for a counter.
         .arg(rand::random::<u64>() >> 1 | 1);
+    if start_now < want {
+        // Some will be parked: the group gets a start mark, which `renew` moves on.
+        call.arg(start_now);
+    }
     call
 }
 
 /// Leases up to `want` ready jobs of a queue (`fetch.lua`, which first promotes due jobs and
-/// recovers expired leases).
+/// recovers expired leases). The worker starts the first `start_now` at once and parks the rest
+/// (prefetch): until [`renew`] says they started, a crash does not count an attempt for them.
 pub(crate) async fn fetch(
     conn: &mut Conn,
     keys: &QueueKeys,
     want: usize,
+    start_now: usize,
     settings: &FetchSettings,
 ) -> Result<Fetched> {
-    parse_fetched(fetch_call(keys, want, settings).run(conn).await?)
+    parse_fetched(
+        fetch_call(keys, want, start_now, settings)
+            .run(conn)
+            .await?,
+    )
 }
 
 /// `BLMOVE list list RIGHT RIGHT` pops and pushes the same end of the same list: it waits for an
@@ -104,7 +119,7 @@ pub(crate) async fn wait_then_fetch(
     wait_ms: i64,
     settings: &FetchSettings,
 ) -> Result<Fetched> {
-    let fetch = fetch_call(keys, want, settings);
+    let fetch = fetch_call(keys, want, want, settings);
     let mut pipe = redis::pipe();
     pipe.add_command(wait_cmd(&keys.pending, wait_ms))
         .ignore()
@@ -249,15 +264,23 @@ pub(crate) async fn complete(
     call.run(conn).await
 }
 
-/// Extends the leases of `groups` by `lease_ms`; returns the groups that are gone.
+/// Extends the leases of `groups` by `lease_ms` and records, for those given one, how many of
+/// their entries have started (their start mark); returns the groups that are gone.
 pub(crate) async fn renew(
     conn: &mut Conn,
     keys: &QueueKeys,
     lease_ms: u64,
-    groups: &[u64],
+    groups: &[(u64, Option<u32>)],
 ) -> Result<Vec<u64>> {
-    let mut call = ScriptCall::new(&call::RENEW, &[&keys.active]);
-    call.arg(lease_ms).arg(groups);
+    let mut call = ScriptCall::new(&call::RENEW, &keys.renew_keys());
+    call.arg(lease_ms);
+    for (group, started) in groups {
+        call.arg(group);
+        match started {
+            Some(n) => call.arg(n),
+            None => call.arg(""),
+        };
+    }
     call.run(conn).await
 }
 

@@ -36,12 +36,20 @@ fn fetch_settings(cfg: &Config) -> FetchSettings {
     }
 }
 
-pub(super) async fn fetch(shared: &Shared, queue: usize, want: usize) -> Result<Fetched> {
+/// Leases up to `want` jobs of `queue`, of which the worker starts `start_now` at once and parks
+/// the rest.
+pub(super) async fn fetch(
+    shared: &Shared,
+    queue: usize,
+    want: usize,
+    start_now: usize,
+) -> Result<Fetched> {
     let settings = fetch_settings(&shared.config);
     lease::fetch(
         &mut shared.client.conn(),
         &shared.queues[queue],
         want,
+        start_now,
         &settings,
     )
     .await
@@ -344,7 +352,7 @@ impl Fetcher {
             let result = match first.take() {
                 Some(result) => result,
                 None if self.stop.is_cancelled() => break,
-                None => fetch(shared, queue, want).await,
+                None => fetch(shared, queue, want, free).await,
             };
             match result {
                 Ok(fetched) if self.stop.is_cancelled() => {

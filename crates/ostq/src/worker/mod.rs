@@ -340,7 +340,7 @@ impl WorkerBuilder {
     /// makes short jobs fast at low concurrency. The worker holds no more prefetched jobs than
     /// started in the last 100 ms, so slow jobs are not hoarded, and gives back any that waited
     /// a second. Their leases are renewed like running ones and given back at shutdown; after a
-    /// crash they are recovered with the running ones (their attempt counted). With prefetch on,
+    /// crash the ones that had not started go back without an attempt counted. With prefetch on,
     /// the completions of plain jobs also wait (at most 100 ms) for the rest of their lease group,
     /// so a group is acked with one `DEL`; 0 writes each as it comes, as before. See
     /// docs/design.md §7.1 and §8.

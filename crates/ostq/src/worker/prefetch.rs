@@ -4,11 +4,13 @@
 //! fetch loop tops the buffer up in the background. The leases of parked jobs are held and
 //! renewed like those of running jobs (their groups are in the table), given back at shutdown,
 //! given back when they waited longer than [`MAX_WAIT`], and dropped when their group is lost.
+//! When a parked job starts, its group's start mark moves past it; the renewer sends the marks
+//! to Redis, whose recovery counts an attempt only for jobs that started (design §16).
 //!
 //! Bounded by count (`prefetch`, and no more than the jobs that started in the last
 //! [`RATE_WINDOW`], so slow jobs are not hoarded) and by time ([`MAX_WAIT`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,6 +37,9 @@ struct Parked {
     jobs: VecDeque<Leased>,
     /// Shutdown began: nothing more is handed out.
     closed: bool,
+    /// Start marks not yet sent: per (queue, group), how many of its entries have started. A
+    /// group's parked jobs start in lease order, so one number per group says which ones ran.
+    marks: HashMap<(usize, u64), u32>,
 }
 
 /// The buffer of parked jobs, shared by the fetch loop (which fills it) and the job tasks (which
@@ -47,6 +52,9 @@ pub(super) struct Prefetch {
     low_water: AtomicUsize,
     /// Jobs started so far (parked or not), for the start rate.
     pub(super) started: AtomicU64,
+    /// Signalled when a parked job starts and no start mark was waiting to be sent: the renewer
+    /// sends the marks shortly after (`renewer.rs`).
+    pub(super) marked: Notify,
 }
 
 impl Prefetch {
@@ -75,20 +83,43 @@ impl Prefetch {
         Vec::new()
     }
 
-    /// The next parked job for a free slot; `None` when there is none or shutdown began.
+    /// The next parked job for a free slot; `None` when there is none or shutdown began. The job
+    /// counts as started from here: its group's start mark moves past it.
     pub(super) fn next(&self) -> Option<Leased> {
-        let (job, left) = {
+        let (job, left, first_mark) = {
             let mut parked = self.lock();
             if parked.closed {
                 return None;
             }
             let job = parked.jobs.pop_front()?;
-            (job, parked.jobs.len())
+            let first_mark = parked.marks.is_empty();
+            let mark = parked.marks.entry((job.queue, job.group)).or_default();
+            *mark = (*mark).max(job.index.saturating_add(1));
+            (job, parked.jobs.len(), first_mark)
         };
+        if first_mark {
+            self.marked.notify_one();
+        }
         if left <= self.low_water.load(Ordering::Relaxed) {
             self.low.notify_one();
         }
         Some(job)
+    }
+
+    /// The start marks to send, which are forgotten here.
+    pub(super) fn take_marks(&self) -> HashMap<(usize, u64), u32> {
+        std::mem::take(&mut self.lock().marks)
+    }
+
+    /// Start marks a failed call did not send: kept for the next one (unless newer ones came).
+    pub(super) fn restore_marks(&self, queue: usize, marks: &[(u64, Option<u32>)]) {
+        let mut parked = self.lock();
+        for &(group, mark) in marks {
+            if let Some(mark) = mark {
+                let kept = parked.marks.entry((queue, group)).or_default();
+                *kept = (*kept).max(mark);
+            }
+        }
     }
 
     /// Shutdown: hands out nothing more, and returns what was parked (to be given back).
