@@ -225,7 +225,8 @@ async fn served(client: &ostq::Client) -> Vec<String> {
 /// layout check's 2 s), keeps serving the draining shard (whose delayed jobs come due after the
 /// shrink), and drops it once a later `set_shards` forgets it. Every job runs exactly once and
 /// none is left in any shard. (Before, a running worker served only the shards it started with:
-/// the jobs pushed to shards 1 and 2 were never run.)
+/// the jobs pushed to shards 1 and 2 were never run.) Growing back to 3 serves the forgotten
+/// shard again.
 #[tokio::test]
 async fn a_running_worker_follows_resharding_without_a_restart() {
     let (server, client) = setup().await;
@@ -299,18 +300,39 @@ async fn a_running_worker_follows_resharding_without_a_restart() {
         .await
         .unwrap();
     // (Counted by the handler: the queue's totals no longer include the forgotten shard's.)
+    let ran = |n: usize| {
+        let seen = seen.clone();
+        move || {
+            let seen = seen.clone();
+            async move { seen.lock().unwrap().len() == n }
+        }
+    };
+    assert!(wait_until(Duration::from_secs(5), ran(160)).await);
+
+    // 2 → 3 again while the worker waits on two queues: shard 2 comes back under its old name,
+    // and the worker serves it again.
+    assert_eq!(queue.set_shards(3).await.unwrap(), three);
+    queue
+        .push_bulk((0..30).map(|i| format!("f{i}")))
+        .await
+        .unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || async {
-            seen.lock().unwrap().len() == 160
-        })
-        .await,
+        wait_until(Duration::from_secs(5), ran(190)).await,
         "{} jobs ran",
         seen.lock().unwrap().len()
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            served(&client).await == all
+        })
+        .await,
+        "the registry lists {:?}",
+        served(&client).await
     );
     running.shutdown().await;
 
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 160);
+    assert_eq!(seen.len(), 190);
     assert!(seen.values().all(|&n| n == 1), "every job exactly once");
     // Nothing stranded in any shard, the forgotten one included.
     for name in &three.shards {
