@@ -73,8 +73,17 @@ impl Watcher {
     /// Reads the counter, and the layouts if it moved (or some are unknown). Whether the
     /// layouts changed.
     async fn refresh(&mut self, at_start: bool) -> Result<bool> {
-        let version = store::shards::layout_version(&mut self.client.conn()).await?;
-        let moved = self.seen.as_ref() != Some(&version);
+        let version = match store::shards::layout_version(&mut self.client.conn()).await {
+            Ok(version) => Some(version),
+            // Refused for good (an ACL without the counter, say): the worker still starts, with
+            // the layouts as they are now, and follows no change (each later check fails here).
+            Err(e) if at_start && !e.is_transient() => {
+                warn!(error = %e, "cannot read the shard layout counter: new layouts need a restart");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let moved = version.is_none() || self.seen != version;
         if !moved && self.layouts.of.iter().all(Option::is_some) {
             return Ok(false);
         }
@@ -98,8 +107,8 @@ impl Watcher {
                 }
             }
         }
-        if complete {
-            self.seen = Some(version);
+        if complete && version.is_some() {
+            self.seen = version;
         }
         let changed = next != self.layouts;
         self.layouts = next;
