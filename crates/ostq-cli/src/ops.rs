@@ -337,7 +337,7 @@ pub async fn shards(global: &Global, args: ShardsArgs) -> anyhow::Result<()> {
         );
     }
     if args.count.is_some() {
-        println!("producers use it within a second; restart workers to serve new shards");
+        println!("producers use it within a second, running workers within about 2 s");
     }
     Ok(())
 }

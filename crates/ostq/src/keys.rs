@@ -8,6 +8,11 @@ pub const QUEUES: &str = "ostq:queues";
 /// clock). An id whose entry ([`worker_entry`]) has expired belongs to a dead worker.
 pub const WORKERS: &str = "ostq:workers";
 
+/// Global counter of shard-layout changes: `Queue::set_shards` increments it after writing a
+/// layout, and running workers read it every couple of seconds (one `GET`) to learn that they
+/// should read their queues' layouts again (docs/design.md §19).
+pub const LAYOUTS: &str = "ostq:layouts";
+
 /// A worker's registry entry, a HASH (host, pid, queues, concurrency, busy, version, started,
 /// last seen) that expires unless the worker's heartbeats renew it.
 ///

@@ -224,7 +224,7 @@ impl Queue {
     }
 
     /// Gives the queue `count` shards (1..=64), for every producer (within a second) and every
-    /// worker started after (design §19: a running worker keeps the shards it started with).
+    /// worker, running ones included (within about 2 s, design §19).
     /// Shard 0 is the queue itself; kept shards keep their names; a new shard's hash tag is
     /// searched so that its slot lands on the Cluster primary holding fewest shards of the
     /// queue. Shards beyond `count` become draining: workers keep serving them, and a later
@@ -322,6 +322,10 @@ impl Queue {
             &layout.draining.join(" "),
         )
         .await?;
+        // After the layout, so that a worker that sees the new count reads the new layout. If
+        // this fails the call fails: running workers would not notice the change, and calling
+        // again writes the same layout and counts it.
+        store::shards::bump_layout_version(&mut conn).await?;
         if let Ok(mut cache) = self.config_cache.lock() {
             *cache = None;
         }

@@ -182,6 +182,198 @@ async fn resharding_one_three_two_does_every_job_once() {
     assert_eq!(queue.set_shards(3).await.unwrap().count(), 3);
 }
 
+/// A worker that counts each payload it runs, and the tally.
+fn counting_worker(
+    client: &ostq::Client,
+    queue: &str,
+) -> (Worker, Arc<Mutex<HashMap<String, u32>>>) {
+    let seen = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let log = seen.clone();
+    let worker = Worker::builder(client.clone())
+        .queue(queue)
+        .concurrency(4)
+        // The registry shows the physical queues served within a heartbeat.
+        .heartbeat(Duration::from_millis(200))
+        .handler(move |job: Job| {
+            let log = log.clone();
+            async move {
+                *log.lock()
+                    .unwrap()
+                    .entry(job.payload_str()?.to_string())
+                    .or_default() += 1;
+                Ok::<_, BoxError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    (worker, seen)
+}
+
+/// The physical queues the (only) running worker lists in the registry, sorted.
+async fn served(client: &ostq::Client) -> Vec<String> {
+    let workers = client.workers().await.unwrap();
+    let mut queues = workers
+        .first()
+        .map(|w| w.queues.clone())
+        .unwrap_or_default();
+    queues.sort();
+    queues
+}
+
+/// Issue 15: one worker, started on an unsharded queue and never restarted, serves the queue while
+/// it is resharded 1 → 3 → 2 with pushes in between: it picks up the new shards (within the
+/// layout check's 2 s), keeps serving the draining shard (whose delayed jobs come due after the
+/// shrink), and drops it once a later `set_shards` forgets it. Every job runs exactly once and
+/// none is left in any shard. (Before, a running worker served only the shards it started with:
+/// the jobs pushed to shards 1 and 2 were never run.) Growing back to 3 serves the forgotten
+/// shard again.
+#[tokio::test]
+async fn a_running_worker_follows_resharding_without_a_restart() {
+    let (server, client) = setup().await;
+    let queue = client.queue("live");
+    let (worker, seen) = counting_worker(&client, "live");
+    let running = spawn(worker);
+    queue
+        .push_bulk((0..20).map(|i| format!("a{i}")))
+        .await
+        .unwrap();
+    wait_counts(&queue, Duration::from_secs(5), |c| c.processed_total == 20).await;
+
+    // 1 → 3 while the worker is idle (on one queue it waits with its fetch pipelined): this
+    // handle routes by the new layout at once, so each shard gets a third.
+    let three = queue.set_shards(3).await.unwrap();
+    queue
+        .push_bulk((0..60).map(|i| format!("b{i}")))
+        .await
+        .unwrap();
+    wait_counts(&queue, Duration::from_secs(6), |c| {
+        c.processed_total == 80 && c.pending == 0
+    })
+    .await;
+    let mut all = three.shards.clone();
+    all.sort();
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            served(&client).await == all
+        })
+        .await,
+        "the registry lists {:?}",
+        served(&client).await
+    );
+
+    // 3 → 2 with 10 delayed jobs in each shard: shard 2 drains (its jobs come due after the
+    // shrink, on a shard producers no longer push to); new pushes go to shards 0 and 1.
+    let later = PushOptions::new().delay(Duration::from_secs(1));
+    for i in 0..30 {
+        queue.push_with(format!("d{i}"), &later).await.unwrap();
+    }
+    let two = queue.set_shards(2).await.unwrap();
+    assert_eq!(
+        two.draining,
+        three.shards[2..],
+        "shard 2 holds delayed jobs"
+    );
+    queue
+        .push_bulk((0..40).map(|i| format!("c{i}")))
+        .await
+        .unwrap();
+    wait_counts(&queue, Duration::from_secs(8), |c| {
+        c.processed_total == 150 && c.pending + c.active + c.scheduled + c.retry == 0
+    })
+    .await;
+
+    // Shard 2 is empty now: the next change forgets it, and the worker stops serving it.
+    let again = queue.set_shards(2).await.unwrap();
+    assert!(again.draining.is_empty(), "{again:?}");
+    let mut kept = two.shards.clone();
+    kept.sort();
+    assert!(
+        wait_until(Duration::from_secs(4), || async {
+            served(&client).await == kept
+        })
+        .await,
+        "the registry lists {:?}",
+        served(&client).await
+    );
+    queue
+        .push_bulk((0..10).map(|i| format!("e{i}")))
+        .await
+        .unwrap();
+    // (Counted by the handler: the queue's totals no longer include the forgotten shard's.)
+    let ran = |n: usize| {
+        let seen = seen.clone();
+        move || {
+            let seen = seen.clone();
+            async move { seen.lock().unwrap().len() == n }
+        }
+    };
+    assert!(wait_until(Duration::from_secs(5), ran(160)).await);
+
+    // 2 → 3 again while the worker waits on two queues: shard 2 comes back under its old name,
+    // and the worker serves it again.
+    assert_eq!(queue.set_shards(3).await.unwrap(), three);
+    queue
+        .push_bulk((0..30).map(|i| format!("f{i}")))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), ran(190)).await,
+        "{} jobs ran",
+        seen.lock().unwrap().len()
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            served(&client).await == all
+        })
+        .await,
+        "the registry lists {:?}",
+        served(&client).await
+    );
+    running.shutdown().await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 190);
+    assert!(seen.values().all(|&n| n == 1), "every job exactly once");
+    // Nothing stranded in any shard, the forgotten one included.
+    for name in &three.shards {
+        for part in ["pending", "scheduled", "retry", "active"] {
+            let key = format!("ostq:{{{name}}}:{part}");
+            let kind = server.cli(&["TYPE", &key]).unwrap();
+            assert_eq!(kind, "none", "{key} is left");
+        }
+    }
+}
+
+/// Redis is down when a worker of a sharded queue starts: it serves shard 0 (the queue's own
+/// name) and, once Redis is back, reads the layout and serves every shard, with no restart.
+#[tokio::test]
+async fn a_worker_started_while_redis_is_down_picks_up_the_layout_when_it_is_back() {
+    let mut server =
+        common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+            .unwrap();
+    let client = ostq::Client::connect(&server.url()).await.unwrap();
+    let queue = client.queue("late");
+    queue.set_shards(3).await.unwrap();
+    queue
+        .push_bulk((0..30).map(|i| format!("{i}")))
+        .await
+        .unwrap();
+    server.kill();
+    let lazy = ostq::Client::connect_lazy(&server.url()).await.unwrap();
+    let (worker, seen) = counting_worker(&lazy, "late");
+    let running = spawn(worker);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart().unwrap();
+    wait_counts(&queue, Duration::from_secs(10), |c| {
+        c.processed_total == 30 && c.pending == 0 && c.active == 0
+    })
+    .await;
+    running.shutdown().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 30);
+    assert!(seen.values().all(|&n| n == 1), "every job exactly once");
+}
+
 /// A 3-shard queue with jobs of every state in every shard: `(ids by state, the layout)`. The
 /// worker holding the active jobs is returned running (its jobs stay active until `release`).
 async fn every_state(

@@ -44,6 +44,19 @@ pub(crate) async fn write_shards(
     .await
 }
 
+/// Counts a layout change (`INCR ostq:layouts`), so running workers re-read their layouts.
+pub(crate) async fn bump_layout_version(conn: &mut Conn) -> Result<()> {
+    query::<i64>(redis::cmd("INCR").arg(crate::keys::LAYOUTS), conn)
+        .await
+        .map(drop)
+}
+
+/// The layout-change counter as stored (`None` before any change, or once flushed). Compared
+/// for equality only, so whatever it holds is fine.
+pub(crate) async fn layout_version(conn: &mut Conn) -> Result<Option<String>> {
+    query(redis::cmd("GET").arg(crate::keys::LAYOUTS), conn).await
+}
+
 /// The primaries of a Cluster and the slot ranges each serves: `(start, end, "host:port")`. On a
 /// server that is not a Cluster, an empty list.
 pub(crate) async fn slot_map(conn: &mut Conn) -> Result<Vec<(u16, u16, String)>> {

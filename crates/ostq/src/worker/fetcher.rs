@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::executor::start_job;
+use super::layouts::{Layouts, Served};
 use super::prefetch::{Leased, StartRate};
-use super::runtime::{hold_group, Outcome, OutcomeKind, Settled, Shared};
+use super::runtime::{hold_group, Following, Outcome, OutcomeKind, Settled, Shared};
 use super::Config;
 use crate::envelope::Envelope;
 use crate::store::connection::MAX_BLOCK;
@@ -55,10 +56,11 @@ pub(super) async fn fetch(
     .await
 }
 
-/// The order in which to ask the queues this round: as added (strict), or a weighted random
-/// permutation, so a queue with weight 3 beside one with weight 1 comes first three times in four.
-pub(super) fn queue_order(weights: &[u32], strict: bool) -> Vec<usize> {
-    let mut left: Vec<usize> = (0..weights.len()).collect();
+/// The order in which to ask `queues` (given in strict order) this round: as given (strict), or a
+/// weighted random permutation, so a queue with weight 3 beside one with weight 1 comes first
+/// three times in four. `weights` is indexed by queue.
+pub(super) fn queue_order(queues: &[usize], weights: &[u32], strict: bool) -> Vec<usize> {
+    let mut left: Vec<usize> = queues.to_vec();
     if strict || left.len() < 2 {
         return left;
     }
@@ -91,9 +93,23 @@ struct Deadlines {
     hold: Vec<bool>,
     /// Paused: its `resumed` list is watched instead (a resume pushes onto it).
     paused: Vec<bool>,
+    /// No longer served (a shard a later layout forgot): never due, never watched.
+    retired: Vec<bool>,
 }
 
 impl Deadlines {
+    /// A queue added at the end, or served again: fetched at the next round.
+    fn serve(&mut self, queue: usize) {
+        while self.due.len() <= queue {
+            self.due.push(None);
+            self.hold.push(false);
+            self.paused.push(false);
+            self.retired.push(false);
+        }
+        self.due[queue] = None;
+        self.retired[queue] = false;
+    }
+
     /// After a fetch of `queue`: due again at its next timed event (earliest scheduled or retry
     /// job, earliest lease expiry, next rate-limit token), at most `idle_wait` when out of
     /// rate-limit tokens (a rate-limit change pushes nothing), and otherwise (paused included: a
@@ -127,6 +143,9 @@ impl Deadlines {
     /// The list to watch for `queue`: its pending list, its `resumed` list while paused, or
     /// none while out of rate-limit tokens.
     fn watch(&self, queue: usize) -> Option<Watch> {
+        if self.retired[queue] {
+            return None;
+        }
         match (self.hold[queue], self.paused[queue]) {
             (false, _) => Some(Watch::Pending),
             (true, true) => Some(Watch::Resumed),
@@ -144,7 +163,8 @@ impl Deadlines {
     fn due_at(&self, now: Instant) -> Vec<bool> {
         self.due
             .iter()
-            .map(|d| d.is_none_or(|d| d <= now))
+            .zip(&self.retired)
+            .map(|(d, retired)| !retired && d.is_none_or(|d| d <= now))
             .collect()
     }
 
@@ -152,7 +172,9 @@ impl Deadlines {
     fn next(&self, now: Instant) -> Instant {
         self.due
             .iter()
-            .map(|d| d.unwrap_or(now))
+            .zip(&self.retired)
+            .filter(|(_, retired)| !**retired)
+            .map(|(d, _)| d.unwrap_or(now))
             .min()
             .unwrap_or(now)
     }
@@ -164,17 +186,22 @@ const MAX_DUE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Leases jobs while there is capacity, asking the queues in weighted or strict order; when they
 /// are all empty, blocks (no polling) until something is pushed or the next timed job is due.
 /// Leases up to `prefetch` jobs more than it has free slots, parked for the next free slot.
-pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: CancellationToken) {
+pub(super) async fn fetch_loop(shared: Arc<Shared>, layouts: Following, stop: CancellationToken) {
+    let n = shared.queues.len();
+    let applied_at_start = layouts.changes.borrow().clone();
     let mut fetcher = Fetcher {
         blocking: shared.queues.iter().map(|_| Blocking::Closed).collect(),
         deadlines: Deadlines {
-            due: vec![None; shared.queues.len()],
-            hold: vec![false; shared.queues.len()],
-            paused: vec![false; shared.queues.len()],
+            due: vec![None; n],
+            hold: vec![false; n],
+            paused: vec![false; n],
+            retired: vec![false; n],
         },
         only: None,
         shared,
-        weights,
+        served: layouts.served,
+        applied: applied_at_start,
+        changes: layouts.changes,
         stop,
         failing: false,
         backoff: Duration::from_millis(100),
@@ -206,7 +233,12 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, weights: Vec<u32>, stop: Can
 /// The fetch loop's state between rounds.
 struct Fetcher {
     shared: Arc<Shared>,
-    weights: Vec<u32>,
+    /// The physical queues served (weights, strict order, retired ones).
+    served: Served,
+    /// The layout watcher's news: a new layout to serve.
+    changes: watch::Receiver<Arc<Layouts>>,
+    /// The layouts served now.
+    applied: Arc<Layouts>,
     stop: CancellationToken,
     /// Per queue, its blocking connection once it has waited, and the wait it carries.
     blocking: Vec<Blocking>,
@@ -334,13 +366,32 @@ impl Fetcher {
         slots: &mut Option<OwnedSemaphorePermit>,
         mut first: Option<Result<Fetched>>,
     ) -> (usize, usize) {
+        let added = self.follow_layouts().await;
         let mut room = self.room();
         let shared = &self.shared;
-        let only = self.only.take();
+        let mut only = self.only.take();
+        if let Some(only) = &mut only {
+            // Queues added or served again since the idle spell: asked this round.
+            only.resize(shared.queues.len(), true);
+            for &queue in &added {
+                only[queue] = true;
+            }
+        }
+        let mut order = queue_order(
+            &self.served.active(),
+            &self.served.weights,
+            shared.config.strict,
+        );
+        if first.is_some() {
+            // The carried fetch is queue 0's (the only queue served when it was sent); queues a
+            // new layout added meanwhile come after it.
+            order.retain(|&q| q != 0);
+            order.insert(0, 0);
+        }
         let mut fetched_ok = 0;
         let mut errors = 0;
         let mut short = false;
-        for queue in queue_order(&self.weights, shared.config.strict) {
+        for queue in order {
             if only.as_ref().is_some_and(|only| !only[queue]) {
                 continue;
             }
@@ -379,6 +430,37 @@ impl Fetcher {
         (fetched_ok, errors)
     }
 
+    /// Follows the layout watcher: serves the queues of a new layout (asked at once: they are
+    /// returned), and stops serving forgotten ones once this worker holds nothing there (their
+    /// waits are dropped with their connections).
+    async fn follow_layouts(&mut self) -> Vec<usize> {
+        let mut added = Vec::new();
+        // Compared with what was applied, not by `has_changed`: an idle wait that ended on the
+        // change has marked it seen already.
+        let layouts = self.changes.borrow_and_update().clone();
+        if !Arc::ptr_eq(&layouts, &self.applied) {
+            added = self.served.sync(&self.shared, &layouts);
+            self.applied = layouts;
+            for &queue in &added {
+                self.deadlines.serve(queue);
+                if self.blocking.len() <= queue {
+                    self.blocking.resize_with(queue + 1, Blocking::default);
+                }
+                let name = &self.shared.queues[queue].queue;
+                if let Err(e) = self.shared.client.register_queue(name).await {
+                    debug!(queue = %name, error = %e, "could not register the queue");
+                }
+            }
+        }
+        if self.served.retiring() {
+            for queue in self.served.retire(&self.shared) {
+                self.deadlines.retired[queue] = true;
+                self.blocking[queue] = Blocking::Closed;
+            }
+        }
+        added
+    }
+
     /// Every fetch failed: waits out the backoff. `false` when shutdown began meanwhile.
     async fn back_off(&mut self) -> bool {
         self.failing = true;
@@ -396,7 +478,8 @@ impl Fetcher {
     /// round asks only the queues that woke or are due.
     async fn idle(&mut self, permit: OwnedSemaphorePermit) {
         let shared = self.shared.clone();
-        if shared.queues.len() == 1 && !self.deadlines.hold[0] && !self.stop.is_cancelled() {
+        let one_queue = self.served.active() == [0];
+        if one_queue && !self.deadlines.hold[0] && !self.stop.is_cancelled() {
             let now = Instant::now();
             let wait_ms = self
                 .deadlines
@@ -438,6 +521,20 @@ impl Fetcher {
                                 )),
                             }
                         }
+                        _ = layout_changed(&mut self.changes) => {
+                            // A new layout adds shards, served from the next round: the wait may
+                            // last until the queue's deadline, so the wake marker ends it, and the
+                            // fetch behind it is carried as usual.
+                            if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
+                                debug!(error = %e, "could not wake the idle wait for a new layout");
+                            }
+                            match tokio::time::timeout(SHUTDOWN_WAKE, waiting).await {
+                                Ok(result) => result,
+                                Err(_) => Err(crate::Error::Protocol(
+                                    "the idle wait did not end for a new layout".into(),
+                                )),
+                            }
+                        }
                     }
                 };
                 match result {
@@ -454,7 +551,14 @@ impl Fetcher {
             }
         }
         drop(permit);
-        let woken = wait_for_work(&shared, &self.deadlines, &mut self.blocking, &self.stop).await;
+        let woken = wait_for_work(
+            &shared,
+            &self.deadlines,
+            &mut self.blocking,
+            &mut self.changes,
+            &self.stop,
+        )
+        .await;
         self.only = Some(woken);
     }
 }
@@ -462,6 +566,14 @@ impl Fetcher {
 /// How long a single-queue worker that is stopping waits for its idle wait to end once it has
 /// pushed a wake marker.
 const SHUTDOWN_WAKE: Duration = Duration::from_secs(5);
+
+/// Completes when the layout watcher has a layout the fetch loop has not seen (never once the
+/// watcher has stopped).
+async fn layout_changed(changes: &mut watch::Receiver<Arc<Layouts>>) {
+    if changes.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
 
 /// Sleeps until `at`, or for ever when there is nothing to wait for.
 async fn sleep_until(at: Option<Instant>) {
@@ -609,11 +721,13 @@ fn start_wait(
 /// has ended or whose deadline has passed meanwhile). `BLMOVE list list RIGHT RIGHT` pops and
 /// pushes the same end of the same list: it waits for an entry without taking it. Queues on
 /// hold (paused, rate-limited) are not watched: their lists may be full. A wait still in flight
-/// from an earlier spell counts as watching its queue.
+/// from an earlier spell counts as watching its queue. A new layout ends the spell too (its
+/// queues are asked at the next round).
 async fn wait_for_work(
     shared: &Shared,
     deadlines: &Deadlines,
     blocking: &mut [Blocking],
+    changes: &mut watch::Receiver<Arc<Layouts>>,
     stop: &CancellationToken,
 ) -> Vec<bool> {
     let n = blocking.len();
@@ -679,12 +793,14 @@ async fn wait_for_work(
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline.into()) => None,
                 _ = stop.cancelled() => return woken,
+                _ = layout_changed(changes) => return woken,
             }
         } else {
             tokio::select! {
                 ((queue, ended), _, _) = futures::future::select_all(in_flight) => Some((queue, ended)),
                 _ = tokio::time::sleep_until(deadline.into()) => None,
                 _ = stop.cancelled() => return woken,
+                _ = layout_changed(changes) => return woken,
             }
         };
         if let Some((queue, ended)) = ended {

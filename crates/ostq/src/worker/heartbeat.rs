@@ -18,16 +18,16 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
     let every = shared.config.heartbeat;
     let ttl_ms = (every * 3).as_millis() as u64;
     let started = now_ms().to_string();
-    let queues: Vec<&str> = shared.queues.iter().map(|k| k.queue.as_str()).collect();
     let fixed = [
         ("host", host_name()),
         ("pid", std::process::id().to_string()),
-        ("queues", serde_json::to_string(&queues).unwrap_or_default()),
         ("concurrency", shared.config.concurrency.to_string()),
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("started", started),
     ];
     let mut first = true;
+    // The queues as last written: a new shard layout changes them while the worker runs.
+    let mut listed = String::new();
     loop {
         if shared.config.metrics {
             super::metrics::record_slots(&shared);
@@ -35,12 +35,19 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
         let busy = shared.running.load(Ordering::Relaxed);
         let now = now_ms();
         let mut fields = vec![("busy", busy.to_string()), ("last_seen", now.to_string())];
+        let queues = serving(&shared);
         if first {
             fields.extend(fixed.iter().cloned());
         }
+        if first || queues != listed {
+            fields.push(("queues", queues.clone()));
+        }
         let mut conn = shared.client.conn();
         match workers::heartbeat(&mut conn, &shared.worker_id, &fields, ttl_ms, now).await {
-            Ok(()) => first = false,
+            Ok(()) => {
+                first = false;
+                listed = queues;
+            }
             // Written again in full next time: the entry may have expired meanwhile.
             Err(e) => {
                 first = true;
@@ -56,6 +63,15 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken)
     if let Err(e) = workers::unregister(&mut conn, &shared.worker_id).await {
         debug!(error = %e, "could not unregister the worker; its entry expires by itself");
     }
+}
+
+/// The physical queues served now, as the registry's JSON list.
+fn serving(shared: &Shared) -> String {
+    let served = shared
+        .served
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    serde_json::to_string(&*served).unwrap_or_default()
 }
 
 /// A worker id: host, pid and a random part (several workers may share a process).

@@ -27,11 +27,13 @@ mod handler;
 mod heartbeat;
 mod history;
 mod keeper;
+mod layouts;
 mod metrics;
 mod monitor;
 mod prefetch;
 mod renewer;
 mod runtime;
+mod slots;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -511,41 +513,10 @@ impl Worker {
         if self.config.doctor {
             tokio::spawn(startup_checks(self.client.clone()));
         }
-        let worker = self.with_shards().await?;
-        runtime::run(worker, shutdown).await
-    }
-
-    /// Replaces each sharded queue by its physical queues (design §19): its shards and its
-    /// draining former shards, each with the queue's weight, read once at start. A worker picks
-    /// up a new shard count when it restarts.
-    async fn with_shards(mut self) -> Result<Self> {
-        let mut queues = Vec::with_capacity(self.queues.len());
-        let mut weights = Vec::with_capacity(self.queues.len());
-        for (keys, weight) in self.queues.iter().zip(&self.weights) {
-            let layout = match self.client.queue(&keys.queue).shards().await {
-                Ok(layout) => layout,
-                Err(e) if e.is_transient() => {
-                    // Redis unreachable at start: serve the queue as named (shard 0) rather
-                    // than not at all; its other shards wait for a restart.
-                    tracing::warn!(queue = %keys.queue, error = %e, "shards unknown: serving shard 0 only");
-                    crate::shards::ShardLayout::single(&keys.queue)
-                }
-                Err(e) => return Err(e),
-            };
-            for name in layout.physical() {
-                if !queues.iter().any(|k: &Arc<QueueKeys>| k.queue == name) {
-                    queues.push(if name == keys.queue {
-                        keys.clone()
-                    } else {
-                        Arc::new(QueueKeys::physical(name)?)
-                    });
-                    weights.push(*weight);
-                }
-            }
-        }
-        self.queues = queues;
-        self.weights = weights;
-        Ok(self)
+        // Each sharded queue is served through its physical queues (shards and draining former
+        // shards, each with the queue's weight), following its layout while the worker runs
+        // (design §19, `layouts.rs`).
+        runtime::run(self, shutdown).await
     }
 }
 

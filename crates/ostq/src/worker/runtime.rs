@@ -28,9 +28,11 @@ use super::handler::Handlers;
 use super::heartbeat::{heartbeat_loop, worker_id};
 use super::history::{self, history_loop};
 use super::keeper::lease_keeper;
+use super::layouts::{watch_layouts, Layouts, Served, Watcher};
 use super::monitor::monitor_loop;
 use super::prefetch::Prefetch;
 use super::renewer::lease_renewer;
+use super::slots::AppendOnly;
 use super::{Config, ErrorHook, MonitorHook, Worker};
 use crate::job::JobContext;
 use crate::keys::QueueKeys;
@@ -119,9 +121,14 @@ impl OutcomeKind {
 
 pub(super) struct Shared {
     pub(super) client: Client,
-    pub(super) queues: Vec<Arc<QueueKeys>>,
+    /// The physical queues served, by index (what lease groups, outcomes and parked jobs name).
+    /// Append-only: the fetch loop adds the shards of a new layout while the worker runs
+    /// (`layouts.rs`); a queue keeps its index for the worker's life.
+    pub(super) queues: AppendOnly<Arc<QueueKeys>>,
     /// Per queue, what its jobs can reach (progress, cancellation).
-    pub(super) contexts: Vec<Arc<JobContext>>,
+    pub(super) contexts: AppendOnly<Arc<JobContext>>,
+    /// The names of the queues served now (forgotten shards left out): the registry's list.
+    pub(super) served: Mutex<Vec<String>>,
     pub(super) config: Config,
     pub(super) handlers: Handlers,
     pub(super) on_error: Option<ErrorHook>,
@@ -157,26 +164,17 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         on_error,
         on_monitor,
     } = worker;
-    for keys in &queues {
-        client.register_queue(&keys.queue).await?;
-    }
+    // Each queue's shard layout, read before anything is served (design §19).
+    let mut watcher = Watcher::new(client.clone(), queues.clone());
+    watcher.start().await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (cancel_tx, cancel_rx) = watch::channel(Arc::new(HashSet::new()));
-    let contexts = queues
-        .iter()
-        .map(|keys| {
-            Arc::new(JobContext {
-                client: client.clone(),
-                keys: keys.clone(),
-                cancelled: cancel_rx.clone(),
-            })
-        })
-        .collect();
     let shared = Arc::new(Shared {
-        contexts,
+        contexts: AppendOnly::default(),
         semaphore: Arc::new(Semaphore::new(config.concurrency)),
         client,
-        queues,
+        queues: AppendOnly::default(),
+        served: Mutex::new(Vec::new()),
         config,
         handlers,
         on_error,
@@ -189,8 +187,23 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
         ended: Default::default(),
         prefetch: Prefetch::default(),
     });
+    let mut served = Served::new(queues.into_iter().zip(weights).collect(), cancel_rx);
+    served.sync(&shared, watcher.layouts());
+    for keys in &shared.queues {
+        shared.client.register_queue(&keys.queue).await?;
+    }
+    let (layouts_tx, layouts_rx) = watch::channel(Arc::new(watcher.layouts().clone()));
+    let layouts = Following {
+        served,
+        changes: layouts_rx,
+    };
 
-    let tasks = Tasks::spawn(&shared, weights, rx, cancel_tx, on_monitor);
+    let tasks = Tasks::spawn(&shared, layouts, rx, cancel_tx, on_monitor);
+    let layout_watcher = tokio::spawn(watch_layouts(
+        watcher,
+        layouts_tx,
+        tasks.stop_fetching.clone(),
+    ));
     info!(
         queues = ?shared.queues.iter().map(|k| k.queue.as_str()).collect::<Vec<_>>(),
         concurrency = shared.config.concurrency,
@@ -198,8 +211,15 @@ pub(super) async fn run(worker: Worker, shutdown: impl Future<Output = ()> + Sen
     );
     shutdown.await;
     tasks.shut_down(&shared).await;
+    let _ = layout_watcher.await;
     info!("worker stopped");
     Ok(())
+}
+
+/// What the fetch loop needs to follow the layouts: the queues it serves, and the watcher's news.
+pub(super) struct Following {
+    pub(super) served: Served,
+    pub(super) changes: watch::Receiver<Arc<Layouts>>,
 }
 
 /// The worker's loops, and the signals that stop them in order.
@@ -219,7 +239,7 @@ struct Tasks {
 impl Tasks {
     fn spawn(
         shared: &Arc<Shared>,
-        weights: Vec<u32>,
+        layouts: Following,
         outcomes: mpsc::UnboundedReceiver<Outcome>,
         cancel_tx: watch::Sender<Arc<HashSet<String>>>,
         on_monitor: Option<(Duration, MonitorHook)>,
@@ -229,7 +249,7 @@ impl Tasks {
         let stop_renewing = CancellationToken::new();
         let background = stop_background.clone();
         Self {
-            fetcher: tokio::spawn(fetch_loop(shared.clone(), weights, stop_fetching.clone())),
+            fetcher: tokio::spawn(fetch_loop(shared.clone(), layouts, stop_fetching.clone())),
             keeper: tokio::spawn(lease_keeper(shared.clone(), outcomes, background.clone())),
             renewer: tokio::spawn(lease_renewer(shared.clone(), stop_renewing.clone())),
             canceller: tokio::spawn(watch_cancellations(
