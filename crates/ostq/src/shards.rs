@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,11 @@ use crate::{Error, Result};
 
 /// Most shards a queue may have.
 pub const MAX_SHARDS: usize = 64;
+
+/// How long a shard drains before `set_shards` may forget it (if it is empty by then): producers
+/// re-read the layout every second and running workers every 2 s, so by then nothing pushes
+/// there any more; the margin covers a producer that stalled between reading and pushing.
+pub const DRAIN_GRACE_MS: i64 = 60_000;
 
 /// How long a `Queue` trusts its cached view of the queue's settings (events, shards).
 pub(crate) const CONFIG_CACHE: Duration = Duration::from_secs(1);
@@ -228,7 +234,8 @@ impl Queue {
     /// Shard 0 is the queue itself; kept shards keep their names; a new shard's hash tag is
     /// searched so that its slot lands on the Cluster primary holding fewest shards of the
     /// queue. Shards beyond `count` become draining: workers keep serving them, and a later
-    /// `set_shards` forgets those it finds empty. The queue's pause and rate limit are carried
+    /// `set_shards` forgets those it finds empty once they have drained for
+    /// [`DRAIN_GRACE_MS`]. The queue's pause and rate limit are carried
     /// to the new layout. Returns the layout written.
     ///
     /// ```no_run
@@ -275,6 +282,20 @@ impl Queue {
         nodes.sort_unstable();
         nodes.dedup();
 
+        let now = store::cron::server_time_ms(&mut conn).await?;
+        let since_field = store::shards::draining_since(&mut conn, keys).await?;
+        let mut since: HashMap<String, i64> = current
+            .draining
+            .iter()
+            .cloned()
+            .zip(
+                since_field
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .map(|ms| ms.parse().unwrap_or(now)),
+            )
+            .collect();
         let mut draining = current.draining.clone();
         let mut shards = vec![queue.clone()];
         for index in 1..count {
@@ -301,14 +322,22 @@ impl Queue {
         for old in current.shards.iter().skip(count) {
             if !draining.contains(old) {
                 draining.push(old.clone());
+                since.insert(old.clone(), now);
             }
         }
-        // Forget draining shards that hold nothing any more.
+        // Forget draining shards that hold nothing any more, once every producer has long
+        // stopped pushing there: one that read the layout just before this change may still push
+        // to the shard for a second (its cache), and a job pushed to a forgotten shard would sit
+        // where no worker looks.
         let mut kept = Vec::new();
+        let mut kept_since = Vec::new();
         for name in draining {
+            let began = since.get(&name).copied().unwrap_or(now);
             let c = self.shard(&name)?.counts().await?;
-            if c.pending + c.active + c.scheduled + c.retry + c.dead + c.completed > 0 {
+            let empty = c.pending + c.active + c.scheduled + c.retry + c.dead + c.completed == 0;
+            if !empty || now - began < DRAIN_GRACE_MS {
                 kept.push(name);
+                kept_since.push(began.to_string());
             }
         }
         let layout = ShardLayout {
@@ -320,6 +349,7 @@ impl Queue {
             keys,
             &layout.shards.join(" "),
             &layout.draining.join(" "),
+            &kept_since.join(" "),
         )
         .await?;
         // After the layout, so that a worker that sees the new count reads the new layout. If

@@ -121,9 +121,26 @@ async fn the_admin_api_sees_one_queue() {
     assert!(left.trim().is_empty(), "{left}");
 }
 
+/// As if the draining shards of `queue` had drained for longer than
+/// [`ostq::shards::DRAIN_GRACE_MS`]: the next `set_shards` may forget the empty ones.
+async fn past_drain_grace(server: &common::RedisServer, queue: &str) {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("ostq:{{{queue}}}:config"))
+        .arg("shards_draining_since")
+        .arg("0 0 0 0 0 0 0 0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn resharding_one_three_two_does_every_job_once() {
-    let (_server, client) = setup().await;
+    let (server, client) = setup().await;
     let queue = client.queue("q");
     queue
         .push_bulk((0..50).map(|i| format!("a{i}")))
@@ -174,12 +191,61 @@ async fn resharding_one_three_two_does_every_job_once() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 150);
     assert!(seen.values().all(|&n| n == 1), "every job exactly once");
-    // The drained shard is forgotten by the next change.
+    // The drained shard is kept while producers may still push there, then forgotten by the
+    // next change.
+    assert_eq!(queue.set_shards(2).await.unwrap().draining, two.draining);
+    past_drain_grace(&server, "q").await;
     let again = queue.set_shards(2).await.unwrap();
     assert!(again.draining.is_empty(), "{again:?}");
     // And growing back to 3 reuses no stale name it dropped: a fresh salt search (the same name
     // on one server, where every salt fits).
     assert_eq!(queue.set_shards(3).await.unwrap().count(), 3);
+}
+
+/// A producer that read the layout just before a shrink still pushes to a dropped shard for up
+/// to a second (its cache). Before the drain grace, a shrink forgot an empty shard at once, so
+/// such a push landed where no worker and no count looks: the job was stranded.
+#[tokio::test]
+async fn a_push_by_a_stale_producer_to_a_dropped_shard_still_runs() {
+    let (_server, client) = setup().await;
+    let admin = client.queue("shrink");
+    let three = admin.set_shards(3).await.unwrap();
+    let key_of = |shard: usize| {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| three.shard_of_key(k) == shard)
+            .unwrap()
+    };
+    // Another handle (another producer) reads the 3-shard layout now and keeps it for a second;
+    // its first job goes to shard 0, so shard 2 stays empty.
+    let producer = client.queue("shrink");
+    producer
+        .push_with("warm-up", &PushOptions::new().key(key_of(0)))
+        .await
+        .unwrap();
+    // The shrink makes shard 2 draining (and used to forget it at once, being empty); a second
+    // change within the grace keeps it too.
+    let one = admin.set_shards(1).await.unwrap();
+    let again = admin.set_shards(1).await.unwrap();
+    producer
+        .push_with("late", &PushOptions::new().key(key_of(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.counts().await.unwrap().pending,
+        2,
+        "both jobs are counted"
+    );
+    let (worker, seen) = counting_worker(&client, "shrink");
+    let running = spawn(worker);
+    let ran = wait_until(Duration::from_secs(5), || async {
+        seen.lock().unwrap().contains_key("late")
+    })
+    .await;
+    running.shutdown().await;
+    assert!(ran, "the job pushed to the dropped shard never ran");
+    assert!(one.draining.contains(&three.shards[2]), "{one:?}");
+    assert!(again.draining.contains(&three.shards[2]), "{again:?}");
 }
 
 /// A worker that counts each payload it runs, and the tally.
@@ -282,7 +348,9 @@ async fn a_running_worker_follows_resharding_without_a_restart() {
     })
     .await;
 
-    // Shard 2 is empty now: the next change forgets it, and the worker stops serving it.
+    // Shard 2 is empty now: once it has drained long enough, the next change forgets it, and
+    // the worker stops serving it.
+    past_drain_grace(&server, "live").await;
     let again = queue.set_shards(2).await.unwrap();
     assert!(again.draining.is_empty(), "{again:?}");
     let mut kept = two.shards.clone();

@@ -25,12 +25,25 @@ pub(crate) async fn cached_settings(
     Ok([events, shards, draining])
 }
 
-/// Writes both shard fields in one `HSET` (one command: no reader sees one without the other).
+/// When each draining shard began to drain (`shards_draining_since`: unix ms on the server's
+/// clock, space-separated, in the order of `shards_draining`; absent before this field existed).
+pub(crate) async fn draining_since(conn: &mut Conn, keys: &QueueKeys) -> Result<Option<String>> {
+    query(
+        redis::cmd("HGET")
+            .arg(&keys.config)
+            .arg("shards_draining_since"),
+        conn,
+    )
+    .await
+}
+
+/// Writes the shard fields in one `HSET` (one command: no reader sees one without the others).
 pub(crate) async fn write_shards(
     conn: &mut Conn,
     keys: &QueueKeys,
     shards: &str,
     draining: &str,
+    draining_since: &str,
 ) -> Result<()> {
     query(
         redis::cmd("HSET")
@@ -38,7 +51,9 @@ pub(crate) async fn write_shards(
             .arg("shards")
             .arg(shards)
             .arg("shards_draining")
-            .arg(draining),
+            .arg(draining)
+            .arg("shards_draining_since")
+            .arg(draining_since),
         conn,
     )
     .await
