@@ -339,6 +339,12 @@ pub async fn shards(global: &Global, args: ShardsArgs) -> anyhow::Result<()> {
     if args.count.is_some() {
         println!("producers use it within a second, running workers within about 2 s");
     }
+    if !layout.draining.is_empty() {
+        println!(
+            "draining shards are still served; a later `ostq shards` forgets each once it is empty and has drained for {} s",
+            ostq::shards::DRAIN_GRACE_MS / 1000
+        );
+    }
     Ok(())
 }
 
