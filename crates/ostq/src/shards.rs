@@ -147,7 +147,14 @@ impl ShardLayout {
 pub(crate) struct CachedConfig {
     pub(crate) events_on: bool,
     pub(crate) layout: Arc<ShardLayout>,
+    /// Shards a change forgot: nothing runs there any more, but their running totals and
+    /// history stay part of the queue's, so its counters never go back (a Prometheus counter
+    /// that drops reads as a reset).
+    pub(crate) retired: Arc<Vec<String>>,
 }
+
+/// At most this many forgotten shards are remembered for the queue's totals (the oldest go).
+const MAX_RETIRED: usize = 64;
 
 /// The index a shard name carries (`q#2.41` → 2).
 fn index_of(name: &str) -> Option<usize> {
@@ -170,16 +177,20 @@ impl Queue {
     /// Reads the queue's cached settings afresh (one `HMGET`).
     pub(crate) async fn read_config(&self) -> Result<Arc<CachedConfig>> {
         let keys = self.keys()?;
-        let [events, shards, draining] =
+        let [events, shards, draining, retired] =
             store::shards::cached_settings(&mut self.client_ref().conn(), keys).await?;
-        let layout = if self.is_shard() {
-            ShardLayout::single(&keys.queue)
+        let (layout, retired) = if self.is_shard() {
+            (ShardLayout::single(&keys.queue), Vec::new())
         } else {
-            ShardLayout::parse(&keys.queue, shards.as_deref(), draining.as_deref())?
+            let layout = ShardLayout::parse(&keys.queue, shards.as_deref(), draining.as_deref())?;
+            // (Read like `draining`: a malformed name is an error.)
+            let retired = ShardLayout::parse(&keys.queue, None, retired.as_deref())?.draining;
+            (layout, retired)
         };
         let config = Arc::new(CachedConfig {
             events_on: !matches!(events.as_deref(), None | Some("")),
             layout: Arc::new(layout),
+            retired: Arc::new(retired),
         });
         if let Ok(mut cache) = self.config_cache.lock() {
             *cache = Some((Instant::now(), config.clone()));
@@ -208,6 +219,19 @@ impl Queue {
     /// second producers lag it by.
     pub(crate) async fn shard_queues(&self) -> Result<Vec<Queue>> {
         Ok(self.shard_set().await?.1)
+    }
+
+    /// [`Self::shard_queues`] and the shards a change forgot (empty, unserved): what the
+    /// queue's running totals and history are summed over, so they never go back when a shard
+    /// is forgotten, and what `remove` deletes.
+    pub(crate) async fn counted_queues(&self) -> Result<Vec<Queue>> {
+        let mut queues = self.shard_queues().await?;
+        if !self.is_shard() {
+            for name in self.config().await?.retired.iter() {
+                queues.push(self.shard(name)?);
+            }
+        }
+        Ok(queues)
     }
 
     /// The cached layout and one handle per physical queue in it, from one read of the settings
@@ -284,6 +308,7 @@ impl Queue {
 
         let now = store::cron::server_time_ms(&mut conn).await?;
         let since_field = store::shards::draining_since(&mut conn, keys).await?;
+        let mut retired = (*self.read_config().await?.retired).clone();
         let mut since: HashMap<String, i64> = current
             .draining
             .iter()
@@ -338,8 +363,14 @@ impl Queue {
             if !empty || now - began < DRAIN_GRACE_MS {
                 kept.push(name);
                 kept_since.push(began.to_string());
+            } else if !retired.contains(&name) {
+                retired.push(name);
             }
         }
+        // A name in use again counts as a shard; the list keeps the newest forgotten ones.
+        retired.retain(|name| !shards.contains(name) && !kept.contains(name));
+        let excess = retired.len().saturating_sub(MAX_RETIRED);
+        retired.drain(..excess);
         let layout = ShardLayout {
             shards,
             draining: kept,
@@ -350,6 +381,7 @@ impl Queue {
             &layout.shards.join(" "),
             &layout.draining.join(" "),
             &kept_since.join(" "),
+            &retired.join(" "),
         )
         .await?;
         // After the layout, so that a worker that sees the new count reads the new layout. If

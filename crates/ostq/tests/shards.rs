@@ -195,8 +195,23 @@ async fn resharding_one_three_two_does_every_job_once() {
     // next change.
     assert_eq!(queue.set_shards(2).await.unwrap().draining, two.draining);
     past_drain_grace(&server, "q").await;
+    let before = (
+        queue.counts().await.unwrap(),
+        queue.history_totals().await.unwrap(),
+    );
     let again = queue.set_shards(2).await.unwrap();
     assert!(again.draining.is_empty(), "{again:?}");
+    // Its running totals stay the queue's: counters never go back (a Prometheus counter that
+    // drops reads as a reset).
+    let after = (
+        queue.counts().await.unwrap(),
+        queue.history_totals().await.unwrap(),
+    );
+    assert_eq!(after.0.processed_total, 150);
+    assert_eq!(
+        (after.0.processed_total, after.0.failed_total, &after.1),
+        (before.0.processed_total, before.0.failed_total, &before.1)
+    );
     // And growing back to 3 reuses no stale name it dropped: a fresh salt search (the same name
     // on one server, where every salt fits).
     assert_eq!(queue.set_shards(3).await.unwrap().count(), 3);
@@ -367,7 +382,7 @@ async fn a_running_worker_follows_resharding_without_a_restart() {
         .push_bulk((0..10).map(|i| format!("e{i}")))
         .await
         .unwrap();
-    // (Counted by the handler: the queue's totals no longer include the forgotten shard's.)
+    // (Counted by the handler, which sees each run once.)
     let ran = |n: usize| {
         let seen = seen.clone();
         move || {

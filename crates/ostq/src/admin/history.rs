@@ -469,7 +469,7 @@ impl Queue {
                  (use hours for long ranges, or split the range)"
             )));
         }
-        let shards = self.shard_queues().await?;
+        let shards = self.counted_queues().await?;
         if shards.len() > 1 {
             // A sharded queue (design §19): each shard's workers write its own history; the
             // queue's is their sum, point by point (every shard's reply has the same points).
@@ -512,7 +512,7 @@ impl Queue {
         self.keys()?;
         // A sharded queue (design §19): the sum of its shards' totals (one read each).
         let mut sum = HistoryPoint::default();
-        for shard in self.shard_queues().await? {
+        for shard in self.counted_queues().await? {
             let keys = shard.keys()?;
             let fields = stored::read_totals(&mut self.client_ref().conn(), keys).await?;
             sum.add(&HistoryPoint::from_fields(0, fields));

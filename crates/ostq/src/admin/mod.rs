@@ -178,7 +178,7 @@ impl Queue {
     /// ```
     pub async fn counts(&self) -> Result<QueueCounts> {
         let keys = self.keys()?;
-        let shards = self.shard_queues().await?;
+        let shards = self.counted_queues().await?;
         if shards.len() == 1 {
             return counts_of(self.client_ref(), keys).await;
         }

@@ -101,7 +101,7 @@ impl Queue {
     /// ```
     pub async fn memory_usage(&self, measure: Measure) -> Result<QueueMemory> {
         let keys = self.keys()?;
-        let shards = self.shard_queues().await?;
+        let shards = self.counted_queues().await?;
         if shards.len() > 1 {
             // A sharded queue (design §19): each key part summed over the shards.
             let mut sum = QueueMemory {
@@ -172,7 +172,7 @@ impl Queue {
     pub async fn remove(&self, force: bool) -> Result<Removal> {
         let keys = self.keys()?;
         let mut conn = self.client_ref().conn();
-        let shards = self.shard_queues().await?;
+        let shards = self.counted_queues().await?;
         if shards.len() > 1 {
             // A sharded queue (design §19): busy if any shard is; the other shards first and
             // shard 0, which holds the layout, last, so a failure half-way leaves the layout.

@@ -403,7 +403,7 @@ impl Queue {
         self.keys()?;
         // A sharded queue (design §19): the sum over its shards, one read each.
         let mut sum = QueueTotals::default();
-        for shard in self.shard_queues().await? {
+        for shard in self.counted_queues().await? {
             let [processed, failed, recovered, active] =
                 stored::totals(&mut self.client_ref().conn(), shard.keys()?).await?;
             sum.processed += processed;

@@ -8,21 +8,22 @@ use super::Conn;
 use crate::keys::QueueKeys;
 use crate::{Error, Result};
 
-/// The settings a producer caches (one `HMGET`): `events`, `shards`, `shards_draining`.
+/// The settings a producer caches (one `HMGET`): `events`, `shards`, `shards_draining`,
+/// `shards_retired`.
 pub(crate) async fn cached_settings(
     conn: &mut Conn,
     keys: &QueueKeys,
-) -> Result<[Option<String>; 3]> {
-    let [events, shards, draining]: [Option<String>; 3] = query(
+) -> Result<[Option<String>; 4]> {
+    query(
         redis::cmd("HMGET")
             .arg(&keys.config)
             .arg("events")
             .arg("shards")
-            .arg("shards_draining"),
+            .arg("shards_draining")
+            .arg("shards_retired"),
         conn,
     )
-    .await?;
-    Ok([events, shards, draining])
+    .await
 }
 
 /// When each draining shard began to drain (`shards_draining_since`: unix ms on the server's
@@ -44,6 +45,7 @@ pub(crate) async fn write_shards(
     shards: &str,
     draining: &str,
     draining_since: &str,
+    retired: &str,
 ) -> Result<()> {
     query(
         redis::cmd("HSET")
@@ -53,7 +55,9 @@ pub(crate) async fn write_shards(
             .arg("shards_draining")
             .arg(draining)
             .arg("shards_draining_since")
-            .arg(draining_since),
+            .arg(draining_since)
+            .arg("shards_retired")
+            .arg(retired),
         conn,
     )
     .await
