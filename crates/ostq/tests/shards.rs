@@ -263,6 +263,39 @@ async fn a_push_by_a_stale_producer_to_a_dropped_shard_still_runs() {
     assert!(again.draining.contains(&three.shards[2]), "{again:?}");
 }
 
+/// Removing a sharded queue moves the layout counter, so running workers re-read the layout and
+/// stop waiting on its shards (before, they kept an idle wait on each until restarted).
+#[tokio::test]
+async fn removing_a_sharded_queue_lets_running_workers_drop_its_shards() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("gone");
+    let three = queue.set_shards(3).await.unwrap();
+    let (worker, _) = counting_worker(&client, "gone");
+    let running = spawn(worker);
+    let mut all = three.shards.clone();
+    all.sort();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            served(&client).await == all
+        })
+        .await,
+        "the registry lists {:?}",
+        served(&client).await
+    );
+    let removal = queue.remove(true).await.unwrap();
+    assert!(
+        matches!(removal, ostq::admin::Removal::Removed { .. }),
+        "{removal:?}"
+    );
+    let dropped = wait_until(Duration::from_secs(6), || async {
+        served(&client).await == ["gone"]
+    })
+    .await;
+    let listed = served(&client).await;
+    running.shutdown().await;
+    assert!(dropped, "the registry lists {listed:?}");
+}
+
 /// A worker that counts each payload it runs, and the tally.
 fn counting_worker(
     client: &ostq::Client,

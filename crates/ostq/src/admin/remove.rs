@@ -194,6 +194,8 @@ impl Queue {
                     deleted += keys;
                 }
             }
+            // The layout is gone: running workers re-read it and stop waiting on the shards.
+            crate::store::shards::bump_layout_version(&mut conn).await?;
             return Ok(Removal::Removed {
                 keys: deleted,
                 active,
