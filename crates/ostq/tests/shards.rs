@@ -296,6 +296,46 @@ async fn removing_a_sharded_queue_lets_running_workers_drop_its_shards() {
     assert!(dropped, "the registry lists {listed:?}");
 }
 
+/// A worker's monitor hook reports a sharded queue once, with the sum over its shards (it
+/// listed the queue and each shard before, counting the shards' jobs twice).
+#[tokio::test]
+async fn the_monitor_reports_a_sharded_queue_once() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("mon");
+    queue.set_shards(3).await.unwrap();
+    queue.pause().await.unwrap();
+    queue
+        .push_bulk((0..30).map(|i| format!("j{i}")))
+        .await
+        .unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let log = reports.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("mon")
+            .handler(|_job: Job| async { Ok::<_, BoxError>(()) })
+            .on_monitor(Duration::from_millis(100), move |report| {
+                let queues: Vec<(String, u64)> = report
+                    .snapshot
+                    .queues
+                    .iter()
+                    .map(|q| (q.counts.queue.clone(), q.counts.pending))
+                    .collect();
+                log.lock().unwrap().push(queues);
+            })
+            .build()
+            .unwrap(),
+    );
+    let got = wait_until(Duration::from_secs(5), || async {
+        !reports.lock().unwrap().is_empty()
+    })
+    .await;
+    running.shutdown().await;
+    assert!(got, "no report");
+    let first = reports.lock().unwrap()[0].clone();
+    assert_eq!(first, vec![("mon".to_string(), 30)]);
+}
+
 /// A worker that counts each payload it runs, and the tally.
 fn counting_worker(
     client: &ostq::Client,

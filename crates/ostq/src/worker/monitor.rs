@@ -86,7 +86,14 @@ pub(super) async fn monitor_loop(
     hook: MonitorHook,
     stop: CancellationToken,
 ) {
-    let names: Vec<String> = shared.queues.iter().map(|k| k.queue.clone()).collect();
+    // The logical queues: a sharded queue's own name sums all its shards, those a new layout
+    // adds included (its shards listed too would be counted twice).
+    let names: Vec<String> = shared
+        .queues
+        .iter()
+        .map(|k| k.queue.clone())
+        .filter(|name| !name.contains(crate::keys::SHARD_MARK))
+        .collect();
     // Rates over the last minute, or two reports when they are further apart.
     let window = (every * 2).max(Duration::from_secs(60));
     let mut sampler = StatsSampler::new(&shared.client)
