@@ -2,6 +2,7 @@
 //! in flight) as `fail.lua`, `requeue.lua` and `complete.lua` calls, retrying through outages
 //! for up to a lease, and settles the held groups.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,12 @@ pub(super) async fn lease_keeper(
     let mut failing = false;
     let mut not_durable = false;
     let mut deferred = Deferred::default();
+    // Reused from round to round, like every buffer below: an outcome is 200-odd bytes, and
+    // building these afresh each round cost a malloc and several doublings (each a copy of every
+    // outcome) per round on the worker's busiest path.
+    let mut batch: Vec<Outcome> = Vec::new();
+    let mut write: Vec<Outcome> = Vec::new();
+    let mut by_queue: Vec<Vec<Outcome>> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -39,26 +46,43 @@ pub(super) async fn lease_keeper(
         if first.is_none() && deferred.is_empty() && stopping {
             return;
         }
-        let mut outcomes: Vec<Outcome> = first.into_iter().collect();
-        while outcomes.len() < CHUNK {
+        batch.extend(first);
+        while batch.len() < CHUNK {
             match rx.try_recv() {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => batch.push(outcome),
                 Err(_) => break,
             }
         }
         // Once stopping with nothing more queued, everything held back is written too.
-        let flush_all = stopping && outcomes.len() < CHUNK;
-        let outcomes = deferred.plan(&shared, outcomes, flush_all);
-        let mut by_queue: HashMap<usize, Vec<Outcome>> = HashMap::new();
-        for outcome in outcomes {
-            by_queue.entry(outcome.queue).or_default().push(outcome);
+        let flush_all = stopping && batch.len() < CHUNK;
+        deferred.plan(&shared, &mut batch, &mut write, flush_all);
+        let queue = write.first().map(|o| o.queue);
+        if write.iter().all(|o| Some(o.queue) == queue) {
+            // One queue (always, for a worker that serves one): no sorting by queue.
+            if let Some(queue) = queue {
+                let flags = Flags {
+                    failing: &mut failing,
+                    not_durable: &mut not_durable,
+                };
+                settle(&shared, queue, &write, flags).await;
+            }
+            write.clear();
+            continue;
         }
-        for (queue, outcomes) in by_queue {
+        by_queue.resize_with(shared.queues.len(), Vec::new);
+        for outcome in write.drain(..) {
+            by_queue[outcome.queue].push(outcome);
+        }
+        for (queue, outcomes) in by_queue.iter_mut().enumerate() {
+            if outcomes.is_empty() {
+                continue;
+            }
             let flags = Flags {
                 failing: &mut failing,
                 not_durable: &mut not_durable,
             };
-            settle(&shared, queue, &outcomes, flags).await;
+            settle(&shared, queue, outcomes, flags).await;
+            outcomes.clear();
         }
     }
 }
@@ -74,6 +98,10 @@ const DEFER: Duration = Duration::from_millis(100);
 #[derive(Default)]
 struct Deferred {
     groups: HashMap<(usize, u64), (tokio::time::Instant, Vec<Outcome>)>,
+    /// Scratch space of [`Deferred::plan`], kept between rounds: per group of the batch, its
+    /// outcomes in the batch and how many of its jobs are not settled yet.
+    counts: HashMap<(usize, u64), (u32, u32)>,
+    finishing: Vec<(usize, u64)>,
 }
 
 impl Deferred {
@@ -89,51 +117,67 @@ impl Deferred {
         }
     }
 
-    /// The outcomes to write now: this batch, except the completions that can wait for their
-    /// group to finish, plus the held ones whose group this batch finishes or whose time is up.
-    fn plan(&mut self, shared: &Shared, batch: Vec<Outcome>, flush_all: bool) -> Vec<Outcome> {
+    /// Moves the outcomes to write now from `batch` (left empty) to `write`: the batch, except
+    /// the completions that can wait for their group to finish, plus the held ones whose group
+    /// this batch finishes or whose time is up.
+    fn plan(
+        &mut self,
+        shared: &Shared,
+        batch: &mut Vec<Outcome>,
+        write: &mut Vec<Outcome>,
+        flush_all: bool,
+    ) {
         let now = tokio::time::Instant::now();
         if flush_all || shared.config.prefetch == 0 {
-            let mut write = batch;
+            write.append(batch);
             for (_, (_, held)) in self.groups.drain() {
                 write.extend(held);
             }
-            return write;
+            return;
         }
-        let mut counts: HashMap<(usize, u64), u32> = HashMap::new();
-        for outcome in &batch {
-            *counts.entry((outcome.queue, outcome.group)).or_default() += 1;
+        let counts = &mut self.counts;
+        counts.clear();
+        for outcome in batch.iter() {
+            counts.entry((outcome.queue, outcome.group)).or_default().0 += 1;
         }
-        let mut finishing = Vec::new();
+        self.finishing.clear();
         {
             let held = groups(shared);
-            for (key, n) in &counts {
+            for (key, (n, unsettled)) in counts.iter_mut() {
                 let waiting = self.groups.get(key).map_or(0, |(_, v)| v.len() as u32);
                 match held.get(key) {
-                    Some(state) if state.settled + n + waiting < state.total => {}
+                    Some(state) if state.settled + *n + waiting < state.total => {
+                        *unsettled = state.total - state.settled;
+                    }
                     // Finishing, or no longer held (lost): nothing to wait for.
-                    _ => finishing.push(*key),
+                    _ => self.finishing.push(*key),
                 }
             }
         }
-        let mut write = Vec::with_capacity(batch.len());
-        for outcome in batch {
+        write.reserve(batch.len());
+        for outcome in batch.drain(..) {
             let key = (outcome.queue, outcome.group);
             let plain = matches!(outcome.settled.kind, OutcomeKind::Completed { .. })
                 && !outcome.settled.tracked
                 && outcome.settled.unique.is_empty();
-            if plain && !finishing.contains(&key) {
-                self.groups
-                    .entry(key)
-                    .or_insert((now, Vec::new()))
-                    .1
-                    .push(outcome);
+            if plain && !self.finishing.contains(&key) {
+                match self.groups.entry(key) {
+                    Entry::Occupied(held) => held.into_mut().1.push(outcome),
+                    Entry::Vacant(slot) => {
+                        // Sized for the group's unsettled jobs at once: pushed one by one into
+                        // an empty Vec, each held outcome was copied about twice more as it grew.
+                        let unsettled = self.counts.get(&key).map_or(0, |&(_, u)| u as usize);
+                        slot.insert((now, Vec::with_capacity(unsettled)))
+                            .1
+                            .push(outcome);
+                    }
+                }
             } else {
                 write.push(outcome);
             }
         }
-        for key in finishing {
-            if let Some((_, held)) = self.groups.remove(&key) {
+        for key in &self.finishing {
+            if let Some((_, held)) = self.groups.remove(key) {
                 write.extend(held);
             }
         }
@@ -148,7 +192,6 @@ impl Deferred {
                 write.extend(held);
             }
         }
-        write
     }
 }
 
