@@ -2,6 +2,7 @@
 //! and turn however it ended (success, error, panic, timeout, cancellation, shutdown) into an
 //! outcome for the lease keeper. Every user-supplied code path ends in an outcome.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::field::Empty;
 use tracing::{debug, warn, Instrument};
 
-use super::handler::{panic_message, BoxError, DynHandler, Permanent, Unhandled};
+use super::handler::{panic_message, BoxError, DynHandler, HandlerFuture, Permanent, Unhandled};
 use super::prefetch::Leased;
 use super::runtime::{Figures, Outcome, OutcomeKind, Settled, Shared};
 use super::Failure;
@@ -191,32 +192,24 @@ pub(super) async fn run_job(
     index: u32,
     bytes: &[u8],
 ) -> Settled {
-    let keys = &shared.queues[queue];
-    let (envelope, handler, default_max) = match accept(shared, keys, group, index, bytes) {
-        Ok(accepted) => accepted,
+    // Everything up to the handler's call is done in a plain function: what this future keeps
+    // across its awaits is then only what it needs after them (the envelope and the job were
+    // kept too, their space never reused, and the whole future is moved several times per job).
+    let Started {
+        attempt,
+        clock,
+        started_ms,
+        id,
+        tracked,
+        unique,
+        mut figures,
+        enqueued_at_ms,
+        first_attempt,
+    } = match start(shared, queue, group, index, bytes) {
+        Ok(started) => started,
         Err(refused) => return *refused,
     };
-    let (id, tracked, unique) = (
-        envelope.id.clone(),
-        envelope.tracked(),
-        envelope.unique.clone(),
-    );
-    let mut figures = Figures {
-        task: envelope.name.clone(),
-        ..Figures::default()
-    };
-    let enqueued_at_ms = envelope.enqueued_at_ms;
-    let first_attempt = envelope.attempt == 0;
-    let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
-    let span = tracing::Span::current();
-    span.record("id", tracing::field::display(&job.id));
-    span.record("task", tracing::field::display(&figures.task));
-    span.record("attempt", job.attempt);
-    job.context = Some(shared.contexts[queue].clone());
-    // Three clock reads per job, not four: the end in wall time is the start plus the run time.
-    // (Reading the clock was ~6 % of the worker's CPU in `ostq bench`.)
-    let (started_ms, clock) = (now_ms(), Instant::now());
-    let Some(ended) = call_handler(shared, &handler, job).await else {
+    let Some(ended) = limit_handler(shared, attempt, clock).await else {
         return Settled::new(id, tracked, unique, OutcomeKind::GivenBack);
     };
     let run_ms = millis(clock.elapsed());
@@ -244,6 +237,78 @@ pub(super) async fn run_job(
     ))
     .await;
     failed.with(figures)
+}
+
+/// What a handler returns, or the panic it raised.
+type HandlerResult = std::thread::Result<Result<Option<Vec<u8>>, BoxError>>;
+
+/// A handler's attempt in progress: its future, or the panic its call raised.
+type Attempt = futures::future::Either<
+    futures::future::CatchUnwind<AssertUnwindSafe<HandlerFuture>>,
+    futures::future::Ready<HandlerResult>,
+>;
+
+/// A job whose handler was called, with what its outcome needs.
+struct Started {
+    attempt: Attempt,
+    /// When the handler was called.
+    clock: Instant,
+    started_ms: u64,
+    id: String,
+    tracked: bool,
+    unique: String,
+    figures: Figures,
+    enqueued_at_ms: u64,
+    first_attempt: bool,
+}
+
+/// Decodes the job, and calls its handler (user code: a closure may panic before it returns its
+/// future, which is caught). `Err` is the outcome of a job that cannot run.
+fn start(
+    shared: &Shared,
+    queue: usize,
+    group: u64,
+    index: u32,
+    bytes: &[u8],
+) -> Result<Started, Box<Settled>> {
+    let keys = &shared.queues[queue];
+    let (envelope, handler, default_max) = accept(shared, keys, group, index, bytes)?;
+    let (id, tracked, unique) = (
+        envelope.id.clone(),
+        envelope.tracked(),
+        envelope.unique.clone(),
+    );
+    let figures = Figures {
+        task: envelope.name.clone(),
+        ..Figures::default()
+    };
+    let enqueued_at_ms = envelope.enqueued_at_ms;
+    let first_attempt = envelope.attempt == 0;
+    let mut job = Job::from_envelope(&keys.queue, envelope, default_max);
+    let span = tracing::Span::current();
+    span.record("id", tracing::field::display(&job.id));
+    span.record("task", tracing::field::display(&figures.task));
+    span.record("attempt", job.attempt);
+    job.context = Some(shared.contexts[queue].clone());
+    // Two clock reads per job: the start (the timeout's deadline and the wall-clock start are
+    // derived from it) and the end. Four reads were ~6 % of the worker's CPU in `ostq bench`.
+    let clock = Instant::now();
+    let started_ms = wall_ms(clock);
+    let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().left_future(),
+        Err(panic) => futures::future::ready(Err(panic)).right_future(),
+    };
+    Ok(Started {
+        attempt,
+        clock,
+        started_ms,
+        id,
+        tracked,
+        unique,
+        figures,
+        enqueued_at_ms,
+        first_attempt,
+    })
 }
 
 /// How a handler call ended without success.
@@ -303,6 +368,26 @@ async fn failed_run(
     }
 }
 
+/// The wall-clock time (unix ms) at `at`, from a (wall clock, monotonic clock) pair read at most
+/// a second earlier on this thread: saves a clock read per job. Re-read every second, so a step
+/// of the wall clock shows within a second, and the slew in between is far below a millisecond.
+fn wall_ms(at: Instant) -> u64 {
+    thread_local! {
+        static ANCHOR: Cell<Option<(u64, Instant)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        if let Some((ms, since)) = anchor.get() {
+            let since_anchor = at.checked_duration_since(since);
+            if let Some(d) = since_anchor.filter(|d| *d < Duration::from_secs(1)) {
+                return ms.saturating_add(millis(d));
+            }
+        }
+        let ms = now_ms();
+        anchor.set(Some((ms, at)));
+        ms
+    })
+}
+
 /// Decodes a leased job and finds its handler and attempt limit. A job that cannot run (not an
 /// envelope, an oversized payload, no name and no default handler) is refused straight to the
 /// dead set; one whose task name this worker has no handler for fails an attempt and retries
@@ -353,22 +438,26 @@ fn accept(
     Ok((envelope, handler, default_max))
 }
 
-/// How a handler call ended: `None` when shutdown's grace time ran out first (the job goes
-/// back); `Some(None)` when it timed out; else its result, or the panic it raised (calling the
-/// handler is user code too: a closure may panic before it returns its future).
-#[allow(clippy::type_complexity)]
-async fn call_handler(
+/// How a handler's attempt ended: `None` when shutdown's grace time ran out first (the job goes
+/// back); `Some(None)` when it timed out (the timeout counts from `started`); else its result,
+/// or the panic it raised.
+async fn limit_handler(
     shared: &Shared,
-    handler: &DynHandler,
-    job: Job,
-) -> Option<Option<std::thread::Result<Result<Option<Vec<u8>>, BoxError>>>> {
-    let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().left_future(),
-        Err(panic) => futures::future::ready(Err(panic)).right_future(),
-    };
+    attempt: Attempt,
+    started: Instant,
+) -> Option<Option<HandlerResult>> {
+    // The deadline from the start already read, not from another clock read. (A limit too far
+    // away for an Instant is no limit.)
+    let deadline = shared
+        .config
+        .timeout
+        .and_then(|limit| started.checked_add(limit));
     let limited = async {
-        match shared.config.timeout {
-            Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
+        match deadline {
+            Some(deadline) => {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                tokio::time::timeout_at(deadline, attempt).await.ok()
+            }
             None => Some(attempt.await),
         }
     };
