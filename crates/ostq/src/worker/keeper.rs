@@ -4,6 +4,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,42 @@ pub(super) async fn lease_keeper(
     }
 }
 
+/// The keeper's maps keyed by lease group.
+type GroupMap<K, V> = HashMap<K, V, BuildHasherDefault<GroupHasher>>;
+
+/// Hashes lease-group keys (a queue index and a group id) with FxHash's multiply-rotate instead
+/// of SipHash: the keeper looks groups up several times per outcome, and SipHash showed in its
+/// profile. Flooding resistance is not needed here: group ids are random numbers this worker
+/// drew itself (`store::lease::fetch_call`), and queue indexes are small.
+#[derive(Default, Clone, Copy)]
+struct GroupHasher(u64);
+
+impl GroupHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for GroupHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
 /// How long the completion of a plain job may be held back while other jobs of its group are
 /// still running.
 const DEFER: Duration = Duration::from_millis(100);
@@ -97,10 +134,10 @@ const DEFER: Duration = Duration::from_millis(100);
 /// Held at most [`DEFER`]; a crash meanwhile runs them again (docs/design.md §16).
 #[derive(Default)]
 struct Deferred {
-    groups: HashMap<(usize, u64), (tokio::time::Instant, Vec<Outcome>)>,
+    groups: GroupMap<(usize, u64), (tokio::time::Instant, Vec<Outcome>)>,
     /// Scratch space of [`Deferred::plan`], kept between rounds: per group of the batch, its
     /// outcomes in the batch and how many of its jobs are not settled yet.
-    counts: HashMap<(usize, u64), (u32, u32)>,
+    counts: GroupMap<(usize, u64), (u32, u32)>,
     finishing: Vec<(usize, u64)>,
 }
 
@@ -225,14 +262,14 @@ fn count_ended(shared: &Shared, outcomes: &[Outcome]) {
 /// Writes one queue's outcomes (retrying through outages for up to a lease) and settles their
 /// groups in the table: finished or given-up groups leave it, the others count their settled jobs.
 async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], flags: Flags<'_>) {
-    let mut counts: HashMap<u64, u32> = HashMap::new();
+    let mut counts: GroupMap<u64, u32> = GroupMap::default();
     for outcome in outcomes {
         *counts.entry(outcome.group).or_default() += 1;
     }
     // Which groups this batch finishes: those get deleted whole. A group missing from the table
     // was lost (or given up): its completions are not sent, failures are (the scripts ignore
     // them as stale).
-    let mut finishing: HashMap<u64, bool> = HashMap::new();
+    let mut finishing: GroupMap<u64, bool> = GroupMap::default();
     {
         let mut held = groups(shared);
         for (group, n) in &counts {
@@ -271,7 +308,7 @@ async fn write_with_retries(
     shared: &Shared,
     queue: usize,
     outcomes: &[Outcome],
-    finishing: &HashMap<u64, bool>,
+    finishing: &GroupMap<u64, bool>,
     flags: Flags<'_>,
 ) -> bool {
     let Flags {
@@ -323,11 +360,11 @@ async fn write_with_retries(
 /// Writes one queue's batch of outcomes: failures, then give-backs (tombstones first), then the
 /// completions, which delete the groups this batch finishes. With durable outcomes they go over a
 /// durable connection and are followed by `WAIT` on it, whose confirmation is returned.
-pub(super) async fn write_outcomes(
+async fn write_outcomes(
     shared: &Shared,
     queue: usize,
     outcomes: &[Outcome],
-    finishing: &HashMap<u64, bool>,
+    finishing: &GroupMap<u64, bool>,
 ) -> Result<Option<Acked>> {
     let keys = &shared.queues[queue];
     let durability = &shared.config.durable_outcomes;
@@ -396,7 +433,7 @@ fn failure_of(outcome: &Outcome) -> Option<Failure<'_>> {
 /// The jobs to give back, by group, each group's in lease order so they go back in the order
 /// they were fetched.
 fn given_back_by_group(outcomes: &[Outcome]) -> Vec<(u64, Vec<u32>)> {
-    let mut by_group: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut by_group: GroupMap<u64, Vec<u32>> = GroupMap::default();
     for outcome in outcomes {
         if matches!(outcome.settled.kind, OutcomeKind::GivenBack) {
             by_group
@@ -416,9 +453,9 @@ fn given_back_by_group(outcomes: &[Outcome]) -> Vec<(u64, Vec<u32>)> {
 /// whole only needs the jobs that carry more than a count (a record, a result, a unique key).
 fn completions_by_group<'a>(
     outcomes: &'a [Outcome],
-    finishing: &HashMap<u64, bool>,
+    finishing: &GroupMap<u64, bool>,
 ) -> Vec<GroupCompletions<'a>> {
-    let mut completed: HashMap<u64, Vec<&Outcome>> = HashMap::new();
+    let mut completed: GroupMap<u64, Vec<&Outcome>> = GroupMap::default();
     for outcome in outcomes {
         if matches!(outcome.settled.kind, OutcomeKind::Completed { .. }) {
             completed.entry(outcome.group).or_default().push(outcome);
