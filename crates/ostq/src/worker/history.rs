@@ -1,8 +1,10 @@
-//! The history: the lease keeper sums each written batch of outcomes into `<task>|<figure>`
-//! increments (docs/design.md §2, "History") and adds them to a pending tally; the history loop
-//! sends that tally to `history.lua` once a second per queue and at shutdown. The history is
-//! minute-grained, so a second's delay changes nothing, and its cost does not grow with the
-//! number of batches (one call per batch cost 15 % of `ostq bench`'s throughput).
+//! The history: the lease keeper adds each written batch of outcomes to a pending tally, per queue
+//! and task: counts and duration histograms, as plain arrays; the history loop turns that tally
+//! into `<task>|<figure>` increments (docs/design.md §2, "History") and sends them to
+//! `history.lua` once a second per queue and at shutdown. The history is minute-grained, so a
+//! second's delay changes nothing, and its cost does not grow with the number of batches (one call
+//! per batch cost 15 % of `ostq bench`'s throughput). The field names are formatted only then:
+//! formatting them for every batch cost a dozen allocations per keeper round.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,23 +19,16 @@ use crate::store::lease;
 /// How often the pending tally is sent.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// Figures written but not yet sent, per queue index: field → increment.
-pub(super) type Pending = Mutex<HashMap<usize, HashMap<String, u64>>>;
+/// Figures written but not yet sent, per queue index: each task's sums.
+pub(super) type Pending = Mutex<HashMap<usize, Vec<TaskSums>>>;
 
 /// Adds a written batch to the pending tally.
 pub(super) fn add(shared: &Shared, queue: usize, outcomes: &[Outcome]) {
-    let fields = tally(outcomes);
-    if fields.is_empty() {
-        return;
-    }
     let mut pending = shared
         .history
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let sums = pending.entry(queue).or_default();
-    for (field, n) in fields {
-        *sums.entry(field).or_default() += n;
-    }
+    add_to(pending.entry(queue).or_default(), outcomes);
 }
 
 /// Sends the pending tally every second, and once more when `stop` is cancelled (after the lease
@@ -61,7 +56,10 @@ async fn flush(shared: &Shared) {
     );
     for (queue, sums) in pending {
         let keys = &shared.queues[queue];
-        let fields: Vec<(String, u64)> = sums.into_iter().collect();
+        let fields: Vec<(String, u64)> = sums.iter().flat_map(TaskSums::fields).collect();
+        if fields.is_empty() {
+            continue;
+        }
         let mut conn = shared.client.conn();
         if let Err(e) = lease::record_history(&mut conn, keys, &fields).await {
             debug!(queue = %keys.queue, error = %e, "could not record the history; dropped");
@@ -80,11 +78,9 @@ pub(super) fn bucket(ms: u64) -> u32 {
         .unwrap_or(BUCKETS - 1)
 }
 
-/// What one batch adds to the history: `(field, increment)` pairs.
-pub(super) fn tally(outcomes: &[Outcome]) -> Vec<(String, u64)> {
-    // Per task, plain arrays: a batch has few tasks (usually one), so a linear search and a few
-    // array increments per job; fields are formatted once per batch.
-    let mut sums: Vec<TaskSums> = Vec::new();
+/// Adds one batch to a queue's sums. Per task, plain arrays: a batch has few tasks (usually
+/// one), so a linear search and a few array increments per job.
+fn add_to(sums: &mut Vec<TaskSums>, outcomes: &[Outcome]) {
     for outcome in outcomes {
         let figures = &outcome.settled.figures;
         let counts: &[usize] = match &outcome.settled.kind {
@@ -97,7 +93,7 @@ pub(super) fn tally(outcomes: &[Outcome]) -> Vec<(String, u64)> {
         let at = match sums.iter().position(|t| t.task == task) {
             Some(at) => at,
             None => {
-                sums.push(TaskSums::new(task));
+                sums.push(TaskSums::new(task.to_owned()));
                 sums.len() - 1
             }
         };
@@ -118,7 +114,6 @@ pub(super) fn tally(outcomes: &[Outcome]) -> Vec<(String, u64)> {
             }
         }
     }
-    sums.iter().flat_map(TaskSums::fields).collect()
 }
 
 const PROCESSED: usize = 0;
@@ -129,9 +124,9 @@ const DEAD: usize = 4;
 const COUNT_NAMES: [&str; 5] = ["processed", "completed", "failed", "retried", "dead"];
 const HISTOGRAM_NAMES: [&str; 3] = ["run", "wait", "total"];
 
-/// One task's share of a batch.
-struct TaskSums<'a> {
-    task: &'a str,
+/// One task's sums since the last flush.
+pub(super) struct TaskSums {
+    task: String,
     counts: [u64; 5],
     /// Run, wait and total time, by bucket.
     histograms: [[u64; BUCKETS as usize]; 3],
@@ -139,8 +134,8 @@ struct TaskSums<'a> {
     sums_ms: [u64; 3],
 }
 
-impl<'a> TaskSums<'a> {
-    fn new(task: &'a str) -> Self {
+impl TaskSums {
+    fn new(task: String) -> Self {
         Self {
             task,
             counts: [0; 5],
@@ -151,7 +146,7 @@ impl<'a> TaskSums<'a> {
 
     /// The non-zero sums as `("<task>|<figure>", n)`.
     fn fields(&self) -> Vec<(String, u64)> {
-        let task = self.task;
+        let task = &self.task;
         let counts = COUNT_NAMES.iter().zip(self.counts);
         let mut fields: Vec<(String, u64)> = counts
             .filter(|(_, n)| *n > 0)

@@ -2,7 +2,9 @@
 //! in flight) as `fail.lua`, `requeue.lua` and `complete.lua` calls, retrying through outages
 //! for up to a lease, and settles the held groups.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,12 @@ pub(super) async fn lease_keeper(
     let mut failing = false;
     let mut not_durable = false;
     let mut deferred = Deferred::default();
+    // Reused from round to round, like every buffer below: an outcome is 200-odd bytes, and
+    // building these afresh each round cost a malloc and several doublings (each a copy of every
+    // outcome) per round on the worker's busiest path.
+    let mut batch: Vec<Outcome> = Vec::new();
+    let mut write: Vec<Outcome> = Vec::new();
+    let mut by_queue: Vec<Vec<Outcome>> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -39,27 +47,80 @@ pub(super) async fn lease_keeper(
         if first.is_none() && deferred.is_empty() && stopping {
             return;
         }
-        let mut outcomes: Vec<Outcome> = first.into_iter().collect();
-        while outcomes.len() < CHUNK {
+        batch.extend(first);
+        while batch.len() < CHUNK {
             match rx.try_recv() {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => batch.push(outcome),
                 Err(_) => break,
             }
         }
         // Once stopping with nothing more queued, everything held back is written too.
-        let flush_all = stopping && outcomes.len() < CHUNK;
-        let outcomes = deferred.plan(&shared, outcomes, flush_all);
-        let mut by_queue: HashMap<usize, Vec<Outcome>> = HashMap::new();
-        for outcome in outcomes {
-            by_queue.entry(outcome.queue).or_default().push(outcome);
+        let flush_all = stopping && batch.len() < CHUNK;
+        deferred.plan(&shared, &mut batch, &mut write, flush_all);
+        let queue = write.first().map(|o| o.queue);
+        if write.iter().all(|o| Some(o.queue) == queue) {
+            // One queue (always, for a worker that serves one): no sorting by queue.
+            if let Some(queue) = queue {
+                let flags = Flags {
+                    failing: &mut failing,
+                    not_durable: &mut not_durable,
+                };
+                settle(&shared, queue, &write, flags).await;
+            }
+            write.clear();
+            continue;
         }
-        for (queue, outcomes) in by_queue {
+        by_queue.resize_with(shared.queues.len(), Vec::new);
+        for outcome in write.drain(..) {
+            by_queue[outcome.queue].push(outcome);
+        }
+        for (queue, outcomes) in by_queue.iter_mut().enumerate() {
+            if outcomes.is_empty() {
+                continue;
+            }
             let flags = Flags {
                 failing: &mut failing,
                 not_durable: &mut not_durable,
             };
-            settle(&shared, queue, &outcomes, flags).await;
+            settle(&shared, queue, outcomes, flags).await;
+            outcomes.clear();
         }
+    }
+}
+
+/// The keeper's maps keyed by lease group.
+type GroupMap<K, V> = HashMap<K, V, BuildHasherDefault<GroupHasher>>;
+
+/// Hashes lease-group keys (a queue index and a group id) with FxHash's multiply-rotate instead
+/// of SipHash: the keeper looks groups up several times per outcome, and SipHash showed in its
+/// profile. Flooding resistance is not needed here: group ids are random numbers this worker
+/// drew itself (`store::lease::fetch_call`), and queue indexes are small.
+#[derive(Default, Clone, Copy)]
+struct GroupHasher(u64);
+
+impl GroupHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for GroupHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
     }
 }
 
@@ -73,7 +134,11 @@ const DEFER: Duration = Duration::from_millis(100);
 /// Held at most [`DEFER`]; a crash meanwhile runs them again (docs/design.md §16).
 #[derive(Default)]
 struct Deferred {
-    groups: HashMap<(usize, u64), (tokio::time::Instant, Vec<Outcome>)>,
+    groups: GroupMap<(usize, u64), (tokio::time::Instant, Vec<Outcome>)>,
+    /// Scratch space of [`Deferred::plan`], kept between rounds: per group of the batch, its
+    /// outcomes in the batch and how many of its jobs are not settled yet.
+    counts: GroupMap<(usize, u64), (u32, u32)>,
+    finishing: Vec<(usize, u64)>,
 }
 
 impl Deferred {
@@ -89,51 +154,67 @@ impl Deferred {
         }
     }
 
-    /// The outcomes to write now: this batch, except the completions that can wait for their
-    /// group to finish, plus the held ones whose group this batch finishes or whose time is up.
-    fn plan(&mut self, shared: &Shared, batch: Vec<Outcome>, flush_all: bool) -> Vec<Outcome> {
+    /// Moves the outcomes to write now from `batch` (left empty) to `write`: the batch, except
+    /// the completions that can wait for their group to finish, plus the held ones whose group
+    /// this batch finishes or whose time is up.
+    fn plan(
+        &mut self,
+        shared: &Shared,
+        batch: &mut Vec<Outcome>,
+        write: &mut Vec<Outcome>,
+        flush_all: bool,
+    ) {
         let now = tokio::time::Instant::now();
         if flush_all || shared.config.prefetch == 0 {
-            let mut write = batch;
+            write.append(batch);
             for (_, (_, held)) in self.groups.drain() {
                 write.extend(held);
             }
-            return write;
+            return;
         }
-        let mut counts: HashMap<(usize, u64), u32> = HashMap::new();
-        for outcome in &batch {
-            *counts.entry((outcome.queue, outcome.group)).or_default() += 1;
+        let counts = &mut self.counts;
+        counts.clear();
+        for outcome in batch.iter() {
+            counts.entry((outcome.queue, outcome.group)).or_default().0 += 1;
         }
-        let mut finishing = Vec::new();
+        self.finishing.clear();
         {
             let held = groups(shared);
-            for (key, n) in &counts {
+            for (key, (n, unsettled)) in counts.iter_mut() {
                 let waiting = self.groups.get(key).map_or(0, |(_, v)| v.len() as u32);
                 match held.get(key) {
-                    Some(state) if state.settled + n + waiting < state.total => {}
+                    Some(state) if state.settled + *n + waiting < state.total => {
+                        *unsettled = state.total - state.settled;
+                    }
                     // Finishing, or no longer held (lost): nothing to wait for.
-                    _ => finishing.push(*key),
+                    _ => self.finishing.push(*key),
                 }
             }
         }
-        let mut write = Vec::with_capacity(batch.len());
-        for outcome in batch {
+        write.reserve(batch.len());
+        for outcome in batch.drain(..) {
             let key = (outcome.queue, outcome.group);
             let plain = matches!(outcome.settled.kind, OutcomeKind::Completed { .. })
                 && !outcome.settled.tracked
                 && outcome.settled.unique.is_empty();
-            if plain && !finishing.contains(&key) {
-                self.groups
-                    .entry(key)
-                    .or_insert((now, Vec::new()))
-                    .1
-                    .push(outcome);
+            if plain && !self.finishing.contains(&key) {
+                match self.groups.entry(key) {
+                    Entry::Occupied(held) => held.into_mut().1.push(outcome),
+                    Entry::Vacant(slot) => {
+                        // Sized for the group's unsettled jobs at once: pushed one by one into
+                        // an empty Vec, each held outcome was copied about twice more as it grew.
+                        let unsettled = self.counts.get(&key).map_or(0, |&(_, u)| u as usize);
+                        slot.insert((now, Vec::with_capacity(unsettled)))
+                            .1
+                            .push(outcome);
+                    }
+                }
             } else {
                 write.push(outcome);
             }
         }
-        for key in finishing {
-            if let Some((_, held)) = self.groups.remove(&key) {
+        for key in &self.finishing {
+            if let Some((_, held)) = self.groups.remove(key) {
                 write.extend(held);
             }
         }
@@ -148,7 +229,6 @@ impl Deferred {
                 write.extend(held);
             }
         }
-        write
     }
 }
 
@@ -182,14 +262,14 @@ fn count_ended(shared: &Shared, outcomes: &[Outcome]) {
 /// Writes one queue's outcomes (retrying through outages for up to a lease) and settles their
 /// groups in the table: finished or given-up groups leave it, the others count their settled jobs.
 async fn settle(shared: &Shared, queue: usize, outcomes: &[Outcome], flags: Flags<'_>) {
-    let mut counts: HashMap<u64, u32> = HashMap::new();
+    let mut counts: GroupMap<u64, u32> = GroupMap::default();
     for outcome in outcomes {
         *counts.entry(outcome.group).or_default() += 1;
     }
     // Which groups this batch finishes: those get deleted whole. A group missing from the table
     // was lost (or given up): its completions are not sent, failures are (the scripts ignore
     // them as stale).
-    let mut finishing: HashMap<u64, bool> = HashMap::new();
+    let mut finishing: GroupMap<u64, bool> = GroupMap::default();
     {
         let mut held = groups(shared);
         for (group, n) in &counts {
@@ -228,7 +308,7 @@ async fn write_with_retries(
     shared: &Shared,
     queue: usize,
     outcomes: &[Outcome],
-    finishing: &HashMap<u64, bool>,
+    finishing: &GroupMap<u64, bool>,
     flags: Flags<'_>,
 ) -> bool {
     let Flags {
@@ -280,11 +360,11 @@ async fn write_with_retries(
 /// Writes one queue's batch of outcomes: failures, then give-backs (tombstones first), then the
 /// completions, which delete the groups this batch finishes. With durable outcomes they go over a
 /// durable connection and are followed by `WAIT` on it, whose confirmation is returned.
-pub(super) async fn write_outcomes(
+async fn write_outcomes(
     shared: &Shared,
     queue: usize,
     outcomes: &[Outcome],
-    finishing: &HashMap<u64, bool>,
+    finishing: &GroupMap<u64, bool>,
 ) -> Result<Option<Acked>> {
     let keys = &shared.queues[queue];
     let durability = &shared.config.durable_outcomes;
@@ -353,7 +433,7 @@ fn failure_of(outcome: &Outcome) -> Option<Failure<'_>> {
 /// The jobs to give back, by group, each group's in lease order so they go back in the order
 /// they were fetched.
 fn given_back_by_group(outcomes: &[Outcome]) -> Vec<(u64, Vec<u32>)> {
-    let mut by_group: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut by_group: GroupMap<u64, Vec<u32>> = GroupMap::default();
     for outcome in outcomes {
         if matches!(outcome.settled.kind, OutcomeKind::GivenBack) {
             by_group
@@ -373,9 +453,9 @@ fn given_back_by_group(outcomes: &[Outcome]) -> Vec<(u64, Vec<u32>)> {
 /// whole only needs the jobs that carry more than a count (a record, a result, a unique key).
 fn completions_by_group<'a>(
     outcomes: &'a [Outcome],
-    finishing: &HashMap<u64, bool>,
+    finishing: &GroupMap<u64, bool>,
 ) -> Vec<GroupCompletions<'a>> {
-    let mut completed: HashMap<u64, Vec<&Outcome>> = HashMap::new();
+    let mut completed: GroupMap<u64, Vec<&Outcome>> = GroupMap::default();
     for outcome in outcomes {
         if matches!(outcome.settled.kind, OutcomeKind::Completed { .. }) {
             completed.entry(outcome.group).or_default().push(outcome);

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Histogram};
 
 use super::runtime::{Outcome, OutcomeKind, Shared};
 use crate::metrics::{BUSY, JOBS, RUN_DURATION, SLOTS, WAIT_DURATION};
@@ -19,13 +19,15 @@ fn task_label<'a>(shared: &'a Shared, task: &'a str) -> &'a str {
     }
 }
 
-/// One task label's part of a batch: outcomes counted (completed, retried, dead) and durations
-/// in seconds.
+/// One task label's part of a batch: outcomes counted (completed, retried, dead), and the
+/// histograms its durations go to. The histograms are fetched once per task and batch and
+/// recorded as the outcomes are read: collecting the durations first cost a `Vec` growth per job
+/// on the keeper's path, with or without a recorder installed.
 struct TaskShare<'a> {
     task: &'a str,
     counts: [u64; 3],
-    runs: Vec<f64>,
-    waits: Vec<f64>,
+    run: Option<Histogram>,
+    wait: Option<Histogram>,
 }
 
 /// Records a written batch of one queue's outcomes.
@@ -48,8 +50,8 @@ pub(super) fn record(shared: &Shared, queue: usize, outcomes: &[Outcome]) {
                 by_task.push(TaskShare {
                     task,
                     counts: [0; 3],
-                    runs: Vec::new(),
-                    waits: Vec::new(),
+                    run: None,
+                    wait: None,
                 });
                 by_task.len() - 1
             }
@@ -57,34 +59,24 @@ pub(super) fn record(shared: &Shared, queue: usize, outcomes: &[Outcome]) {
         let share = &mut by_task[at];
         share.counts[slot] += 1;
         if let Some(ms) = figures.run_ms {
-            share.runs.push(ms as f64 / 1000.0);
+            share
+                .run
+                .get_or_insert_with(|| histogram!(RUN_DURATION, "queue" => queue_name.clone(), "task" => task.to_owned()))
+                .record(ms as f64 / 1000.0);
         }
         if let Some(ms) = figures.wait_ms {
-            share.waits.push(ms as f64 / 1000.0);
+            share
+                .wait
+                .get_or_insert_with(|| histogram!(WAIT_DURATION, "queue" => queue_name.clone(), "task" => task.to_owned()))
+                .record(ms as f64 / 1000.0);
         }
     }
-    for TaskShare {
-        task,
-        counts,
-        runs,
-        waits,
-    } in by_task
-    {
+    for TaskShare { task, counts, .. } in by_task {
         for (n, outcome) in counts.into_iter().zip(["completed", "retried", "dead"]) {
             if n > 0 {
                 counter!(JOBS, "queue" => queue_name.clone(), "task" => task.to_owned(), "outcome" => outcome)
                     .increment(n);
             }
-        }
-        if !runs.is_empty() {
-            let run =
-                histogram!(RUN_DURATION, "queue" => queue_name.clone(), "task" => task.to_owned());
-            runs.into_iter().for_each(|s| run.record(s));
-        }
-        if !waits.is_empty() {
-            let wait =
-                histogram!(WAIT_DURATION, "queue" => queue_name.clone(), "task" => task.to_owned());
-            waits.into_iter().for_each(|s| wait.record(s));
         }
     }
     record_slots(shared);
