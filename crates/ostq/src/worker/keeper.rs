@@ -3,8 +3,6 @@
 //! for up to a lease, and settles the held groups.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,41 +86,11 @@ pub(super) async fn lease_keeper(
     }
 }
 
-/// The keeper's maps keyed by lease group.
-type GroupMap<K, V> = HashMap<K, V, BuildHasherDefault<GroupHasher>>;
-
-/// Hashes lease-group keys (a queue index and a group id) with FxHash's multiply-rotate instead
-/// of SipHash: the keeper looks groups up several times per outcome, and SipHash showed in its
-/// profile. Flooding resistance is not needed here: group ids are random numbers this worker
-/// drew itself (`store::lease::fetch_call`), and queue indexes are small.
-#[derive(Default, Clone, Copy)]
-struct GroupHasher(u64);
-
-impl GroupHasher {
-    fn add(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for GroupHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.add(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
+/// The keeper's maps keyed by lease group, hashed with FxHash instead of SipHash: the keeper
+/// looks groups up several times per outcome, and SipHash showed in its profile. Flooding
+/// resistance is not needed here: group ids are random numbers this worker drew itself
+/// (`store::lease::fetch_call`), and queue indexes are small.
+pub(super) type GroupMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// How long the completion of a plain job may be held back while other jobs of its group are
 /// still running.

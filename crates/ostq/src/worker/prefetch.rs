@@ -10,12 +10,14 @@
 //! Bounded by count (`prefetch`, and no more than the jobs that started in the last
 //! [`RATE_WINDOW`], so slow jobs are not hoarded) and by time ([`MAX_WAIT`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use super::keeper::GroupMap;
 
 /// A parked job waits at most this long for a slot; then it is given back to its queue.
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -39,7 +41,7 @@ struct Parked {
     closed: bool,
     /// Start marks not yet sent: per (queue, group), how many of its entries have started. A
     /// group's parked jobs start in lease order, so one number per group says which ones ran.
-    marks: HashMap<(usize, u64), u32>,
+    marks: GroupMap<(usize, u64), u32>,
 }
 
 /// The buffer of parked jobs, shared by the fetch loop (which fills it) and the job tasks (which
@@ -107,7 +109,7 @@ impl Prefetch {
     }
 
     /// The start marks to send, which are forgotten here.
-    pub(super) fn take_marks(&self) -> HashMap<(usize, u64), u32> {
+    pub(super) fn take_marks(&self) -> GroupMap<(usize, u64), u32> {
         std::mem::take(&mut self.lock().marks)
     }
 
