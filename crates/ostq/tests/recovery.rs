@@ -19,12 +19,7 @@ const WAIT: Duration = Duration::from_secs(15);
 #[test]
 #[ignore]
 fn child_worker() {
-    let Ok(url) = std::env::var("OSTQ_CHILD_URL") else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async move {
-        let client = ostq::Client::connect(&url).await.unwrap();
+    run_child(|client| {
         Worker::builder(client)
             .queue("transcode")
             .concurrency(50)
@@ -35,9 +30,19 @@ fn child_worker() {
             })
             .build()
             .unwrap()
-            .run()
-            .await
-            .unwrap();
+    });
+}
+
+/// Runs the worker `build` makes until the process is killed, when this binary was started as a
+/// child (`start_child`); does nothing in an ordinary test run.
+fn run_child(build: impl FnOnce(ostq::Client) -> Worker) {
+    let Ok(url) = std::env::var("OSTQ_CHILD_URL") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let client = ostq::Client::connect(&url).await.unwrap();
+        build(client).run().await.unwrap();
     });
 }
 
@@ -48,12 +53,7 @@ fn child_worker() {
 #[test]
 #[ignore]
 fn child_parking_worker() {
-    let Ok(url) = std::env::var("OSTQ_CHILD_URL") else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async move {
-        let client = ostq::Client::connect(&url).await.unwrap();
+    run_child(|client| {
         let signals = client.queue("signals");
         Worker::builder(client)
             .queue("parking")
@@ -71,9 +71,6 @@ fn child_parking_worker() {
             })
             .build()
             .unwrap()
-            .run()
-            .await
-            .unwrap();
     });
 }
 
@@ -90,18 +87,7 @@ async fn a_crash_counts_no_attempt_for_jobs_parked_but_not_started() {
     payloads.extend((0..1000).map(|i| format!("after-{i}")));
     queue.push_bulk(payloads.iter().cloned()).await.unwrap();
     let signals = client.queue("signals");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_parking_worker",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("OSTQ_CHILD_URL", server.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start_child_named(&server, "child_parking_worker");
     wait_counts(&signals, WAIT, |c| c.pending == 2).await;
     // Both slots are blocked; what was leased behind them is parked (for up to 1 s). The start
     // marks go out within 50 ms of a start: wait for them, then kill.
@@ -230,8 +216,13 @@ async fn sigkilled_worker_jobs_run_again_elsewhere() {
 }
 
 fn start_child(server: &common::RedisServer) -> std::process::Child {
+    start_child_named(server, "child_worker")
+}
+
+/// This test binary again, running only the ignored child function `name`.
+fn start_child_named(server: &common::RedisServer, name: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_worker", "--ignored", "--nocapture"])
+        .args(["--exact", name, "--ignored", "--nocapture"])
         .env("OSTQ_CHILD_URL", server.url())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
