@@ -164,25 +164,8 @@ async fn resharding_one_three_two_does_every_job_once() {
         .unwrap();
     assert_eq!(queue.counts().await.unwrap().pending, 150);
 
-    let seen = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
-    let log = seen.clone();
-    let running = spawn(
-        Worker::builder(client.clone())
-            .queue("q")
-            .concurrency(4)
-            .handler(move |job: Job| {
-                let log = log.clone();
-                async move {
-                    *log.lock()
-                        .unwrap()
-                        .entry(job.payload_str()?.to_string())
-                        .or_default() += 1;
-                    Ok::<_, BoxError>(())
-                }
-            })
-            .build()
-            .unwrap(),
-    );
+    let (worker, seen) = counting_worker(&client, "q");
+    let running = spawn(worker);
     wait_counts(&queue, Duration::from_secs(20), |c| {
         c.processed_total == 150 && c.pending == 0 && c.active == 0
     })
