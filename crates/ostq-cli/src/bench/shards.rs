@@ -41,6 +41,12 @@ struct Phase {
     /// Lua script calls (`EVALSHA` and `EVAL`, from `INFO commandstats`) each primary ran while
     /// the queue was pushed and drained: jobs per call is the batch size the worker got there.
     script_calls_per_node: Vec<u64>,
+    /// Redis CPU seconds each primary used while the jobs were pushed (the rest of
+    /// `cpu_per_node` is the drain).
+    push_cpu_per_node: Vec<f64>,
+    /// Per command (as `INFO commandstats` names it, commands run inside scripts included), the
+    /// calls and microseconds of all primaries over the phase: where the CPU per job went.
+    commands: Vec<(String, u64, u64)>,
     push_s: f64,
     drain_s: f64,
     latency: Latency,
@@ -260,7 +266,7 @@ async fn phase(
         "ostq bench: {n} jobs on '{name}' ({shards} shard{})",
         if shards == 1 { "" } else { "s" }
     );
-    let (before, calls_before) = counters_per_node(nodes).await?;
+    let before = counters_per_node(nodes).await?;
     let start = Instant::now();
     let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| make_payload(i, args.payload_bytes))
@@ -272,8 +278,9 @@ async fn phase(
             .map_err(lib_err("cannot push"))?;
     }
     let push_s = start.elapsed().as_secs_f64();
+    let pushed = counters_per_node(nodes).await?;
     let (drain_s, per_shard) = drain(url, &queue, &layout, n, concurrency(args)).await?;
-    let (after, calls_after) = counters_per_node(nodes).await?;
+    let after = counters_per_node(nodes).await?;
     let wall_s = start.elapsed().as_secs_f64();
 
     // Jobs per primary: the jobs each shard gave the handlers, on the node that serves it.
@@ -287,13 +294,23 @@ async fn phase(
     Ok(Phase {
         shards,
         jobs_per_node,
-        cpu_per_node: before.iter().zip(&after).map(|(b, a)| a - b).collect(),
-        idle_cpu_per_node: idle_per_s.iter().map(|rate| rate * wall_s).collect(),
-        script_calls_per_node: calls_before
+        cpu_per_node: before
             .iter()
-            .zip(&calls_after)
-            .map(|(b, a)| a.saturating_sub(*b))
+            .zip(&after)
+            .map(|(b, a)| a.used_cpu_secs() - b.used_cpu_secs())
             .collect(),
+        idle_cpu_per_node: idle_per_s.iter().map(|rate| rate * wall_s).collect(),
+        script_calls_per_node: before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| script_calls(a).saturating_sub(script_calls(b)))
+            .collect(),
+        push_cpu_per_node: before
+            .iter()
+            .zip(&pushed)
+            .map(|(b, a)| a.used_cpu_secs() - b.used_cpu_secs())
+            .collect(),
+        commands: command_deltas(&before, &after),
         push_s,
         drain_s,
         latency,
@@ -407,31 +424,64 @@ async fn drain(
     ))
 }
 
-/// Redis CPU seconds (user + system) and Lua script calls (`EVALSHA` + `EVAL`) each primary
-/// has used so far, from one `INFO` per primary.
-async fn counters_per_node(nodes: &[ostq::Client]) -> anyhow::Result<(Vec<f64>, Vec<u64>)> {
-    let mut cpu = Vec::with_capacity(nodes.len());
-    let mut calls = Vec::with_capacity(nodes.len());
+/// One `INFO` per primary, in node order.
+async fn counters_per_node(
+    nodes: &[ostq::Client],
+) -> anyhow::Result<Vec<ostq::admin::ServerStats>> {
+    let mut stats = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let stats = node
-            .server_stats()
-            .await
-            .map_err(lib_err("cannot read INFO of a primary"))?;
-        cpu.push(stats.used_cpu_secs());
-        calls.push(
-            ["evalsha", "eval"]
-                .iter()
-                .filter_map(|name| stats.commands.get(*name))
-                .map(|c| c.calls)
-                .sum(),
+        stats.push(
+            node.server_stats()
+                .await
+                .map_err(lib_err("cannot read INFO of a primary"))?,
         );
     }
-    Ok((cpu, calls))
+    Ok(stats)
+}
+
+/// Lua script calls (`EVALSHA` + `EVAL`) a primary has run so far.
+fn script_calls(stats: &ostq::admin::ServerStats) -> u64 {
+    ["evalsha", "eval"]
+        .iter()
+        .filter_map(|name| stats.commands.get(*name))
+        .map(|c| c.calls)
+        .sum()
+}
+
+/// Calls and microseconds per command between two readings of every primary, summed over the
+/// primaries, most microseconds first. `CONFIG RESETSTAT` in between would only lose a command.
+fn command_deltas(
+    before: &[ostq::admin::ServerStats],
+    after: &[ostq::admin::ServerStats],
+) -> Vec<(String, u64, u64)> {
+    let mut sums: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for (b, a) in before.iter().zip(after) {
+        for (name, now) in &a.commands {
+            let (calls, usec) = b
+                .commands
+                .get(name)
+                .map_or((0, 0), |then| (then.calls, then.usec));
+            let sum = sums.entry(name).or_default();
+            sum.0 += now.calls.saturating_sub(calls);
+            sum.1 += now.usec.saturating_sub(usec);
+        }
+    }
+    let mut out: Vec<_> = sums
+        .into_iter()
+        .filter(|(_, (calls, _))| *calls > 0)
+        .map(|(name, (calls, usec))| (name.to_string(), calls, usec))
+        .collect();
+    out.sort_by_key(|c| std::cmp::Reverse(c.2));
+    out
 }
 
 /// Redis CPU seconds (user + system) used so far by each primary.
 async fn cpu_per_node(nodes: &[ostq::Client]) -> anyhow::Result<Vec<f64>> {
-    Ok(counters_per_node(nodes).await?.0)
+    Ok(counters_per_node(nodes)
+        .await?
+        .iter()
+        .map(|s| s.used_cpu_secs())
+        .collect())
 }
 
 fn phase_json(p: &Phase) -> serde_json::Value {
@@ -444,6 +494,14 @@ fn phase_json(p: &Phase) -> serde_json::Value {
         "drain_s": p.drain_s,
         "jobs_per_s": p.rate(),
         "redis_cpu_us_per_job": p.cpu_us_per_job(),
+        "push_redis_cpu_us_per_job": p.push_cpu_per_node.iter().sum::<f64>() / jobs * 1e6,
+        "commands": p.commands.iter().map(|(name, calls, usec)| json!({
+            "command": name,
+            "calls": calls,
+            "usec": usec,
+            "usec_per_job": *usec as f64 / jobs,
+            "calls_per_job": *calls as f64 / jobs,
+        })).collect::<Vec<_>>(),
         "ceiling_jobs_per_s": p.ceiling(),
         "ceiling_net_of_idle_jobs_per_s": p.ceiling_net(),
         "primaries": p.jobs_per_node.iter().zip(&p.cpu_per_node).enumerate().map(|(i, (j, c))| json!({
@@ -452,6 +510,7 @@ fn phase_json(p: &Phase) -> serde_json::Value {
             "cpu_s": c,
             "idle_cpu_s": p.idle_cpu_per_node.get(i).copied().unwrap_or(0.0),
             "script_calls": p.script_calls_per_node.get(i).copied().unwrap_or(0),
+            "push_cpu_s": p.push_cpu_per_node.get(i).copied().unwrap_or(0.0),
             "cpu_share": if cpu > 0.0 { c / cpu } else { 0.0 },
             "cpu_us_per_job": if *j > 0 { c / *j as f64 * 1e6 } else { 0.0 },
         })).collect::<Vec<_>>(),
@@ -531,6 +590,20 @@ fn phase_text(name: &str, p: &Phase) -> String {
         p.latency.p90_us,
         p.latency.p99_us
     );
+    let push_cpu: f64 = p.push_cpu_per_node.iter().sum();
+    out += &format!(
+        "  Redis CPU µs per job: {:.2} pushing, {:.2} draining; per command (µs/job, calls/job):",
+        push_cpu / jobs * 1e6,
+        (cpu - push_cpu) / jobs * 1e6
+    );
+    for (name, calls, usec) in p.commands.iter().take(8) {
+        out += &format!(
+            " {name} {:.2} ({:.3})",
+            *usec as f64 / jobs,
+            *calls as f64 / jobs
+        );
+    }
+    out += "\n";
     out
 }
 
