@@ -103,3 +103,108 @@ async fn a_worker_leases_ahead_of_its_slots_and_gives_parked_jobs_back_at_shutdo
     let all: HashSet<&String> = next.iter().map(|(id, _)| id).chain(distinct).collect();
     assert_eq!(all.len(), JOBS, "a job was lost or ran twice");
 }
+
+/// While a busy queue's jobs run, the worker sends its next fetch before the last one's reply
+/// is back (a fetch sent ahead, design §7.1), so Redis works on the next batch meanwhile. Seen
+/// from Redis through a proxy that delays each direction by `ONE_WAY`: with one fetch in flight
+/// at a time, two fetches reach Redis at least a round trip (2 × `ONE_WAY`) apart, whatever the
+/// machine's load; with fetches sent ahead, some arrive closer together than one `ONE_WAY`.
+/// (With jobs that take no time at all, a worker bound only by the round trip gains nothing from
+/// a second fetch in flight, whose jobs count against the same `prefetch`: the handler sleeps.)
+#[tokio::test]
+async fn a_busy_worker_sends_its_next_fetch_before_the_last_one_is_back() {
+    const ONE_WAY: Duration = Duration::from_millis(20);
+    let (server, client) = setup().await;
+    let queue = client.queue("ahead");
+    queue
+        .push_bulk((0..JOBS).map(|i| i.to_string()))
+        .await
+        .unwrap();
+    let proxy = ostq_testkit::Proxy::start(server.port()).unwrap();
+    proxy.set_latency(ONE_WAY, Duration::ZERO);
+    let fetch_sha = redis::Script::new(ostq::scripts::FETCH)
+        .get_hash()
+        .to_string();
+
+    // MONITOR on a direct connection: the moment (Redis's clock) each fetch.lua call arrived.
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    let stdout = monitor.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut arrivals = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // (Commands appear as the client spelled them: redis-rs sends EVALSHA.)
+            if line
+                .to_ascii_lowercase()
+                .contains(&format!("\"evalsha\" \"{fetch_sha}\""))
+            {
+                if let Some(Ok(at)) = line.split_whitespace().next().map(str::parse::<f64>) {
+                    arrivals.push(at);
+                }
+            }
+        }
+        arrivals
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // MONITOR is on
+
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = ran.clone();
+    let running = spawn(
+        Worker::builder(ostq::Client::connect(&proxy.url()).await.unwrap())
+            .queue("ahead")
+            .concurrency(20)
+            .prefetch(256)
+            .handler(move |_job: Job| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Long enough that a batch's jobs take a while to run (a fetch sent ahead
+                // overlaps that), short enough that the buffer runs low many times.
+                async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    assert!(
+        common::wait_until(WAIT, || async {
+            ran.load(std::sync::atomic::Ordering::Relaxed) >= 5000
+        })
+        .await,
+        "the worker did not get going"
+    );
+    running.shutdown().await;
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    let arrivals = reader.join().unwrap();
+
+    assert!(arrivals.len() >= 10, "only {} fetches seen", arrivals.len());
+    let gaps: Vec<f64> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    let close = gaps
+        .iter()
+        .filter(|gap| **gap < ONE_WAY.as_secs_f64())
+        .count();
+    assert!(
+        close >= 3,
+        "fetches one at a time: {close} of {} gaps under {ONE_WAY:?} (gaps in ms: {:?})",
+        gaps.len(),
+        gaps.iter()
+            .map(|g| (g * 1000.0).round())
+            .collect::<Vec<_>>()
+    );
+    // Nothing lost or doubled on the way, and what was leased ahead at shutdown was given back,
+    // not left to expire and be recovered.
+    let counts = wait_counts(&queue, WAIT, |c| c.active == 0).await;
+    assert_eq!(
+        counts.pending + counts.processed_total,
+        JOBS as u64,
+        "{counts:?}"
+    );
+    assert_eq!(counts.recovered_total, 0, "{counts:?}");
+    assert_eq!(counts.failed_total, 0, "{counts:?}");
+}
