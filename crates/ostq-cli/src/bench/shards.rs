@@ -9,6 +9,12 @@
 //! 1 / (CPU s per job on that primary): the rate at which every primary would be saturated. On a
 //! small machine the worker shares the cores with the Redis servers, so the drained rate says
 //! little; the projection is the figure. Then the idle push→start latency of each queue.
+//!
+//! Two additions for finding where CPU per job goes, both off by default and set by
+//! environment (`scripts/bench-cluster` sets them): `OSTQ_BENCH_BY_HAND=1` adds a control phase,
+//! N plain queues on N primaries drained by one worker (how users shard by hand), and
+//! `OSTQ_BENCH_HOOK` runs a command at each mark where the CPU is read, which the script's
+//! `CALLGRIND=1` mode uses to count each primary's instructions in the same windows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +37,8 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// One queue's drain: per primary (in node order) the jobs processed there and the Redis CPU
 /// seconds used while it was drained.
 struct Phase {
+    /// "unsharded", "sharded" or "by hand".
+    label: &'static str,
     shards: usize,
     jobs_per_node: Vec<u64>,
     cpu_per_node: Vec<f64>,
@@ -114,6 +122,8 @@ pub(super) async fn run(global: &Global, args: &BenchArgs, shards: usize) -> any
     let (flat, sharded) = (format!("{prefix}-flat"), format!("{prefix}-sharded"));
     check_queue(&flat)?;
     check_queue(&sharded)?;
+    let by_hand = std::env::var_os(BY_HAND_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    let mut by_hand_queues: Vec<String> = Vec::new();
 
     // Only an explicit --url is used; without one, a private cluster of one primary per shard.
     let mut private = None;
@@ -164,23 +174,31 @@ pub(super) async fn run(global: &Global, args: &BenchArgs, shards: usize) -> any
                     .map_err(lib_err("cannot connect to a primary"))?,
             );
         }
+        hook("idle-start").await?;
         let before = cpu_per_node(&node_clients).await?;
         tokio::time::sleep(IDLE).await;
         let after = cpu_per_node(&node_clients).await?;
+        hook("idle-end").await?;
         let idle: Vec<f64> = before
             .iter()
             .zip(&after)
             .map(|(b, a)| (a - b) / IDLE.as_secs_f64())
             .collect();
-        let flat_phase = phase(&url, &client, &node_clients, &idle, &flat, 1, args).await?;
-        let sharded_phase =
-            phase(&url, &client, &node_clients, &idle, &sharded, shards, args).await?;
-        Ok::<_, anyhow::Error>((flat_phase, sharded_phase))
+        let flat_phase = phase(&url, &client, &node_clients, &idle, &flat, Kind::Shards(1), args).await?;
+        let sharded_phase = phase(&url, &client, &node_clients, &idle, &sharded, Kind::Shards(shards), args).await?;
+        let by_hand_phase = if by_hand {
+            let names = by_hand_names(&node_clients, &prefix, shards).await?;
+            by_hand_queues.clone_from(&names);
+            Some(phase(&url, &client, &node_clients, &idle, &format!("{prefix}-hand"), Kind::ByHand(names), args).await?)
+        } else {
+            None
+        };
+        Ok::<_, anyhow::Error>((flat_phase, sharded_phase, by_hand_phase))
     }
     .await;
     if private.is_none() {
         if let Ok(client) = connect(&url).await {
-            for name in [&flat, &sharded] {
+            for name in [&flat, &sharded].into_iter().chain(&by_hand_queues) {
                 if let Err(e) = remove_queue(&client, name).await {
                     eprintln!("ostq bench: could not delete the queue {name}: {e:#}");
                 }
@@ -190,7 +208,8 @@ pub(super) async fn run(global: &Global, args: &BenchArgs, shards: usize) -> any
     if let Some(cluster) = private.take() {
         let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
     }
-    let (flat_phase, sharded_phase) = outcome?;
+    let (flat_phase, sharded_phase, by_hand_phase) = outcome?;
+    let by_hand_phase = by_hand_phase.as_ref();
     if global.json {
         println!(
             "{}",
@@ -199,13 +218,21 @@ pub(super) async fn run(global: &Global, args: &BenchArgs, shards: usize) -> any
                 args,
                 nodes.len(),
                 &flat_phase,
-                &sharded_phase
+                &sharded_phase,
+                by_hand_phase
             ))?
         );
     } else {
         print!(
             "{}",
-            report_text(&url, args, nodes.len(), &flat_phase, &sharded_phase)
+            report_text(
+                &url,
+                args,
+                nodes.len(),
+                &flat_phase,
+                &sharded_phase,
+                by_hand_phase
+            )
         );
     }
     Ok(())
@@ -246,53 +273,113 @@ fn node_urls(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(nodes)
 }
 
-/// Pushes and drains `args.jobs` jobs on `name` with `shards` shards, then times idle pushes.
+/// What a phase pushes to and drains.
+enum Kind {
+    /// One logical queue of this many shards (`set_shards`; 1 is the unsharded queue).
+    Shards(usize),
+    /// The control: plain unsharded queues, one per primary, pushed in turn and served by one
+    /// worker, as users shard by hand (no `set_shards`, no shard ids).
+    ByHand(Vec<String>),
+}
+
+/// Pushes and drains `args.jobs` jobs on `name` (as `kind` says), then times idle pushes
+/// (not for [`Kind::ByHand`], which has no one queue to push to).
 async fn phase(
     url: &str,
     client: &ostq::Client,
     nodes: &[ostq::Client],
     idle_per_s: &[f64],
     name: &str,
-    shards: usize,
+    kind: Kind,
     args: &BenchArgs,
 ) -> anyhow::Result<Phase> {
     let n = args.jobs;
-    let queue = client.queue(name);
-    let layout = queue
-        .set_shards(shards)
-        .await
-        .map_err(lib_err("cannot set the shards"))?;
+    // The physical queues, the queue handles pushed to, and how a job is mapped to the index of
+    // its physical queue.
+    let (label, physical, pushed_to, index_of): (_, Vec<String>, Vec<ostq::Queue>, IndexOf) =
+        match kind {
+            Kind::Shards(shards) => {
+                let queue = client.queue(name);
+                let layout = queue
+                    .set_shards(shards)
+                    .await
+                    .map_err(lib_err("cannot set the shards"))?;
+                let shard_of = layout.clone();
+                (
+                    if shards == 1 { "unsharded" } else { "sharded" },
+                    layout.shards.clone(),
+                    vec![queue],
+                    Arc::new(move |job: &ostq::Job| shard_of.shard_of_id(&job.id)),
+                )
+            }
+            Kind::ByHand(names) => {
+                let queues = names.iter().map(|q| client.queue(q)).collect();
+                let lookup = names.clone();
+                (
+                    "by hand",
+                    names,
+                    queues,
+                    Arc::new(move |job: &ostq::Job| {
+                        lookup
+                            .iter()
+                            .position(|q| *q == job.queue)
+                            .unwrap_or(usize::MAX)
+                    }),
+                )
+            }
+        };
     eprintln!(
-        "ostq bench: {n} jobs on '{name}' ({shards} shard{})",
-        if shards == 1 { "" } else { "s" }
+        "ostq bench: {n} jobs on '{name}' ({label}, {} physical queue{})",
+        physical.len(),
+        if physical.len() == 1 { "" } else { "s" }
     );
-    let before = counters_per_node(nodes).await?;
-    let start = Instant::now();
     let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| make_payload(i, args.payload_bytes))
         .collect();
+    hook(&format!("{}-start", label.replace(' ', "-"))).await?;
+    let before = counters_per_node(nodes).await?;
+    let start = Instant::now();
     for chunk in payloads.chunks(PUSH_CHUNK) {
-        queue
-            .push_bulk(chunk)
-            .await
-            .map_err(lib_err("cannot push"))?;
+        // By hand: each chunk split evenly over the queues, one bulk push each, in turn.
+        let part = chunk.len().div_ceil(pushed_to.len());
+        for (queue, part) in pushed_to.iter().zip(chunk.chunks(part)) {
+            queue
+                .push_bulk(part)
+                .await
+                .map_err(lib_err("cannot push"))?;
+        }
     }
     let push_s = start.elapsed().as_secs_f64();
     let pushed = counters_per_node(nodes).await?;
-    let (drain_s, per_shard) = drain(url, &queue, &layout, n, concurrency(args)).await?;
+    hook(&format!("{}-pushed", label.replace(' ', "-"))).await?;
+    let (drain_s, per_queue) =
+        drain(url, &pushed_to, &physical, index_of, n, concurrency(args)).await?;
     let after = counters_per_node(nodes).await?;
+    hook(&format!("{}-drained", label.replace(' ', "-"))).await?;
     let wall_s = start.elapsed().as_secs_f64();
 
-    // Jobs per primary: the jobs each shard gave the handlers, on the node that serves it.
+    // Jobs per primary: the jobs each physical queue gave the handlers, on the node serving it.
     let mut jobs_per_node = vec![0u64; nodes.len()];
-    for (shard, jobs) in layout.shards.iter().zip(&per_shard) {
-        jobs_per_node[owner(nodes, shard).await?] += jobs;
+    for (queue, jobs) in physical.iter().zip(&per_queue) {
+        jobs_per_node[owner(nodes, queue).await?] += jobs;
     }
-    let latency = latency(url, client, name, LATENCY_SAMPLES, args.payload_bytes)
-        .await
-        .with_context(|| format!("idle latency on '{name}'"))?;
+    let latency = if pushed_to.len() == 1 {
+        latency(url, client, name, LATENCY_SAMPLES, args.payload_bytes)
+            .await
+            .with_context(|| format!("idle latency on '{name}'"))?
+    } else {
+        Latency {
+            samples: 0,
+            p50_us: 0.0,
+            p90_us: 0.0,
+            p99_us: 0.0,
+            max_us: 0.0,
+            push_call_p50_us: 0.0,
+        }
+    };
     Ok(Phase {
-        shards,
+        label,
+        shards: physical.len(),
         jobs_per_node,
         cpu_per_node: before
             .iter()
@@ -315,6 +402,71 @@ async fn phase(
         drain_s,
         latency,
     })
+}
+
+/// Maps a job to the index of the physical queue it came from.
+type IndexOf = Arc<dyn Fn(&ostq::Job) -> usize + Send + Sync>;
+
+/// The environment variable that adds the by-hand control phase ([`Kind::ByHand`]).
+const BY_HAND_ENV: &str = "OSTQ_BENCH_BY_HAND";
+
+/// The environment variable naming a command run at each boundary of the measured windows
+/// (`sh -c '<command> "$1"' sh <mark>`, waited for, its failure an error), with the mark
+/// `idle-start`, `idle-end`, then `<phase>-start`, `<phase>-pushed` and `<phase>-drained` for
+/// the phases `unsharded`, `sharded` and `by-hand`: the CPU readings of a phase are taken just
+/// after `-start` and just before `-pushed` and `-drained`. `scripts/bench-cluster`'s
+/// `CALLGRIND=1` mode uses it to count each primary's instructions in the same windows.
+const HOOK_ENV: &str = "OSTQ_BENCH_HOOK";
+
+/// Runs the `OSTQ_BENCH_HOOK` command, if any, with `mark`.
+async fn hook(mark: &str) -> anyhow::Result<()> {
+    let Some(command) = std::env::var_os(HOOK_ENV).filter(|c| !c.is_empty()) else {
+        return Ok(());
+    };
+    let mut script = command.clone();
+    script.push(" \"$1\"");
+    let mark = mark.to_string();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .arg("sh")
+            .arg(&mark)
+            .status()
+    })
+    .await?
+    .with_context(|| format!("cannot run {HOOK_ENV}"))?;
+    if !status.success() {
+        bail!("{HOOK_ENV} {command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// For the by-hand control: `shards` plain queue names, the i-th served by primary i.
+async fn by_hand_names(
+    nodes: &[ostq::Client],
+    prefix: &str,
+    shards: usize,
+) -> anyhow::Result<Vec<String>> {
+    if nodes.len() < shards {
+        bail!(
+            "the by-hand control needs a primary per queue: {shards} queues, {} primaries",
+            nodes.len()
+        );
+    }
+    let mut names = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let mut found = None;
+        for salt in 0..10_000u32 {
+            let name = format!("{prefix}-hand{i}-{salt}");
+            if owner(nodes, &name).await? == i {
+                found = Some(name);
+                break;
+            }
+        }
+        names.push(found.ok_or_else(|| anyhow!("no queue name found on primary {i}"))?);
+    }
+    Ok(names)
 }
 
 /// The index of the node that serves physical queue `shard`. A shard's own name is not one a
@@ -340,31 +492,34 @@ async fn owner(nodes: &[ostq::Client], shard: &str) -> anyhow::Result<usize> {
     )
 }
 
-/// Runs a worker on its own connections until its handlers have seen `n` jobs and the queue
-/// counts them processed; returns the seconds taken and the jobs each shard gave (by the shard a
-/// generated id names).
+/// Runs a worker on its own connections, serving every queue in `queues` (a sharded queue's
+/// worker follows its layout), until its handlers have seen `n` jobs and the queues count them
+/// processed; returns the seconds taken and the jobs each physical queue gave (`index_of`).
 async fn drain(
     url: &str,
-    queue: &ostq::Queue,
-    layout: &ostq::shards::ShardLayout,
+    queues: &[ostq::Queue],
+    physical: &[String],
+    index_of: IndexOf,
     n: usize,
     concurrency: u32,
 ) -> anyhow::Result<(f64, Vec<u64>)> {
     let seen = Arc::new(AtomicU64::new(0));
     let count = seen.clone();
-    let per_shard: Arc<Vec<AtomicU64>> =
-        Arc::new(layout.shards.iter().map(|_| AtomicU64::new(0)).collect());
-    let tally = per_shard.clone();
-    let shard_of = Arc::new(layout.clone());
-    let worker = ostq::Worker::builder(connect(url).await?)
-        .queue(queue.name())
+    let per_queue: Arc<Vec<AtomicU64>> =
+        Arc::new(physical.iter().map(|_| AtomicU64::new(0)).collect());
+    let tally = per_queue.clone();
+    let mut builder = ostq::Worker::builder(connect(url).await?);
+    for queue in queues {
+        builder = builder.queue(queue.name());
+    }
+    let worker = builder
         .concurrency(concurrency as usize)
         .doctor(false)
         .shutdown_timeout(Duration::from_secs(5))
         .handler(move |job: ostq::Job| {
             count.fetch_add(1, Ordering::Relaxed);
-            if let Some(shard) = tally.get(shard_of.shard_of_id(&job.id)) {
-                shard.fetch_add(1, Ordering::Relaxed);
+            if let Some(queue) = tally.get(index_of(&job)) {
+                queue.fetch_add(1, Ordering::Relaxed);
             }
             async { Ok::<_, ostq::BoxError>(()) }
         })
@@ -399,15 +554,20 @@ async fn drain(
         }
         let deadline = Instant::now() + STALL;
         loop {
-            let counts = queue
-                .counts()
-                .await
-                .map_err(lib_err("cannot read the counts"))?;
-            if counts.processed_total >= target && counts.active == 0 {
+            let (mut processed, mut active) = (0, 0);
+            for queue in queues {
+                let counts = queue
+                    .counts()
+                    .await
+                    .map_err(lib_err("cannot read the counts"))?;
+                processed += counts.processed_total;
+                active += counts.active;
+            }
+            if processed >= target && active == 0 {
                 return Ok(start.elapsed().as_secs_f64());
             }
             if Instant::now() > deadline {
-                bail!("{} of {n} jobs counted processed", counts.processed_total);
+                bail!("{processed} of {n} jobs counted processed");
             }
             tokio::time::sleep(SETTLE_POLL).await;
         }
@@ -417,7 +577,7 @@ async fn drain(
     let drain_s = outcome?;
     Ok((
         drain_s,
-        per_shard
+        per_queue
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect(),
@@ -530,8 +690,9 @@ fn report_json(
     primaries: usize,
     flat: &Phase,
     sharded: &Phase,
+    by_hand: Option<&Phase>,
 ) -> serde_json::Value {
-    json!({
+    let mut report = json!({
         "url": redact(url),
         "jobs": args.jobs,
         "concurrency": concurrency(args),
@@ -546,12 +707,23 @@ fn report_json(
             "latency_p50": sharded.latency.p50_us / flat.latency.p50_us,
             "latency_p90": sharded.latency.p90_us / flat.latency.p90_us,
         },
-    })
+    });
+    if let Some(hand) = by_hand {
+        report["by_hand"] = phase_json(hand);
+        report["ratios"]["by_hand"] = json!({
+            "ceiling": hand.ceiling() / flat.ceiling(),
+            "ceiling_net_of_idle": hand.ceiling_net() / flat.ceiling_net(),
+            "rate": hand.rate() / flat.rate(),
+            "cpu_per_job": hand.cpu_us_per_job() / flat.cpu_us_per_job(),
+        });
+    }
+    report
 }
 
-fn phase_text(name: &str, p: &Phase) -> String {
+fn phase_text(p: &Phase) -> String {
     let mut out = format!(
-        "\n{name}: {} shard{}, {} jobs pushed in {:.2} s and drained in {:.2} s ({:.0} jobs/s)\n",
+        "\n{}: {} physical queue{}, {} jobs pushed in {:.2} s and drained in {:.2} s ({:.0} jobs/s)\n",
+        p.label,
         p.shards,
         if p.shards == 1 { "" } else { "s" },
         p.jobs(),
@@ -581,15 +753,16 @@ fn phase_text(name: &str, p: &Phase) -> String {
     }
     out += &format!(
         "  projected ceiling Σ 1/(CPU s per job): {:.0} jobs/s ({:.0} without the primaries' \
-         idle CPU)\n  idle latency push→start \
-         ({} samples): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs\n",
+         idle CPU)\n",
         p.ceiling(),
         p.ceiling_net(),
-        p.latency.samples,
-        p.latency.p50_us,
-        p.latency.p90_us,
-        p.latency.p99_us
     );
+    if p.latency.samples > 0 {
+        out += &format!(
+            "  idle latency push→start ({} samples): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs\n",
+            p.latency.samples, p.latency.p50_us, p.latency.p90_us, p.latency.p99_us
+        );
+    }
     let push_cpu: f64 = p.push_cpu_per_node.iter().sum();
     out += &format!(
         "  Redis CPU µs per job: {:.2} pushing, {:.2} draining; per command (µs/job, calls/job):",
@@ -613,6 +786,7 @@ fn report_text(
     primaries: usize,
     flat: &Phase,
     sharded: &Phase,
+    by_hand: Option<&Phase>,
 ) -> String {
     let mut out = format!(
         "ostq bench --shards {} on {} ({primaries} primaries), {} jobs, concurrency {}\n",
@@ -621,8 +795,11 @@ fn report_text(
         args.jobs,
         concurrency(args)
     );
-    out += &phase_text("unsharded", flat);
-    out += &phase_text("sharded", sharded);
+    out += &phase_text(flat);
+    out += &phase_text(sharded);
+    if let Some(hand) = by_hand {
+        out += &phase_text(hand);
+    }
     out += &format!(
         "\nsharded / unsharded: ceiling {:.2}x ({:.2}x without idle CPU), rate {:.2}x, Redis CPU per job {:.2}x, idle \
          latency p50 {:.2}x, p90 {:.2}x\n",
@@ -633,6 +810,14 @@ fn report_text(
         sharded.latency.p50_us / flat.latency.p50_us,
         sharded.latency.p90_us / flat.latency.p90_us,
     );
+    if let Some(hand) = by_hand {
+        out += &format!(
+            "by hand / unsharded: ceiling {:.2}x, rate {:.2}x, Redis CPU per job {:.2}x\n",
+            hand.ceiling() / flat.ceiling(),
+            hand.rate() / flat.rate(),
+            hand.cpu_us_per_job() / flat.cpu_us_per_job(),
+        );
+    }
     out
 }
 
