@@ -101,6 +101,43 @@ fn push_file_in_batches_and_from_stdin() {
     assert_eq!(counts(&url, "piped")["scheduled"], 3);
 }
 
+/// Jobs that go through `push.lua` are pushed from a file in transactions of 2,000, not 10,000:
+/// Redis serves no one else during a `MULTI`/`EXEC`, and 10,000 tracked jobs held it for about
+/// 200 ms. Counted, not timed: the transactions Redis ran.
+#[test]
+fn a_scripted_push_from_a_file_is_cut_into_short_transactions() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let transactions = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string(), "info", "commandstats"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let lines: String = (0..5_000).map(|i| format!("{i}\n")).collect();
+    let before = transactions();
+    let out = run_stdin(
+        &url,
+        &["push", "tracked", "--file", "-", "--track"],
+        lines.as_bytes(),
+    );
+    assert_success(&out, &["push --track"]);
+    assert_eq!(counts(&url, "tracked")["pending"], 5_000);
+    // 2,000 + 2,000 in a transaction each; the last 1,000 are one script call, no transaction.
+    assert_eq!(transactions() - before, 2);
+    // Plain jobs keep the batches of 10,000 (one transaction here).
+    let before = transactions();
+    let out = run_stdin(&url, &["push", "plain", "--file", "-"], lines.as_bytes());
+    assert_success(&out, &["push plain"]);
+    assert_eq!(counts(&url, "plain")["pending"], 5_000);
+    assert_eq!(transactions() - before, 1);
+}
+
 #[test]
 fn push_with_an_id_and_max_attempts() {
     let redis = RedisServer::start().unwrap();
