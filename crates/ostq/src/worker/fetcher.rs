@@ -211,8 +211,7 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, layouts: Following, stop: Ca
         drained: false,
         ahead: Arc::new(Ahead::default()),
         ahead_task: None,
-        busy: None,
-        ahead_allowed: false,
+        ahead_to: None,
     };
     while let Some((mut slots, first)) = fetcher.take_slots().await {
         let (fetched, errors) = fetcher.fetch_round(&mut slots, first).await;
@@ -261,12 +260,11 @@ struct Fetcher {
     /// The fetch sent ahead, if one is in flight or just landed.
     ahead: Arc<Ahead>,
     ahead_task: Option<JoinHandle<()>>,
-    /// The queue whose fetch last came back full: the one a fetch ahead asks.
-    busy: Option<usize>,
-    /// At most one fetch ahead per round of the fetch loop: a round asks the queues in their
-    /// strict or weighted order, a fetch ahead only the busy one, so a queue of higher priority
-    /// that gets work waits for one batch at most.
-    ahead_allowed: bool,
+    /// The queue a fetch ahead may ask: the one whose fetch came back full in the last round, until
+    /// a fetch ahead is sent. At most one per round: a round asks the queues in their strict or
+    /// weighted order, a fetch ahead only the busy one, so a queue of higher priority that gets
+    /// work waits for one batch at most.
+    ahead_to: Option<usize>,
 }
 
 /// A fetch sent while the jobs of the previous one are still running, to top up the parked jobs
@@ -311,17 +309,16 @@ impl Fetcher {
     }
 
     /// Sends a fetch ahead to the queue that was busy last, for the prefetch room, unless one is
-    /// in flight; `false` when none could be sent (no busy queue, the last one came back short,
-    /// no room).
+    /// in flight; `false` when none could be sent (none since the last full round, the last one
+    /// came back short, no room).
     fn send_ahead(&mut self) -> bool {
         if self.ahead_in_flight() {
             return true;
         }
-        let Some(queue) = self.busy else {
+        let Some(queue) = self.ahead_to else {
             return false;
         };
-        if !self.ahead_allowed
-            || self.ahead.short.load(Ordering::Acquire)
+        if self.ahead.short.load(Ordering::Acquire)
             || self.failing
             || self.stop.is_cancelled()
             || self.served.retired.get(queue).copied().unwrap_or(true)
@@ -334,7 +331,7 @@ impl Fetcher {
             return false;
         }
         self.ahead.asked.store(want, Ordering::Release);
-        self.ahead_allowed = false;
+        self.ahead_to = None;
         let (shared, ahead, stop) = (self.shared.clone(), self.ahead.clone(), self.stop.clone());
         self.ahead_task = Some(tokio::spawn(async move {
             let short = match fetch(&shared, queue, want, 0).await {
@@ -514,10 +511,9 @@ impl Fetcher {
                 Ok(fetched) => {
                     short = fetched.envelopes.len() < want;
                     if short {
-                        self.busy = None;
+                        self.ahead_to = None;
                     } else {
-                        self.busy = Some(queue);
-                        self.ahead_allowed = true;
+                        self.ahead_to = Some(queue);
                         self.ahead.short.store(false, Ordering::Release);
                     }
                     fetched_ok += 1;
