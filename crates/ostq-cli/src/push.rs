@@ -111,11 +111,11 @@ pub async fn run(global: &Global, args: PushArgs) -> anyhow::Result<()> {
             (ids.len(), ids)
         }
         Some(path) => {
-            let scripted = args.delay.is_some()
-                || args.at.is_some()
-                || args.priority.unwrap_or(0) != 0
-                || args.track;
-            let per_call = if scripted { SCRIPTED_PER_CALL } else { BATCH };
+            let per_call = if opts.is_plain() {
+                BATCH
+            } else {
+                SCRIPTED_PER_CALL
+            };
             push_file(&queue, path, &opts, per_call, global.json).await?
         }
     };
@@ -235,7 +235,7 @@ async fn push_file(
     let started = Instant::now();
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
-        for part in batch.payloads.chunks(per_call.max(1)) {
+        for part in batch.payloads.chunks(per_call) {
             let chunk = queue
                 .push_bulk_with(part, opts)
                 .await
