@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::durability::{Acked, Durability};
-use crate::envelope::{Envelope, FLAG_TRACKED};
+use crate::envelope::{EnvelopeFields, FLAG_TRACKED};
 use crate::job::now_ms;
 use crate::keys::{QueueKeys, SHARD_MARK};
 use crate::shards::CachedConfig;
@@ -477,12 +477,13 @@ impl Queue {
         // or round-robin; a generated id carries its shard after `#`.
         let layout = &config.layout;
         let count = layout.count();
+        let mut fresh_ids = IdSource::new();
         let mut routes = Vec::with_capacity(payloads.len());
         let mut ids = Vec::with_capacity(payloads.len());
         for _ in 0..payloads.len() {
             if count == 1 {
                 routes.push(0);
-                ids.push(given_id.clone().unwrap_or_else(new_id));
+                ids.push(given_id.clone().unwrap_or_else(|| fresh_ids.next()));
                 continue;
             }
             let shard = if let Some(key) = &opts.key {
@@ -498,8 +499,32 @@ impl Queue {
             ids.push(
                 given_id
                     .clone()
-                    .unwrap_or_else(|| format!("{}{SHARD_MARK}{shard}", new_id())),
+                    .unwrap_or_else(|| format!("{}{SHARD_MARK}{shard}", fresh_ids.next())),
             );
+        }
+        if count == 1 {
+            // One physical queue: every job goes in one call, with no regrouping by shard.
+            let (pushed, acked) = if plain {
+                self.push_plain(&mut conn, keys, &payloads, opts, ids, trace, wait)
+                    .await?
+            } else {
+                self.push_scripted(
+                    &mut conn,
+                    keys,
+                    payloads.iter().copied(),
+                    opts,
+                    ids,
+                    trace,
+                    wait,
+                )
+                .await?
+            };
+            return match (durable, acked) {
+                (Some(durable), Some(acked)) if !acked.satisfies(&durable.durability) => {
+                    Err(acked.shortfall(&durable.durability, pushed))
+                }
+                _ => Ok(pushed),
+            };
         }
         let mut out = vec![String::new(); payloads.len()];
         let mut short = None;
@@ -515,14 +540,22 @@ impl Queue {
                 shard_keys = QueueKeys::physical(&layout.shards[shard])?;
                 &shard_keys
             };
-            let group = members.iter().map(|&j| payloads[j]);
+            let group: Vec<&[u8]> = members.iter().map(|&j| payloads[j]).collect();
             let group_ids = members.iter().map(|&j| ids[j].clone()).collect();
             let (pushed, acked) = if plain {
-                self.push_plain(&mut conn, keys, group, opts, group_ids, trace, wait)
+                self.push_plain(&mut conn, keys, &group, opts, group_ids, trace, wait)
                     .await?
             } else {
-                self.push_scripted(&mut conn, keys, group, opts, group_ids, trace, wait)
-                    .await?
+                self.push_scripted(
+                    &mut conn,
+                    keys,
+                    group.into_iter(),
+                    opts,
+                    group_ids,
+                    trace,
+                    wait,
+                )
+                .await?
             };
             for (&j, id) in members.iter().zip(pushed) {
                 out[j] = id;
@@ -540,38 +573,36 @@ impl Queue {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn push_plain<'p>(
+    async fn push_plain(
         &self,
         conn: &mut store::Conn,
         keys: &QueueKeys,
-        payloads: impl Iterator<Item = &'p [u8]>,
+        payloads: &[&[u8]],
         opts: &PushOptions,
-        given_ids: Vec<String>,
+        ids: Vec<String>,
         trace: Trace<'_>,
         wait: Option<&store::durable::WaitFor>,
     ) -> Result<(Vec<String>, Option<Acked>)> {
         let enqueued_at_ms = now_ms();
-        let mut ids = Vec::new();
-        let mut envelopes = Vec::new();
-        for (payload, id) in payloads.zip(given_ids) {
-            let env = Envelope {
-                id: id.clone(),
+        let name = opts.name.as_deref().unwrap_or_default();
+        let mut batch = store::push::PlainPush::new(keys, payloads.len());
+        for (payload, id) in payloads.iter().zip(&ids) {
+            batch.add(&EnvelopeFields {
+                id,
                 flags: 0,
-                payload: payload.to_vec(),
-                name: opts.name.clone().unwrap_or_default(),
+                payload,
+                name,
                 attempt: 0,
                 max_attempts: opts.max_attempts,
                 priority: 0,
                 enqueued_at_ms,
-                last_error: String::new(),
-                unique: String::new(),
-                traceparent: trace.0.to_string(),
-                tracestate: trace.1.to_string(),
-            };
-            envelopes.push(env.encode());
-            ids.push(id);
+                last_error: "",
+                unique: "",
+                traceparent: trace.0,
+                tracestate: trace.1,
+            });
         }
-        let acked = store::push::lpush(conn, keys, &envelopes, wait).await?;
+        let acked = batch.send(conn, wait).await?;
         Ok((ids, acked))
     }
 
@@ -648,4 +679,25 @@ struct Trace<'a>(&'a str, &'a str);
 /// A new job id: a ULID, sortable by creation time.
 pub(crate) fn new_id() -> String {
     ulid::Ulid::new().to_string()
+}
+
+/// The ids of one push's jobs: ULIDs that share the push's millisecond and follow each other
+/// (ULID's monotonic form), so they sort in push order and a bulk push reads the clock and the
+/// random source once, not once per job.
+struct IdSource(Option<ulid::Ulid>);
+
+impl IdSource {
+    fn new() -> Self {
+        Self(None)
+    }
+
+    fn next(&mut self) -> String {
+        // `increment` is None only when the 80 random bits overflow: start again from fresh ones.
+        let id = match self.0.and_then(|last| last.increment()) {
+            Some(id) => id,
+            None => ulid::Ulid::new(),
+        };
+        self.0 = Some(id);
+        id.to_string()
+    }
 }

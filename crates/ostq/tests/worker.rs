@@ -56,6 +56,42 @@ async fn pushed_ids_are_processed_once_each() {
     );
 }
 
+/// A bulk push's ids follow each other (one clock read per push, ULID's monotonic form), so they
+/// sort in push order, and each is the id its job runs with.
+#[tokio::test]
+async fn bulk_pushed_ids_sort_in_push_order_and_name_their_jobs() {
+    let (_server, client) = setup().await;
+    let queue = client.queue("videos");
+    // Three LPUSH commands in one transaction.
+    let payloads: Vec<String> = (0..2_500).map(|i| format!("p{i}")).collect();
+    let ids = queue.push_bulk(&payloads).await.unwrap();
+    assert_eq!(ids.len(), payloads.len());
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of push order");
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let running = spawn(
+        Worker::builder(client.clone())
+            .queue("videos")
+            .concurrency(16)
+            .handler(move |job: Job| {
+                let seen = seen2.clone();
+                async move {
+                    let pair = (job.id.clone(), job.payload_str()?.to_string());
+                    seen.lock().unwrap().push(pair);
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let counts = wait_counts(&queue, WAIT, |c| c.processed_total == 2_500).await;
+    running.shutdown().await;
+    assert_eq!(counts.failed_total, 0);
+    let seen: HashSet<(String, String)> = seen.lock().unwrap().iter().cloned().collect();
+    assert_eq!(seen, ids.into_iter().zip(payloads).collect());
+}
+
 #[tokio::test]
 async fn failures_are_retried_then_succeed() {
     let (_server, client) = setup().await;

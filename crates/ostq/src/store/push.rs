@@ -6,44 +6,72 @@ use super::call::{self, query_pipe, run_atomic, ScriptCall};
 use super::durable::{self, WaitFor};
 use super::Conn;
 use crate::durability::Acked;
+use crate::envelope::EnvelopeFields;
 use crate::keys::QueueKeys;
 use crate::{Error, Result};
 
 /// Jobs per `LPUSH` command and per `push.lua` call in bulk pushes.
 pub(crate) const BULK_CHUNK: usize = 1000;
 
-/// Appends encoded envelopes to the pending list, many per `LPUSH`; several commands go in one
-/// `MULTI`/`EXEC`, so that a bulk push lands whole or not at all (under OOM, say, Redis refuses the
-/// transaction rather than its later commands). With `wait` (a durable push) the wait follows in
-/// the same round trip, and what it confirmed is returned.
-pub(crate) async fn lpush(
-    conn: &mut Conn,
-    keys: &QueueKeys,
-    envelopes: &[Vec<u8>],
-    wait: Option<&WaitFor>,
-) -> Result<Option<Acked>> {
-    let cmds: Vec<Cmd> = envelopes
-        .chunks(BULK_CHUNK)
-        .map(|chunk| {
+/// Plain jobs for the pending list, encoded straight into `LPUSH` commands of [`BULK_CHUNK`]
+/// envelopes as they are added (no envelope is built or kept on its own), then sent by
+/// [`PlainPush::send`].
+pub(crate) struct PlainPush<'k> {
+    pending: &'k str,
+    cmds: Vec<Cmd>,
+    in_last: usize,
+    scratch: Vec<u8>,
+}
+
+impl<'k> PlainPush<'k> {
+    pub(crate) fn new(keys: &'k QueueKeys, jobs: usize) -> Self {
+        Self {
+            pending: &keys.pending,
+            cmds: Vec::with_capacity(jobs.div_ceil(BULK_CHUNK)),
+            in_last: BULK_CHUNK,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, envelope: &EnvelopeFields<'_>) {
+        if self.in_last == BULK_CHUNK {
             let mut cmd = redis::cmd("LPUSH");
-            cmd.arg(&keys.pending).arg(chunk);
-            cmd
-        })
-        .collect();
-    let atomic = cmds.len() > 1;
-    if let Some(wait) = wait {
-        let written = durable::write_and_wait(conn, &cmds, atomic, wait).await?;
-        return Ok(Some(written.acked));
+            cmd.arg(self.pending);
+            self.cmds.push(cmd);
+            self.in_last = 0;
+        }
+        self.scratch.clear();
+        envelope.encode_into(&mut self.scratch);
+        if let Some(cmd) = self.cmds.last_mut() {
+            cmd.arg(&self.scratch[..]);
+        }
+        self.in_last += 1;
     }
-    let mut pipe = redis::pipe();
-    for cmd in cmds {
-        pipe.add_command(cmd).ignore();
+
+    /// Appends the jobs to the pending list; several commands go in one `MULTI`/`EXEC`, so that a
+    /// bulk push lands whole or not at all (under OOM, say, Redis refuses the transaction rather
+    /// than its later commands). With `wait` (a durable push) the wait follows in the same round
+    /// trip, and what it confirmed is returned.
+    pub(crate) async fn send(
+        self,
+        conn: &mut Conn,
+        wait: Option<&WaitFor>,
+    ) -> Result<Option<Acked>> {
+        let atomic = self.cmds.len() > 1;
+        if let Some(wait) = wait {
+            let written = durable::write_and_wait(conn, &self.cmds, atomic, wait).await?;
+            return Ok(Some(written.acked));
+        }
+        let mut pipe = redis::pipe();
+        for cmd in self.cmds {
+            pipe.add_command(cmd).ignore();
+        }
+        if atomic {
+            pipe.atomic();
+        }
+        query_pipe::<()>(&pipe, conn).await?;
+        Ok(None)
     }
-    if atomic {
-        pipe.atomic();
-    }
-    query_pipe::<()>(&pipe, conn).await?;
-    Ok(None)
 }
 
 /// What every job of one `push.lua` call shares (the script's per-job ARGV fields but id and
