@@ -7,12 +7,12 @@
 //! - **floor + one round trip**: the same, and the receiver sends a `PING` the moment the value
 //!   lands: what a design that asks Redis something after the wake-up (before it starts the job)
 //!   pays at least.
-//! - **wait + fetch.lua, raw**: ostq's idle single-queue protocol without the worker around it:
-//!   `BLMOVE pending pending` with `fetch.lua` pipelined behind it (design §7.2), timed to the
-//!   fetch's reply. Its distance from the floor is `fetch.lua`'s run on a cold Redis.
+//! - **wait + fetch.lua, raw**: the idle single-queue protocol ostq used before its staged waits,
+//!   without a worker around it: `BLMOVE pending pending` with `fetch.lua` pipelined behind it,
+//!   timed to the fetch's reply. Its distance from the floor is `fetch.lua`'s run on a cold Redis.
 //! - **ostq**: one idle worker (concurrency 1, one queue), `Queue::push`, the time to the
-//!   handler's start, as `ostq bench` measures it. Its distance from the row above is the worker
-//!   process's own share.
+//!   handler's start, as `ostq bench` measures it. The worker waits with a staged lease group
+//!   (design §7.2): `BLMOVE pending lease:<g>` brings the job, and `claim.lua` follows.
 //! - **idle PING**: one round trip after the same pause.
 //!
 //! Each sample follows a 2 ms pause, as in `ostq bench`, so the CPUs are idle when it starts.
@@ -323,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
     // script runs are logged too, and left out here), scripts by name.
     let names: Vec<(String, &str)> = [
         (ostq::scripts::FETCH, "fetch.lua"),
+        (ostq::scripts::CLAIM, "claim.lua"),
         (ostq::scripts::COMPLETE, "complete.lua"),
     ]
     .iter()

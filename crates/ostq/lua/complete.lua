@@ -48,7 +48,7 @@ while i <= #ARGV do
   i = i + 4 + 5 * d
 end
 
-local stale, done = 0, 0
+local stale, done, uncounted = 0, 0, 0
 -- Finished tracked jobs for the `completed` index: one ZADD per call, not one per job.
 local indexed = {}
 i = 3
@@ -62,8 +62,11 @@ while i <= #ARGV do
   if (tonumber(redis.call('ZSCORE', KEYS[1], group)) or 0) <= 0 then
     stale = stale + k
   else
+    -- A staged group settled before claim.lua: its job was never counted as active.
+    local counted = not unstage(prefix, group)
     if all then
       done = done + k
+      if not counted then uncounted = uncounted + k end
       if EVENTS ~= '' then
         -- Everything of the group is settled: the entries left are the jobs completed now.
         for _, env in ipairs(redis.call('LRANGE', key, 0, -1)) do
@@ -84,6 +87,7 @@ while i <= #ARGV do
         local id, unique = ARGV[j + 1], ARGV[j + 4]
         if not all then
           done = done + 1
+          if not counted then uncounted = uncounted + 1 end
           emit('completed', id)
         end
         release_unique(prefix, unique, id)
@@ -117,6 +121,6 @@ for first = 1, #indexed, 1000 do
 end
 if done > 0 then
   redis.call('HINCRBY', KEYS[3], 'processed', done)
-  redis.call('HINCRBY', KEYS[3], 'active', -done)
+  if done > uncounted then redis.call('HINCRBY', KEYS[3], 'active', uncounted - done) end
 end
 return stale

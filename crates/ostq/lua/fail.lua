@@ -38,7 +38,7 @@ local earliest = first_score(KEYS[2])
 local s = first_score(KEYS[7])
 if s and (earliest == nil or s < earliest) then earliest = s end
 
-local stale, failed, wake_workers = 0, 0, false
+local stale, failed, uncounted, wake_workers = 0, 0, 0, false
 for i = 2, #ARGV, 10 do
   local group, index, id, env, target = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local err = ARGV[i + 8]
@@ -49,6 +49,8 @@ for i = 2, #ARGV, 10 do
   if entry and entry ~= '' then
     redis.call('LSET', key, index, '')
     failed = failed + 1
+    -- A staged group settled before claim.lua: its job was never counted as active.
+    if unstage(prefix, group) then uncounted = uncounted + 1 end
     local job, why = decode_job(env)
     if not job then
       err = 'invalid job envelope: ' .. why
@@ -94,7 +96,7 @@ end
 if failed > 0 then
   redis.call('HINCRBY', KEYS[5], 'processed', failed)
   redis.call('HINCRBY', KEYS[5], 'failed', failed)
-  redis.call('HINCRBY', KEYS[5], 'active', -failed)
+  if failed > uncounted then redis.call('HINCRBY', KEYS[5], 'active', uncounted - failed) end
 end
 -- Wake idle workers (blocked on the empty pending list) so they plan for the earlier retry.
 if wake_workers then wake(KEYS[6]) end

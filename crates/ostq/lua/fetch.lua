@@ -21,9 +21,16 @@
 --         after Redis loses its last writes, a counter would hand out ids still held by workers)
 -- ARGV[9] (optional) how many of the leased jobs the worker starts at once; it parks the rest
 --         (prefetch) and reports their starts through renew.lua. Absent: all start at once.
+--         ("" = all, when ARGV[10] follows.)
+-- ARGV[10], ARGV[11] (optional) a staged lease group id and its horizon in ms: when this call
+--         leases nothing and the queue is neither on hold nor rate-limited, the group is
+--         registered, empty, in `active` (deadline now + horizon) and in <prefix>staged, so that
+--         the worker's idle wait can move the next job straight into it (BLMOVE pending
+--         lease:<g> RIGHT LEFT; claim.lua then makes it an ordinary group; design §7.2).
 -- Returns {now ms, next wake ms (0 = nothing timed), group (0 = nothing leased), hold, envelope1, ...}
--- where hold tells the worker not to wait on the list, which may be full: 1 = the queue is paused
--- (wait for a resume), 2 = out of rate-limit tokens (sleep until the wake time).
+-- where hold tells the worker how to wait: 1 = the queue is paused (wait for a resume), 2 = out of
+-- rate-limit tokens (sleep until the wake time), 3 = the group of ARGV[10] is staged (wait by
+-- moving into it), 0 = wait on the list.
 local LIMIT = 1000
 -- Work one call may do besides leasing (promotion and recovery share it), so that no call runs
 -- long at any queue size: entries, and bytes of envelopes copied (at least one entry always moves).
@@ -39,12 +46,18 @@ local dead_max = argv_int(5, 0)
 local dead_retention = argv_int(6, 0)
 local completed_retention = argv_int(7, 0)
 if not string.find(ARGV[8] or '', '^[1-9]%d*$') then error('ostq: fetch.lua ARGV[8] must be a lease group id') end
-local start_now = ARGV[9] and argv_int(9, 0) or LIMIT
+local start_now = (ARGV[9] and ARGV[9] ~= '') and argv_int(9, 0) or LIMIT
+local stage, stage_ms = nil, nil
+if ARGV[10] then
+  if not string.find(ARGV[10], '^[1-9]%d*$') then error('ostq: fetch.lua ARGV[10] must be a lease group id') end
+  stage, stage_ms = ARGV[10], argv_int(11, 1, 1e12)
+end
 -- @include lib/events.lua
 -- @include lib/queue.lua
 -- @include lib/envelope.lua
 -- @include lib/file.lua
 -- @include lib/history.lua
+-- @include lib/lease.lua
 local emit, EVENTS = event_emitter(KEYS[13], KEYS[14], prefix, now)
 local FILE_KEYS = {jobs = KEYS[5], prefix = prefix}
 local QUEUE = {pending = KEYS[1], prioritized = KEYS[2], seq = KEYS[8]}
@@ -126,6 +139,8 @@ local function recover()
     -- Entries at or past the mark were parked by the worker and never started.
     local mark = tonumber(redis.call('HGET', KEYS[15], group))
     local lost, ran = 0, 0
+    -- A staged group recovered before it was claimed: its job was never counted as active.
+    local counted = not unstage(prefix, group)
     local finished = false
     redis.call('ZADD', KEYS[6], 'XX', 0, group)
     while true do
@@ -189,7 +204,7 @@ local function recover()
       if mark then redis.call('HDEL', KEYS[15], group) end
     end
     if lost > 0 then
-      redis.call('HINCRBY', KEYS[9], 'active', -lost)
+      if counted then redis.call('HINCRBY', KEYS[9], 'active', -lost) end
       redis.call('HINCRBY', KEYS[9], 'recovered', lost)
     end
     if ran > 0 then
@@ -264,31 +279,9 @@ local result = {now, 0, 0, 0}
 local n = 4 -- entries in result; the leased envelopes follow the 4-field header
 if #popped > 0 then
   local group = ARGV[8]
-  local byte, sub = string.byte, string.sub
   for _, env in ipairs(popped) do
-    local b = byte(env, 1)
-    if not (b == 0x90 and #env == 1) then -- the wake marker is dropped
-      if b == nil or b < 0x90 or b > 0x9f then
-        -- A bare entry (plain LPUSH of a payload, as Ost did): wrap it so it can be retried and tracked.
-        env = new_envelope('~' .. group .. '.' .. (n - 4), 0, env, '', 0, 0, now)
-      else
-        -- Read id and flags without unpacking the payload (lib/envelope.lua's header).
-        local off, id_len, flags = header(env)
-        if off then
-          local m = byte(env, off + id_len + 1)
-          if m and m >= 0xc4 and m <= 0xc6 then env = str_payload(env) end -- bin payload: as str
-          if flags % 2 == 1 then
-            -- Only an existing record: garbage that looks like a tracked header must not leave one.
-            -- Every record has a `state`, so two fields added means there was no record: the
-            -- HSET is undone. (One call instead of EXISTS then HSET, for every tracked job.)
-            local rec = prefix .. 'job:' .. sub(env, off, off + id_len - 1)
-            if redis.call('HSET', rec, 'state', 'active', 'started_at', now) == 2 then
-              redis.call('DEL', rec)
-            end
-          end
-          if EVENTS ~= '' then emit('started', sub(env, off, off + id_len - 1)) end
-        end
-      end
+    env = lease_entry(env, group, n - 4, prefix, now, emit, EVENTS ~= '')
+    if env then
       n = n + 1
       result[n] = env
     end
@@ -315,6 +308,14 @@ if tokens then
     hold = 2
     hold_until = now + math.ceil((1 - (tokens - math.floor(tokens))) * rate_period / rate_max)
   end
+end
+
+-- Nothing to lease and nothing holding the queue: stage the worker's group for its idle wait.
+-- (A rate-limited queue is not staged: a job moved by the wait would take no token.)
+if stage and n == 4 and want > 0 and hold == 0 and not (rate_max and rate_max > 0) then
+  redis.call('ZADD', KEYS[6], now + stage_ms, stage)
+  redis.call('SADD', prefix .. 'staged', stage)
+  hold = 3
 end
 
 local wake_at = nil

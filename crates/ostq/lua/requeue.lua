@@ -29,7 +29,7 @@ while i <= #ARGV do
   i = i + 3 + k
 end
 
-local returned = 0
+local returned, uncounted = 0, 0
 i = 2
 while i <= #ARGV do
   local group, all, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
@@ -38,6 +38,8 @@ while i <= #ARGV do
   local key = prefix .. 'lease:' .. group
   -- Not a group that is gone or being recovered (score 0: recovery owns its entries).
   if (tonumber(redis.call('ZSCORE', KEYS[3], group)) or 0) > 0 then
+    -- A staged group given back before claim.lua: its job was never counted as active.
+    local counted = not unstage(prefix, group)
     -- Backwards, so that the earliest job given back is the next to run.
     for j = first + k - 1, first, -1 do
       local index = tonumber(ARGV[j])
@@ -56,6 +58,7 @@ while i <= #ARGV do
         end
         route(QUEUE, env, priority, true)
         returned = returned + 1
+        if not counted then uncounted = uncounted + 1 end
       end
     end
     if all then
@@ -65,5 +68,5 @@ while i <= #ARGV do
     end
   end
 end
-if returned > 0 then redis.call('HINCRBY', KEYS[5], 'active', -returned) end
+if returned > uncounted then redis.call('HINCRBY', KEYS[5], 'active', uncounted - returned) end
 return returned

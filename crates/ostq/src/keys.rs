@@ -73,6 +73,10 @@ pub struct QueueKeys {
     pub events: String,
     /// SET of ids of running jobs whose cancellation was asked for (expires a day after the last).
     pub cancel: String,
+    /// SET of staged lease groups: registered (empty, in `active`) by `fetch.lua` for an idle
+    /// worker, whose wait moves the next job straight into one; `claim.lua` (or whichever script
+    /// settles the group first) takes it out. Scripts derive it from the prefix.
+    pub staged: String,
 }
 
 impl QueueKeys {
@@ -128,6 +132,7 @@ impl QueueKeys {
             seq: key("seq"),
             stats: key("stats"),
             paused: key("paused"),
+            staged: key("staged"),
             rate_limit: key("ratelimit"),
             config: key("config"),
             events: key("events"),
@@ -363,7 +368,7 @@ impl QueueKeys {
     }
 
     /// Every fixed key of the queue (status records and lease groups excluded).
-    pub fn all(&self) -> [&str; 16] {
+    pub fn all(&self) -> [&str; 17] {
         [
             &self.pending,
             &self.prioritized,
@@ -381,6 +386,7 @@ impl QueueKeys {
             &self.events,
             &self.cancel,
             &self.started,
+            &self.staged,
         ]
     }
 }

@@ -8,6 +8,8 @@
 pub const PUSH: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/push.lua"));
 /// Source of `fetch.lua`: lease ready jobs; promote due jobs; recover expired leases; trim.
 pub const FETCH: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/fetch.lua"));
+/// Source of `claim.lua`: make an idle worker's staged lease group, woken with a job, an ordinary one.
+pub const CLAIM: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/claim.lua"));
 /// Source of `complete.lua`: end leases of jobs that succeeded.
 pub const COMPLETE: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/complete.lua"));
 /// Source of `fail.lua`: move failed jobs to retry or dead.
@@ -40,6 +42,7 @@ pub const WAIT: &str = include_str!(concat!(env!("OUT_DIR"), "/lua/wait.lua"));
 pub const ALL: &[(&str, &str)] = &[
     ("push", PUSH),
     ("fetch", FETCH),
+    ("claim", CLAIM),
     ("complete", COMPLETE),
     ("fail", FAIL),
     ("renew", RENEW),

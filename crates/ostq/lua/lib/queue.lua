@@ -8,8 +8,9 @@ local PRIO = 4398046511104
 local WAKE = '\144'
 
 -- Workers idle in BLMOVE on the pending list; an entry there wakes them. Only an empty list needs
--- one (a worker never blocks while the list has entries), so at most one marker exists at a time;
--- fetch.lua drops it when it comes up.
+-- one (a worker never blocks while the list has entries), so the scripts add at most one marker;
+-- fetch.lua drops it when it comes up. (Queue::pause and Queue::set_rate_limit add one per staged
+-- group, design §7.2, to end each staged wait.)
 local function wake(pending)
   if redis.call('LLEN', pending) == 0 then redis.call('LPUSH', pending, WAKE) end
 end
@@ -49,4 +50,12 @@ local function notify_done(prefix, id)
   local done = prefix .. 'done:' .. id
   redis.call('RPUSH', done, 1)
   redis.call('EXPIRE', done, 60)
+end
+
+-- An idle worker's staged lease group (design §7.2): registered by fetch.lua before the worker's
+-- BLMOVE moves a job into it, and claimed (made an ordinary group) by claim.lua after. Its job is
+-- not counted in the `active` figure until then. Whichever script settles the group first takes
+-- it out of the set: true when this call did, that is when the group's job was never counted.
+local function unstage(prefix, group)
+  return redis.call('SREM', prefix .. 'staged', group) == 1
 end

@@ -143,7 +143,7 @@ pub(crate) async fn counts_of(client: &Client, keys: &QueueKeys) -> Result<Queue
     let c = stored::counts(&mut client.conn(), keys).await?;
     Ok(QueueCounts {
         queue: keys.queue.clone(),
-        pending: c.pending_list.saturating_sub(u64::from(c.wake_marker)) + c.prioritized,
+        pending: c.pending_list.saturating_sub(c.wake_markers) + c.prioritized,
         active: c.active,
         scheduled: c.scheduled,
         retry: c.retry,

@@ -18,6 +18,7 @@ macro_rules! script {
 }
 script!(PUSH, scripts::PUSH);
 script!(FETCH, scripts::FETCH);
+script!(CLAIM, scripts::CLAIM);
 script!(COMPLETE, scripts::COMPLETE);
 script!(FAIL, scripts::FAIL);
 script!(RENEW, scripts::RENEW);

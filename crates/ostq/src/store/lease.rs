@@ -29,7 +29,24 @@ pub(crate) struct Fetched {
     /// On hold because the queue is paused (not for its rate limit): a resume pushes onto
     /// `resumed`, which the worker waits on instead.
     pub(crate) paused: bool,
+    /// The staged group the fetch was given is registered: the idle wait may move the next job
+    /// straight into it ([`wait_staged`]).
+    pub(crate) staged: bool,
     pub(crate) envelopes: Vec<Vec<u8>>,
+}
+
+/// A lease group for an idle worker's wait (design §7.2): `fetch.lua` registers it when it leases
+/// nothing, with a deadline `horizon_ms` away, long enough for the wait and a lease after it.
+#[derive(Clone, Copy)]
+pub(crate) struct Stage {
+    pub(crate) group: u64,
+    pub(crate) horizon_ms: u64,
+}
+
+/// A new lease group id: random, never 0 (0 means "nothing leased"), so unique without asking
+/// Redis for a counter.
+pub(crate) fn new_group() -> u64 {
+    rand::random::<u64>() >> 1 | 1
 }
 
 fn fetch_call(
@@ -37,6 +54,7 @@ fn fetch_call(
     want: usize,
     start_now: usize,
     settings: &FetchSettings,
+    stage: Option<Stage>,
 ) -> ScriptCall {
     let mut call = ScriptCall::new(&call::FETCH, &keys.fetch_keys());
     call.arg(&keys.prefix)
@@ -46,11 +64,15 @@ fn fetch_call(
         .arg(settings.dead_max)
         .arg(settings.dead_retention_ms)
         .arg(settings.completed_retention_ms)
-        // Random, never 0 (0 means "nothing leased"): unique without asking Redis for a counter.
-        .arg(rand::random::<u64>() >> 1 | 1);
+        .arg(new_group());
     if start_now < want {
         // Some will be parked: the group gets a start mark, which `renew` moves on.
         call.arg(start_now);
+    } else if stage.is_some() {
+        call.arg("");
+    }
+    if let Some(stage) = stage {
+        call.arg(stage.group).arg(stage.horizon_ms);
     }
     call
 }
@@ -64,12 +86,63 @@ pub(crate) async fn fetch(
     want: usize,
     start_now: usize,
     settings: &FetchSettings,
+    stage: Option<Stage>,
 ) -> Result<Fetched> {
     parse_fetched(
-        fetch_call(keys, want, start_now, settings)
+        fetch_call(keys, want, start_now, settings, stage)
             .run(conn)
             .await?,
     )
+}
+
+/// The idle wait of a worker whose last fetch staged `group`: `BLMOVE pending lease:<group> RIGHT
+/// LEFT`, so the next job pushed is moved into the group and comes back with the wake-up, with
+/// no script on its way (design §7.2). `None` when `wait_ms` passed first. [`claim`] follows.
+pub(crate) async fn wait_staged(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    group: u64,
+    wait_ms: i64,
+) -> Result<Option<Vec<u8>>> {
+    query(
+        redis::cmd("BLMOVE")
+            .arg(&keys.pending)
+            .arg(format!("{}lease:{group}", keys.prefix))
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(format!("{:.3}", wait_ms as f64 / 1000.0)),
+        conn,
+    )
+    .await
+}
+
+/// Makes a staged group that its wait has ended an ordinary lease group (`claim.lua`): the job it
+/// holds, as the worker must run it (a bare entry or a bin payload rewritten), or `None` when it
+/// holds none (the wait timed out, brought the wake marker, or another script settled the group).
+pub(crate) async fn claim(
+    conn: &mut Conn,
+    keys: &QueueKeys,
+    group: u64,
+    lease_ms: u64,
+) -> Result<Option<Vec<u8>>> {
+    let mut call = ScriptCall::new(
+        &call::CLAIM,
+        &[
+            keys.active.as_str(),
+            keys.stats.as_str(),
+            keys.config.as_str(),
+            keys.events.as_str(),
+        ],
+    );
+    call.arg(&keys.prefix).arg(group).arg(lease_ms);
+    match call.run::<Value>(conn).await? {
+        Value::Array(items) => match items.as_slice() {
+            [Value::Int(1), Value::BulkString(entry)] => Ok(Some(entry.clone())),
+            [Value::Int(0)] => Ok(None),
+            _ => Err(Error::Protocol(format!("claim returned {items:?}"))),
+        },
+        other => Err(Error::Protocol(format!("claim returned {other:?}"))),
+    }
 }
 
 /// `BLMOVE list list RIGHT RIGHT` pops and pushes the same end of the same list: it waits for an
@@ -119,7 +192,7 @@ pub(crate) async fn wait_then_fetch(
     wait_ms: i64,
     settings: &FetchSettings,
 ) -> Result<Fetched> {
-    let fetch = fetch_call(keys, want, want, settings);
+    let fetch = fetch_call(keys, want, want, settings, None);
     let mut pipe = redis::pipe();
     pipe.add_command(wait_cmd(&keys.pending, wait_ms))
         .ignore()
@@ -145,6 +218,7 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
     let wake_at_ms = int_of(items.next(), "fetch's wake time")?;
     // The group comes back as the decimal id the worker sent, or 0 when nothing was leased.
     let group = u64::try_from(int_of(items.next(), "fetch's lease group")?).unwrap_or(0);
+    // 1 paused, 2 out of rate-limit tokens, 3 the stage given is registered.
     let hold = int_of(items.next(), "fetch's hold flag")?;
     let envelopes = items
         .map(|item| match item {
@@ -158,8 +232,9 @@ fn parse_fetched(value: Value) -> Result<Fetched> {
         now_ms,
         wake_at_ms,
         group,
-        hold: hold != 0,
+        hold: hold == 1 || hold == 2,
         paused: hold == 1,
+        staged: hold == 3,
         envelopes,
     })
 }

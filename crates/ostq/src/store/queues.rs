@@ -24,10 +24,10 @@ pub(crate) async fn queue_names(conn: &mut Conn) -> Result<Vec<String>> {
 
 /// A queue's sizes and counters as stored.
 pub(crate) struct StoredCounts {
-    /// Entries of the pending list, the wake marker included.
+    /// Entries of the pending list, wake markers included.
     pub(crate) pending_list: u64,
-    /// Whether the wake marker is in the list.
-    pub(crate) wake_marker: bool,
+    /// Wake markers in the list (among its last 1,000 entries).
+    pub(crate) wake_markers: u64,
     pub(crate) prioritized: u64,
     pub(crate) scheduled: u64,
     pub(crate) retry: u64,
@@ -45,13 +45,17 @@ pub(crate) struct StoredCounts {
 pub(crate) async fn counts(conn: &mut Conn, keys: &QueueKeys) -> Result<StoredCounts> {
     let mut pipe = redis::pipe();
     pipe.llen(&keys.pending)
-        // The wake marker is not a job. It is only ever added to an empty list, so few entries
-        // (recovered or given-back jobs pushed to the right) can stand to its right.
+        // Wake markers are not jobs. One is only ever added to an empty list, and the markers a
+        // pause or a rate limit adds for staged waits (one per waiting worker) are taken at once
+        // or sit at the right end, so few entries (recovered or given-back jobs pushed to the
+        // right) can stand to their right.
         .cmd("LPOS")
         .arg(&keys.pending)
         .arg(WAKE)
         .arg("RANK")
         .arg(-1)
+        .arg("COUNT")
+        .arg(0)
         .arg("MAXLEN")
         .arg(1000)
         .zcard(&keys.prioritized)
@@ -64,7 +68,7 @@ pub(crate) async fn counts(conn: &mut Conn, keys: &QueueKeys) -> Result<StoredCo
     #[allow(clippy::type_complexity)]
     let (pending_list, marker, prioritized, scheduled, retry, dead, completed, totals, paused): (
         u64,
-        Option<u64>,
+        Vec<u64>,
         u64,
         u64,
         u64,
@@ -76,7 +80,7 @@ pub(crate) async fn counts(conn: &mut Conn, keys: &QueueKeys) -> Result<StoredCo
     let total = |i: usize| totals.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
     Ok(StoredCounts {
         pending_list,
-        wake_marker: marker.is_some(),
+        wake_markers: marker.len() as u64,
         prioritized,
         scheduled,
         retry,
@@ -441,7 +445,30 @@ pub(crate) async fn set_paused(conn: &mut Conn, keys: &QueueKeys, paused: bool) 
             .rpush(&resumed, 1)
             .pexpire(&resumed, RESUMED_TTL_MS);
     }
-    query_pipe(&pipe, conn).await
+    query_pipe::<()>(&pipe, conn).await?;
+    if paused {
+        wake_staged(conn, keys).await?;
+    }
+    Ok(())
+}
+
+/// Ends the waits of idle workers whose staged group (design §7.2) would take the next job
+/// whatever the queue's hold: one wake marker per staged group, after the hold is written. Each
+/// such wait takes one entry; a group staged once the hold was written cannot be (fetch.lua checks
+/// the hold before it stages), and every group staged before it is counted, so the markers come
+/// before any job pushed later, and the workers fetch, see the hold and wait for it to end. Spare
+/// markers (a group staged but not waited on) are dropped by the next fetch.
+async fn wake_staged(conn: &mut Conn, keys: &QueueKeys) -> Result<()> {
+    let staged: usize = query(redis::cmd("SCARD").arg(&keys.staged), conn).await?;
+    if staged == 0 {
+        return Ok(());
+    }
+    let mut lpush = redis::cmd("LPUSH");
+    lpush.arg(&keys.pending);
+    for _ in 0..staged.min(10_000) {
+        lpush.arg(WAKE);
+    }
+    query(&lpush, conn).await
 }
 
 /// How long the `resumed` list outlives a resume: far longer than a worker takes from a fetch
@@ -465,7 +492,13 @@ pub(crate) async fn set_rate_limit(
     if let Some((max, period_ms)) = limit {
         pipe.hset_multiple(&keys.rate_limit, &[("max", max), ("period", period_ms)]);
     }
-    query_pipe(&pipe, conn).await
+    query_pipe::<()>(&pipe, conn).await?;
+    if limit.is_some() {
+        // A job a staged wait moves takes no token: those waits end first (fetch.lua does not
+        // stage a rate-limited queue).
+        wake_staged(conn, keys).await?;
+    }
+    Ok(())
 }
 
 /// `MEMORY USAGE` of each key, `None` where it does not exist, in one round trip. `exact` counts

@@ -23,7 +23,7 @@ use super::runtime::{hold_group, Following, Outcome, OutcomeKind, Settled, Share
 use super::Config;
 use crate::envelope::Envelope;
 use crate::store::connection::MAX_BLOCK;
-use crate::store::lease::{self, FetchSettings, Fetched};
+use crate::store::lease::{self, FetchSettings, Fetched, Stage};
 use crate::store::{queues, Conn};
 use crate::Result;
 
@@ -45,6 +45,7 @@ pub(super) async fn fetch(
     queue: usize,
     want: usize,
     start_now: usize,
+    stage: Option<Stage>,
 ) -> Result<Fetched> {
     let settings = fetch_settings(&shared.config);
     lease::fetch(
@@ -53,6 +54,7 @@ pub(super) async fn fetch(
         want,
         start_now,
         &settings,
+        stage,
     )
     .await
 }
@@ -212,6 +214,8 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>, layouts: Following, stop: Ca
         ahead: Arc::new(Ahead::default()),
         ahead_task: None,
         ahead_to: None,
+        stage_group: lease::new_group(),
+        staged: false,
     };
     while let Some((mut slots, first)) = fetcher.take_slots().await {
         let (fetched, errors) = fetcher.fetch_round(&mut slots, first).await;
@@ -260,6 +264,10 @@ struct Fetcher {
     /// The fetch sent ahead, if one is in flight or just landed.
     ahead: Arc<Ahead>,
     ahead_task: Option<JoinHandle<()>>,
+    /// The lease group this worker's fetches stage for its idle wait (one queue only), and whether
+    /// the last fetch registered it. A group a wait was sent for is never staged again.
+    stage_group: u64,
+    staged: bool,
     /// The queue a fetch ahead may ask: the one whose fetch came back full in the last round, until
     /// a fetch ahead is sent. At most one per round: a round asks the queues in their strict or
     /// weighted order, a fetch ahead only the busy one, so a queue of higher priority that gets
@@ -334,7 +342,7 @@ impl Fetcher {
         self.ahead_to = None;
         let (shared, ahead, stop) = (self.shared.clone(), self.ahead.clone(), self.stop.clone());
         self.ahead_task = Some(tokio::spawn(async move {
-            let short = match fetch(&shared, queue, want, 0).await {
+            let short = match fetch(&shared, queue, want, 0, None).await {
                 Ok(fetched) if stop.is_cancelled() => {
                     give_back(&shared, queue, fetched);
                     true
@@ -431,19 +439,11 @@ impl Fetcher {
     }
 
     /// Starts parked jobs on the free slots of `permit`; the slots left, if any.
-    fn start_parked(&self, mut permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
-        while permit.num_permits() > 0 {
-            let Some(job) = self.shared.prefetch.next() else {
-                return Some(permit);
-            };
-            match permit.split(1) {
-                Some(one) => start_job(&self.shared, job, one),
-                None => return Some(permit),
-            }
-        }
-        None
+    fn start_parked(&self, permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        let mut slots = Some(permit);
+        start_parked_on(&self.shared, &mut slots);
+        slots.filter(|p| p.num_permits() > 0)
     }
-
     /// Shutdown: the parked jobs go back to their queues at once (through the lease keeper, no
     /// attempt counted), and so do the jobs of a fetch carried out of an idle wait or sent ahead.
     async fn shut_down(&mut self) {
@@ -452,6 +452,18 @@ impl Fetcher {
         // (Only a worker serving one queue carries a fetch: it is queue 0.)
         if let Some((_, Ok(fetched))) = self.carried.take() {
             give_back(&self.shared, 0, fetched);
+        }
+        // A group staged and not waited on is empty: deleted now rather than left in `active`
+        // and `staged` until its deadline.
+        if std::mem::take(&mut self.staged) {
+            let shared = &self.shared;
+            let lease_ms = shared.config.lease.as_millis() as u64;
+            let mut conn = shared.client.conn();
+            match lease::claim(&mut conn, &shared.queues[0], self.stage_group, lease_ms).await {
+                Ok(Some(entry)) => give_back(shared, 0, one_job(self.stage_group, entry)),
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "could not drop the staged group at shutdown"),
+            }
         }
         give_back_parked(&self.shared);
     }
@@ -498,10 +510,16 @@ impl Fetcher {
             if want == 0 {
                 break;
             }
+            // A worker serving one queue stages a lease group for its idle wait in each fetch
+            // (registered only when the fetch leases nothing; design §7.2).
+            let stage = (self.served.active() == [0]).then_some(Stage {
+                group: self.stage_group,
+                horizon_ms: (STAGED_WAIT + shared.config.lease).as_millis() as u64,
+            });
             let result = match first.take() {
                 Some(result) => result,
                 None if self.stop.is_cancelled() => break,
-                None => fetch(shared, queue, want, free).await,
+                None => fetch(shared, queue, want, free, stage).await,
             };
             match result {
                 Ok(fetched) if self.stop.is_cancelled() => {
@@ -509,6 +527,7 @@ impl Fetcher {
                     give_back(shared, queue, fetched);
                 }
                 Ok(fetched) => {
+                    self.staged = fetched.staged;
                     short = fetched.envelopes.len() < want;
                     if short {
                         self.ahead_to = None;
@@ -589,6 +608,10 @@ impl Fetcher {
         }
         let shared = self.shared.clone();
         let one_queue = self.served.active() == [0];
+        if one_queue && self.staged && !self.deadlines.hold[0] && !self.stop.is_cancelled() {
+            self.wait_staged(permit).await;
+            return;
+        }
         if one_queue && !self.deadlines.hold[0] && !self.stop.is_cancelled() {
             let now = Instant::now();
             let wait_ms = self
@@ -677,6 +700,131 @@ impl Fetcher {
 /// pushed a wake marker.
 const SHUTDOWN_WAKE: Duration = Duration::from_secs(5);
 
+/// A staged group's one job, as a fetch would have brought it.
+fn one_job(group: u64, envelope: Vec<u8>) -> Fetched {
+    Fetched {
+        now_ms: 0,
+        wake_at_ms: 0,
+        group,
+        hold: false,
+        paused: false,
+        staged: false,
+        envelopes: vec![envelope],
+    }
+}
+
+/// The longest staged wait (design §7.2). A staged group's deadline is this plus a lease away, so
+/// that it outlives the wait: were the worker lost in the instant after its wait moved a job into
+/// the group, the job would be recovered after at most that long.
+const STAGED_WAIT: Duration = Duration::from_secs(60);
+
+impl Fetcher {
+    /// The idle wait of a worker serving one queue whose last fetch staged a lease group: the next
+    /// job pushed is moved into the group by Redis itself and comes back with the wake-up, so it
+    /// starts one hop after its push, with no script on the way (`fetch.lua` on a cold Redis was
+    /// most of the idle latency). `claim.lua` then makes the group an ordinary one, after the job
+    /// has started when its entry can run as it is (the usual case), else before.
+    async fn wait_staged(&mut self, mut permit: OwnedSemaphorePermit) {
+        let shared = self.shared.clone();
+        let keys = &shared.queues[0];
+        let group = self.stage_group;
+        // Never staged again: a wait that failed may have moved a job into it all the same.
+        self.stage_group = lease::new_group();
+        self.staged = false;
+        let now = Instant::now();
+        let wait_ms = self
+            .deadlines
+            .next(now)
+            .saturating_duration_since(now)
+            .min(STAGED_WAIT)
+            .as_millis() as i64;
+        if wait_ms == 0 {
+            return;
+        }
+        if matches!(self.blocking[0], Blocking::Closed) {
+            match shared.client.blocking_conn().await {
+                Ok(conn) => self.blocking[0] = Blocking::Free(conn),
+                Err(e) => debug!(error = %e, "no blocking connection"),
+            }
+        }
+        let Blocking::Free(conn) = &mut self.blocking[0] else {
+            return;
+        };
+        let result = {
+            let waiting = lease::wait_staged(conn, keys, group, wait_ms);
+            tokio::pin!(waiting);
+            tokio::select! {
+                result = &mut waiting => result,
+                _ = self.stop.cancelled() => {
+                    // The wait may last a minute: a wake marker ends it now, and what it moved
+                    // goes back below.
+                    if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
+                        debug!(error = %e, "could not wake the staged wait at shutdown");
+                    }
+                    tokio::time::timeout(SHUTDOWN_WAKE, waiting).await.unwrap_or_else(|_| {
+                        Err(crate::Error::Protocol("the staged wait did not end at shutdown".into()))
+                    })
+                }
+                _ = layout_changed(&mut self.changes) => {
+                    // A new layout: the next round serves its shards.
+                    if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
+                        debug!(error = %e, "could not wake the staged wait for a new layout");
+                    }
+                    tokio::time::timeout(SHUTDOWN_WAKE, waiting).await.unwrap_or_else(|_| {
+                        Err(crate::Error::Protocol("the staged wait did not end for a new layout".into()))
+                    })
+                }
+            }
+        };
+        let entry = match result {
+            Ok(entry) => entry,
+            Err(e) => {
+                // Whatever the wait moved is recovered when the group's deadline passes.
+                debug!(error = %e, "the staged wait failed");
+                self.blocking[0] = Blocking::Closed;
+                return;
+            }
+        };
+        let lease_ms = shared.config.lease.as_millis() as u64;
+        let runs_as_is = entry
+            .as_deref()
+            .is_some_and(|e| Envelope::decode(e).is_ok_and(|env| env.encode() == e));
+        let job = match entry {
+            Some(entry) if runs_as_is && !self.stop.is_cancelled() => {
+                // Claimed in the background: the job starts now. Its outcome may reach Redis
+                // first, which the scripts allow for (claim.lua).
+                let (claimer, keys) = (shared.clone(), keys.clone());
+                tokio::spawn(async move {
+                    let mut conn = claimer.client.conn();
+                    if let Err(e) = lease::claim(&mut conn, &keys, group, lease_ms).await {
+                        debug!(error = %e, "could not claim the staged group");
+                    }
+                });
+                entry
+            }
+            // The wake marker, nothing (timed out), an entry fetch.lua would rewrite, or a job
+            // that came as the worker stops: claimed first, and started (or given back) as the
+            // claim returns it.
+            _ => match lease::claim(&mut shared.client.conn(), keys, group, lease_ms).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(error = %e, "could not claim the staged group");
+                    return;
+                }
+            },
+        };
+        let fetched = one_job(group, job);
+        if self.stop.is_cancelled() {
+            give_back(&shared, 0, fetched);
+            return;
+        }
+        let mut one = permit.split(1);
+        let mut room = 0;
+        start_fetched(&shared, 0, fetched, &mut one, &mut room);
+    }
+}
+
 /// Completes when the layout watcher has a layout the fetch loop has not seen (never once the
 /// watcher has stopped).
 async fn layout_changed(changes: &mut watch::Receiver<Arc<Layouts>>) {
@@ -741,6 +889,22 @@ fn start_on_free_slots(shared: &Arc<Shared>) {
             None => break,
         }
     }
+}
+
+/// Starts parked jobs on the free slots of `slots`, in the order they were parked; how many.
+fn start_parked_on(shared: &Arc<Shared>, slots: &mut Option<OwnedSemaphorePermit>) -> usize {
+    let mut started = 0;
+    while let Some(permit) = slots.as_mut().filter(|p| p.num_permits() > 0) {
+        let Some(job) = shared.prefetch.next() else {
+            break;
+        };
+        match permit.split(1) {
+            Some(one) => start_job(shared, job, one),
+            None => break,
+        }
+        started += 1;
+    }
+    started
 }
 
 /// Hands jobs leased by a fetch that came back after shutdown began straight back to the queue
