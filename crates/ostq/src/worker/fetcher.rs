@@ -516,11 +516,22 @@ impl Fetcher {
                 group: self.stage_group,
                 horizon_ms: (STAGED_WAIT + shared.config.lease).as_millis() as u64,
             });
+            // A fetch ahead sent before this one leased earlier jobs: Redis runs the two in the
+            // order they were sent (one connection), so it has landed, or is landing, by the time
+            // this one is back. Its jobs are parked and must start before this fetch's.
+            let ahead_before = self.ahead_task.as_ref().is_some_and(|t| !t.is_finished());
             let result = match first.take() {
                 Some(result) => result,
                 None if self.stop.is_cancelled() => break,
                 None => fetch(shared, queue, want, free, stage).await,
             };
+            if ahead_before {
+                if let Some(task) = self.ahead_task.take() {
+                    let _ = task.await;
+                }
+                // (The slots they take were asked for by this fetch too: its jobs park instead.)
+                room += start_parked_on(shared, slots);
+            }
             match result {
                 Ok(fetched) if self.stop.is_cancelled() => {
                     // Shutdown began while this fetch was in flight: its jobs go back at once.
