@@ -459,7 +459,10 @@ pub(crate) async fn set_paused(conn: &mut Conn, keys: &QueueKeys, paused: bool) 
 /// before any job pushed later, and the workers fetch, see the hold and wait for it to end. Spare
 /// markers (a group staged but not waited on) are dropped by the next fetch.
 async fn wake_staged(conn: &mut Conn, keys: &QueueKeys) -> Result<()> {
-    let staged: usize = query(redis::cmd("SCARD").arg(&keys.staged), conn).await?;
+    // (SMEMBERS rather than SCARD: one member per idle worker, and the ACL rule of design §15
+    // already grants it.)
+    let staged: Vec<Vec<u8>> = query(redis::cmd("SMEMBERS").arg(&keys.staged), conn).await?;
+    let staged = staged.len();
     if staged == 0 {
         return Ok(());
     }
