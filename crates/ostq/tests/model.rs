@@ -1298,11 +1298,12 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
                     .log
                     .push("# Queue::set_rate_limit(5, 1 s); Queue::clear_rate_limit()".into());
             }
+            let before = count_markers(ctx);
             ctx.rt
                 .block_on(ctx.queue.set_rate_limit(5, Duration::from_secs(1)))
                 .unwrap();
             ctx.rt.block_on(ctx.queue.clear_rate_limit()).unwrap();
-            m.pushed_markers += m.groups.values().filter(|g| g.staged).count();
+            staged_markers_pushed(ctx, m, "set_rate_limit", before);
         }
         Op::Round(picks) => op_round(ctx, m, picks),
         Op::Expire(sel) => {
@@ -1385,9 +1386,10 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             if ctx.r.logging {
                 ctx.r.log.push("# Queue::pause()".into());
             }
+            let before = count_markers(ctx);
             ctx.rt.block_on(ctx.queue.pause()).unwrap();
             m.paused = true;
-            m.pushed_markers += m.groups.values().filter(|g| g.staged).count();
+            staged_markers_pushed(ctx, m, "pause", before);
         }
         Op::Resume => {
             if ctx.r.logging {
@@ -1423,6 +1425,30 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             }
         }
     }
+}
+
+/// Wake markers in the pending list.
+fn count_markers(ctx: &mut Ctx) -> usize {
+    let pending = ctx.keys.pending.clone();
+    as_array(&ctx.r.q(&["LRANGE", &pending, "0", "-1"]))
+        .iter()
+        .filter(|e| as_bytes(e).is_some_and(|b| b == [0x90]))
+        .count()
+}
+
+/// Queue::pause and Queue::set_rate_limit push one wake marker per staged group (design §7.2).
+fn staged_markers_pushed(ctx: &mut Ctx, m: &mut Model, what: &str, before: usize) {
+    let staged = m.groups.values().filter(|g| g.staged).count();
+    let pushed = count_markers(ctx).saturating_sub(before);
+    if pushed != staged {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "Queue::{what} pushed {pushed} wake markers, the model has {staged} staged groups"
+        );
+    }
+    cov!(m, "wake markers pushed for staged groups", pushed);
+    m.pushed_markers += pushed;
 }
 
 /// With STAGED_RECOVERY allowed (`OSTQ_MODEL_ALLOW`), no staged group holding the wake marker or
