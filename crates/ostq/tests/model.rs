@@ -2073,10 +2073,16 @@ fn op_fetch(
         .max();
     if let (Some(left), Some(taken)) = (best_left, worst_taken) {
         if left < taken {
+            let pending: Vec<String> = ctx
+                .before
+                .keys
+                .get(&ctx.keys.pending)
+                .map(|v| v.1.iter().map(|e| cli_quote(e)).collect())
+                .unwrap_or_default();
             problem!(
                 m,
                 "ORDER",
-                "fetch.lua took a job of class {taken:?} while one of class {left:?} waits"
+                "fetch.lua took a job of class {taken:?} while one of class {left:?} waits (pending before the call: {pending:?})"
             );
         }
     }
