@@ -7,6 +7,14 @@
 //! group's score in `active`, and delayed jobs fall due by rewriting their score, so no step
 //! sleeps.
 //!
+//! The staged lease groups of idle single-queue workers (design §7.2) are driven the same way:
+//! a fetch with a stage (`FetchStage`), the staged wait's BLMOVE as one `LMOVE pending lease:<g>
+//! RIGHT LEFT` into a group still staged and empty (`Move`), `claim.lua` (`Claim`, or a timed-out
+//! wait), the job's outcome before or after its claim (a runnable entry is held, so `Round`
+//! settles it), recovery of staged groups, and the wake markers `Queue::pause` and
+//! `Queue::set_rate_limit` push per staged group. A staged group's job is active in place but
+//! counted in stats.active (and its record says active) only once claimed.
+//!
 //! After every step the test reads the queue's whole keyspace and checks:
 //! - every job pushed is in exactly one place (pending, scheduled, retry, active, dead), or has
 //!   completed, or was removed by an operator, and where the model says;
@@ -24,7 +32,9 @@
 //!   sequence (default 30..150, random);
 //! - `OSTQ_MODEL_IDS=a,b,x`: the job ids pushes give (default `a,b,c,a~1,~1,x`; each sequence
 //!   uses the first 1, 2, 3 or all of them); a seed replays only with the same list;
-//! - `OSTQ_MODEL_ALLOW=KIND,KIND`: let those kinds of failure pass, to look past a known hole;
+//! - `OSTQ_MODEL_ALLOW=KIND,KIND`: let those kinds of failure pass, to look past a known hole
+//!   (with `STAGED_RECOVERY` allowed, no staged group holding the wake marker or a bare entry is
+//!   let expire, since the model does not follow what recovery then does);
 //! - `OSTQ_MODEL_DEBUG=1`: print what a mismatching fetch changed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
