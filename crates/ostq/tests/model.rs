@@ -7,6 +7,14 @@
 //! group's score in `active`, and delayed jobs fall due by rewriting their score, so no step
 //! sleeps.
 //!
+//! The staged lease groups of idle single-queue workers (design §7.2) are driven the same way:
+//! a fetch with a stage (`FetchStage`), the staged wait's BLMOVE as one `LMOVE pending lease:<g>
+//! RIGHT LEFT` into a group still staged and empty (`Move`), `claim.lua` (`Claim`, or a timed-out
+//! wait), the job's outcome before or after its claim (a runnable entry is held, so `Round`
+//! settles it), recovery of staged groups, and the wake markers `Queue::pause` and
+//! `Queue::set_rate_limit` push per staged group. A staged group's job is active in place but
+//! counted in stats.active (and its record says active) only once claimed.
+//!
 //! After every step the test reads the queue's whole keyspace and checks:
 //! - every job pushed is in exactly one place (pending, scheduled, retry, active, dead), or has
 //!   completed, or was removed by an operator, and where the model says;
@@ -24,7 +32,9 @@
 //!   sequence (default 30..150, random);
 //! - `OSTQ_MODEL_IDS=a,b,x`: the job ids pushes give (default `a,b,c,a~1,~1,x`; each sequence
 //!   uses the first 1, 2, 3 or all of them); a seed replays only with the same list;
-//! - `OSTQ_MODEL_ALLOW=KIND,KIND`: let those kinds of failure pass, to look past a known hole;
+//! - `OSTQ_MODEL_ALLOW=KIND,KIND`: let those kinds of failure pass, to look past a known hole
+//!   (with `STAGED_RECOVERY` allowed, no staged group holding the wake marker or a bare entry is
+//!   let expire, since the model does not follow what recovery then does);
 //! - `OSTQ_MODEL_DEBUG=1`: print what a mismatching fetch changed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -335,6 +345,7 @@ struct Scripts {
     fail: String,
     requeue: String,
     renew: String,
+    claim: String,
 }
 
 struct Redis {
@@ -365,6 +376,7 @@ impl Redis {
             fail: load("fail.lua", ostq::scripts::FAIL),
             requeue: load("requeue.lua", ostq::scripts::REQUEUE),
             renew: load("renew.lua", ostq::scripts::RENEW),
+            claim: load("claim.lua", ostq::scripts::CLAIM),
         };
         Redis {
             con,
@@ -531,6 +543,8 @@ struct Obs {
     uniques: BTreeMap<String, (String, bool)>,
     stats: BTreeMap<String, i64>,
     paused: bool,
+    /// The staged lease groups (`ostq:{q}:staged`).
+    staged: BTreeSet<String>,
     stray: Vec<String>,
     /// The history hashes summed field by field: (minute hashes, hour hashes); and any of them
     /// without an expiry.
@@ -575,6 +589,7 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
             .insert(text(&c[0]), text(&c[1]).parse().unwrap_or(i64::MIN));
     }
     o.paused = snap.keys.contains_key(&keys.paused);
+    o.staged = get(&keys.staged).iter().map(|b| text(b)).collect();
     for c in get(&keys.started).chunks(2) {
         o.started.insert(text(&c[0]), text(&c[1]));
     }
@@ -592,6 +607,7 @@ fn observe_snapshot(snap: &Snapshot, keys: &QueueKeys) -> Obs {
         &keys.paused,
         &keys.config,
         &keys.started,
+        &keys.staged,
     ]
     .into_iter()
     .map(String::as_str)
@@ -743,6 +759,11 @@ struct MGroup {
     expired: Option<i64>,
     /// The start mark: entries from here on were parked and never started (None: all started).
     mark: Option<usize>,
+    /// A staged group (design §7.2) not yet claimed nor settled: a member of `staged`, its job
+    /// (if one was moved in) not counted in stats.active.
+    staged: bool,
+    /// The staged wait moved the wake marker into it (its one entry; `entries` is then empty).
+    marker: bool,
 }
 
 /// The simulated worker's view of a group it leased (what the lease keeper knows).
@@ -792,6 +813,12 @@ struct Model {
     /// Violations found while applying a step (transitions, replies), before the state checks.
     problems: Vec<Problem>,
     next_tag: usize,
+    /// The simulated idle workers' staged waits not yet claimed: group → whether the wait has
+    /// ended (moved an entry in; a wait not ended may still move one, or time out).
+    waits: BTreeMap<u64, bool>,
+    /// Wake markers Queue::pause pushed (one per staged group) not yet seen consumed: the
+    /// pending list may hold that many besides the scripts' one.
+    pushed_markers: usize,
     /// How often each transition happened (reported at the end).
     cov: BTreeMap<&'static str, u64>,
 }
@@ -987,12 +1014,22 @@ enum Op {
     Pause,
     Resume,
     Counts,
+    /// A fetch by an idle single-queue worker: it also stages a group for its wait (fetch.lua
+    /// ARGV[10], ARGV[11]).
+    FetchStage(u64, Option<u64>),
+    /// A staged wait's BLMOVE served: the rightmost pending entry moves into a staged group still
+    /// waiting (`LMOVE pending lease:<g> RIGHT LEFT`).
+    Move(usize),
+    /// claim.lua for a staged wait that ended (moved an entry, or timed out with nothing).
+    Claim(usize),
+    /// Queue::set_rate_limit then Queue::clear_rate_limit: one wake marker per staged group.
+    RateLimitBlip,
 }
 
 /// One operation; given ids come from the first `ids` of the pool (a few ids per sequence make
 /// clashes common, many make them rare).
 fn gen_op(rng: &mut StdRng, ids: usize) -> Op {
-    let w = rng.random_range(0..100);
+    let w = rng.random_range(0..=120);
     let sel = |rng: &mut StdRng| rng.random_range(0..1000usize);
     let idsel = |rng: &mut StdRng| match rng.random_range(0..10) {
         0..=3 => IdSel::Pool(rng.random_range(0..ids)),
@@ -1079,7 +1116,14 @@ fn gen_op(rng: &mut StdRng, ids: usize) -> Op {
         }),
         95 => Op::Pause,
         96..=97 => Op::Resume,
-        _ => Op::Counts,
+        98..=99 => Op::Counts,
+        100..=106 => Op::FetchStage(
+            rng.random_range(0..=3),
+            rng.random_bool(0.3).then(|| rng.random_range(0..=1)),
+        ),
+        107..=113 => Op::Move(sel(rng)),
+        114..=119 => Op::Claim(sel(rng)),
+        _ => Op::RateLimitBlip,
     }
 }
 
@@ -1249,14 +1293,34 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
         }
         Op::Fetch(want, start_now) => {
             let group = grng.random::<u64>() >> 1 | 1;
-            op_fetch(ctx, m, *want, *start_now, group);
+            op_fetch(ctx, m, *want, *start_now, group, None);
+        }
+        Op::FetchStage(want, start_now) => {
+            let group = grng.random::<u64>() >> 1 | 1;
+            let stage = grng.random::<u64>() >> 1 | 1;
+            op_fetch(ctx, m, *want, *start_now, group, Some(stage));
+        }
+        Op::Move(sel) => op_move(ctx, m, *sel),
+        Op::Claim(sel) => op_claim(ctx, m, *sel),
+        Op::RateLimitBlip => {
+            if ctx.r.logging {
+                ctx.r
+                    .log
+                    .push("# Queue::set_rate_limit(5, 1 s); Queue::clear_rate_limit()".into());
+            }
+            let before = count_markers(ctx);
+            ctx.rt
+                .block_on(ctx.queue.set_rate_limit(5, Duration::from_secs(1)))
+                .unwrap();
+            ctx.rt.block_on(ctx.queue.clear_rate_limit()).unwrap();
+            staged_markers_pushed(ctx, m, "set_rate_limit", before);
         }
         Op::Round(picks) => op_round(ctx, m, picks),
         Op::Expire(sel) => {
             let live: Vec<u64> = m
                 .groups
                 .iter()
-                .filter(|(_, g)| g.expired.is_none())
+                .filter(|(_, g)| g.expired.is_none() && !skip_staged_recovery(m, g))
                 .map(|(g, _)| *g)
                 .collect();
             if !live.is_empty() {
@@ -1268,7 +1332,7 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             let live: Vec<u64> = m
                 .groups
                 .iter()
-                .filter(|(_, g)| g.expired.is_none())
+                .filter(|(_, g)| g.expired.is_none() && !skip_staged_recovery(m, g))
                 .map(|(g, _)| *g)
                 .collect();
             for g in live {
@@ -1332,8 +1396,10 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             if ctx.r.logging {
                 ctx.r.log.push("# Queue::pause()".into());
             }
+            let before = count_markers(ctx);
             ctx.rt.block_on(ctx.queue.pause()).unwrap();
             m.paused = true;
+            staged_markers_pushed(ctx, m, "pause", before);
         }
         Op::Resume => {
             if ctx.r.logging {
@@ -1369,6 +1435,38 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             }
         }
     }
+}
+
+/// Wake markers in the pending list.
+fn count_markers(ctx: &mut Ctx) -> usize {
+    let pending = ctx.keys.pending.clone();
+    as_array(&ctx.r.q(&["LRANGE", &pending, "0", "-1"]))
+        .iter()
+        .filter(|e| as_bytes(e).is_some_and(|b| b == [0x90]))
+        .count()
+}
+
+/// Queue::pause and Queue::set_rate_limit push one wake marker per staged group (design §7.2).
+fn staged_markers_pushed(ctx: &mut Ctx, m: &mut Model, what: &str, before: usize) {
+    let staged = m.groups.values().filter(|g| g.staged).count();
+    let pushed = count_markers(ctx).saturating_sub(before);
+    if pushed != staged {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "Queue::{what} pushed {pushed} wake markers, the model has {staged} staged groups"
+        );
+    }
+    cov!(m, "wake markers pushed for staged groups", pushed);
+    m.pushed_markers += pushed;
+}
+
+/// With STAGED_RECOVERY allowed (`OSTQ_MODEL_ALLOW`), no staged group holding the wake marker or
+/// a bare entry expires: the model does not follow what recovery then does.
+fn skip_staged_recovery(m: &Model, g: &MGroup) -> bool {
+    g.staged
+        && (g.marker || g.entries.iter().flatten().any(|&h| m.jobs[h].bare))
+        && ctx_allowed().iter().any(|k| k == "STAGED_RECOVERY")
 }
 
 fn resolve_id(m: &Model, sel: &IdSel) -> String {
@@ -1670,6 +1768,27 @@ fn model_housekeeping(m: &mut Model) -> bool {
     expired.sort();
     for (_, g) in expired {
         let grp = m.groups.remove(&g).unwrap();
+        // A staged group recovered before its claim: its job was never counted as active.
+        let counted = !grp.staged;
+        if grp.staged {
+            cov!(m, "staged groups recovered before their claim");
+            let bare = grp.entries.iter().flatten().any(|&h| m.jobs[h].bare);
+            if grp.marker || bare {
+                problem!(
+                    m,
+                    "STAGED_RECOVERY",
+                    "recovery of staged group {g} before its claim, holding {}: fetch.lua's recover() \
+                     takes the entry for a broken job and files it in the dead set (lost, processed, \
+                     failed) instead of {}",
+                    if grp.marker { "the wake marker" } else { "a bare entry" },
+                    if grp.marker {
+                        "dropping it"
+                    } else {
+                        "recovering it as a job (claim.lua / fetch.lua would have wrapped it)"
+                    }
+                );
+            }
+        }
         let (mut lost, mut ran) = (0, 0);
         for index in (0..grp.entries.len()).rev() {
             let Some(h) = grp.entries[index] else {
@@ -1722,7 +1841,9 @@ fn model_housekeeping(m: &mut Model) -> bool {
                 }
             }
         }
-        m.stats.active -= lost;
+        if counted {
+            m.stats.active -= lost;
+        }
         m.stats.recovered += lost;
         cov!(m, "entries recovered from expired groups", lost);
         m.stats.processed += ran;
@@ -1754,7 +1875,17 @@ fn class(priority: i64) -> (u8, i64) {
     }
 }
 
-fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, group: u64) {
+/// The staged group's horizon, as the worker sets it (a minute's wait plus a lease).
+const STAGE_HORIZON_MS: u64 = 60_000 + LEASE_MS;
+
+fn op_fetch(
+    ctx: &mut Ctx,
+    m: &mut Model,
+    want: u64,
+    start_now: Option<u64>,
+    group: u64,
+    stage: Option<u64>,
+) {
     let mut argv: Vec<Vec<u8>> = [
         ctx.keys.prefix.clone(),
         want.to_string(),
@@ -1770,6 +1901,12 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, gro
     .collect();
     if let Some(n) = start_now {
         argv.push(n.to_string().into_bytes());
+    } else if stage.is_some() {
+        argv.push(Vec::new());
+    }
+    if let Some(g) = stage {
+        argv.push(g.to_string().into_bytes());
+        argv.push(STAGE_HORIZON_MS.to_string().into_bytes());
     }
     let keys = fetch_keys(&ctx.keys)
         .into_iter()
@@ -1795,12 +1932,17 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, gro
     // (Recovery and promotion add one when they put a job into `prioritized` while the list is
     // empty; the same call can then pop it: a fetch of 1 then leases nothing.)
     let consumed = markers(&ctx.before).saturating_sub(markers(&snapshot(&mut ctx.r)));
+    m.pushed_markers = m.pushed_markers.saturating_sub(consumed);
     let expect_n = if m.paused {
         0
     } else {
         ready.len().min(want as usize)
     };
-    let marker_slot = (consumed > 0 || routed_prioritized) && envs.len() + 1 == expect_n;
+    // (RPOP runs twice at most: markers in the second pop, several when pause pushed one per
+    // staged group, each take a slot.)
+    let marker_slot = (consumed > 0 || routed_prioritized)
+        && envs.len() < expect_n
+        && envs.len() + consumed + usize::from(routed_prioritized) >= expect_n;
     if marker_slot {
         cov!(m, "fetch slots taken by the wake marker");
     }
@@ -1825,6 +1967,46 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, gro
             let after = snapshot(&mut ctx.r);
             eprintln!("fetch changed:{}", snapshot_diff(&ctx.before, &after));
         }
+    }
+    let hold = reply.get(3).and_then(as_int).unwrap_or(-1);
+    if let Some(stage) = stage {
+        // fetch.lua stages when it leased nothing, was asked for some, and the queue is neither
+        // paused nor rate-limited (the model never leaves a rate limit set).
+        let expect_hold = if m.paused {
+            1
+        } else if envs.is_empty() && want > 0 {
+            3
+        } else {
+            0
+        };
+        if hold != expect_hold {
+            problem!(
+                m,
+                "MODEL_MISMATCH",
+                "fetch.lua with a stage answered hold {hold}, the model {expect_hold} (leased {}, want {want})",
+                envs.len()
+            );
+        }
+        if hold == 3 {
+            cov!(m, "groups staged");
+            m.groups.insert(
+                stage,
+                MGroup {
+                    entries: Vec::new(),
+                    expired: None,
+                    mark: None,
+                    staged: true,
+                    marker: false,
+                },
+            );
+            m.waits.insert(stage, false);
+        }
+    } else if hold == 3 {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "fetch.lua without a stage answered hold 3"
+        );
     }
     if envs.is_empty() {
         if got_group != 0 {
@@ -1901,10 +2083,16 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, gro
         .max();
     if let (Some(left), Some(taken)) = (best_left, worst_taken) {
         if left < taken {
+            let pending: Vec<String> = ctx
+                .before
+                .keys
+                .get(&ctx.keys.pending)
+                .map(|v| v.1.iter().map(|e| cli_quote(e)).collect())
+                .unwrap_or_default();
             problem!(
                 m,
                 "ORDER",
-                "fetch.lua took a job of class {taken:?} while one of class {left:?} waits"
+                "fetch.lua took a job of class {taken:?} while one of class {left:?} waits (pending before the call: {pending:?})"
             );
         }
     }
@@ -1928,8 +2116,225 @@ fn op_fetch(ctx: &mut Ctx, m: &mut Model, want: u64, start_now: Option<u64>, gro
             entries,
             expired: None,
             mark,
+            staged: false,
+            marker: false,
         },
     );
+}
+
+/// A staged wait served (design §7.2): its BLMOVE moves the rightmost pending entry into the
+/// group. Only a group still staged and waiting, once; nothing when the list is empty (the wait
+/// would go on).
+fn op_move(ctx: &mut Ctx, m: &mut Model, sel: usize) {
+    let waiting: Vec<u64> = m
+        .waits
+        .iter()
+        .filter(|(g, ended)| {
+            !**ended
+                && m.groups
+                    .get(g)
+                    .is_some_and(|grp| grp.staged && grp.entries.is_empty() && !grp.marker)
+        })
+        .map(|(g, _)| *g)
+        .collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let g = waiting[sel % waiting.len()];
+    let pending = ctx.keys.pending.clone();
+    if m.groups[&g].expired.is_some() && ctx_allowed().iter().any(|k| k == "STAGED_RECOVERY") {
+        // (See skip_staged_recovery: an expired group is recovered by the next fetch.)
+        let next = as_bytes(&ctx.r.q(&["LINDEX", &pending, "-1"])).unwrap_or_default();
+        let job = (0x90..=0x9f).contains(&next.first().copied().unwrap_or(0))
+            && Env::decode(&next).is_ok();
+        if !job {
+            return;
+        }
+    }
+    let lease = format!("{}lease:{g}", ctx.keys.prefix);
+    let reply = ctx
+        .r
+        .cmd(&[
+            b"LMOVE",
+            pending.as_bytes(),
+            lease.as_bytes(),
+            b"RIGHT",
+            b"LEFT",
+        ])
+        .unwrap();
+    let Some(bytes) = as_bytes(&reply) else {
+        let waiting_jobs = m
+            .jobs
+            .iter()
+            .filter(|j| j.state == St::Pending && j.priority == 0)
+            .count();
+        if waiting_jobs > 0 {
+            problem!(
+                m,
+                "MODEL_MISMATCH",
+                "the pending list is empty, the model has {waiting_jobs} jobs in it"
+            );
+        }
+        return;
+    };
+    m.waits.insert(g, true);
+    if bytes.as_slice() == [0x90] {
+        m.groups.get_mut(&g).unwrap().marker = true;
+        m.pushed_markers = m.pushed_markers.saturating_sub(1);
+        cov!(m, "staged waits woken by the wake marker");
+        return;
+    }
+    let decoded = (0x90..=0x9f)
+        .contains(&bytes[0])
+        .then(|| Env::decode(&bytes).ok())
+        .flatten();
+    let tag = decoded
+        .as_ref()
+        .map_or_else(|| bytes.clone(), |(env, _)| env.payload.clone());
+    let Some(h) = (0..m.jobs.len()).find(|&h| m.jobs[h].tag == tag) else {
+        problem!(
+            m,
+            "UNKNOWN_ENTRY",
+            "a staged wait moved {} the model does not know",
+            hex(&bytes)
+        );
+        return;
+    };
+    if m.jobs[h].state != St::Pending || m.jobs[h].priority != 0 {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "a staged wait moved {} from pending, which is {:?} (priority {}) in the model",
+            String::from_utf8_lossy(&tag),
+            m.jobs[h].state,
+            m.jobs[h].priority
+        );
+        return;
+    }
+    m.jobs[h].state = St::Active { group: g, index: 0 };
+    m.groups.get_mut(&g).unwrap().entries = vec![Some(h)];
+    // The worker starts an entry it can run as it is at once, before its claim (fetcher.rs
+    // `runs_as_is`); a bare entry waits for claim.lua to wrap it.
+    let runs_as_is = !m.jobs[h].bare
+        && decoded
+            .as_ref()
+            .is_some_and(|(env, enq)| env.encode(*enq) == bytes);
+    if runs_as_is {
+        m.held.insert(
+            g,
+            Held {
+                envs: vec![bytes],
+                settled: vec![false],
+            },
+        );
+        cov!(
+            m,
+            "staged waits that moved a job (started before its claim)"
+        );
+    } else {
+        cov!(m, "staged waits that moved a job to run after its claim");
+    }
+}
+
+/// claim.lua for a staged wait that ended, or timed out (nothing moved): the group becomes an
+/// ordinary one unless an outcome or recovery settled it first.
+fn op_claim(ctx: &mut Ctx, m: &mut Model, sel: usize) {
+    // Mostly a wait that moved an entry (the wait is served soon after a push); one in four
+    // picks any wait, which ends it by timeout when it moved nothing.
+    let any = sel % 4 == 0;
+    let waits: Vec<u64> = m
+        .waits
+        .iter()
+        .filter(|(_, ended)| any || **ended)
+        .map(|(g, _)| *g)
+        .collect();
+    if waits.is_empty() {
+        return;
+    }
+    let g = waits[sel / 4 % waits.len()];
+    let ended = m.waits.remove(&g).unwrap();
+    if !ended {
+        cov!(m, "staged waits timed out");
+    }
+    let k = &ctx.keys;
+    let keys = [
+        k.active.clone(),
+        k.stats.clone(),
+        k.config.clone(),
+        k.events.clone(),
+    ];
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let argv = vec![
+        ctx.keys.prefix.clone().into_bytes(),
+        g.to_string().into_bytes(),
+        LEASE_MS.to_string().into_bytes(),
+    ];
+    let sha = ctx.r.scripts.claim.clone();
+    let Some(reply) = script(ctx, m, "claim.lua", &sha, &keys, &argv) else {
+        return;
+    };
+    let reply = as_array(&reply);
+    let flag = reply.first().and_then(as_int);
+    let staged = m.groups.get(&g).is_some_and(|grp| grp.staged);
+    if !staged {
+        cov!(m, "claims after an outcome or recovery settled the group");
+        if flag != Some(0) || reply.len() != 1 {
+            problem!(
+                m,
+                "MODEL_MISMATCH",
+                "claim.lua of settled group {g} answered {reply:?}, the model {{0}}"
+            );
+        }
+        return;
+    }
+    let grp = m.groups.get_mut(&g).unwrap();
+    grp.staged = false;
+    let Some(h) = grp.entries.first().copied().flatten() else {
+        // Nothing moved (timed out), or the wake marker: the group is deleted.
+        cov!(m, "claims of an empty or woken group");
+        m.groups.remove(&g);
+        m.held.remove(&g);
+        if flag != Some(0) || reply.len() != 1 {
+            problem!(
+                m,
+                "MODEL_MISMATCH",
+                "claim.lua of empty group {g} answered {reply:?}, the model {{0}}"
+            );
+        }
+        return;
+    };
+    grp.expired = None;
+    cov!(m, "staged jobs claimed");
+    if m.jobs[h].bare {
+        m.jobs[h].id = format!("~{g}.0");
+        m.jobs[h].bare = false;
+    }
+    if m.jobs[h].tracked {
+        let id = m.jobs[h].id.clone();
+        if let Some(r) = m.records.get_mut(&id) {
+            r.state = "active".into();
+        }
+    }
+    m.stats.active += 1;
+    let entry = reply.get(1).and_then(as_bytes);
+    let ok = flag == Some(1)
+        && entry
+            .as_ref()
+            .and_then(|e| Env::decode(e).ok())
+            .is_some_and(|(env, _)| env == m.jobs[h].env());
+    if !ok {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "claim.lua of group {g} answered {reply:?}, the model {{1, {:?}}}",
+            m.jobs[h].env()
+        );
+        return;
+    }
+    m.held.entry(g).or_insert_with(|| Held {
+        envs: vec![entry.unwrap()],
+        settled: vec![false],
+    });
 }
 
 fn op_renew(ctx: &mut Ctx, m: &mut Model, seed: u64) {
@@ -2139,10 +2544,17 @@ fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)])
                 stale += 1;
                 continue;
             };
-            m.groups.get_mut(&o.group).unwrap().entries[o.index] = None;
+            let grp = m.groups.get_mut(&o.group).unwrap();
+            grp.entries[o.index] = None;
+            // A staged group failed before its claim: its job was never counted.
+            let counted = !std::mem::replace(&mut grp.staged, false);
             m.stats.processed += 1;
             m.stats.failed += 1;
-            m.stats.active -= 1;
+            if counted {
+                m.stats.active -= 1;
+            } else {
+                cov!(m, "staged jobs failed before their claim");
+            }
             m.jobs[h].attempt = o.attempt;
             m.jobs[h].last_error = o.error.clone();
             let tracked = m.jobs[h].tracked;
@@ -2234,6 +2646,11 @@ fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)])
         };
         let mut returned = 0;
         for (g, idx) in &backs {
+            // requeue.lua takes every held group it names out of `staged`.
+            let counted = m
+                .groups
+                .get_mut(g)
+                .is_none_or(|grp| !std::mem::replace(&mut grp.staged, false));
             for &i in idx.iter().rev() {
                 let Some(h) = m.groups.get(g).and_then(|grp| grp.entries[i]) else {
                     continue;
@@ -2246,7 +2663,11 @@ fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)])
                 }
                 returned += 1;
                 cov!(m, "jobs given back");
-                m.stats.active -= 1;
+                if counted {
+                    m.stats.active -= 1;
+                } else {
+                    cov!(m, "staged jobs given back before their claim");
+                }
             }
         }
         if as_int(&reply) != Some(returned) {
@@ -2315,17 +2736,23 @@ fn op_round(ctx: &mut Ctx, m: &mut Model, picks: &[(usize, Vec<(usize, Outc)>)])
             if done.is_empty() && !all {
                 continue;
             }
-            if !m.groups.contains_key(g) {
+            let Some(grp) = m.groups.get_mut(g) else {
                 stale += done.len() as i64;
                 continue;
-            }
+            };
+            // complete.lua takes every held group it names out of `staged`.
+            let counted = !std::mem::replace(&mut grp.staged, false);
             for o in &done {
                 let Some(h) = m.groups[g].entries[o.index] else {
                     continue;
                 };
                 m.groups.get_mut(g).unwrap().entries[o.index] = None;
                 m.stats.processed += 1;
-                m.stats.active -= 1;
+                if counted {
+                    m.stats.active -= 1;
+                } else {
+                    cov!(m, "staged jobs completed before their claim");
+                }
                 let (key, id) = (o.env.unique.clone(), o.env.id.clone());
                 m.release(h, &key, &id);
                 m.jobs[h].state = St::Gone("completed");
@@ -2619,8 +3046,13 @@ fn check(m: &mut Model, o: &Obs) {
             add(m, Loc::Pending, e);
         }
     }
-    if markers > 1 {
-        problem!(m, "WAKE_MARKERS", "{markers} wake markers in pending");
+    if markers > 1 + m.pushed_markers {
+        problem!(
+            m,
+            "WAKE_MARKERS",
+            "{markers} wake markers in pending ({} pushed for staged groups)",
+            m.pushed_markers
+        );
     }
     for (e, _) in &o.prioritized {
         add(m, Loc::Prioritized, e);
@@ -2679,15 +3111,54 @@ fn check(m: &mut Model, o: &Obs) {
             );
         }
         let gid: u64 = g.parse().unwrap_or(0);
+        let staged = o.staged.contains(g);
         for (i, e) in entries.iter().enumerate() {
+            if staged && e.as_slice() == [0x90] {
+                // A staged wait woken by the marker (claim.lua deletes the group).
+                if !m.groups.get(&gid).is_some_and(|grp| grp.marker) {
+                    problem!(
+                        m,
+                        "MODEL_MISMATCH",
+                        "staged lease:{g} holds the wake marker"
+                    );
+                }
+                continue;
+            }
             if !e.is_empty() {
-                live_entries += 1;
+                // (A staged group's job counts as active once claimed.)
+                if !staged {
+                    live_entries += 1;
+                }
                 add(m, Loc::Active(gid, i), e);
             }
         }
     }
+    let model_staged: BTreeSet<String> = m
+        .groups
+        .iter()
+        .filter(|(_, grp)| grp.staged)
+        .map(|(g, _)| g.to_string())
+        .collect();
+    if o.staged != model_staged {
+        problem!(
+            m,
+            "MODEL_MISMATCH",
+            "staged groups {:?}, the model {model_staged:?}",
+            o.staged
+        );
+    }
+    for g in &o.staged {
+        if !o.active.contains_key(g) {
+            problem!(
+                m,
+                "STRUCTURE",
+                "staged group {g} is not in active: nothing recovers it"
+            );
+        }
+    }
     for (g, score) in &o.active {
-        if *score > 0.0 && !o.leases.contains_key(g) {
+        // (A staged group is empty until its wait moves an entry in.)
+        if *score > 0.0 && !o.leases.contains_key(g) && !o.staged.contains(g) {
             problem!(m, "STRUCTURE", "active group {g} has no lease list");
         }
     }
@@ -2810,12 +3281,13 @@ fn check(m: &mut Model, o: &Obs) {
             }
         }
         let len = o.leases.get(&key).map(Vec::len).unwrap_or(0);
-        if len != grp.entries.len() {
+        if len != grp.entries.len() + usize::from(grp.marker) {
             problem!(
                 m,
                 "MODEL_MISMATCH",
-                "lease:{g} has {len} entries, the model {}",
-                grp.entries.len()
+                "lease:{g} has {len} entries, the model {} (wake marker: {})",
+                grp.entries.len(),
+                grp.marker
             );
         }
     }
@@ -2828,7 +3300,21 @@ fn check(m: &mut Model, o: &Obs) {
             );
         }
     }
-    // Status records: compare with the model, then look for orphans.
+    // Status records: compare with the model, then look for orphans. A job in a staged group is
+    // active in place, but its record says so only once claim.lua ran.
+    let unclaimed: BTreeSet<Vec<u8>> = m
+        .groups
+        .values()
+        .filter(|grp| grp.staged)
+        .flat_map(|grp| grp.entries.iter().flatten().map(|&h| m.jobs[h].tag.clone()))
+        .collect();
+    let rstate = |j: &MJob| {
+        if unclaimed.contains(&j.tag) {
+            "pending"
+        } else {
+            j.state.record_state()
+        }
+    };
     for (id, (fields, ttl)) in &o.records {
         let state = fields.get("state").cloned().unwrap_or_default();
         let owners: Vec<&MJob> = m
@@ -2838,7 +3324,7 @@ fn check(m: &mut Model, o: &Obs) {
             .collect();
         if owners.is_empty() {
             problem!(m, "ORPHAN_RECORD", "status record job:{id} (state {state:?}) outlives its job: no tracked job has id {id:?}");
-        } else if !owners.iter().any(|j| j.state.record_state() == state) {
+        } else if !owners.iter().any(|j| rstate(j) == state) {
             problem!(
                 m,
                 "RECORD_STATE",
@@ -2891,7 +3377,7 @@ fn check(m: &mut Model, o: &Obs) {
             Some((fields, _)) => {
                 let state = fields.get("state").map(String::as_str).unwrap_or("");
                 let attempt = fields.get("attempt").and_then(|a| a.parse::<u64>().ok());
-                if state != j.state.record_state() || attempt != Some(j.attempt) {
+                if state != rstate(j) || attempt != Some(j.attempt) {
                     problem!(m, "RECORD_STATE", "tracked job {} is {:?} attempt {}, its record says {state:?} attempt {attempt:?}", j.id, j.state, j.attempt);
                 }
             }
