@@ -15,6 +15,8 @@
 -- KEYS[4] events (stream; also the pub/sub channel name)
 -- ARGV[1] key prefix "ostq:{<queue>}:"   ARGV[2] the staged group   ARGV[3] lease ms
 -- Returns {1, entry} when a job was claimed (the entry as the worker must run it), else {0}.
+-- (No lease list survives its group's settling, so entries in a group that is neither staged nor
+-- in `active` can only come from a wait served too late: see the adoption below.)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, group = ARGV[1], ARGV[2]
@@ -26,8 +28,14 @@ local lease_ms = argv_int(3, 1, 1e12)
 -- @include lib/envelope.lua
 -- @include lib/lease.lua
 
-if not unstage(prefix, group) then return {0} end
 local key = prefix .. 'lease:' .. group
+if not unstage(prefix, group) then
+  -- Settled already (its job's outcome, or recovery, came first), or claimed: nothing to do.
+  -- Unless a wait reached Redis after the group's deadline had passed and recovery had dropped
+  -- it (a worker frozen for longer than a lease): it then moved a job into a group that nobody
+  -- holds and no recovery would find. That job is adopted here, as if the group were staged.
+  if redis.call('ZSCORE', KEYS[1], group) or redis.call('LLEN', key) == 0 then return {0} end
+end
 -- (One entry at most: one BLMOVE moved it.)
 local entry = redis.call('LINDEX', key, 0)
 local env = nil
@@ -41,6 +49,6 @@ if not env then
   return {0}
 end
 if env ~= entry then redis.call('LSET', key, 0, env) end
-redis.call('ZADD', KEYS[1], 'XX', now + lease_ms, group)
+redis.call('ZADD', KEYS[1], now + lease_ms, group)
 redis.call('HINCRBY', KEYS[2], 'active', 1)
 return {1, env}

@@ -150,6 +150,9 @@ local function recover()
       index = index - 1
       budget_entries = budget_entries - 1
       budget_bytes = budget_bytes - #env
+      -- An entry of a staged group never claimed is as its wait moved it: the wake marker (no
+      -- job: dropped), a bare entry or a bin payload, made a job here as claim.lua would have.
+      if env ~= '' and not counted then env = lease_entry(env, group, index, prefix, now, emit, false) or '' end
       if env ~= '' then
         lost = lost + 1
         local job, why = decode_job(env)
@@ -262,8 +265,10 @@ local function take_prioritized(min, max, limit)
 end
 local has_prioritized = want > 0 and redis.call('ZCARD', KEYS[2]) > 0
 if has_prioritized then take_prioritized('-inf', '(0', want) end
--- The wake marker takes no slot: when it comes up, it is dropped and one more entry is taken.
-for _ = 1, 2 do
+-- A wake marker takes no slot: when one comes up, it is dropped and one more entry is taken.
+-- (Several may stand in the list: a pause or a rate limit adds one per staged group, design §7.2.
+-- Each round pops at least one entry, so this ends within the list's length and LIMIT rounds.)
+for _ = 1, LIMIT do
   if #popped >= want then break end
   local envs = redis.call('RPOP', KEYS[1], want - #popped)
   if not envs then break end

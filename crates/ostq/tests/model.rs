@@ -32,9 +32,7 @@
 //!   sequence (default 30..150, random);
 //! - `OSTQ_MODEL_IDS=a,b,x`: the job ids pushes give (default `a,b,c,a~1,~1,x`; each sequence
 //!   uses the first 1, 2, 3 or all of them); a seed replays only with the same list;
-//! - `OSTQ_MODEL_ALLOW=KIND,KIND`: let those kinds of failure pass, to look past a known hole
-//!   (with `STAGED_RECOVERY` allowed, no staged group holding the wake marker or a bare entry is
-//!   let expire, since the model does not follow what recovery then does);
+//! - `OSTQ_MODEL_ALLOW=KIND,KIND`: let those kinds of failure pass, to look past a known hole;
 //! - `OSTQ_MODEL_DEBUG=1`: print what a mismatching fetch changed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -1320,7 +1318,7 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             let live: Vec<u64> = m
                 .groups
                 .iter()
-                .filter(|(_, g)| g.expired.is_none() && !skip_staged_recovery(m, g))
+                .filter(|(_, g)| g.expired.is_none())
                 .map(|(g, _)| *g)
                 .collect();
             if !live.is_empty() {
@@ -1332,7 +1330,7 @@ fn apply(ctx: &mut Ctx, m: &mut Model, op: &Op, grng: &mut StdRng) {
             let live: Vec<u64> = m
                 .groups
                 .iter()
-                .filter(|(_, g)| g.expired.is_none() && !skip_staged_recovery(m, g))
+                .filter(|(_, g)| g.expired.is_none())
                 .map(|(g, _)| *g)
                 .collect();
             for g in live {
@@ -1459,14 +1457,6 @@ fn staged_markers_pushed(ctx: &mut Ctx, m: &mut Model, what: &str, before: usize
     }
     cov!(m, "wake markers pushed for staged groups", pushed);
     m.pushed_markers += pushed;
-}
-
-/// With STAGED_RECOVERY allowed (`OSTQ_MODEL_ALLOW`), no staged group holding the wake marker or
-/// a bare entry expires: the model does not follow what recovery then does.
-fn skip_staged_recovery(m: &Model, g: &MGroup) -> bool {
-    g.staged
-        && (g.marker || g.entries.iter().flatten().any(|&h| m.jobs[h].bare))
-        && ctx_allowed().iter().any(|k| k == "STAGED_RECOVERY")
 }
 
 fn resolve_id(m: &Model, sel: &IdSel) -> String {
@@ -1772,21 +1762,19 @@ fn model_housekeeping(m: &mut Model) -> bool {
         let counted = !grp.staged;
         if grp.staged {
             cov!(m, "staged groups recovered before their claim");
-            let bare = grp.entries.iter().flatten().any(|&h| m.jobs[h].bare);
-            if grp.marker || bare {
-                problem!(
-                    m,
-                    "STAGED_RECOVERY",
-                    "recovery of staged group {g} before its claim, holding {}: fetch.lua's recover() \
-                     takes the entry for a broken job and files it in the dead set (lost, processed, \
-                     failed) instead of {}",
-                    if grp.marker { "the wake marker" } else { "a bare entry" },
-                    if grp.marker {
-                        "dropping it"
-                    } else {
-                        "recovering it as a job (claim.lua / fetch.lua would have wrapped it)"
+            // Its wait's entry, as claim.lua would have taken it: the wake marker is dropped (no
+            // job), a bare entry is wrapped under the id ~<g>.<index> and recovered as a job.
+            for (index, h) in grp.entries.iter().enumerate() {
+                if let Some(h) = *h {
+                    if m.jobs[h].bare {
+                        m.jobs[h].id = format!("~{g}.{index}");
+                        m.jobs[h].bare = false;
+                        cov!(m, "bare entries of staged groups recovered as jobs");
                     }
-                );
+                }
+            }
+            if grp.marker {
+                cov!(m, "wake markers of staged groups dropped by recovery");
             }
         }
         let (mut lost, mut ran) = (0, 0);
@@ -2142,15 +2130,6 @@ fn op_move(ctx: &mut Ctx, m: &mut Model, sel: usize) {
     }
     let g = waiting[sel % waiting.len()];
     let pending = ctx.keys.pending.clone();
-    if m.groups[&g].expired.is_some() && ctx_allowed().iter().any(|k| k == "STAGED_RECOVERY") {
-        // (See skip_staged_recovery: an expired group is recovered by the next fetch.)
-        let next = as_bytes(&ctx.r.q(&["LINDEX", &pending, "-1"])).unwrap_or_default();
-        let job = (0x90..=0x9f).contains(&next.first().copied().unwrap_or(0))
-            && Env::decode(&next).is_ok();
-        if !job {
-            return;
-        }
-    }
     let lease = format!("{}lease:{g}", ctx.keys.prefix);
     let reply = ctx
         .r

@@ -284,3 +284,51 @@ async fn a_claim_after_the_jobs_outcome_changes_nothing() {
     assert_eq!(server.cli(&["SCARD", &keys.staged]).unwrap().trim(), "0");
     assert_eq!(server.cli(&["EXISTS", &lease]).unwrap().trim(), "0");
 }
+
+#[tokio::test]
+async fn a_job_a_late_wait_moves_into_a_recovered_group_is_adopted_by_its_claim() {
+    let (server, client) = setup().await;
+    let keys = QueueKeys::new("mail").unwrap();
+    let queue = client.queue("mail");
+    queue.push_bulk(Vec::<Vec<u8>>::new()).await.unwrap();
+    // Group 42 is staged for 100 ms; its worker freezes for longer, and another fetch recovers
+    // the group (empty) meanwhile.
+    staging_fetch(&server, &keys, 42, 100);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    staging_fetch(&server, &keys, 43, 60_000);
+    assert_eq!(
+        server.cli(&["ZSCORE", &keys.active, "42"]).unwrap().trim(),
+        ""
+    );
+    // Then its wait reaches Redis and moves a job into the group nobody holds any more.
+    queue.push("moved too late").await.unwrap();
+    let lease = format!("{}lease:42", keys.prefix);
+    server
+        .cli(&["LMOVE", &keys.pending, &lease, "RIGHT", "LEFT"])
+        .unwrap();
+    // Its claim adopts the job (a lease of 100 ms: the frozen worker never comes back).
+    let claim = server
+        .cli(&[
+            "EVAL",
+            ostq::scripts::CLAIM,
+            "4",
+            &keys.active,
+            &keys.stats,
+            &keys.config,
+            &keys.events,
+            &keys.prefix,
+            "42",
+            "100",
+        ])
+        .unwrap();
+    assert_eq!(claim.lines().next().map(str::trim), Some("1"), "{claim}");
+    assert_eq!(raw_active(&server, &keys), 1);
+    // So the job is recovered when that lease expires, and runs: nothing is lost.
+    let ran = Arc::new(AtomicUsize::new(0));
+    let running = spawn(counting_worker(&client, "mail", ran.clone()));
+    let counts = wait_counts(&queue, WAIT, |c| c.processed_total == 2).await;
+    running.shutdown().await;
+    assert_eq!((ran.load(Ordering::SeqCst), counts.pending), (1, 0));
+    assert_eq!(raw_active(&server, &keys), 0);
+    assert_eq!(server.cli(&["EXISTS", &lease]).unwrap().trim(), "0");
+}
