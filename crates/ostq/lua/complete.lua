@@ -70,7 +70,11 @@ while i <= #ARGV do
       if EVENTS ~= '' then
         -- Everything of the group is settled: the entries left are the jobs completed now.
         for _, env in ipairs(redis.call('LRANGE', key, 0, -1)) do
-          if env ~= '' then emit('completed', id_of(env)) end
+          if env ~= '' then
+            -- (A staged job that finished before its claim: its `started` is due first.)
+            if not counted then emit('started', id_of(env)) end
+            emit('completed', id_of(env))
+          end
         end
       end
     end
@@ -87,7 +91,10 @@ while i <= #ARGV do
         local id, unique = ARGV[j + 1], ARGV[j + 4]
         if not all then
           done = done + 1
-          if not counted then uncounted = uncounted + 1 end
+          if not counted then
+            uncounted = uncounted + 1
+            emit('started', id)
+          end
           emit('completed', id)
         end
         release_unique(prefix, unique, id)

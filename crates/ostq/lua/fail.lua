@@ -49,8 +49,12 @@ for i = 2, #ARGV, 10 do
   if entry and entry ~= '' then
     redis.call('LSET', key, index, '')
     failed = failed + 1
-    -- A staged group settled before claim.lua: its job was never counted as active.
-    if unstage(prefix, group) then uncounted = uncounted + 1 end
+    -- A staged group settled before claim.lua: its job was never counted as active, and its
+    -- `started` event is due first.
+    if unstage(prefix, group) then
+      uncounted = uncounted + 1
+      emit('started', id)
+    end
     local job, why = decode_job(env)
     if not job then
       err = 'invalid job envelope: ' .. why

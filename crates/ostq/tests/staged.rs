@@ -332,3 +332,53 @@ async fn a_job_a_late_wait_moves_into_a_recovered_group_is_adopted_by_its_claim(
     assert_eq!(raw_active(&server, &keys), 0);
     assert_eq!(server.cli(&["EXISTS", &lease]).unwrap().trim(), "0");
 }
+
+/// A job an idle worker runs before its claim reaches Redis still has its `started` event, before
+/// its `completed` (the job's outcome then emits it; the claim finds the group settled). On a
+/// runtime of several threads the job and its claim race (the Python package's example lost its
+/// `started` event that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_run_from_a_staged_wait_is_started_before_it_completes() {
+    use futures::StreamExt;
+    use ostq::events::{EventKind, EventSink, EventsFrom};
+    let (server, client) = setup().await;
+    let keys = QueueKeys::new("mail").unwrap();
+    let queue = client.queue("mail");
+    queue.set_events(EventSink::Stream).await.unwrap();
+    let mut events = Box::pin(client.events("mail", EventsFrom::Now).await.unwrap());
+    let ran = Arc::new(AtomicUsize::new(0));
+    let running = spawn(counting_worker(&client, "mail", ran.clone()));
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        until_staged(&server, &keys).await;
+        ids.push(queue.push(format!("job {i}")).await.unwrap());
+        wait_counts(&queue, WAIT, |c| c.processed_total == i + 1).await;
+    }
+    running.shutdown().await;
+    let mut seen: Vec<(String, EventKind)> = Vec::new();
+    while seen
+        .iter()
+        .filter(|(_, k)| *k == EventKind::Completed)
+        .count()
+        < ids.len()
+    {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("events stopped")
+            .unwrap()
+            .unwrap();
+        seen.push((event.id.clone(), event.event));
+    }
+    for id in &ids {
+        let kinds: Vec<EventKind> = seen
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, k)| *k)
+            .collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Pushed, EventKind::Started, EventKind::Completed],
+            "{id}"
+        );
+    }
+}
