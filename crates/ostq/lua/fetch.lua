@@ -284,13 +284,7 @@ local result = {now, 0, 0, 0}
 local n = 4 -- entries in result; the leased envelopes follow the 4-field header
 if #popped > 0 then
   local group = ARGV[8]
-  for _, env in ipairs(popped) do
-    env = lease_entry(env, group, n - 4, prefix, now, emit, EVENTS ~= '')
-    if env then
-      n = n + 1
-      result[n] = env
-    end
-  end
+  n = lease_entries(popped, group, prefix, now, emit, EVENTS ~= '', result, n, 4)
   if n > 4 then
     redis.call('RPUSH', prefix .. 'lease:' .. group, unpack(result, 5, n))
     -- Idle workers wait until the earliest lease deadline they saw at their last fetch, to
