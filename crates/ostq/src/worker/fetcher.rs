@@ -444,6 +444,7 @@ impl Fetcher {
         start_parked_on(&self.shared, &mut slots);
         slots.filter(|p| p.num_permits() > 0)
     }
+
     /// Shutdown: the parked jobs go back to their queues at once (through the lease keeper, no
     /// attempt counted), and so do the jobs of a fetch carried out of an idle wait or sent ahead.
     async fn shut_down(&mut self) {
@@ -498,6 +499,7 @@ impl Fetcher {
             order.retain(|&q| q != 0);
             order.insert(0, 0);
         }
+        let one_queue = self.served.active() == [0];
         let mut fetched_ok = 0;
         let mut errors = 0;
         let mut short = false;
@@ -512,7 +514,7 @@ impl Fetcher {
             }
             // A worker serving one queue stages a lease group for its idle wait in each fetch
             // (registered only when the fetch leases nothing; design §7.2).
-            let stage = (self.served.active() == [0]).then_some(Stage {
+            let stage = one_queue.then_some(Stage {
                 group: self.stage_group,
                 horizon_ms: (STAGED_WAIT + shared.config.lease).as_millis() as u64,
             });
