@@ -22,6 +22,7 @@ use super::prefetch::{Leased, StartRate};
 use super::runtime::{hold_group, Following, Outcome, OutcomeKind, Settled, Shared};
 use super::Config;
 use crate::envelope::Envelope;
+use crate::keys::QueueKeys;
 use crate::store::connection::MAX_BLOCK;
 use crate::store::lease::{self, FetchSettings, Fetched, Stage};
 use crate::store::{queues, Conn};
@@ -626,63 +627,28 @@ impl Fetcher {
             return;
         }
         if one_queue && !self.deadlines.hold[0] && !self.stop.is_cancelled() {
-            let now = Instant::now();
-            let wait_ms = self
-                .deadlines
-                .next(now)
-                .saturating_duration_since(now)
-                .min(MAX_BLOCK)
-                .as_millis() as i64;
+            let wait_ms = self.single_wait_ms(MAX_BLOCK);
             if wait_ms == 0 {
                 return;
             }
-            if matches!(self.blocking[0], Blocking::Closed) {
-                match shared.client.blocking_conn().await {
-                    Ok(conn) => self.blocking[0] = Blocking::Free(conn),
-                    Err(e) => debug!(error = %e, "no blocking connection"),
-                }
-            }
+            self.open_blocking_conn().await;
             // (A wait still in flight from a spell on hold is taken up below instead.)
             if let Blocking::Free(conn) = &mut self.blocking[0] {
                 let want = permit.num_permits();
                 let keys = &shared.queues[0];
                 let settings = fetch_settings(&shared.config);
-                let result = {
-                    let waiting = lease::wait_then_fetch(conn, keys, want, wait_ms, &settings);
-                    tokio::pin!(waiting);
-                    tokio::select! {
-                        result = &mut waiting => result,
-                        _ = self.stop.cancelled() => {
-                            // The wait may last minutes, and the fetch behind it is already sent: a
-                            // wake marker ends the wait now, and what the fetch leases goes back
-                            // below. (If Redis cannot be reached, the connection is dropped after a
-                            // while: a blocked client that goes away never runs its fetch.)
-                            if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
-                                debug!(error = %e, "could not wake the idle wait at shutdown");
-                            }
-                            match tokio::time::timeout(SHUTDOWN_WAKE, waiting).await {
-                                Ok(result) => result,
-                                Err(_) => Err(crate::Error::Protocol(
-                                    "the idle wait did not end at shutdown".into(),
-                                )),
-                            }
-                        }
-                        _ = layout_changed(&mut self.changes) => {
-                            // A new layout adds shards, served from the next round: the wait may
-                            // last until the queue's deadline, so the wake marker ends it, and the
-                            // fetch behind it is carried as usual.
-                            if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
-                                debug!(error = %e, "could not wake the idle wait for a new layout");
-                            }
-                            match tokio::time::timeout(SHUTDOWN_WAKE, waiting).await {
-                                Ok(result) => result,
-                                Err(_) => Err(crate::Error::Protocol(
-                                    "the idle wait did not end for a new layout".into(),
-                                )),
-                            }
-                        }
-                    }
-                };
+                // The fetch behind the wait is already sent: ended early, the wait lets it run,
+                // and what it leases goes back below (at shutdown) or is carried as usual (for a
+                // new layout). (If Redis cannot be reached, the connection is dropped after a
+                // while: a blocked client that goes away never runs its fetch.)
+                let result = end_early(
+                    lease::wait_then_fetch(conn, keys, want, wait_ms, &settings),
+                    &shared,
+                    keys,
+                    &self.stop,
+                    &mut self.changes,
+                )
+                .await;
                 match result {
                     Err(_) => self.blocking[0] = Blocking::Closed,
                     Ok(fetched) if self.stop.is_cancelled() => {
@@ -713,6 +679,35 @@ impl Fetcher {
 /// pushed a wake marker.
 const SHUTDOWN_WAKE: Duration = Duration::from_secs(5);
 
+/// Runs a single-queue worker's idle wait, a blocked command that cannot be abandoned half-way
+/// (what follows it on its connection is already sent, or it may have moved a job), to its end.
+/// It may last until the queue's deadline, so when the worker stops or a new layout comes, the
+/// wake marker ends it early; it is given up after [`SHUTDOWN_WAKE`].
+async fn end_early<T>(
+    waiting: impl Future<Output = Result<T>>,
+    shared: &Shared,
+    keys: &QueueKeys,
+    stop: &CancellationToken,
+    changes: &mut watch::Receiver<Arc<Layouts>>,
+) -> Result<T> {
+    tokio::pin!(waiting);
+    let why = tokio::select! {
+        result = &mut waiting => return result,
+        _ = stop.cancelled() => "at shutdown",
+        _ = layout_changed(changes) => "for a new layout",
+    };
+    if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
+        debug!(error = %e, "could not wake the idle wait {why}");
+    }
+    tokio::time::timeout(SHUTDOWN_WAKE, waiting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::Error::Protocol(format!(
+                "the idle wait did not end {why}"
+            )))
+        })
+}
+
 /// A staged group's one job, as a fetch would have brought it.
 fn one_job(group: u64, envelope: Vec<u8>) -> Fetched {
     Fetched {
@@ -732,6 +727,26 @@ fn one_job(group: u64, envelope: Vec<u8>) -> Fetched {
 const STAGED_WAIT: Duration = Duration::from_secs(60);
 
 impl Fetcher {
+    /// How long the single queue's idle wait may block: until its deadline, at most `cap`.
+    fn single_wait_ms(&self, cap: Duration) -> i64 {
+        let now = Instant::now();
+        self.deadlines
+            .next(now)
+            .saturating_duration_since(now)
+            .min(cap)
+            .as_millis() as i64
+    }
+
+    /// Opens the single queue's blocking connection if it has none.
+    async fn open_blocking_conn(&mut self) {
+        if matches!(self.blocking[0], Blocking::Closed) {
+            match self.shared.client.blocking_conn().await {
+                Ok(conn) => self.blocking[0] = Blocking::Free(conn),
+                Err(e) => debug!(error = %e, "no blocking connection"),
+            }
+        }
+    }
+
     /// The idle wait of a worker serving one queue whose last fetch staged a lease group: the next
     /// job pushed is moved into the group by Redis itself and comes back with the wake-up, so it
     /// starts one hop after its push, with no script on the way (`fetch.lua` on a cold Redis was
@@ -744,51 +759,24 @@ impl Fetcher {
         // Never staged again: a wait that failed may have moved a job into it all the same.
         self.stage_group = lease::new_group();
         self.staged = false;
-        let now = Instant::now();
-        let wait_ms = self
-            .deadlines
-            .next(now)
-            .saturating_duration_since(now)
-            .min(STAGED_WAIT)
-            .as_millis() as i64;
+        let wait_ms = self.single_wait_ms(STAGED_WAIT);
         if wait_ms == 0 {
             return;
         }
-        if matches!(self.blocking[0], Blocking::Closed) {
-            match shared.client.blocking_conn().await {
-                Ok(conn) => self.blocking[0] = Blocking::Free(conn),
-                Err(e) => debug!(error = %e, "no blocking connection"),
-            }
-        }
+        self.open_blocking_conn().await;
         let Blocking::Free(conn) = &mut self.blocking[0] else {
             return;
         };
-        let result = {
-            let waiting = lease::wait_staged(conn, keys, group, wait_ms);
-            tokio::pin!(waiting);
-            tokio::select! {
-                result = &mut waiting => result,
-                _ = self.stop.cancelled() => {
-                    // The wait may last a minute: a wake marker ends it now, and what it moved
-                    // goes back below.
-                    if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
-                        debug!(error = %e, "could not wake the staged wait at shutdown");
-                    }
-                    tokio::time::timeout(SHUTDOWN_WAKE, waiting).await.unwrap_or_else(|_| {
-                        Err(crate::Error::Protocol("the staged wait did not end at shutdown".into()))
-                    })
-                }
-                _ = layout_changed(&mut self.changes) => {
-                    // A new layout: the next round serves its shards.
-                    if let Err(e) = lease::wake(&mut shared.client.conn(), keys).await {
-                        debug!(error = %e, "could not wake the staged wait for a new layout");
-                    }
-                    tokio::time::timeout(SHUTDOWN_WAKE, waiting).await.unwrap_or_else(|_| {
-                        Err(crate::Error::Protocol("the staged wait did not end for a new layout".into()))
-                    })
-                }
-            }
-        };
+        // Ended early, the wait takes the marker, or a job pushed in the same instant, which
+        // goes back below.
+        let result = end_early(
+            lease::wait_staged(conn, keys, group, wait_ms),
+            &shared,
+            keys,
+            &self.stop,
+            &mut self.changes,
+        )
+        .await;
         let entry = match result {
             Ok(entry) => entry,
             Err(e) => {
