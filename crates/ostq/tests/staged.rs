@@ -181,6 +181,35 @@ fn staging_fetch(server: &RedisServer, keys: &QueueKeys, group: u64, horizon_ms:
     server.cli(&args).unwrap()
 }
 
+/// What a staged wait does when a job is pushed: moves the oldest pending entry into the lease
+/// group. Returns the group's key.
+fn move_into_group(server: &RedisServer, keys: &QueueKeys, group: u64) -> String {
+    let lease = format!("{}lease:{group}", keys.prefix);
+    server
+        .cli(&["LMOVE", &keys.pending, &lease, "RIGHT", "LEFT"])
+        .unwrap();
+    lease
+}
+
+/// `claim.lua` of `group`, as the worker calls it; redis-cli's reply.
+fn claim(server: &RedisServer, keys: &QueueKeys, group: u64, lease_ms: u64) -> String {
+    let (group, lease_ms) = (group.to_string(), lease_ms.to_string());
+    server
+        .cli(&[
+            "EVAL",
+            ostq::scripts::CLAIM,
+            "4",
+            &keys.active,
+            &keys.stats,
+            &keys.config,
+            &keys.events,
+            &keys.prefix,
+            &group,
+            &lease_ms,
+        ])
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_job_moved_into_the_staged_group_of_a_lost_worker_is_recovered() {
     let (server, client) = setup().await;
@@ -195,10 +224,7 @@ async fn a_job_moved_into_the_staged_group_of_a_lost_worker_is_recovered() {
         "{reply}"
     );
     let id = queue.push("lost with its worker").await.unwrap();
-    let lease = format!("{}lease:42", keys.prefix);
-    server
-        .cli(&["LMOVE", &keys.pending, &lease, "RIGHT", "LEFT"])
-        .unwrap();
+    move_into_group(&server, &keys, 42);
     assert_eq!(queue.counts().await.unwrap().pending, 0);
 
     // Another worker recovers it once the group's deadline passes and runs it: the lost start
@@ -237,10 +263,7 @@ async fn a_claim_after_the_jobs_outcome_changes_nothing() {
     queue.push_bulk(Vec::<Vec<u8>>::new()).await.unwrap();
     staging_fetch(&server, &keys, 42, 60_000);
     queue.push("done before its claim").await.unwrap();
-    let lease = format!("{}lease:42", keys.prefix);
-    server
-        .cli(&["LMOVE", &keys.pending, &lease, "RIGHT", "LEFT"])
-        .unwrap();
+    let lease = move_into_group(&server, &keys, 42);
     // complete.lua for the whole group (all = 1, one job, no detail), as the keeper sends it.
     let mut complete: Vec<String> = vec!["EVAL".into(), ostq::scripts::COMPLETE.into(), "6".into()];
     for key in [
@@ -259,20 +282,7 @@ async fn a_claim_after_the_jobs_outcome_changes_nothing() {
     let complete: Vec<&str> = complete.iter().map(String::as_str).collect();
     assert_eq!(server.cli(&complete).unwrap().trim(), "0");
     // Then the claim: nothing to claim any more.
-    let claim = server
-        .cli(&[
-            "EVAL",
-            ostq::scripts::CLAIM,
-            "4",
-            &keys.active,
-            &keys.stats,
-            &keys.config,
-            &keys.events,
-            &keys.prefix,
-            "42",
-            "30000",
-        ])
-        .unwrap();
+    let claim = claim(&server, &keys, 42, 30000);
     assert_eq!(claim.trim(), "0");
     let counts = queue.counts().await.unwrap();
     assert_eq!(
@@ -302,25 +312,9 @@ async fn a_job_a_late_wait_moves_into_a_recovered_group_is_adopted_by_its_claim(
     );
     // Then its wait reaches Redis and moves a job into the group nobody holds any more.
     queue.push("moved too late").await.unwrap();
-    let lease = format!("{}lease:42", keys.prefix);
-    server
-        .cli(&["LMOVE", &keys.pending, &lease, "RIGHT", "LEFT"])
-        .unwrap();
+    let lease = move_into_group(&server, &keys, 42);
     // Its claim adopts the job (a lease of 100 ms: the frozen worker never comes back).
-    let claim = server
-        .cli(&[
-            "EVAL",
-            ostq::scripts::CLAIM,
-            "4",
-            &keys.active,
-            &keys.stats,
-            &keys.config,
-            &keys.events,
-            &keys.prefix,
-            "42",
-            "100",
-        ])
-        .unwrap();
+    let claim = claim(&server, &keys, 42, 100);
     assert_eq!(claim.lines().next().map(str::trim), Some("1"), "{claim}");
     assert_eq!(raw_active(&server, &keys), 1);
     // So the job is recovered when that lease expires, and runs: nothing is lost.
