@@ -127,29 +127,8 @@ async fn a_busy_worker_sends_its_next_fetch_before_the_last_one_is_back() {
         .to_string();
 
     // MONITOR on a direct connection: the moment (Redis's clock) each fetch.lua call arrived.
-    let mut monitor = std::process::Command::new("redis-cli")
-        .args(["-p", &server.port().to_string(), "monitor"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("redis-cli");
-    let stdout = monitor.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut arrivals = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // (Commands appear as the client spelled them: redis-rs sends EVALSHA.)
-            if line
-                .to_ascii_lowercase()
-                .contains(&format!("\"evalsha\" \"{fetch_sha}\""))
-            {
-                if let Some(Ok(at)) = line.split_whitespace().next().map(str::parse::<f64>) {
-                    arrivals.push(at);
-                }
-            }
-        }
-        arrivals
-    });
+    // (Commands appear as the client spelled them: redis-rs sends EVALSHA.)
+    let monitor = common::Monitor::start(server.port(), &format!("\"evalsha\" \"{fetch_sha}\""));
     tokio::time::sleep(Duration::from_millis(200)).await; // MONITOR is on
 
     let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -179,9 +158,11 @@ async fn a_busy_worker_sends_its_next_fetch_before_the_last_one_is_back() {
         "the worker did not get going"
     );
     running.shutdown().await;
-    monitor.kill().unwrap();
-    monitor.wait().unwrap();
-    let arrivals = reader.join().unwrap();
+    let arrivals: Vec<f64> = monitor
+        .stop()
+        .iter()
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect();
 
     assert!(arrivals.len() >= 10, "only {} fetches seen", arrivals.len());
     let gaps: Vec<f64> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();

@@ -54,20 +54,7 @@ async fn an_idle_worker_gets_the_next_job_moved_into_its_staged_group() {
     let (server, client) = setup().await;
     let keys = QueueKeys::new("mail").unwrap();
     // What Redis is asked: the wait that moves the job must be the one that delivered it.
-    let mut monitor = std::process::Command::new("redis-cli")
-        .args(["-p", &server.port().to_string(), "monitor"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("redis-cli");
-    let stdout = monitor.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(|line| line.ok())
-            .filter(|line| line.to_ascii_lowercase().contains("\"blmove\""))
-            .collect::<Vec<_>>()
-    });
+    let monitor = common::Monitor::start(server.port(), "\"blmove\"");
     let ran = Arc::new(AtomicUsize::new(0));
     let running = spawn(counting_worker(&client, "mail", ran.clone()));
     until_staged(&server, &keys).await;
@@ -85,9 +72,7 @@ async fn an_idle_worker_gets_the_next_job_moved_into_its_staged_group() {
     running.shutdown().await;
     assert_eq!(server.cli(&["SCARD", &keys.staged]).unwrap().trim(), "0");
     assert_eq!(server.cli(&["ZCARD", &keys.active]).unwrap().trim(), "0");
-    monitor.kill().unwrap();
-    monitor.wait().unwrap();
-    let waits = reader.join().unwrap();
+    let waits = monitor.stop();
     let into_groups = waits
         .iter()
         .filter(|w| w.contains(&format!("\"{}lease:", keys.prefix)))

@@ -72,3 +72,38 @@ pub async fn wait_counts(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `MONITOR` on a direct connection (redis-cli), keeping the lines that contain `needle`
+/// (compared in lower case): what Redis was asked, in order, as it saw it, with its timestamps.
+pub struct Monitor {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Monitor {
+    pub fn start(port: u16, needle: &str) -> Monitor {
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        let stdout = child.stdout.take().unwrap();
+        let needle = needle.to_ascii_lowercase();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|line| line.ok())
+                .filter(|line| line.to_ascii_lowercase().contains(&needle))
+                .collect()
+        });
+        Monitor { child, reader }
+    }
+
+    /// Stops it; the lines kept.
+    pub fn stop(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.reader.join().unwrap()
+    }
+}
